@@ -1,0 +1,63 @@
+# Switchyard: `make serve` sets everything up and runs the stack; `make test` runs the suite.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_STAMP := .state/.apt-installed
+# Where models and bentos live (BentoML's own variable); project-local by default.
+export BENTOML_HOME ?= $(CURDIR)/.state/bentoml
+export BENTOML_DO_NOT_TRACK ?= True
+export SWITCHYARD_STATE_DIR ?= $(CURDIR)/.state/control
+export SWITCHYARD_WORK_DIR ?= $(CURDIR)/build
+export HF_HUB_OFFLINE := 1
+
+# Debian packages the tests and benchmarks use (installed only when missing).
+APT_PACKAGES := $(shell cat deploy/apt-packages.txt 2>/dev/null)
+
+.PHONY: help install system-deps models serve test lint bench clean
+
+help:
+	@echo "make serve   set up (venv, packages, default models) and run the stack"
+	@echo "make test    install and run the whole test suite"
+	@echo "make lint    ruff + mypy on bentos/ and models/"
+	@echo "make bench   optimization table: torch eager against every ORT variant"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the declared dependencies change.
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+models: install
+	$(PY) -m models build --all --if-missing
+	$(PY) -m models list
+
+serve: models
+	@echo "The serving stack arrives with the serving-core issue; the default models are built:"
+
+test: install system-deps
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy bentos models
+
+bench: install
+	$(PY) bench/optimization.py
+
+clean:
+	rm -rf build .state .pytest_cache .mypy_cache .ruff_cache

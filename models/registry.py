@@ -1,0 +1,170 @@
+"""Register stage, and the `list` and `verify` commands over the BentoML model store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, cast
+
+from bentos.artifacts import find_mismatches, sha256_file
+from models.errors import BuildError
+from models.export import check_onnx
+from models.families.base import Builder
+from models.workdir import ModelDir, read_json
+
+SCHEMA_FILE = "schema.json"
+MODEL_FILE = "model.onnx"
+
+
+def store_dir() -> Path:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    try:  # BentoML creates its home on first use and raises if it cannot
+        return Path(BentoMLContainer.model_store_dir.get())
+    except OSError as exc:
+        raise BuildError(f"model store under BENTOML_HOME={os.environ.get('BENTOML_HOME', '~/bentoml')} is not "
+                         f"writable ({exc.strerror}): set BENTOML_HOME to a writable directory") from exc
+
+
+def check_store_writable() -> Path:
+    path = store_dir()
+    probe = path / f".switchyard-probe-{uuid.uuid4().hex}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BuildError(f"model store {path} is not writable ({exc.strerror}): "
+                         "set BENTOML_HOME to a writable directory") from exc
+    return path
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=5,
+                               cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (out.stdout.strip() + ("+dirty" if dirty else "")) if out.returncode == 0 else "unknown"
+
+
+def model_name(key: str, variant: str) -> str:
+    return f"{key}-{variant}"
+
+
+def latest_tag(name: str) -> str | None:
+    import bentoml
+
+    try:
+        return str(bentoml.models.get(f"{name}:latest").tag)
+    except bentoml.exceptions.NotFound:
+        return None
+
+
+def artifacts_for(builder: Builder, md: ModelDir, variant: str) -> dict[str, Path]:
+    files = {MODEL_FILE: md.require_variant(variant), **builder.extra_artifacts()}
+    torchscript = md.export_dir / "model.ts"
+    if variant == "fp32" and torchscript.is_file():
+        files["model.ts"] = torchscript  # the alternative artifact
+    return files
+
+
+def register(builder: Builder, md: ModelDir, variant: str, force: bool = False) -> str:
+    import bentoml
+
+    check_store_writable()
+    files = artifacts_for(builder, md, variant)
+    check_onnx(files[MODEL_FILE])
+    vdir = md.variant_dir(variant)
+    validation = read_json(vdir / "validate.json",
+                           f"run `python -m models validate {builder.key} --variant {variant}` first")
+    if not validation["passed"] and not force:
+        raise BuildError(f"{builder.key} {variant} failed validation ({'; '.join(validation['failures'])}); "
+                         "not registered. Pass --force to register anyway")
+    optimization = read_json(vdir / "optimize.json", "run the optimize stage first")
+    bench_path = vdir / "benchmark.json"
+    bench = read_json(bench_path, "") if bench_path.is_file() else None
+    hashes = {name: sha256_file(src) for name, src in files.items()}
+    codec = builder.codec()
+    parent = None if variant == "fp32" else latest_tag(model_name(builder.key, "fp32"))
+    metrics = validation["metrics"]
+    metadata: dict[str, Any] = {
+        "schema": codec.schema(),
+        "preprocess": codec.preprocess_config(),
+        "metrics": {"validate": metrics, "benchmark": bench, "validation_passed": validation["passed"]},
+        "lineage": {"model": builder.key, "parent": parent or f"{builder.key}/export/model.onnx (fp32, unregistered)",
+                    "optimization": variant, "parameters": optimization, "git_commit": git_commit()},
+        "sha256": hashes,
+        "size_bytes": files[MODEL_FILE].stat().st_size,
+    }
+    if "batch_invariance_min_cosine" in metrics:
+        metadata["batch_invariance_min_cosine"] = metrics["batch_invariance_min_cosine"]
+    labels = {"family": builder.family, "model": builder.key, "variant": variant, "stage": "candidate"}
+    with bentoml.models.create(model_name(builder.key, variant), labels=labels,
+                               metadata=_without_none(metadata)) as bento_model:
+        root = Path(bento_model.path)
+        for name, src in files.items():
+            shutil.copyfile(src, root / name)
+        (root / SCHEMA_FILE).write_text(json.dumps(codec.schema(), indent=2))
+        problems = find_mismatches(root, hashes)
+        if problems:  # raising inside the block leaves nothing in the store
+            raise BuildError("copy into the store was corrupted: " + "; ".join(problems))
+    return str(bento_model.tag)
+
+
+def _without_none(value: Any) -> Any:
+    """BentoML metadata refuses None; an absent key says the same."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def switchyard_models() -> list[Any]:
+    import bentoml
+
+    return [m for m in bentoml.models.list() if "family" in m.info.labels]
+
+
+def describe(model: Any) -> dict[str, Any]:
+    info = model.info
+    meta = info.metadata
+    validate = meta.get("metrics", {}).get("validate", {})
+    bench = meta.get("metrics", {}).get("benchmark") or {}
+    return {
+        "tag": str(model.tag), "labels": dict(info.labels), "created": info.creation_time.isoformat(),
+        "size_bytes": meta.get("size_bytes"), "metrics": meta.get("metrics"), "lineage": meta.get("lineage"),
+        "sha256": meta.get("sha256"), "batch_invariance_min_cosine": meta.get("batch_invariance_min_cosine"),
+        "headline": _headline(validate), "p50_ms": (bench.get("latency_ms") or {}).get("p50"),
+    }
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    if "accuracy" in metrics:
+        return f"acc {metrics['accuracy'] * 100:.2f}%"
+    if "mean_cosine" in metrics:
+        return f"cos {metrics['mean_cosine']:.4f}"
+    return "-"
+
+
+def verify(tag: str) -> dict[str, str]:
+    import bentoml
+
+    try:
+        model = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        raise BuildError(f"model {tag!r} is not in the store {store_dir()}") from None
+    expected = cast(dict[str, str] | None, model.info.metadata.get("sha256"))
+    if not expected:
+        raise BuildError(f"{model.tag} has no recorded sha256 values: was it registered by switchyard?")
+    problems = find_mismatches(Path(model.path), expected)
+    if problems:
+        raise BuildError(f"{model.tag} failed verification: " + "; ".join(problems))
+    return dict(expected)
