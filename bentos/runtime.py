@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnxruntime as ort
+
+from bentos.artifacts import find_mismatches
+from bentos.families import Codec, codec_for
 
 # Preferred order; only those this onnxruntime build offers are used.
 _PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -40,3 +46,59 @@ def load_session(
         session_options(threads or default_threads(), spinning),
         providers=pick_providers(cpu_only),
     )
+
+
+class VersionLoadError(RuntimeError):
+    """A model version could not be loaded: it stays out of traffic."""
+
+
+@dataclass
+class LoadedVersion:
+    """One model version, verified, loaded and warmed, ready for traffic."""
+
+    tag: str
+    family: str
+    variant: str
+    codec: Codec
+    session: ort.InferenceSession
+    metadata: dict[str, Any]
+    path: Path
+
+    def run(self, items: list[Any]) -> list[np.ndarray]:
+        """One output row per input item."""
+        output = self.session.run([self.codec.output_name], self.codec.encode(items))[0]
+        return list(output)
+
+    def warm(self) -> None:
+        for batch in (1, 8):
+            self.run(self.codec.warmup_items() * batch)
+
+
+def resolve_tag(tag: str) -> Any:
+    """The stored model for a tag, a `name:latest` or a bare name."""
+    import bentoml
+
+    try:
+        return bentoml.models.get(tag)
+    except (bentoml.exceptions.NotFound, ValueError):
+        raise VersionLoadError(f"model {tag!r} is not in the model store") from None
+
+
+def load_version(tag: str, threads: int) -> LoadedVersion:
+    model = resolve_tag(tag)
+    labels, meta = model.info.labels, model.info.metadata
+    root = Path(model.path)
+    family = labels.get("family")
+    if family is None:
+        raise VersionLoadError(f"{model.tag} has no 'family' label: register it with `python -m models register`")
+    problems = find_mismatches(root, meta.get("sha256") or {})
+    if problems or not meta.get("sha256"):
+        raise VersionLoadError(f"{model.tag} failed its sha256 check: {'; '.join(problems) or 'no hashes recorded'}")
+    try:
+        session = load_session(root / "model.onnx", threads)
+        codec = codec_for(family, root, meta.get("preprocess") or {})
+        version = LoadedVersion(str(model.tag), family, labels.get("variant", "?"), codec, session, dict(meta), root)
+        version.warm()
+    except Exception as exc:  # a corrupt graph raises ORT's own exception types
+        raise VersionLoadError(f"{model.tag} failed to load: {str(exc).splitlines()[0][:300]}") from exc
+    return version

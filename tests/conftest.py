@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,3 +44,57 @@ def cli(store_env: dict[str, str]) -> CLI:
         return proc
 
     return run
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits-mlp and digits-cnn trained and exported once per session."""
+    from models.export import export
+    from models.families import get_builder
+    from models.settings import BuildSettings
+    from models.workdir import ModelDir
+
+    root = tmp_path_factory.mktemp("digits-work")
+    settings = BuildSettings(work_dir=root, threads=2)
+    for key in ("digits-mlp", "digits-cnn"):
+        builder, md = get_builder(key, settings), ModelDir(root, key)
+        builder.train(md)
+        export(builder, md)
+    return root
+
+
+@pytest.fixture
+def digits_work(digits_root: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained and exported digits models, safe to modify."""
+    dest = tmp_path / "work"
+    shutil.copytree(digits_root, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def minilm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MiniLM exported once per session (about 40 s)."""
+    from models.export import export
+    from models.families import get_builder
+    from models.settings import BuildSettings
+    from models.workdir import ModelDir
+
+    root = tmp_path_factory.mktemp("minilm-work")
+    export(get_builder("minilm", BuildSettings(work_dir=root, threads=2)), ModelDir(root, "minilm"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server from Debian's package, started for this session."""
+    from tests.servers import Postgres
+
+    try:
+        server = Postgres()
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        message = f"POSTGRES TESTS SKIPPED: cannot start PostgreSQL ({exc}); install Debian's 'postgresql'"
+        print(f"\n{'!' * 80}\n{message}\n{'!' * 80}", file=sys.stderr)
+        pytest.skip(message)
+    server.start()
+    yield server
+    server.destroy()

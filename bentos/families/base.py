@@ -30,8 +30,17 @@ class Codec(ABC):
     def preprocess_config(self) -> dict[str, Any]:
         """What `from_config` needs to rebuild this codec from a stored model."""
 
+    @classmethod
+    @abstractmethod
+    def warmup_items(cls) -> list[Any]:
+        """A representative input, run before a version takes traffic."""
+
     @abstractmethod
     def encode(self, items: list[Any]) -> Feed: ...
+
+    @abstractmethod
+    def agreement(self, a: np.ndarray, b: np.ndarray) -> float:
+        """How far two versions agree on one output row, in [0, 1] (shadow comparison)."""
 
     @abstractmethod
     def decode(self, output: np.ndarray) -> list[Any]: ...

@@ -35,11 +35,18 @@ class DigitsCodec(Codec):
         # Scaling to 0..1 happens inside the graph, so the feed is the raw pixels.
         return {"pixels": N_PIXELS, "pixel_max": PIXEL_MAX}
 
+    @classmethod
+    def warmup_items(cls) -> list[Any]:
+        return [[PIXEL_MAX / 2] * N_PIXELS]
+
     def encode(self, items: list[Any]) -> Feed:
         arr = np.asarray(items, dtype=np.float32)
         if arr.ndim != 2 or arr.shape[1] != N_PIXELS:
             raise ValueError(f"inputs must be rows of {N_PIXELS} pixels, got shape {arr.shape}")
         return {INPUT_NAME: arr}
+
+    def agreement(self, a: np.ndarray, b: np.ndarray) -> float:
+        return float(int(a.argmax()) == int(b.argmax()))
 
     def decode(self, output: np.ndarray) -> list[dict[str, Any]]:
         labels = output.argmax(axis=1)

@@ -56,6 +56,10 @@ class TextCodec(Codec):
         return {"tokenizer": self.tokenizer_file.name, "max_tokens": self.max_tokens,
                 "padding": "longest", "truncation": "longest_first", "lowercase": True}
 
+    @classmethod
+    def warmup_items(cls) -> list[Any]:
+        return ["A warm-up sentence of about the usual length, before any traffic arrives."]
+
     def token_lengths(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self._unpadded.encode_batch(texts)]
 
@@ -65,6 +69,9 @@ class TextCodec(Codec):
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
         }
+
+    def agreement(self, a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
     def decode(self, output: np.ndarray) -> list[list[float]]:
         return [row.tolist() for row in output]

@@ -11,7 +11,6 @@ import pytest
 from bentos.families import codec_for
 from bentos.families.minilm import TOKENIZER_FILES
 from bentos.runtime import load_session
-from models.export import export
 from models.families import get_builder
 from models.families.base import Builder, run_batched
 from models.families.minilm import MiniLMBuilder, cosine_rows
@@ -25,13 +24,12 @@ pytestmark = pytest.mark.minilm
 
 
 @pytest.fixture(scope="module")
-def minilm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Builder, ModelDir]:
-    root = tmp_path_factory.mktemp("minilm-work")
-    builder = get_builder("minilm", BuildSettings(work_dir=root, threads=2))
-    md = ModelDir(root, "minilm")
-    export(builder, md)
+def minilm(minilm_root: Path) -> tuple[Builder, ModelDir]:
+    builder = get_builder("minilm", BuildSettings(work_dir=minilm_root, threads=2))
+    md = ModelDir(minilm_root, "minilm")
     for variant in ("fp32", "int8-dynamic", "int8-static"):
-        optimize(builder, md, variant)
+        if not md.variant_dir(variant).joinpath("model.onnx").is_file():
+            optimize(builder, md, variant)
     return builder, md
 
 

@@ -1,0 +1,225 @@
+"""One endpoint (digits, minilm) in one worker: its live versions and the request path.
+
+A request is routed to a version, queued on that version's batcher, and answered;
+a failing or circuit-open non-stable version falls back to stable, and shadow versions
+get a fire-and-forget copy whose answers are compared, never returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bentos.batching import AdaptiveBatcher, Overloaded, Timing, length_bucket
+from bentos.cache import PredictionCache, input_key
+from bentos.circuit import CircuitBreaker, CircuitPolicy
+from bentos.families import Codec
+from bentos.families.minilm import TextCodec
+from bentos.metrics import Metrics
+from bentos.routing import Router
+from bentos.runtime import LoadedVersion
+from bentos.schemas import DeploymentSpec
+from bentos.settings import ServeSettings
+from bentos.stats import StatsRecorder
+
+log = logging.getLogger("switchyard.endpoint")
+
+
+class ModelFailure(RuntimeError):
+    """The model raised and no fallback could serve the request."""
+
+
+class NoDeployment(RuntimeError):
+    """The endpoint has no live version yet."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    outputs: list[np.ndarray]
+    version: str
+    route: str
+    timing: Timing
+    total_s: float
+    codec: Codec
+
+
+class Slot:
+    """A live version in this worker: model, batcher and circuit breaker."""
+
+    def __init__(self, version: LoadedVersion, settings: ServeSettings, policy: CircuitPolicy) -> None:
+        self.version = version
+        self.batcher = AdaptiveBatcher(version.run, max_batch_size=settings.max_batch_size,
+                                       max_queue=settings.max_queue, max_wait_s=settings.max_wait_ms / 1000,
+                                       name=f"batch-{version.tag}")
+        self.circuit = CircuitBreaker(policy)
+
+    async def drain_and_stop(self, grace_s: float = 30.0) -> None:
+        """Let queued requests finish before the version goes away."""
+        end = time.monotonic() + grace_s
+        while self.batcher.queue_depth and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        await self.batcher.stop()
+
+
+class Endpoint:
+    def __init__(self, name: str, settings: ServeSettings, metrics: Metrics, stats: StatsRecorder) -> None:
+        self.name = name
+        self.settings = settings
+        self.metrics = metrics
+        self.stats = stats
+        self.policy = CircuitPolicy(settings.circuit_failures, settings.circuit_error_rate, settings.circuit_window_s,
+                                    settings.circuit_min_requests, settings.circuit_cooldown_s)
+        self.cache = PredictionCache(settings.cache_size, settings.cache_ttl_s)
+        self.revision = 0
+        self.spec: DeploymentSpec | None = None
+        self.router: Router | None = None
+        self.slots: dict[str, Slot] = {}
+        self.load_error: str | None = None
+        self._shadow_inflight = 0
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # --- deployment changes -----------------------------------------------------------
+    def missing(self, spec: DeploymentSpec) -> list[str]:
+        return [v.tag for v in spec.versions if v.tag not in self.slots]
+
+    def swap(self, revision: int, spec: DeploymentSpec, loaded: dict[str, LoadedVersion]) -> None:
+        """Switch to `spec`; every version in it is already loaded and warmed."""
+        slots = {v.tag: self.slots.get(v.tag) or Slot(loaded[v.tag], self.settings, self.policy)
+                 for v in spec.versions}
+        retired = [slot for tag, slot in self.slots.items() if tag not in slots]
+        variants = {tag: slot.version.variant for tag, slot in slots.items()}
+        self.spec, self.router, self.slots, self.revision = spec, Router(spec, variants), slots, revision
+        self.load_error = None
+        for slot in retired:
+            self._spawn(slot.drain_and_stop())
+
+    async def stop(self) -> None:
+        for slot in self.slots.values():
+            await slot.batcher.stop()
+        for task in list(self._background):
+            task.cancel()
+
+    @property
+    def ready(self) -> bool:
+        return self.router is not None
+
+    # --- the request path -------------------------------------------------------------
+    async def handle(self, items: list[Any], routing_key: str | None = None, pin: str | None = None,
+                     source: str = "api") -> Answer:
+        router = self.router
+        if router is None:
+            raise NoDeployment(f"endpoint {self.name} has no deployed model yet: build one with "
+                               "`python -m models build --all`, then deploy it through /v1/admin")
+        start = time.monotonic()
+        choice = router.choose(routing_key, pin if self.settings.allow_pinning else None)
+        tag, route = choice.tag, choice.route
+        slot = self.slots[tag]
+        if route == "canary" and not slot.circuit.allow():
+            tag, route, slot = router.stable, "fallback", self.slots[router.stable]
+            self.metrics.fallbacks.labels(self.name, choice.tag).inc()
+        try:
+            outputs, timing = await self._run(slot, items, route, source)
+        except Overloaded:
+            raise
+        except Exception as exc:
+            if route != "canary":
+                raise ModelFailure(f"{tag} failed: {exc}") from exc
+            log.warning("canary %s failed (%s); serving from stable", tag, exc)
+            self.metrics.fallbacks.labels(self.name, tag).inc()
+            tag, route, slot = router.stable, "fallback", self.slots[router.stable]
+            try:
+                outputs, timing = await self._run(slot, items, route, source)
+            except Overloaded:
+                raise
+            except Exception as exc2:
+                raise ModelFailure(f"{tag} failed: {exc2}") from exc2
+        total = time.monotonic() - start
+        self.metrics.request_duration.labels(self.name, tag).observe(total)
+        self.stats.record(self.name, tag, True, total, fallback=route == "fallback")
+        if router.shadows and source != "shadow":
+            for shadow in router.shadows:
+                self._mirror(shadow, items, tag, outputs)
+        return Answer(outputs, tag, route, timing, total, slot.version.codec)
+
+    async def _run(self, slot: Slot, items: list[Any], route: str, source: str) -> tuple[list[np.ndarray], Timing]:
+        tag = slot.version.tag
+        key = input_key(tag, items) if self.cache.size else ""
+        cached = self.cache.get(key) if key else None
+        if cached is not None:
+            self.metrics.cache_hits.labels(self.name, tag).inc()
+            self.metrics.requests.labels(self.name, tag, route, "ok", source).inc()
+            return cached, Timing(0.0, 0.0, 0)
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        try:
+            outputs, timing = await slot.batcher.submit(items, deadline, self._bucket(slot, items))
+        except Overloaded:
+            self.metrics.requests.labels(self.name, tag, route, "overloaded", source).inc()
+            raise
+        except Exception:
+            slot.circuit.record(False)
+            self.metrics.circuit_state.labels(self.name, tag).set(slot.circuit.state.value)
+            self.metrics.requests.labels(self.name, tag, route, "error", source).inc()
+            self.stats.record(self.name, tag, False, 0.0)
+            raise
+        slot.circuit.record(True)
+        self.metrics.circuit_state.labels(self.name, tag).set(slot.circuit.state.value)
+        self.metrics.requests.labels(self.name, tag, route, "ok", source).inc()
+        self.metrics.queue_wait.labels(self.name, tag).observe(timing.queue_s)
+        self.metrics.inference_duration.labels(self.name, tag).observe(timing.inference_s)
+        self.metrics.batch_size.labels(self.name, tag).observe(timing.batch_rows)
+        if key:
+            self.cache.put(key, outputs)
+        return outputs, timing
+
+    @staticmethod
+    def _bucket(slot: Slot, items: list[Any]) -> int:
+        codec = slot.version.codec
+        if isinstance(codec, TextCodec):
+            return length_bucket(max(codec.token_lengths(items)))
+        return 0
+
+    # --- shadow traffic ---------------------------------------------------------------
+    def _mirror(self, shadow: str, items: list[Any], primary: str, primary_out: list[np.ndarray]) -> None:
+        if self._shadow_inflight >= self.settings.shadow_queue:
+            self.metrics.shadow_dropped.labels(self.name, shadow).inc()
+            return
+        self._shadow_inflight += 1
+        self._spawn(self._shadow(shadow, items, primary, primary_out))
+
+    async def _shadow(self, shadow: str, items: list[Any], primary: str, primary_out: list[np.ndarray]) -> None:
+        try:
+            slot = self.slots.get(shadow)
+            if slot is None:
+                return
+            outputs, _ = await self._run(slot, items, "shadow", "shadow")
+            for a, b in zip(primary_out, outputs, strict=True):
+                agreement = slot.version.codec.agreement(a, b)
+                self.metrics.shadow_agreement.labels(self.name, shadow, primary).observe(agreement)
+        except Exception as exc:  # a shadow never affects the primary
+            log.debug("shadow %s failed: %s", shadow, exc)
+        finally:
+            self._shadow_inflight -= 1
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- reporting --------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        spec = self.spec
+        versions = []
+        for v in spec.versions if spec else []:
+            slot = self.slots.get(v.tag)
+            versions.append({"tag": v.tag, "role": v.role, "weight": v.weight,
+                             "variant": slot.version.variant if slot else None,
+                             "state": "loaded" if slot else "missing",
+                             "circuit": slot.circuit.state.name.lower() if slot else None,
+                             "queue_depth": slot.batcher.queue_depth if slot else 0})
+        return {"revision": self.revision, "sticky": bool(spec and spec.sticky), "ready": self.ready,
+                "versions": versions, "load_error": self.load_error}

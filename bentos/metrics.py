@@ -1,0 +1,58 @@
+"""Prometheus metrics, exposed on BentoML's /metrics next to its own.
+
+prometheus_client is imported when a worker starts, not at import time: BentoML sets
+PROMETHEUS_MULTIPROC_DIR in each worker first, and that is how several workers'
+metrics are aggregated (bentoml.metrics is a deprecated shim doing the same).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+AGREEMENT_BUCKETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    requests: Any
+    request_duration: Any
+    inference_duration: Any
+    queue_wait: Any
+    batch_size: Any
+    cache_hits: Any
+    fallbacks: Any
+    shadow_dropped: Any
+    shadow_agreement: Any
+    circuit_state: Any
+
+
+@cache
+def get_metrics() -> Metrics:
+    """Create the metrics once per process."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    ev = ["endpoint", "version"]
+    return Metrics(
+        requests=Counter("switchyard_requests_total", "Requests by version, route and outcome.",
+                         [*ev, "route", "outcome", "source"]),
+        request_duration=Histogram("switchyard_request_duration_seconds", "End-to-end time in the model path.",
+                                   ev, buckets=LATENCY_BUCKETS),
+        inference_duration=Histogram("switchyard_inference_duration_seconds", "Model time of the request's batch.",
+                                     ev, buckets=LATENCY_BUCKETS),
+        queue_wait=Histogram("switchyard_queue_wait_seconds", "Time queued before the batch ran.", ev,
+                             buckets=LATENCY_BUCKETS),
+        batch_size=Histogram("switchyard_batch_size", "Rows in the batch that served the request.", ev,
+                             buckets=BATCH_BUCKETS),
+        cache_hits=Counter("switchyard_cache_hits_total", "Predictions served from the cache.", ev),
+        fallbacks=Counter("switchyard_fallbacks_total", "Requests served by stable after a version failed.", ev),
+        shadow_dropped=Counter("switchyard_shadow_dropped_total", "Shadow requests dropped: queue full.", ev),
+        shadow_agreement=Histogram("switchyard_shadow_agreement",
+                                   "Agreement of shadow with primary: label match (classifiers), cosine (embeddings).",
+                                   [*ev, "primary"], buckets=AGREEMENT_BUCKETS),
+        circuit_state=Gauge("switchyard_circuit_state", "0 closed, 1 half-open, 2 open.", ev,
+                            multiprocess_mode="max"),
+    )

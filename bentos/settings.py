@@ -1,0 +1,66 @@
+"""Serving settings, read from SWITCHYARD_* environment variables when the service starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
+
+    # Control plane
+    state_dir: Path = Field(Path(".state/control"), description="SQLite control plane (WAL) lives here.")
+    db_url: SecretStr | None = Field(None, description="postgresql://... to share the control plane.")
+    poll_interval_s: float = Field(0.25, gt=0, le=10, description="How often workers look for a new revision.")
+    default_models: dict[str, str] = Field(
+        default_factory=dict, description='Override the first-start choice, e.g. {"digits": "digits-cnn-fp32"}.')
+
+    # Admin API
+    admin_token: SecretStr | None = Field(None, description="Bearer token for /v1/admin; its actor name is 'admin'.")
+    admin_tokens: dict[str, SecretStr] = Field(default_factory=dict, description='More tokens: {"alice": "..."}.')
+
+    # Runtime
+    threads: int = Field(0, ge=0, le=256, description="ORT intra-op threads per version; 0 = cores / workers.")
+    workers: int = Field(1, ge=1, le=64, description="Workers sharing the machine (for the thread default).")
+
+    # Batching
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Rows per model call.")
+    max_wait_ms: float = Field(0.0, ge=0, le=1000, description="Extra wait for a fuller batch; 0 = never wait.")
+    max_queue: int = Field(1024, ge=1, description="Queued requests per version before 503.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline for a request to get a model slot.")
+
+    # Input limits
+    max_rows: int = Field(64, ge=1, le=4096, description="Rows (digits) or texts (minilm) per request.")
+    max_chars: int = Field(2000, ge=1, description="Characters per text.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Request body size limit.")
+
+    # Routing
+    allow_pinning: bool = Field(True, description="Honour the X-Model-Version header.")
+    shadow_queue: int = Field(64, ge=1, description="Shadow requests waiting; more are dropped and counted.")
+
+    # Circuit breaker
+    circuit_failures: int = Field(5, ge=1, description="Consecutive failures that open a version's circuit.")
+    circuit_error_rate: float = Field(0.5, gt=0, le=1, description="Error rate in the window that opens it.")
+    circuit_window_s: float = Field(30.0, gt=0, description="Window for the error rate.")
+    circuit_min_requests: int = Field(20, ge=1, description="Requests in the window before the rate counts.")
+    circuit_cooldown_s: float = Field(5.0, gt=0, description="Open time before a half-open probe.")
+
+    # Prediction cache
+    cache_size: int = Field(0, ge=0, description="Entries per endpoint; 0 disables the cache.")
+    cache_ttl_s: float = Field(300.0, gt=0, description="Seconds a cached prediction stays valid.")
+
+    # Stats shared through the control plane (for /v1/admin/stats and canary analysis)
+    stats_flush_s: float = Field(1.0, gt=0, description="How often a worker writes its per-version stats.")
+
+    def intra_op_threads(self, cores: int) -> int:
+        return self.threads or max(1, cores // self.workers)
+
+    def tokens(self) -> dict[str, str]:
+        """Token value -> actor name."""
+        named = {tok.get_secret_value(): name for name, tok in self.admin_tokens.items()}
+        if self.admin_token is not None:
+            named[self.admin_token.get_secret_value()] = "admin"
+        return named

@@ -1,0 +1,94 @@
+"""Per-version request stats in time buckets, shared through the control plane.
+
+Each worker counts its own traffic and upserts its cumulative counts per bucket, so
+/v1/admin/stats and canary analysis see every worker and every replica.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+BUCKET_S = 5
+# Latency histogram edges in milliseconds; the last bucket is open-ended.
+LATENCY_EDGES_MS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000)
+
+
+def bucket_of(ts: float) -> int:
+    return int(ts // BUCKET_S)
+
+
+@dataclass
+class Counts:
+    requests: int = 0
+    errors: int = 0
+    fallbacks: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES_MS) + 1))
+
+    def add(self, other: Counts) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.fallbacks += other.fallbacks
+        self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
+
+
+def quantile(hist: list[int], q: float) -> float | None:
+    """Quantile in ms from histogram counts, interpolating inside the bucket."""
+    total = sum(hist)
+    if total == 0:
+        return None
+    target, seen = q * total, 0
+    for i, count in enumerate(hist):
+        if seen + count >= target and count:
+            lo = LATENCY_EDGES_MS[i - 1] if i else 0.0
+            hi = LATENCY_EDGES_MS[i] if i < len(LATENCY_EDGES_MS) else LATENCY_EDGES_MS[-1] * 2
+            return float(lo + (hi - lo) * (target - seen) / count)
+        seen += count
+    return float(LATENCY_EDGES_MS[-1])
+
+
+class StatsRecorder:
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str, int], Counts] = defaultdict(Counts)
+        self._dirty: set[tuple[str, str, int]] = set()
+
+    def record(self, endpoint: str, version: str, ok: bool, latency_s: float, fallback: bool = False) -> None:
+        key = (endpoint, version, bucket_of(time.time()))
+        counts = self._buckets[key]
+        counts.requests += 1
+        counts.errors += 0 if ok else 1
+        counts.fallbacks += 1 if fallback else 0
+        counts.latency[bisect.bisect_left(LATENCY_EDGES_MS, latency_s * 1000)] += 1
+        self._dirty.add(key)
+
+    def pending_rows(self) -> list[tuple[str, str, int, int, int, int, list[int]]]:
+        rows = [(e, v, b, c.requests, c.errors, c.fallbacks, list(c.latency))
+                for (e, v, b), c in ((k, self._buckets[k]) for k in self._dirty)]
+        return rows
+
+    def flushed(self, rows: list[tuple[Any, ...]]) -> None:
+        """Forget dirtiness of rows written; drop buckets older than a minute."""
+        for endpoint, version, bucket, *_ in rows:
+            self._dirty.discard((endpoint, version, bucket))
+        horizon = bucket_of(time.time()) - 12
+        for key in [k for k in self._buckets if k[2] < horizon and k not in self._dirty]:
+            del self._buckets[key]
+
+
+def summarize(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Aggregate store rows into endpoint -> version -> counts, error rate and quantiles."""
+    merged: dict[tuple[str, str], Counts] = defaultdict(Counts)
+    for endpoint, version, _bucket, requests, errors, fallbacks, latency in rows:
+        merged[(endpoint, version)].add(Counts(requests, errors, fallbacks, list(latency)))
+    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for (endpoint, version), c in merged.items():
+        out[endpoint][version] = {
+            "requests": c.requests, "errors": c.errors, "fallbacks": c.fallbacks,
+            "error_rate": c.errors / c.requests if c.requests else 0.0,
+            "latency_ms": {f"p{int(q * 100)}": quantile(c.latency, q) for q in (0.5, 0.95, 0.99)},
+            "latency_histogram": {"edges_ms": list(LATENCY_EDGES_MS), "counts": c.latency},
+        }
+    return dict(out)

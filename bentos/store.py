@@ -1,0 +1,296 @@
+"""The control plane: deployments with revision history, the audit log, shared stats, leases.
+
+SQLite in WAL mode under SWITCHYARD_STATE_DIR by default; Postgres when SWITCHYARD_DB_URL
+is set, so that replicas share one control plane. Every change is one transaction: a
+new revision and its audit entry land together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class StoreUnavailable(RuntimeError):
+    """The control-plane database cannot be reached; serving goes on from the last known state."""
+
+
+class RevisionConflict(RuntimeError):
+    """Someone else changed the deployment first."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    endpoint: str
+    revision: int
+    spec: dict[str, Any]
+    actor: str
+    action: str
+    reason: str
+    created_at: float
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deployments (
+    endpoint TEXT NOT NULL, revision INTEGER NOT NULL, spec TEXT NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, reason TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (endpoint, revision));
+CREATE TABLE IF NOT EXISTS audit (
+    id {serial} PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    endpoint TEXT NOT NULL, before TEXT, after TEXT, reason TEXT NOT NULL, details TEXT);
+CREATE TABLE IF NOT EXISTS version_stats (
+    source TEXT NOT NULL, endpoint TEXT NOT NULL, version TEXT NOT NULL, bucket BIGINT NOT NULL,
+    requests BIGINT NOT NULL, errors BIGINT NOT NULL, fallbacks BIGINT NOT NULL, latency TEXT NOT NULL,
+    PRIMARY KEY (source, endpoint, version, bucket));
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL);
+"""
+
+
+class ControlPlane(ABC):
+    """Dialect-neutral queries; subclasses provide connections and placeholders."""
+
+    serial = "INTEGER"
+
+    @abstractmethod
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor inside one transaction, committed on success and rolled back on error."""
+        yield None
+
+    def _q(self, sql: str) -> str:
+        return sql
+
+    def _exec(self, cur: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        cur.execute(self._q(sql), params)
+        return cur
+
+    def init_schema(self) -> None:
+        with self.transaction() as cur:
+            for statement in _SCHEMA.format(serial=self.serial).split(";"):
+                if statement.strip():
+                    self._exec(cur, statement)
+
+    # --- deployments ---------------------------------------------------------------
+    def current_revisions(self) -> dict[str, int]:
+        with self.transaction() as cur:
+            rows = self._exec(cur, "SELECT endpoint, MAX(revision) FROM deployments GROUP BY endpoint").fetchall()
+        return {endpoint: int(rev) for endpoint, rev in rows}
+
+    def get_deployment(self, endpoint: str, revision: int | None = None) -> Revision | None:
+        with self.transaction() as cur:
+            return self._get(cur, endpoint, revision)
+
+    def _get(self, cur: Any, endpoint: str, revision: int | None) -> Revision | None:
+        sql = "SELECT endpoint, revision, spec, actor, action, reason, created_at FROM deployments WHERE endpoint = ?"
+        if revision is None:
+            row = self._exec(cur, sql + " ORDER BY revision DESC LIMIT 1", (endpoint,)).fetchone()
+        else:
+            row = self._exec(cur, sql + " AND revision = ?", (endpoint, revision)).fetchone()
+        return _revision(row) if row else None
+
+    def revisions(self, endpoint: str) -> list[Revision]:
+        with self.transaction() as cur:
+            rows = self._exec(cur, "SELECT endpoint, revision, spec, actor, action, reason, created_at "
+                                   "FROM deployments WHERE endpoint = ? ORDER BY revision DESC", (endpoint,)).fetchall()
+        return [_revision(r) for r in rows]
+
+    def write_deployment(self, endpoint: str, spec: dict[str, Any], *, actor: str, action: str, reason: str,
+                         expect_revision: int | None = None, details: dict[str, Any] | None = None) -> Revision:
+        """Append a revision and its audit entry atomically.
+
+        With `expect_revision`, refuse (RevisionConflict) if the current revision differs;
+        expect_revision=0 means "only if the endpoint has no deployment yet".
+        """
+        with self.transaction() as cur:
+            self._lock_deployments(cur)
+            before = self._get(cur, endpoint, None)
+            current = before.revision if before else 0
+            if expect_revision is not None and current != expect_revision:
+                raise RevisionConflict(f"{endpoint} is at revision {current}, not {expect_revision}")
+            now = time.time()
+            self._exec(cur, "INSERT INTO deployments (endpoint, revision, spec, actor, action, reason, created_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (endpoint, current + 1, json.dumps(spec), actor, action, reason, now))
+            self._audit(cur, actor, action, endpoint, before.spec if before else None, spec, reason,
+                        {"revision": current + 1, **(details or {})})
+        return Revision(endpoint, current + 1, spec, actor, action, reason, now)
+
+    def _lock_deployments(self, cur: Any) -> None:  # noqa: B027 - a hook, empty by default
+        """Serialize writers (SQLite's BEGIN IMMEDIATE already does)."""
+
+    # --- audit ---------------------------------------------------------------------
+    def append_audit(self, actor: str, action: str, endpoint: str, reason: str,
+                     details: dict[str, Any] | None = None) -> None:
+        with self.transaction() as cur:
+            self._audit(cur, actor, action, endpoint, None, None, reason, details)
+
+    def _audit(self, cur: Any, actor: str, action: str, endpoint: str, before: Any, after: Any, reason: str,
+               details: dict[str, Any] | None) -> None:
+        self._exec(cur, "INSERT INTO audit (ts, actor, action, endpoint, before, after, reason, details) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (time.time(), actor, action, endpoint, _dump(before), _dump(after), reason, _dump(details)))
+
+    def audit(self, endpoint: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        sql = "SELECT id, ts, actor, action, endpoint, before, after, reason, details FROM audit"
+        params: tuple[Any, ...] = ()
+        if endpoint:
+            sql, params = sql + " WHERE endpoint = ?", (endpoint,)
+        with self.transaction() as cur:
+            rows = self._exec(cur, sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+        keys = ("id", "ts", "actor", "action", "endpoint", "before", "after", "reason", "details")
+        return [{k: (_load(v) if k in ("before", "after", "details") else v) for k, v in zip(keys, r, strict=True)}
+                for r in rows]
+
+    # --- shared per-version stats ------------------------------------------------------
+    def write_stats(self, source: str, rows: list[tuple[str, str, int, int, int, int, list[int]]]) -> None:
+        """Upsert this worker's cumulative counts per (endpoint, version, time bucket)."""
+        if not rows:
+            return
+        with self.transaction() as cur:
+            for endpoint, version, bucket, requests, errors, fallbacks, latency in rows:
+                self._exec(cur, "INSERT INTO version_stats (source, endpoint, version, bucket, requests, errors, "
+                                "fallbacks, latency) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                                "ON CONFLICT (source, endpoint, version, bucket) DO UPDATE SET "
+                                "requests = excluded.requests, errors = excluded.errors, "
+                                "fallbacks = excluded.fallbacks, latency = excluded.latency",
+                           (source, endpoint, version, bucket, requests, errors, fallbacks, json.dumps(latency)))
+
+    def read_stats(self, since_bucket: int, endpoint: str | None = None) -> list[tuple[Any, ...]]:
+        sql = ("SELECT endpoint, version, bucket, requests, errors, fallbacks, latency FROM version_stats "
+               "WHERE bucket >= ?")
+        params: tuple[Any, ...] = (since_bucket,)
+        if endpoint:
+            sql, params = sql + " AND endpoint = ?", (*params, endpoint)
+        with self.transaction() as cur:
+            return [(*r[:6], json.loads(r[6])) for r in self._exec(cur, sql, params).fetchall()]
+
+    def prune_stats(self, before_bucket: int) -> None:
+        with self.transaction() as cur:
+            self._exec(cur, "DELETE FROM version_stats WHERE bucket < ?", (before_bucket,))
+
+    # --- leases ----------------------------------------------------------------------
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew `name` for `holder` unless someone else holds an unexpired lease."""
+        now = time.time()
+        with self.transaction() as cur:
+            self._exec(cur, "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
+                            "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                            "expires_at = excluded.expires_at "
+                            "WHERE leases.holder = excluded.holder OR leases.expires_at < ?",
+                       (name, holder, now + ttl_s, now))
+            row = self._exec(cur, "SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
+        return bool(row and row[0] == holder)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.transaction() as cur:
+            self._exec(cur, "DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def close(self) -> None:  # noqa: B027 - a hook, empty by default
+        """Release connections."""
+
+
+class SQLiteControlPlane(ControlPlane):
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+        self.init_schema()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            cur = conn.cursor()
+            try:
+                yield cur
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"control plane {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+
+
+class PostgresControlPlane(ControlPlane):
+    serial = "BIGSERIAL"
+
+    def __init__(self, url: str, connect_timeout_s: float = 3.0) -> None:
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self.init_schema()
+
+    def _q(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.url, connect_timeout=int(self.connect_timeout_s))
+        return self._conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        import psycopg
+
+        with self._lock:
+            try:
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cur:
+                    yield cur
+            except psycopg.OperationalError as exc:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                raise StoreUnavailable(f"control-plane database unreachable: {str(exc).strip()[:200]}") from exc
+
+    def _lock_deployments(self, cur: Any) -> None:
+        # One writer at a time: revision numbers must not collide across replicas.
+        cur.execute("LOCK TABLE deployments IN SHARE ROW EXCLUSIVE MODE")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def open_store(state_dir: Path, db_url: str | None) -> ControlPlane:
+    if db_url:
+        return PostgresControlPlane(db_url)
+    return SQLiteControlPlane(state_dir / "control.db")
+
+
+def _revision(row: tuple[Any, ...]) -> Revision:
+    endpoint, revision, spec, actor, action, reason, created_at = row
+    return Revision(endpoint, int(revision), json.loads(spec), actor, action, reason, float(created_at))
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _load(value: str | None) -> Any:
+    return None if value is None else json.loads(value)

@@ -1,0 +1,28 @@
+"""Switchyard's BentoML service: a thin declaration; the logic lives in bentos/."""
+
+from __future__ import annotations
+
+import bentoml
+
+from bentos.admin import admin_routes
+from bentos.engine import Engine
+from bentos.health import health_routes
+from bentos.http import EngineHolder, create_app
+from bentos.settings import ServeSettings
+
+holder = EngineHolder()
+app = create_app(holder, [*health_routes(holder), *admin_routes(holder)])
+
+
+@bentoml.asgi_app(app, path="/")
+@bentoml.service(name="switchyard", traffic={"timeout": 60}, workers=1)
+class Switchyard:
+    """Serves every live model version; deployments come from the control plane."""
+
+    def __init__(self) -> None:
+        # Settings are read here, when a worker starts, never at import time.
+        self.engine = Engine(ServeSettings())
+        holder.engine = self.engine
+
+    def __is_ready__(self) -> bool:
+        return self.engine.ready

@@ -1,0 +1,152 @@
+"""The adaptive batcher, deterministically: huge timeouts and asyncio.gather, as in Ray Serve."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from bentos.batching import AdaptiveBatcher, BatchSizeMismatch, DeadlineExceeded, QueueFull, length_bucket
+
+FAR = 1e9  # a deadline that never passes
+
+
+class Model:
+    """Records every batch; can be held mid-batch to let requests pile up."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+
+    def __call__(self, rows: list[Any]) -> list[Any]:
+        self.started.set()
+        self.gate.wait(10)
+        self.batches.append(list(rows))
+        if "bad" in rows:
+            raise ValueError("bad row")
+        return [f"out:{r}" for r in rows]
+
+
+def deadline() -> float:
+    return time.monotonic() + FAR
+
+
+async def test_idle_model_runs_a_single_request_without_waiting() -> None:
+    model = Model()
+    batcher = AdaptiveBatcher(model, max_batch_size=32, max_queue=10)
+    out, timing = await asyncio.wait_for(batcher.submit(["a"], deadline()), 5)
+    assert out == ["out:a"] and timing.batch_rows == 1 and model.batches == [["a"]]
+    await batcher.stop()
+
+
+async def test_full_batch_forms_when_waiting_is_allowed() -> None:
+    model = Model()
+    batcher = AdaptiveBatcher(model, max_batch_size=4, max_queue=10, max_wait_s=FAR)
+    results = await asyncio.gather(*(batcher.submit([i], deadline()) for i in range(4)))
+    assert [r[0] for r in results] == [[f"out:{i}"] for i in range(4)]
+    assert model.batches == [[0, 1, 2, 3]]  # the huge wait ended early: the batch was full
+    await batcher.stop()
+
+
+async def test_requests_accumulate_while_a_batch_runs() -> None:
+    model = Model()
+    model.gate.clear()
+    batcher = AdaptiveBatcher(model, max_batch_size=8, max_queue=100)
+    first = asyncio.ensure_future(batcher.submit(["first"], deadline()))
+    await asyncio.to_thread(model.started.wait, 5)
+    rest = [asyncio.ensure_future(batcher.submit([i], deadline())) for i in range(5)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    await asyncio.gather(first, *rest)
+    assert model.batches == [["first"], [0, 1, 2, 3, 4]]
+    assert (await rest[0])[1].batch_rows == 5
+    await batcher.stop()
+
+
+async def test_batch_never_exceeds_max_rows_and_requests_stay_whole() -> None:
+    model = Model()
+    model.gate.clear()
+    batcher = AdaptiveBatcher(model, max_batch_size=4, max_queue=100)
+    blocker = asyncio.ensure_future(batcher.submit(["x"], deadline()))
+    await asyncio.to_thread(model.started.wait, 5)
+    reqs = [asyncio.ensure_future(batcher.submit([f"{i}a", f"{i}b", f"{i}c"], deadline())) for i in range(3)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    outs = await asyncio.gather(blocker, *reqs)
+    assert all(len(b) <= 4 for b in model.batches[1:])
+    assert [o[0] for o in outs[1:]] == [[f"out:{i}a", f"out:{i}b", f"out:{i}c"] for i in range(3)]
+    await batcher.stop()
+
+
+async def test_one_result_per_input_or_every_request_fails() -> None:
+    batcher = AdaptiveBatcher(lambda rows: ["only one"], max_batch_size=8, max_queue=10, max_wait_s=FAR)
+    results = await asyncio.gather(*(batcher.submit([i], deadline()) for i in range(8)), return_exceptions=True)
+    assert all(isinstance(r, BatchSizeMismatch) for r in results)
+    assert "returned 1 results for 8 inputs" in str(results[0])
+    await batcher.stop()
+
+
+async def test_a_bad_row_fails_only_its_own_request() -> None:
+    model = Model()
+    batcher = AdaptiveBatcher(model, max_batch_size=3, max_queue=10, max_wait_s=FAR)
+    results = await asyncio.gather(batcher.submit(["a"], deadline()), batcher.submit(["bad"], deadline()),
+                                   batcher.submit(["c"], deadline()), return_exceptions=True)
+    assert results[0][0] == ["out:a"] and results[2][0] == ["out:c"]  # type: ignore[index]
+    assert isinstance(results[1], ValueError)
+    await batcher.stop()
+
+
+async def test_full_queue_is_refused_with_a_clear_reason() -> None:
+    model = Model()
+    model.gate.clear()
+    batcher = AdaptiveBatcher(model, max_batch_size=1, max_queue=2)
+    running = asyncio.ensure_future(batcher.submit(["run"], deadline()))
+    await asyncio.to_thread(model.started.wait, 5)
+    queued = [asyncio.ensure_future(batcher.submit([i], deadline())) for i in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFull, match="SWITCHYARD_MAX_QUEUE"):
+        await batcher.submit(["one too many"], deadline())
+    model.gate.set()
+    await asyncio.gather(running, *queued)
+    await batcher.stop()
+
+
+async def test_only_requests_past_their_deadline_are_shed() -> None:
+    model = Model()
+    model.gate.clear()
+    batcher = AdaptiveBatcher(model, max_batch_size=8, max_queue=10)
+    running = asyncio.ensure_future(batcher.submit(["run"], deadline()))
+    await asyncio.to_thread(model.started.wait, 5)
+    late = asyncio.ensure_future(batcher.submit(["late"], time.monotonic() + 0.01))
+    fine = asyncio.ensure_future(batcher.submit(["fine"], deadline()))
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    with pytest.raises(DeadlineExceeded):
+        await late
+    assert (await fine)[0] == ["out:fine"]
+    await running
+    await batcher.stop()
+
+
+async def test_length_buckets_group_similar_inputs_and_oldest_goes_first() -> None:
+    model = Model()
+    model.gate.clear()
+    batcher = AdaptiveBatcher(model, max_batch_size=3, max_queue=100)
+    blocker = asyncio.ensure_future(batcher.submit(["x"], deadline()))
+    await asyncio.to_thread(model.started.wait, 5)
+    lengths = [60, 5, 58, 6, 61, 4]  # tokens; arrival order
+    reqs = [asyncio.ensure_future(batcher.submit([f"len{n}"], deadline(), length_bucket(n))) for n in lengths]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    await asyncio.gather(blocker, *reqs)
+    assert model.batches[1:] == [["len60", "len58", "len61"], ["len5", "len6", "len4"]]
+    await batcher.stop()
+
+
+def test_length_bucket_classes() -> None:
+    assert [length_bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 16, 17)] == [0, 1, 2, 2, 3, 3, 4, 4, 5]

@@ -1,0 +1,114 @@
+"""The control-plane store, on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bentos.store import ControlPlane, PostgresControlPlane, RevisionConflict, SQLiteControlPlane, StoreUnavailable
+
+SPEC_A = {"versions": [{"tag": "m:1", "weight": 100, "role": "stable"}], "sticky": False}
+SPEC_B = {"versions": [{"tag": "m:1", "weight": 90, "role": "stable"}, {"tag": "m:2", "weight": 10, "role": "canary"}],
+          "sticky": True}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ControlPlane:
+    if request.param == "sqlite":
+        return SQLiteControlPlane(tmp_path / "control.db")
+    server = request.getfixturevalue("postgres")
+    # A fresh database per test keeps tests independent on the shared server.
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return PostgresControlPlane(server.url.rsplit("/", 1)[0] + f"/{name}")
+
+
+def test_revisions_and_audit(store: ControlPlane) -> None:
+    assert store.current_revisions() == {}
+    r1 = store.write_deployment("digits", SPEC_A, actor="alice", action="deploy", reason="first")
+    r2 = store.write_deployment("digits", SPEC_B, actor="bob", action="deploy", reason="canary")
+    assert (r1.revision, r2.revision) == (1, 2)
+    assert store.current_revisions() == {"digits": 2}
+    current = store.get_deployment("digits")
+    assert current is not None and current.spec == SPEC_B and current.actor == "bob"
+    assert store.get_deployment("digits", 1).spec == SPEC_A  # type: ignore[union-attr]
+    assert [r.revision for r in store.revisions("digits")] == [2, 1]
+    entries = store.audit("digits")
+    assert [e["actor"] for e in entries] == ["bob", "alice"]
+    assert entries[0]["before"] == SPEC_A and entries[0]["after"] == SPEC_B and entries[0]["reason"] == "canary"
+    assert entries[0]["details"]["revision"] == 2
+
+
+def test_expected_revision_guards_against_lost_updates(store: ControlPlane) -> None:
+    store.write_deployment("digits", SPEC_A, actor="a", action="default", reason="r", expect_revision=0)
+    with pytest.raises(RevisionConflict):
+        store.write_deployment("digits", SPEC_B, actor="b", action="default", reason="r", expect_revision=0)
+    assert store.current_revisions() == {"digits": 1}
+    assert len(store.audit()) == 1  # the refused change left no audit entry
+
+
+def test_a_failed_change_leaves_nothing_half_written(store: ControlPlane) -> None:
+    store.write_deployment("digits", SPEC_A, actor="a", action="deploy", reason="r")
+    with pytest.raises(TypeError):
+        store.write_deployment("digits", {"not": {"json": object()}}, actor="a", action="deploy", reason="r")
+    assert store.current_revisions() == {"digits": 1}
+    assert len(store.audit()) == 1
+
+
+def test_concurrent_writers_get_distinct_revisions(store: ControlPlane) -> None:
+    errors: list[Exception] = []
+
+    def write(i: int) -> None:
+        try:
+            store.write_deployment("minilm", SPEC_A, actor=f"w{i}", action="deploy", reason=str(i))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(r.revision for r in store.revisions("minilm")) == list(range(1, 9))
+
+
+def test_stats_upsert_and_read(store: ControlPlane) -> None:
+    row: Any = ("digits", "v1", 100, 5, 1, 0, [1, 2, 3])
+    store.write_stats("worker-a", [row])
+    store.write_stats("worker-a", [("digits", "v1", 100, 7, 1, 0, [2, 2, 3])])  # cumulative: replaces
+    store.write_stats("worker-b", [("digits", "v1", 100, 3, 0, 1, [0, 1, 0])])
+    rows = store.read_stats(100, "digits")
+    assert sorted(r[3] for r in rows) == [3, 7]
+    store.prune_stats(101)
+    assert store.read_stats(0) == []
+
+
+def test_leases_are_exclusive_until_they_expire(store: ControlPlane) -> None:
+    assert store.acquire_lease("rollout:digits", "w1", ttl_s=30)
+    assert not store.acquire_lease("rollout:digits", "w2", ttl_s=30)
+    assert store.acquire_lease("rollout:digits", "w1", ttl_s=30)  # renewal
+    store.release_lease("rollout:digits", "w1")
+    assert store.acquire_lease("rollout:digits", "w2", ttl_s=-1)  # already expired
+    assert store.acquire_lease("rollout:digits", "w3", ttl_s=30)
+
+
+def test_unreachable_postgres_is_reported_as_unavailable() -> None:
+    from tests.servers import free_port
+
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        PostgresControlPlane(f"postgresql://nobody@127.0.0.1:{free_port()}/x", connect_timeout_s=1)
+
+
+def test_sqlite_uses_wal(tmp_path: Path) -> None:
+    import sqlite3
+
+    SQLiteControlPlane(tmp_path / "c.db")
+    assert sqlite3.connect(tmp_path / "c.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"

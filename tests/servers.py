@@ -1,0 +1,117 @@
+"""Real servers for tests: Debian's PostgreSQL and `bentoml serve`, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Postgres:
+    """A throwaway cluster: initdb in a temp dir, started and stopped with pg_ctl."""
+
+    def __init__(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not bins:
+            raise FileNotFoundError("PostgreSQL server binaries not found (Debian package 'postgresql')")
+        self.bindir = Path(bins[-1]).parent
+        self.port = free_port()
+        self.datadir = Path(tempfile.mkdtemp(prefix="switchyard-pg-"))
+        self.log = self.datadir.parent / f"{self.datadir.name}.log"
+        self._as_root = os.geteuid() == 0
+        if self._as_root:  # initdb refuses to run as root
+            shutil.chown(self.datadir, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.datadir), "-A", "trust", "-U", "switchyard", "--no-sync")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://switchyard@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        cmd = [str(self.bindir / tool), *args]
+        if self._as_root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        if self._as_root and not self.log.exists():
+            self.log.touch()
+            shutil.chown(self.log, "postgres", "postgres")
+        self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.log), "-w", "-o",
+                  f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.datadir, ignore_errors=True)
+        self.log.unlink(missing_ok=True)
+
+
+class Served:
+    """`bentoml serve` as a subprocess on 127.0.0.1, in its own process group."""
+
+    def __init__(self, env: dict[str, str], target: str = "service:Switchyard", cwd: Path = ROOT,
+                 port: int | None = None, log_dir: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = (log_dir or Path(tempfile.gettempdir())) / f"bentoml-serve-{self.port}.log"
+        cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)]
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"not ready after {timeout}s:\n{self.log_text()[-4000:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+
+
+def serve_env(bentoml_home: Path, state_dir: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env.update(BENTOML_HOME=str(bentoml_home), BENTOML_DO_NOT_TRACK="True", HF_HUB_OFFLINE="1",
+               SWITCHYARD_STATE_DIR=str(state_dir), PYTHONUNBUFFERED="1")
+    env.update({f"SWITCHYARD_{k.upper()}": v for k, v in settings.items()})
+    return env
