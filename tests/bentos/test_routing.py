@@ -72,7 +72,8 @@ def test_shadow_never_takes_primary_traffic() -> None:
 
 
 @pytest.mark.parametrize("versions, message", [
-    ([{"tag": "a", "weight": 60, "role": "stable"}, {"tag": "b", "weight": 30, "role": "canary"}], "sum to 100, got 90"),
+    ([{"tag": "a", "weight": 60, "role": "stable"}, {"tag": "b", "weight": 30, "role": "canary"}],
+     "sum to 100, got 90"),
     ([{"tag": "a", "weight": 50, "role": "canary"}, {"tag": "b", "weight": 50, "role": "canary"}],
      "exactly one 'stable'"),
     ([{"tag": "a", "weight": 100, "role": "stable"}, {"tag": "a", "weight": 0, "role": "shadow"}], "only once"),

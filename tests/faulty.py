@@ -1,0 +1,68 @@
+"""A registered digits version whose ONNX session raises on real traffic.
+
+The graph reshapes its input to 65 columns whenever a zero pixel is present, which
+fails at run time. The warm-up input has no zeros, so the version loads and warms
+like any other and only breaks once real digits (full of zeros) arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import bentoml
+import onnx
+from onnx import TensorProto, helper
+
+from bentos.artifacts import sha256_file
+from bentos.families.digits import DigitsCodec
+
+
+def faulty_graph(src: Path, dest: Path) -> None:
+    model = onnx.load(str(src))
+    graph = model.graph
+    x = graph.input[0].name
+    consts = [helper.make_tensor("zero_f", TensorProto.FLOAT, [], [0.0]),
+              helper.make_tensor("base_cols", TensorProto.INT64, [1], [64]),
+              helper.make_tensor("minus_one", TensorProto.INT64, [1], [-1])]
+    nodes = [
+        helper.make_node("ReduceMin", [x], ["fz_min"], keepdims=0),
+        helper.make_node("Equal", ["fz_min", "zero_f"], ["fz_has_zero"]),
+        helper.make_node("Cast", ["fz_has_zero"], ["fz_extra"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["fz_extra", "minus_one"], ["fz_extra1"]),
+        helper.make_node("Add", ["base_cols", "fz_extra1"], ["fz_cols"]),
+        helper.make_node("Concat", ["minus_one", "fz_cols"], ["fz_shape"], axis=0),
+        helper.make_node("Reshape", [x, "fz_shape"], ["fz_checked"]),
+    ]
+    for node in graph.node:  # the original graph now reads the checked input
+        for i, name in enumerate(node.input):
+            if name == x:
+                node.input[i] = "fz_checked"
+    graph.initializer.extend(consts)
+    new_nodes = nodes + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dest))
+
+
+def register_faulty(src: Path, name: str = "digits-faulty-fp32") -> str:
+    codec = DigitsCodec()
+    with bentoml.models.create(name, labels={"family": "digits", "model": "digits-faulty", "variant": "faulty",
+                                             "stage": "candidate"},
+                               metadata={"schema": codec.schema(), "preprocess": codec.preprocess_config(),
+                                         "metrics": {"validation_passed": False}}) as model:
+        root = Path(model.path)
+        faulty_graph(src, root / "model.onnx")
+        (root / "schema.json").write_text(json.dumps(codec.schema()))
+        model.info.metadata["sha256"] = {"model.onnx": sha256_file(root / "model.onnx")}
+    return str(model.tag)
+
+
+def register_copy(tag: str, name: str) -> tuple[str, Path]:
+    """Re-register an existing version under another name; returns its tag and store path."""
+    src = bentoml.models.get(tag)
+    with bentoml.models.create(name, labels=dict(src.info.labels), metadata=dict(src.info.metadata)) as model:
+        shutil.copytree(src.path, model.path, dirs_exist_ok=True)
+    return str(model.tag), Path(bentoml.models.get(model.tag).path)

@@ -1,0 +1,72 @@
+"""A real `bentoml serve` on 127.0.0.1 over a store of real, registered versions."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from models.families import get_builder
+from models.optimize import optimize
+from models.registry import register
+from models.settings import BuildSettings
+from models.validate import validate
+from models.workdir import ModelDir
+from tests.faulty import register_faulty
+from tests.servers import Served, serve_env
+
+TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _build(root: Path, key: str, variant: str) -> str:
+    builder = get_builder(key, BuildSettings(work_dir=root, threads=2))
+    md = ModelDir(root, key)
+    if not (md.variant_dir(variant) / "model.onnx").is_file():
+        optimize(builder, md, variant)
+    validate(builder, md, variant, max_drop=1.0)
+    return register(builder, md, variant)
+
+
+@pytest.fixture(scope="session")
+def tags(digits_root: Path, minilm_root: Path) -> dict[str, str]:
+    """Versions registered in this session's store (BENTOML_HOME from pytest_configure)."""
+    return {
+        "mlp": _build(digits_root, "digits-mlp", "fp32"),
+        "cnn": _build(digits_root, "digits-cnn", "fp32"),
+        "cnn_int8": _build(digits_root, "digits-cnn", "int8-static"),
+        "faulty": register_faulty(digits_root / "digits-mlp" / "export" / "model.onnx"),
+        "minilm": _build(minilm_root, "minilm", "int8-static"),
+    }
+
+
+@pytest.fixture(scope="session")
+def server(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Two workers, so control-plane changes must reach a worker that did not make them."""
+    state = tmp_path_factory.mktemp("state")
+    env = serve_env(Path(os.environ["BENTOML_HOME"]), state, admin_token=TOKEN,
+                    default_models=json.dumps({"digits": tags["mlp"], "minilm": tags["minilm"]}))
+    env["BENTOML_CONFIG_OPTIONS"] = "services.switchyard.workers=2"
+    served = Served(env, log_dir=state)
+    try:
+        served.wait_ready()
+        yield served
+    finally:
+        served.kill()
+
+
+@pytest.fixture
+def client(server: Served) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def deploy(client: httpx.Client, endpoint: str, versions: list[tuple[str, str, int]], sticky: bool = False,
+           reason: str = "test") -> httpx.Response:
+    body = {"versions": [{"tag": t, "role": r, "weight": w} for t, r, w in versions], "sticky": sticky,
+            "reason": reason}
+    return client.put(f"/v1/admin/deployments/{endpoint}", json=body, headers=AUTH)
