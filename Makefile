@@ -11,6 +11,9 @@ export BENTOML_DO_NOT_TRACK ?= True
 export SWITCHYARD_STATE_DIR ?= $(CURDIR)/.state/control
 export SWITCHYARD_WORK_DIR ?= $(CURDIR)/build
 export HF_HUB_OFFLINE := 1
+HOST ?= 127.0.0.1
+PORT ?= 3000
+TOKEN_FILE := .state/admin-token
 
 # Debian packages the tests and benchmarks use (installed only when missing).
 APT_PACKAGES := $(shell cat deploy/apt-packages.txt 2>/dev/null)
@@ -46,8 +49,17 @@ models: install
 	$(PY) -m models build --all --if-missing
 	$(PY) -m models list
 
-serve: models
-	@echo "The serving stack arrives with the serving-core issue; the default models are built:"
+# A random admin token, made once; export SWITCHYARD_ADMIN_TOKEN to use your own.
+$(TOKEN_FILE):
+	@mkdir -p $(dir $@)
+	@$(PY) -c "import secrets; print(secrets.token_urlsafe(24))" > $@
+	@chmod 600 $@
+
+serve: models $(TOKEN_FILE)
+	@echo "API:        http://$(HOST):$(PORT)   (OpenAPI: /v1/openapi.json, health: /v1/health)"
+	@echo "admin token: $${SWITCHYARD_ADMIN_TOKEN:-$$(cat $(TOKEN_FILE))}   (also in $(TOKEN_FILE))"
+	SWITCHYARD_ADMIN_TOKEN=$${SWITCHYARD_ADMIN_TOKEN:-$$(cat $(TOKEN_FILE))} \
+	  $(VENV)/bin/bentoml serve service:Switchyard --host $(HOST) --port $(PORT)
 
 test: install system-deps
 	$(PY) -m pytest
