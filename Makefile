@@ -24,7 +24,7 @@ help:
 	@echo "make serve   set up (venv, packages, default models) and run the stack"
 	@echo "make test    install and run the whole test suite"
 	@echo "make lint    ruff + mypy on bentos/ and models/"
-	@echo "make bench   optimization table: torch eager against every ORT variant"
+	@echo "make bench   optimization table and serving benchmarks (docs/)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -68,8 +68,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy bentos models
 
-bench: install
+# Optimization table (docs/optimization.md), then serving against stock BentoML (docs/benchmarks.md).
+bench: install system-deps models
 	$(PY) bench/optimization.py
+	$(PY) bench/serving.py
 
 clean:
 	rm -rf build .state .pytest_cache .mypy_cache .ruff_cache

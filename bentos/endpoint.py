@@ -17,7 +17,7 @@ import numpy as np
 
 from bentos.batching import AdaptiveBatcher, Overloaded, Timing, length_bucket
 from bentos.cache import PredictionCache, input_key
-from bentos.circuit import CircuitBreaker, CircuitPolicy
+from bentos.circuit import CircuitBreaker, CircuitPolicy, State
 from bentos.families import Codec
 from bentos.families.minilm import TextCodec
 from bentos.metrics import Metrics
@@ -129,7 +129,6 @@ class Endpoint:
         except Exception as exc:
             if route != "canary":
                 raise ModelFailure(f"{tag} failed: {exc}") from exc
-            log.warning("canary %s failed (%s); serving from stable", tag, exc)
             self.metrics.fallbacks.labels(self.name, tag).inc()
             tag, route, slot = router.stable, "fallback", self.slots[router.stable]
             try:
@@ -160,8 +159,11 @@ class Endpoint:
         except Overloaded:
             self.metrics.requests.labels(self.name, tag, route, "overloaded", source).inc()
             raise
-        except Exception:
+        except Exception as exc:
+            was_open = slot.circuit.state is State.OPEN
             slot.circuit.record(False)
+            if slot.circuit.state is State.OPEN and not was_open:
+                log.warning("%s %s: circuit opened after: %s", self.name, tag, str(exc)[:300])
             self.metrics.circuit_state.labels(self.name, tag).set(slot.circuit.state.value)
             self.metrics.requests.labels(self.name, tag, route, "error", source).inc()
             self.stats.record(self.name, tag, False, 0.0)

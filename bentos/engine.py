@@ -210,37 +210,40 @@ class Engine:
         return self.store
 
     async def deploy(self, name: str, request: DeploymentRequest, actor: str) -> Revision:
-        return await self._change(name, request.spec(), actor, "deploy", request.reason)
+        return await self._change(name, request.spec(), actor, "deploy", request.reason, request.expect_revision)
 
     async def promote(self, name: str, reason: str, actor: str) -> Revision:
-        spec = self._current(name)
+        current = await self._current(name)
+        spec = DeploymentSpec.model_validate(current.spec)
         canaries = spec.by_role("canary")
         if len(canaries) != 1:
             raise Conflict(f"promote needs exactly one canary on {name}, found {len(canaries)}")
         versions = [VersionSpec(tag=canaries[0].tag, weight=100, role="stable"), *spec.by_role("shadow")]
         return await self._change(name, DeploymentSpec(versions=versions, sticky=spec.sticky), actor, "promote",
-                                  reason or f"promote {canaries[0].tag}")
+                                  reason or f"promote {canaries[0].tag}", current.revision)
 
     async def rollback(self, name: str, revision: int | None, reason: str, actor: str) -> Revision:
-        endpoint = self.endpoint(name)
-        store = self._require_store()
-        target = revision if revision is not None else endpoint.revision - 1
-        if target < 1 or target > endpoint.revision:
-            raise InvalidChange(f"revision must be between 1 and {endpoint.revision}, got {target}")
-        record = await self._store_call(store.get_deployment, name, target)
+        current = await self._current(name)
+        target = revision if revision is not None else current.revision - 1
+        if not 1 <= target <= current.revision:
+            raise InvalidChange(f"revision must be between 1 and {current.revision}, got {target}")
+        record = await self._store_call(self._require_store().get_deployment, name, target)
         if record is None:
             raise NotFound(f"{name} has no revision {target}")
         return await self._change(name, DeploymentSpec.model_validate(record.spec), actor, "rollback",
-                                  reason or f"roll back to revision {target}", {"to_revision": target})
+                                  reason or f"roll back to revision {target}", current.revision,
+                                  {"to_revision": target})
 
-    def _current(self, name: str) -> DeploymentSpec:
-        spec = self.endpoint(name).spec
-        if spec is None:
+    async def _current(self, name: str) -> Revision:
+        """The endpoint's revision as the store has it now (this worker may lag by a poll)."""
+        self.endpoint(name)
+        record: Revision | None = await self._store_call(self._require_store().get_deployment, name)
+        if record is None:
             raise Conflict(f"{name} has no deployment yet")
-        return spec
+        return record
 
     async def _change(self, name: str, spec: DeploymentSpec, actor: str, action: str, reason: str,
-                      details: dict[str, Any] | None = None) -> Revision:
+                      expect_revision: int | None, details: dict[str, Any] | None = None) -> Revision:
         endpoint = self.endpoint(name)
         store = self._require_store()
         family = ENDPOINTS[name]
@@ -258,9 +261,9 @@ class Engine:
             except VersionLoadError as exc:
                 raise InvalidChange(f"refused, traffic stays where it was: {exc}") from None
             try:
-                record: Revision = await self._store_call(store.write_deployment, name, spec.model_dump(), actor=actor,
-                                                action=action, reason=reason, expect_revision=endpoint.revision,
-                                                details=details)
+                record: Revision = await self._store_call(store.write_deployment, name, spec.model_dump(),
+                                                          actor=actor, action=action, reason=reason,
+                                                          expect_revision=expect_revision, details=details)
             except RevisionConflict as exc:
                 raise Conflict(f"{exc}; reload and try again") from None
             self._expected[name] = record.revision

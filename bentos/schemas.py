@@ -110,6 +110,8 @@ class DeploymentSpec(BaseModel):
 
 class DeploymentRequest(DeploymentSpec):
     reason: str = Field(min_length=1, max_length=1000, description="Why; recorded in the audit log.")
+    expect_revision: int | None = Field(
+        None, ge=0, description="Refuse (409) unless the endpoint is still at this revision: no lost updates.")
 
     def spec(self) -> DeploymentSpec:
         return DeploymentSpec(versions=self.versions, sticky=self.sticky)

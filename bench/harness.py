@@ -1,0 +1,102 @@
+"""Shared pieces of the benchmarks: start a server, load it with wrk, sample its CPU and RSS."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+
+
+@dataclass
+class Load:
+    connections: int
+    rps: float
+    rows_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    non2xx: int
+    socket_errors: int
+    requests: int
+    cpu_s_per_1k: float
+
+
+@dataclass
+class ServerRun:
+    name: str
+    ready_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    loads: list[Load] = field(default_factory=list)
+
+
+def wait_http(url: str, timeout: float = 180, ok: tuple[int, ...] = (200,), method: str = "GET",
+              body: Any = None) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            r = httpx.request(method, url, json=body, timeout=5)
+            if r.status_code in ok:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for p in tree(pid):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+def wrk(url: str, bodies: list[str], connections: int, seconds: float, pid: int, rows_per_request: int,
+        threads: int = 2) -> Load:
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as fh:
+        fh.write("\n".join(bodies) + "\n")
+    cpu0 = cpu_seconds(pid)
+    out = subprocess.run(["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s",
+                          "--timeout", "30s", "-s", str(BENCH / "lua" / "post.lua"), url],
+                         capture_output=True, text=True, env={"WRK_BODIES": fh.name, "PATH": "/usr/bin:/bin"},
+                         timeout=seconds + 60)
+    cpu = cpu_seconds(pid) - cpu0
+    Path(fh.name).unlink()
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+    s = json.loads(line.removeprefix("WRKJSON "))
+    rps = s["requests"] / (s["duration_us"] / 1e6)
+    ok = s["requests"] - s["non2xx"]
+    return Load(connections, rps, ok * rows_per_request / (s["duration_us"] / 1e6), s["p50_us"] / 1000,
+                s["p90_us"] / 1000, s["p99_us"] / 1000, s["non2xx"], s["socket_errors"], s["requests"],
+                cpu / max(1, s["requests"]) * 1000)
