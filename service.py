@@ -8,12 +8,15 @@ from bentos.admin import admin_routes
 from bentos.engine import Engine
 from bentos.health import health_routes
 from bentos.http import EngineHolder, create_app
+from bentos.playground import build_playground
 from bentos.settings import ServeSettings
 
 holder = EngineHolder()
 app = create_app(holder, [*health_routes(holder), *admin_routes(holder)])
+playground = build_playground(holder)  # Gradio, mounted at /playground
 
 
+@bentoml.asgi_app(playground, path="/")
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(name="switchyard", traffic={"timeout": 60}, workers=1)
 class Switchyard:

@@ -62,7 +62,8 @@ def table(key: str, rows: dict[str, Any]) -> str:
     for name, row in rows.items():
         b = row["bench"]
         p50, b32 = b["latency_ms"]["p50"], b["throughput_rows_per_s"]["32"]
-        size = b["size_bytes"] or 0
+        size = b["size_bytes"] or 0  # 0: nothing stored (torch eager of a pretrained model)
+        size_mb, smaller = (f"{size / 1e6:.2f}", f"{fp32_size / size:.2f}x") if size else ("-", "-")
         quality, gate = "fp32 reference", "-"
         if row["quality"] is not None:
             m = row["quality"]["metrics"]
@@ -71,7 +72,7 @@ def table(key: str, rows: dict[str, Any]) -> str:
                             f"batch-inv {m['batch_invariance_min_cosine']:.4f}")
             gate = "pass" if row["quality"]["passed"] else "FAIL"
         lines.append(
-            f"| {name} | {size / 1e6:.2f} | {fp32_size / size if size else 0:.2f}x | {p50:.2f} "
+            f"| {name} | {size_mb} | {smaller} | {p50:.2f} "
             f"| {ref['latency_ms']['p50'] / p50:.2f}x | {b32:.0f} | {b32 / ref['throughput_rows_per_s']['32']:.2f}x "
             f"| {quality} | {gate} |")
     return "\n".join(lines) + "\n"

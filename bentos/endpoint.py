@@ -80,6 +80,8 @@ class Endpoint:
         self.router: Router | None = None
         self.slots: dict[str, Slot] = {}
         self.load_error: str | None = None
+        # Versions from the store tried by pin only (the playground); never in the split.
+        self.previews: dict[str, Slot] = {}
         self._shadow_inflight = 0
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -98,8 +100,16 @@ class Endpoint:
         for slot in retired:
             self._spawn(slot.drain_and_stop())
 
+    def add_preview(self, version: LoadedVersion, keep: int = 4) -> None:
+        if version.tag in self.slots or version.tag in self.previews:
+            return
+        self.previews[version.tag] = Slot(version, self.settings, self.policy)
+        while len(self.previews) > keep:
+            oldest = next(iter(self.previews))
+            self._spawn(self.previews.pop(oldest).drain_and_stop())
+
     async def stop(self) -> None:
-        for slot in self.slots.values():
+        for slot in [*self.slots.values(), *self.previews.values()]:
             await slot.batcher.stop()
         for task in list(self._background):
             task.cancel()
@@ -116,12 +126,16 @@ class Endpoint:
             raise NoDeployment(f"endpoint {self.name} has no deployed model yet: build one with "
                                "`python -m models build --all`, then deploy it through /v1/admin")
         start = time.monotonic()
-        choice = router.choose(routing_key, pin if self.settings.allow_pinning else None)
-        tag, route = choice.tag, choice.route
-        slot = self.slots[tag]
+        pin = pin if self.settings.allow_pinning else None
+        if pin and pin in self.previews:
+            tag, route, slot = pin, "pinned", self.previews[pin]
+        else:
+            choice = router.choose(routing_key, pin)
+            tag, route = choice.tag, choice.route
+            slot = self.slots[tag]
         if route == "canary" and not slot.circuit.allow():
+            self.metrics.fallbacks.labels(self.name, tag).inc()
             tag, route, slot = router.stable, "fallback", self.slots[router.stable]
-            self.metrics.fallbacks.labels(self.name, choice.tag).inc()
         try:
             outputs, timing = await self._run(slot, items, route, source)
         except Overloaded:

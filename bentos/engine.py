@@ -277,6 +277,17 @@ class Engine:
             self._store_down(exc)
             raise Unavailable(f"control plane unavailable, change refused: {exc}") from None
 
+    async def preview(self, name: str, tag: str) -> str:
+        """Load a stored version for pinned use only (the playground); returns its full tag."""
+        endpoint = self.endpoint(name)
+        try:
+            full = await asyncio.to_thread(check_tag, tag, ENDPOINTS[name])
+            if full not in endpoint.slots and full not in endpoint.previews:
+                endpoint.add_preview(await asyncio.to_thread(load_version, full, self.threads))
+        except VersionLoadError as exc:
+            raise InvalidChange(str(exc)) from None
+        return full
+
     async def revisions(self, name: str) -> list[dict[str, Any]]:
         self.endpoint(name)
         records = await self._store_call(self._require_store().revisions, name)

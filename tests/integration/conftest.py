@@ -44,19 +44,28 @@ def tags(digits_root: Path, minilm_root: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
-def server(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Two workers, so control-plane changes must reach a worker that did not make them."""
-    state = tmp_path_factory.mktemp("state")
+def _serve(tags: dict[str, str], state: Path, workers: int) -> Iterator[Served]:
     env = serve_env(Path(os.environ["BENTOML_HOME"]), state, admin_token=TOKEN,
                     default_models=json.dumps({"digits": tags["mlp"], "minilm": tags["minilm"]}))
-    env["BENTOML_CONFIG_OPTIONS"] = "services.switchyard.workers=2"
+    env["BENTOML_CONFIG_OPTIONS"] = f"services.switchyard.workers={workers}"
     served = Served(env, log_dir=state)
     try:
         served.wait_ready()
         yield served
     finally:
         served.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Two workers, so control-plane changes must reach a worker that did not make them."""
+    yield from _serve(tags, tmp_path_factory.mktemp("state"), workers=2)
+
+
+@pytest.fixture(scope="session")
+def single_worker(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One worker, the default: Gradio keeps its sessions in one process."""
+    yield from _serve(tags, tmp_path_factory.mktemp("state-1w"), workers=1)
 
 
 @pytest.fixture
