@@ -85,7 +85,7 @@ def wrk(url: str, bodies: list[str], connections: int, seconds: float, pid: int,
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as fh:
         fh.write("\n".join(bodies) + "\n")
     cpu0 = cpu_seconds(pid)
-    out = subprocess.run(["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s",
+    out = subprocess.run(["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                           "--timeout", "30s", "-s", str(BENCH / "lua" / "post.lua"), url],
                          capture_output=True, text=True, env={"WRK_BODIES": fh.name, "PATH": "/usr/bin:/bin"},
                          timeout=seconds + 60)
