@@ -13,17 +13,18 @@ export SWITCHYARD_WORK_DIR ?= $(CURDIR)/build
 export HF_HUB_OFFLINE := 1
 HOST ?= 127.0.0.1
 PORT ?= 3000
+CONSOLE_PORT ?= 8501
 TOKEN_FILE := .state/admin-token
 
 # Debian packages the tests and benchmarks use (installed only when missing).
 APT_PACKAGES := $(shell cat deploy/apt-packages.txt 2>/dev/null)
 
-.PHONY: help install system-deps models serve test lint bench clean
+.PHONY: help install system-deps models serve test lint bench bento clean
 
 help:
 	@echo "make serve   set up (venv, packages, default models) and run the stack"
 	@echo "make test    install and run the whole test suite"
-	@echo "make lint    ruff + mypy on bentos/ and models/"
+	@echo "make lint    ruff + mypy on bentos/, models/ and admin/"
 	@echo "make bench   optimization table and serving benchmarks (docs/)"
 
 $(PY):
@@ -55,23 +56,34 @@ $(TOKEN_FILE):
 	@$(PY) -c "import secrets; print(secrets.token_urlsafe(24))" > $@
 	@chmod 600 $@
 
+# The service in the foreground, the console beside it; Ctrl-C stops both.
 serve: models $(TOKEN_FILE)
-	@echo "API:        http://$(HOST):$(PORT)   (OpenAPI: /v1/openapi.json, health: /v1/health)"
+	@echo "API:         http://$(HOST):$(PORT)   (OpenAPI /v1/openapi.json, health /v1/health)"
+	@echo "playground:  http://$(HOST):$(PORT)/playground/"
+	@echo "console:     http://$(HOST):$(CONSOLE_PORT)"
 	@echo "admin token: $${SWITCHYARD_ADMIN_TOKEN:-$$(cat $(TOKEN_FILE))}   (also in $(TOKEN_FILE))"
-	SWITCHYARD_ADMIN_TOKEN=$${SWITCHYARD_ADMIN_TOKEN:-$$(cat $(TOKEN_FILE))} \
-	  $(VENV)/bin/bentoml serve service:Switchyard --host $(HOST) --port $(PORT)
+	@export SWITCHYARD_ADMIN_TOKEN=$${SWITCHYARD_ADMIN_TOKEN:-$$(cat $(TOKEN_FILE))} \
+	  SWITCHYARD_SERVICE_URL=http://$(HOST):$(PORT) STREAMLIT_BROWSER_GATHER_USAGE_STATS=false; \
+	$(VENV)/bin/streamlit run admin/app.py --server.headless true --server.address $(HOST) \
+	  --server.port $(CONSOLE_PORT) >.state/console.log 2>&1 & console=$$!; \
+	trap "kill $$console 2>/dev/null" EXIT INT TERM; \
+	$(VENV)/bin/bentoml serve service:Switchyard --host $(HOST) --port $(PORT)
 
 test: install system-deps
 	$(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy bentos models
+	$(VENV)/bin/mypy bentos models admin
 
 # Optimization table (docs/optimization.md), then serving against stock BentoML (docs/benchmarks.md).
 bench: install system-deps models
 	$(PY) bench/optimization.py
 	$(PY) bench/serving.py
+
+# The bento: service.py, bentos/, the default model versions and serving-only packages.
+bento: models
+	$(VENV)/bin/bentoml build --output tag
 
 clean:
 	rm -rf build .state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Switchyard's admin console: a Streamlit app that is a pure HTTP client of the service."""

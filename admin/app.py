@@ -1,0 +1,15 @@
+"""Switchyard console: `streamlit run admin/app.py`. A pure HTTP client of the service."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+st.set_page_config(page_title="Switchyard console", page_icon=":material/alt_route:", layout="wide")
+pages = [
+    st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
+    st.Page("pages/deployments.py", title="Deployments", icon=":material/alt_route:"),
+    st.Page("pages/live.py", title="Live metrics", icon=":material/monitoring:"),
+    st.Page("pages/audit.py", title="Audit log", icon=":material/history:"),
+]
+st.navigation(pages).run()

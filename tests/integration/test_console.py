@@ -1,0 +1,284 @@
+"""The Streamlit console against a real served Switchyard: AppTest per page, and a real browser."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from models.families.digits import splits
+from tests.conftest import ROOT
+from tests.integration.conftest import AUTH, TOKEN, deploy
+from tests.servers import Served, free_port
+
+pytestmark = pytest.mark.integration
+PAGES = ROOT / "admin" / "pages"
+ARTIFACTS = ROOT / "test-artifacts"
+ROWS = splits()["test"][0]
+
+
+@pytest.fixture
+def console_env(single_worker: Served, monkeypatch: pytest.MonkeyPatch) -> Served:
+    monkeypatch.setenv("SWITCHYARD_SERVICE_URL", single_worker.url)
+    monkeypatch.setenv("SWITCHYARD_ADMIN_TOKEN", TOKEN)
+    monkeypatch.delenv("PROMETHEUS_URL", raising=False)
+    return single_worker
+
+
+def page(name: str) -> AppTest:
+    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def traffic(url: str, n: int) -> Counter[str]:
+    async def run() -> Counter[str]:
+        seen: Counter[str] = Counter()
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            async def one(i: int) -> None:
+                r = await c.post("/v1/digits/predict", json={"inputs": [ROWS[i % len(ROWS)].tolist()]})
+                seen[r.headers["x-model-version"]] += 1
+            for start in range(0, n, 50):
+                await asyncio.gather(*(one(i) for i in range(start, min(n, start + 50))))
+        return seen
+
+    return asyncio.run(run())
+
+
+def test_overview_shows_health_and_splits(console_env: Served, tags: dict[str, str]) -> None:
+    with httpx.Client(base_url=console_env.url) as c:
+        deploy(c, "digits", [(tags["mlp"], "stable", 100)])
+    at = page("overview")
+    assert [m.value for m in at.metric][:2] == ["yes", "ok"]
+    assert any("/digits" in s.value for s in at.subheader)
+
+
+def test_models_lists_the_registry_with_lineage(console_env: Served, tags: dict[str, str]) -> None:
+    at = page("models")
+    table = at.dataframe[0].value
+    assert {tags["mlp"], tags["cnn"]} <= set(table["tag"])
+    row = table[table["tag"] == tags["cnn"]].iloc[0]
+    assert row["family"] == "digits" and "accuracy" in row["quality"] and "→ fp32" in row["lineage"]
+    at.multiselect(key="families").set_value(["minilm"]).run()
+    assert set(at.dataframe[0].value["family"]) == {"minilm"}
+
+
+def test_canary_slider_changes_the_split_and_traffic_follows(console_env: Served, tags: dict[str, str]) -> None:
+    with httpx.Client(base_url=console_env.url) as c:
+        deploy(c, "digits", [(tags["mlp"], "stable", 100)])
+    at = page("deployments")
+    at.selectbox(key="endpoint").set_value("digits")
+    at.selectbox(key="canary_tag").set_value(tags["cnn"])
+    at.slider(key="canary_pct").set_value(30)
+    at.text_input(key="split_reason").input("console test: 30 % to the CNN")
+    at.button(key="split_go").click().run()
+    assert any("Tick the confirmation" in w.value for w in at.warning)  # nothing changes unconfirmed
+    at.checkbox(key="split_confirm").check()
+    at.button(key="split_go").click().run()
+    assert not at.exception and any("is live" in s.value for s in at.success), [e.value for e in at.error]
+    current = httpx.get(f"{console_env.url}/v1/admin/deployments/digits", headers=AUTH).json()
+    assert {v["tag"]: v["weight"] for v in current["versions"]} == {tags["mlp"]: 70, tags["cnn"]: 30}
+    assert current["revisions"][0]["reason"] == "console test: 30 % to the CNN"
+    seen = traffic(console_env.url, 600)
+    assert abs(seen[tags["cnn"]] - 180) <= 4 * math.sqrt(600 * 0.3 * 0.7), seen
+
+
+def test_promote_and_roll_back_from_the_console(console_env: Served, tags: dict[str, str]) -> None:
+    with httpx.Client(base_url=console_env.url) as c:
+        deploy(c, "digits", [(tags["mlp"], "stable", 90), (tags["cnn"], "canary", 10)])
+    at = page("deployments")
+    at.text_input(key="promote_reason").input("promote from console")
+    at.checkbox(key="promote_confirm").check()
+    at.button(key="promote_go").click().run()
+    assert any("Promoted" in s.value for s in at.success)
+    at = page("deployments")
+    options = at.selectbox(key="rollback_to").options
+    at.selectbox(key="rollback_to").set_value(options[0])
+    at.text_input(key="rollback_reason").input("roll back from console")
+    at.checkbox(key="rollback_confirm").check()
+    at.button(key="rollback_go").click().run()
+    assert any("Rolled back" in s.value for s in at.success)
+    audit = page("audit").dataframe[0].value
+    assert {"promote from console", "roll back from console"} <= set(audit["why"])
+
+
+def test_live_metrics_draws_per_version_series(console_env: Served, tags: dict[str, str]) -> None:
+    at = AppTest.from_file(str(PAGES / "live.py"), default_timeout=60)
+    at.run()
+    traffic(console_env.url, 100)
+    time.sleep(1)
+    at.run()
+    assert not at.exception and not at.info
+    titles = [m.value for m in at.markdown]
+    assert "**requests/s**" in titles and "**p95 latency (ms)**" in titles
+
+
+def test_audit_filters_and_downloads(console_env: Served) -> None:
+    at = page("audit")
+    at.multiselect(key="audit_action").set_value(["deploy"]).run()
+    assert set(at.dataframe[0].value["action"]) == {"deploy"}
+    assert at.get("download_button")
+
+
+@pytest.mark.parametrize("name", ["overview", "models", "deployments", "live", "audit"])
+def test_service_down_gives_a_message_not_a_traceback(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_SERVICE_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("SWITCHYARD_ADMIN_TOKEN", TOKEN)
+    at = page(name)
+    assert any("Cannot reach the service" in e.value for e in at.error)
+
+
+def test_wrong_token_is_explained(console_env: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_ADMIN_TOKEN", "not-the-token")
+    at = page("deployments")
+    assert any("refused the admin token" in e.value for e in at.error)
+
+
+def test_refused_changes_are_shown_in_plain_words(console_env: Served, tags: dict[str, str]) -> None:
+    from admin.client import AdminClient, ConsoleError
+    from admin.settings import ConsoleSettings
+
+    api = AdminClient(ConsoleSettings())
+    with pytest.raises(ConsoleError, match=r"Refused \(422\): versions\[1\].tag: model 'digits-nope:1' is not"):
+        api.deploy("digits", [{"tag": tags["mlp"], "role": "stable", "weight": 90},
+                              {"tag": "digits-nope:1", "role": "canary", "weight": 10}], False, "x")
+    with pytest.raises(ConsoleError, match="must sum to 100, got 80"):
+        api.deploy("digits", [{"tag": tags["mlp"], "role": "stable", "weight": 80}], False, "x")
+
+
+def test_unreachable_prometheus_falls_back_to_the_service(console_env: Served,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_URL", f"http://127.0.0.1:{free_port()}")
+    at = page("live")
+    assert any("unreachable" in w.value for w in at.warning)
+
+
+def not_blank(png: Path) -> bool:
+    """Real content: the grey levels vary (tables are drawn on a canvas, not as text)."""
+    from PIL import Image, ImageStat
+
+    with Image.open(png) as img:
+        return bool(ImageStat.Stat(img.convert("L")).stddev[0] > 15 and png.stat().st_size > 20_000)
+
+
+@pytest.fixture
+def streamlit_app(single_worker: Served, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "SWITCHYARD_SERVICE_URL": single_worker.url, "SWITCHYARD_ADMIN_TOKEN": TOKEN,
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "admin" / "app.py"),
+                             "--server.headless", "true", "--server.address", "127.0.0.1",
+                             "--server.port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(20)
+
+
+def test_browser_changes_the_split_and_every_page_renders(streamlit_app: str, single_worker: Served,
+                                                          tags: dict[str, str]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.test_playground import CHROMIUM_FLAGS
+
+    with httpx.Client(base_url=single_worker.url) as c:
+        deploy(c, "digits", [(tags["mlp"], "stable", 100)])
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.goto(f"{streamlit_app}/deployments", wait_until="networkidle", timeout=60_000)
+        pg.get_by_text("Change the split").wait_for(timeout=30_000)
+        pg.get_by_label("Canary version").click()
+        pg.get_by_role("option", name=tags["cnn"]).click()
+        pg.get_by_label("Reason (recorded in the audit log)").first.fill("browser: 10 % to the CNN")
+        pg.get_by_label("Reason (recorded in the audit log)").first.press("Enter")
+        pg.get_by_text("I confirm this change").first.click()
+        pg.get_by_role("button", name="Apply").click()
+        pg.get_by_text("is live").wait_for(timeout=30_000)
+        current = httpx.get(f"{single_worker.url}/v1/admin/deployments/digits", headers=AUTH).json()
+        assert {v["tag"]: v["weight"] for v in current["versions"]} == {tags["mlp"]: 90, tags["cnn"]: 10}
+        for path, title in [("", "Overview"), ("models", "Models"), ("deployments", "Deployments"),
+                            ("live", "Live metrics"), ("audit", "Audit log")]:
+            pg.goto(f"{streamlit_app}/{path}", wait_until="networkidle", timeout=60_000)
+            pg.get_by_role("heading", name=title).first.wait_for(timeout=30_000)
+            if path == "live":  # keep traffic flowing until two scrapes have drawn the charts
+                for _ in range(30):
+                    for row in ROWS[:20]:  # sync: playwright's own loop owns this thread
+                        httpx.post(f"{single_worker.url}/v1/digits/predict", json={"inputs": [row.tolist()]})
+                    if pg.get_by_text("p95 latency (ms)").count():
+                        break
+                    pg.wait_for_timeout(1000)
+            pg.wait_for_timeout(1500)
+            shot = ARTIFACTS / f"console-{title.lower().replace(' ', '-')}.png"
+            pg.screenshot(path=str(shot), full_page=True)
+            assert pg.locator("[data-testid='stException']").count() == 0
+            assert not_blank(shot), f"{shot} looks blank"
+        browser.close()
+
+
+def set_split(tag: str, pct: int, reason: str) -> AppTest:
+    at = page("deployments")
+    at.selectbox(key="endpoint").set_value("digits")
+    at.selectbox(key="canary_tag").set_value(tag)
+    at.slider(key="canary_pct").set_value(pct)
+    at.text_input(key="split_reason").input(reason)
+    at.checkbox(key="split_confirm").check()
+    at.button(key="split_go").click().run()
+    assert any("is live" in s.value for s in at.success), [e.value for e in at.error]
+    return at
+
+
+def confirm(prefix: str, reason: str, choose_first: bool = False) -> AppTest:
+    at = page("deployments")
+    if choose_first:
+        at.selectbox(key="rollback_to").set_value(at.selectbox(key="rollback_to").options[0])
+    at.text_input(key=f"{prefix}_reason").input(reason)
+    at.checkbox(key=f"{prefix}_confirm").check()
+    at.button(key=f"{prefix}_go").click().run()
+    assert at.success and not at.error
+    return at
+
+
+def test_the_whole_canary_release_from_the_console(console_env: Served, tags: dict[str, str]) -> None:
+    """Acceptance: canary at 10 %, both versions' live metrics, 50 %, promote, roll back; all audited."""
+    with httpx.Client(base_url=console_env.url) as c:
+        deploy(c, "digits", [(tags["mlp"], "stable", 100)], reason="baseline before the release")
+    set_split(tags["cnn"], 10, "flow 1: CNN canary at 10 %")
+    live = AppTest.from_file(str(PAGES / "live.py"), default_timeout=60)
+    live.run()
+    traffic(console_env.url, 400)
+    time.sleep(1)
+    live.run()
+    assert not live.exception and not live.info  # charts, not "collecting"
+    stats = httpx.get(f"{console_env.url}/v1/admin/stats?window=60", headers=AUTH).json()["endpoints"]["digits"]
+    assert stats[tags["mlp"]]["requests"] > 0 and stats[tags["cnn"]]["requests"] > 0
+    set_split(tags["cnn"], 50, "flow 3: CNN canary at 50 %")
+    confirm("promote", "flow 4: promote the CNN")
+    current = httpx.get(f"{console_env.url}/v1/admin/deployments/digits", headers=AUTH).json()
+    assert [(v["tag"], v["role"], v["weight"]) for v in current["versions"]] == [(tags["cnn"], "stable", 100)]
+    confirm("rollback", "flow 5: roll back", choose_first=True)
+    current = httpx.get(f"{console_env.url}/v1/admin/deployments/digits", headers=AUTH).json()
+    assert {v["tag"]: v["weight"] for v in current["versions"]} == {tags["mlp"]: 50, tags["cnn"]: 50}
+    audit = page("audit").dataframe[0].value
+    flow = [why for why in reversed(list(audit["why"])) if str(why).startswith("flow ")]
+    assert flow == ["flow 1: CNN canary at 10 %", "flow 3: CNN canary at 50 %", "flow 4: promote the CNN",
+                    "flow 5: roll back"]
