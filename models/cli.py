@@ -190,9 +190,9 @@ def _build(targets: list[tuple[str, str]], settings: BuildSettings, args: argpar
 
 
 def _list(as_json: bool) -> None:
-    from models.registry import describe, switchyard_models
+    from models.registry import describe_all
 
-    rows = [describe(m) for m in switchyard_models()]
+    rows = describe_all()
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return

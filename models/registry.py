@@ -127,23 +127,16 @@ def _without_none(value: Any) -> Any:
     return value
 
 
-def switchyard_models() -> list[Any]:
-    import bentoml
+def describe_all() -> list[dict[str, Any]]:
+    """Every Switchyard version in the store, as the server sees it, plus the figures `list` shows."""
+    from bentos.catalog import list_versions
 
-    return [m for m in bentoml.models.list() if "family" in m.info.labels]
-
-
-def describe(model: Any) -> dict[str, Any]:
-    info = model.info
-    meta = info.metadata
-    validate = meta.get("metrics", {}).get("validate", {})
-    bench = meta.get("metrics", {}).get("benchmark") or {}
-    return {
-        "tag": str(model.tag), "labels": dict(info.labels), "created": info.creation_time.isoformat(),
-        "size_bytes": meta.get("size_bytes"), "metrics": meta.get("metrics"), "lineage": meta.get("lineage"),
-        "sha256": meta.get("sha256"), "batch_invariance_min_cosine": meta.get("batch_invariance_min_cosine"),
-        "headline": _headline(validate), "p50_ms": (bench.get("latency_ms") or {}).get("p50"),
-    }
+    rows = list_versions()
+    for row in rows:
+        metrics = row["metrics"] or {}
+        row["headline"] = _headline(metrics.get("validate") or {})
+        row["p50_ms"] = ((metrics.get("benchmark") or {}).get("latency_ms") or {}).get("p50")
+    return rows
 
 
 def _headline(metrics: dict[str, Any]) -> str:
