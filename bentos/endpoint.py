@@ -136,21 +136,17 @@ class Endpoint:
         if route == "canary" and not slot.circuit.allow():
             self.metrics.fallbacks.labels(self.name, tag).inc()
             tag, route, slot = router.stable, "fallback", self.slots[router.stable]
-        try:
-            outputs, timing = await self._run(slot, items, route, source)
-        except Overloaded:
-            raise
-        except Exception as exc:
-            if route != "canary":
-                raise ModelFailure(f"{tag} failed: {exc}") from exc
-            self.metrics.fallbacks.labels(self.name, tag).inc()
-            tag, route, slot = router.stable, "fallback", self.slots[router.stable]
+        while True:  # at most twice: a failing canary hands the request to stable
             try:
                 outputs, timing = await self._run(slot, items, route, source)
+                break
             except Overloaded:
                 raise
-            except Exception as exc2:
-                raise ModelFailure(f"{tag} failed: {exc2}") from exc2
+            except Exception as exc:
+                if route != "canary":
+                    raise ModelFailure(f"{tag} failed: {exc}") from exc
+                self.metrics.fallbacks.labels(self.name, tag).inc()
+                tag, route, slot = router.stable, "fallback", self.slots[router.stable]
         total = time.monotonic() - start
         self.metrics.request_duration.labels(self.name, tag).observe(total)
         self.stats.record(self.name, tag, True, total, fallback=route == "fallback")
