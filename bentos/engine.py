@@ -28,6 +28,9 @@ log = logging.getLogger("switchyard.engine")
 # Endpoint name -> the model family it serves.
 ENDPOINTS = {"digits": "digits", "minilm": "minilm"}
 SYSTEM_ACTOR = "switchyard"
+# Shared stats older than this are deleted (canary analysis and /stats look back minutes, not days).
+STATS_RETENTION_S = 3600
+PRUNE_EVERY_FLUSHES = 60
 
 
 class AdminError(Exception):
@@ -163,9 +166,22 @@ class Engine:
                 log.exception("control-plane sync failed")
 
     async def _flush_loop(self) -> None:
+        flushes = 0
         while True:
             await asyncio.sleep(self.settings.stats_flush_s)
             await self._flush_stats()
+            flushes += 1
+            if flushes % PRUNE_EVERY_FLUSHES == 0:
+                await self.prune_stats()
+
+    async def prune_stats(self) -> None:
+        """Keep the shared stats table bounded: every worker upserts a row per version every flush."""
+        if self.store is None:
+            return
+        try:
+            await asyncio.to_thread(self.store.prune_stats, bucket_of(time.time() - STATS_RETENTION_S))
+        except StoreUnavailable as exc:
+            self._store_down(exc)
 
     async def _flush_stats(self) -> None:
         rows = self.stats.pending_rows()

@@ -124,33 +124,30 @@ async def serve(holder: EngineHolder, request: Request, endpoint: str, items: li
         return error(500, f"model failure: {exc}")
 
 
-def predict_route(holder: EngineHolder, model: type[BaseModel], limit: int) -> Handler:
-    async def predict(request: Request) -> Response:
+def model_route(holder: EngineHolder, endpoint: str, model: type[BaseModel], field: str, limit: int,
+                render: Callable[[Answer], dict[str, Any]]) -> Handler:
+    """POST handler: validate the body, route `field`'s items, render the endpoint's answer."""
+
+    async def handle(request: Request) -> Response:
         parsed = await parse(request, model, limit)
         if isinstance(parsed, Response):
             return parsed
-        answer = await serve(holder, request, "digits", parsed.inputs)  # type: ignore[attr-defined]
+        answer = await serve(holder, request, endpoint, getattr(parsed, field))
         if isinstance(answer, Response):
             return answer
-        predictions = answer.codec.decode(np.stack(answer.outputs))
-        return json_response({"predictions": predictions, "model_version": answer.version, "route": answer.route,
-                              "latency_ms": _latency(answer)}, headers=_answer_headers(answer))
+        body = {**render(answer), "model_version": answer.version, "route": answer.route,
+                "latency_ms": _latency(answer)}
+        return json_response(body, headers=_answer_headers(answer))
 
-    return predict
+    return handle
 
 
-def embed_route(holder: EngineHolder, model: type[BaseModel], limit: int) -> Handler:
-    async def embed(request: Request) -> Response:
-        parsed = await parse(request, model, limit)
-        if isinstance(parsed, Response):
-            return parsed
-        answer = await serve(holder, request, "minilm", parsed.texts)  # type: ignore[attr-defined]
-        if isinstance(answer, Response):
-            return answer
-        return json_response({"embeddings": answer.outputs, "model_version": answer.version, "route": answer.route,
-                              "latency_ms": _latency(answer)}, headers=_answer_headers(answer))
+def _predictions(answer: Answer) -> dict[str, Any]:
+    return {"predictions": answer.codec.decode(np.stack(answer.outputs))}
 
-    return embed
+
+def _embeddings(answer: Answer) -> dict[str, Any]:
+    return {"embeddings": answer.outputs}
 
 
 def openapi(models: Any) -> dict[str, Any]:
@@ -190,8 +187,10 @@ def create_app(holder: EngineHolder, extra_routes: list[Any] | None = None) -> S
         engine = holder.get()
         settings = engine.settings
         models = request_models(settings.max_rows, settings.max_chars)
-        state.update(predict=predict_route(holder, models.digits, settings.max_body_bytes),
-                     embed=embed_route(holder, models.minilm, settings.max_body_bytes), openapi=openapi(models))
+        limit = settings.max_body_bytes
+        state.update(predict=model_route(holder, "digits", models.digits, "inputs", limit, _predictions),
+                     embed=model_route(holder, "minilm", models.minilm, "texts", limit, _embeddings),
+                     openapi=openapi(models))
         await engine.start()
         try:
             yield

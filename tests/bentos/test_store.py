@@ -112,3 +112,18 @@ def test_sqlite_uses_wal(tmp_path: Path) -> None:
 
     SQLiteControlPlane(tmp_path / "c.db")
     assert sqlite3.connect(tmp_path / "c.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_engine_prunes_old_shared_stats(tmp_path: Path) -> None:
+    import time
+
+    from bentos.engine import STATS_RETENTION_S, Engine
+    from bentos.settings import ServeSettings
+    from bentos.stats import bucket_of
+
+    engine = Engine(ServeSettings(state_dir=tmp_path))
+    engine.store = SQLiteControlPlane(tmp_path / "control.db")
+    old, new = bucket_of(time.time() - STATS_RETENTION_S - 60), bucket_of(time.time())
+    engine.store.write_stats("w", [("digits", "v1", old, 1, 0, 0, [1]), ("digits", "v1", new, 2, 0, 0, [2])])
+    await engine.prune_stats()
+    assert [r[2] for r in engine.store.read_stats(0)] == [new]
