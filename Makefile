@@ -19,7 +19,7 @@ TOKEN_FILE := .state/admin-token
 # Debian packages the tests and benchmarks use (installed only when missing).
 APT_PACKAGES := $(shell cat deploy/apt-packages.txt 2>/dev/null)
 
-.PHONY: help install system-deps models serve test lint bench bento clean
+.PHONY: help install system-deps models serve test lint bench bento bento-gpu export clean
 
 help:
 	@echo "make serve   set up (venv, packages, default models) and run the stack"
@@ -84,6 +84,16 @@ bench: install system-deps models
 # The bento: service.py, bentos/, the default model versions and serving-only packages.
 bento: models
 	$(VENV)/bin/bentoml build --output tag
+
+# The same bento with onnxruntime-gpu and the CUDA provider required (deploy/gpu_bentofile.py).
+bento-gpu: models
+	$(PY) deploy/gpu_bentofile.py build/bentofile.gpu.yaml
+	$(VENV)/bin/bentoml build -f build/bentofile.gpu.yaml --output tag .
+
+# The latest bento as one archive, models included: `bentoml import build/switchyard.bento` elsewhere.
+export: bento
+	@mkdir -p build
+	$(VENV)/bin/bentoml export switchyard:latest $(CURDIR)/build/switchyard.bento
 
 clean:
 	rm -rf build .state .pytest_cache .mypy_cache .ruff_cache

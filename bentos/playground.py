@@ -10,6 +10,8 @@ affinity in front of /playground, or serve the playground from a one-worker repl
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,16 +26,12 @@ from bentos.routing import UnknownPin
 
 MIN_SENTENCES, MAX_SENTENCES = 2, 10
 DEFAULT_SENTENCES = ("A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell.")
-EXAMPLES = 40
 
 
 def _test_examples() -> tuple[list[list[float]], list[int]]:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    rng = np.random.default_rng(0)
-    idx = rng.choice(len(y), EXAMPLES, replace=False)
-    return x[idx].tolist(), y[idx].tolist()
+    """40 scikit-learn digits shipped as JSON, so the image needs neither scikit-learn nor scipy."""
+    data = json.loads((Path(__file__).parent / "families" / "digits_examples.json").read_text())
+    return [[float(v) for v in row] for row in data["pixels"]], list(data["labels"])
 
 
 def build_playground(holder: EngineHolder) -> Any:

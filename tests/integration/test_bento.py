@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,8 +59,37 @@ def test_bento_carries_code_models_and_no_torch(bento_tag: str, tags: dict[str, 
     requirements = (root / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime" in requirements and "tokenizers" in requirements
     assert "torch" not in requirements and "transformers" not in requirements
+    assert "scikit-learn" not in requirements
+    assert (root / "src" / "bentos" / "families" / "digits_examples.json").is_file()
+    assert {e.name for e in info.info.envs} >= {"SWITCHYARD_STATE_DIR", "SWITCHYARD_THREADS", "HF_HUB_OFFLINE"}
+
+
+def test_dockerfile_entrypoint_and_port_are_the_ones_readme_documents(bento_tag: str) -> None:
+    import bentoml
+
+    root = Path(bentoml.get(bento_tag).path)
     dockerfile = (root / "env" / "docker" / "Dockerfile").read_text()
-    assert "EXPOSE 3000" in dockerfile and "bentoml" in dockerfile.lower()
+    readme = (ROOT / "README.md").read_text()
+    entrypoint = re.search(r'^ENTRYPOINT \[ "([^"]+)" \]', dockerfile, re.M)
+    ports = re.findall(r"^EXPOSE (\d+)", dockerfile, re.M)
+    assert entrypoint and ports[0] == "3000"
+    assert f"The image's entrypoint is `{entrypoint.group(1)}`" in readme
+    assert f"the port is `{ports[0]}`" in readme and f"-p {ports[0]}:{ports[0]}" in readme
+    assert (root / "env" / "docker" / "entrypoint.sh").is_file()
+    assert re.search(r"apt-get install .*\bcurl\b", dockerfile)  # system_packages reached the image
+    for variable in ("SWITCHYARD_ADMIN_TOKEN", "SWITCHYARD_DB_URL", "SWITCHYARD_STATE_DIR", "SWITCHYARD_THREADS",
+                     "SWITCHYARD_WORKERS"):
+        assert f"-e {variable}=" in readme, f"README's docker run lacks {variable}"
+
+
+def test_export_writes_an_archive_with_the_models(bento_tag: str, tags: dict[str, str], tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "bentoml", "export", bento_tag, str(tmp_path / "s.bento")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with tarfile.open(tmp_path / "s.bento") as archive:
+        names = archive.getnames()
+    assert any(n.endswith("src/service.py") for n in names)
+    assert any(tags["minilm"].split(":")[0] in n and n.endswith("tokenizer.json") for n in names)
 
 
 def test_served_bento_answers_everything(bento: Served, tags: dict[str, str]) -> None:
