@@ -82,6 +82,7 @@ class Endpoint:
         self.load_error: str | None = None
         # Versions from the store tried by pin only (the playground); never in the split.
         self.previews: dict[str, Slot] = {}
+        self._roles: set[tuple[str, str]] = set()
         self._shadow_inflight = 0
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -97,8 +98,17 @@ class Endpoint:
         variants = {tag: slot.version.variant for tag, slot in slots.items()}
         self.spec, self.router, self.slots, self.revision = spec, Router(spec, variants), slots, revision
         self.load_error = None
+        self._export_roles(spec)
         for slot in retired:
             self._spawn(slot.drain_and_stop())
+
+    def _export_roles(self, spec: DeploymentSpec) -> None:
+        live: set[tuple[str, str]] = {(v.tag, v.role) for v in spec.versions}
+        for tag, role in self._roles - live:
+            self.metrics.version_role.labels(self.name, tag, role).set(0)
+        for tag, role in live:
+            self.metrics.version_role.labels(self.name, tag, role).set(1)
+        self._roles = live
 
     def add_preview(self, version: LoadedVersion, keep: int = 4) -> None:
         if version.tag in self.slots or version.tag in self.previews:

@@ -62,6 +62,7 @@ class Engine:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.threads = settings.intra_op_threads(os.cpu_count() or 1)
+        self.providers = tuple(settings.providers)
         self.metrics = get_metrics()
         self.stats = StatsRecorder()
         self.endpoints = {name: Endpoint(name, settings, self.metrics, self.stats) for name in ENDPOINTS}
@@ -147,7 +148,7 @@ class Engine:
     async def _preload(self, endpoint: Endpoint, spec: DeploymentSpec) -> dict[str, LoadedVersion]:
         loaded = {}
         for tag in endpoint.missing(spec):
-            loaded[tag] = await asyncio.to_thread(load_version, tag, self.threads)
+            loaded[tag] = await asyncio.to_thread(load_version, tag, self.threads, self.providers)
         return loaded
 
     async def _poll_loop(self) -> None:
@@ -169,6 +170,7 @@ class Engine:
         flushes = 0
         while True:
             await asyncio.sleep(self.settings.stats_flush_s)
+            self.metrics.ready.set(1 if self.ready else 0)
             await self._flush_stats()
             flushes += 1
             if flushes % PRUNE_EVERY_FLUSHES == 0:
@@ -299,7 +301,7 @@ class Engine:
         try:
             full = await asyncio.to_thread(check_tag, tag, ENDPOINTS[name])
             if full not in endpoint.slots and full not in endpoint.previews:
-                endpoint.add_preview(await asyncio.to_thread(load_version, full, self.threads))
+                endpoint.add_preview(await asyncio.to_thread(load_version, full, self.threads, self.providers))
         except VersionLoadError as exc:
             raise InvalidChange(str(exc)) from None
         return full

@@ -28,6 +28,8 @@ class Metrics:
     shadow_dropped: Any
     shadow_agreement: Any
     circuit_state: Any
+    version_role: Any
+    ready: Any
 
 
 @cache
@@ -55,4 +57,8 @@ def get_metrics() -> Metrics:
                                    [*ev, "primary"], buckets=AGREEMENT_BUCKETS),
         circuit_state=Gauge("switchyard_circuit_state", "0 closed, 1 half-open, 2 open.", ev,
                             multiprocess_mode="max"),
+        # 1 while the version holds that role in this worker's deployment, else 0 (alerts join on it).
+        version_role=Gauge("switchyard_version_role", "1 if the version serves in this role.", [*ev, "role"],
+                           multiprocess_mode="livemax"),
+        ready=Gauge("switchyard_ready", "1 when every endpoint serves its deployment.", multiprocess_mode="livemin"),
     )

@@ -22,8 +22,16 @@ def default_threads(workers: int = 1) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def pick_providers(cpu_only: bool = False) -> list[str]:
-    available = set(ort.get_available_providers())
+def pick_providers(cpu_only: bool = False, required: tuple[str, ...] = ()) -> list[str]:
+    """`required` (SWITCHYARD_PROVIDERS) must all be present: a GPU pod must not fall back to CPU quietly."""
+    available = ort.get_available_providers()
+    missing = [p for p in required if p not in available]
+    if missing:
+        raise VersionLoadError(
+            f"SWITCHYARD_PROVIDERS asks for {missing}, but this onnxruntime offers {available}; for CUDA install "
+            "onnxruntime-gpu (`pip install --force-reinstall --no-deps onnxruntime-gpu`) or unset SWITCHYARD_PROVIDERS")
+    if required:
+        return [*required, *(["CPUExecutionProvider"] if "CPUExecutionProvider" not in required else [])]
     wanted = ("CPUExecutionProvider",) if cpu_only else _PROVIDER_ORDER
     return [p for p in wanted if p in available]
 
@@ -38,18 +46,19 @@ def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
     return opts
 
 
+class VersionLoadError(RuntimeError):
+    """A model version could not be loaded: it stays out of traffic."""
+
+
 def load_session(
-    path: Path, threads: int | None = None, cpu_only: bool = False, spinning: bool = False
+    path: Path, threads: int | None = None, cpu_only: bool = False, spinning: bool = False,
+    providers: tuple[str, ...] = (),
 ) -> ort.InferenceSession:
     return ort.InferenceSession(
         str(path),
         session_options(threads or default_threads(), spinning),
-        providers=pick_providers(cpu_only),
+        providers=pick_providers(cpu_only, providers),
     )
-
-
-class VersionLoadError(RuntimeError):
-    """A model version could not be loaded: it stays out of traffic."""
 
 
 @dataclass
@@ -84,7 +93,7 @@ def resolve_tag(tag: str) -> Any:
         raise VersionLoadError(f"model {tag!r} is not in the model store") from None
 
 
-def load_version(tag: str, threads: int) -> LoadedVersion:
+def load_version(tag: str, threads: int, providers: tuple[str, ...] = ()) -> LoadedVersion:
     model = resolve_tag(tag)
     labels, meta = model.info.labels, model.info.metadata
     root = Path(model.path)
@@ -94,8 +103,9 @@ def load_version(tag: str, threads: int) -> LoadedVersion:
     problems = find_mismatches(root, meta.get("sha256") or {})
     if problems or not meta.get("sha256"):
         raise VersionLoadError(f"{model.tag} failed its sha256 check: {'; '.join(problems) or 'no hashes recorded'}")
+    pick_providers(required=providers)  # a missing provider names its setting, not an ORT error
     try:
-        session = load_session(root / "model.onnx", threads)
+        session = load_session(root / "model.onnx", threads, providers=providers)
         codec = codec_for(family, root, meta.get("preprocess") or {})
         version = LoadedVersion(str(model.tag), family, labels.get("variant", "?"), codec, session, dict(meta), root)
         version.warm()

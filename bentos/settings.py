@@ -25,6 +25,9 @@ class ServeSettings(BaseSettings):
     # Runtime
     threads: int = Field(0, ge=0, le=256, description="ORT intra-op threads per version; 0 = cores / workers.")
     workers: int = Field(1, ge=1, le=64, description="Workers sharing the machine (for the thread default).")
+    providers: list[str] = Field(
+        default_factory=list, description='ORT execution providers that must be present, in order, e.g. '
+        '["CUDAExecutionProvider"]; empty = the best available (TensorRT, CUDA, CPU).')
 
     # Batching
     max_batch_size: int = Field(32, ge=1, le=1024, description="Rows per model call.")
