@@ -114,3 +114,49 @@ def serve_env(bentoml_home: Path, state_dir: Path, **settings: str) -> dict[str,
                SWITCHYARD_STATE_DIR=str(state_dir), PYTHONUNBUFFERED="1")
     env.update({f"SWITCHYARD_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+class Prometheus:
+    """Debian's prometheus on 127.0.0.1, scraping `targets` every second with deploy/'s rules."""
+
+    def __init__(self, targets: list[str], workdir: Path, rule_files: list[Path]) -> None:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise FileNotFoundError("prometheus not found (Debian package 'prometheus')")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = workdir / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"rule_files: [{', '.join(str(p) for p in rule_files)}]\n"
+            "scrape_configs:\n"
+            f"  - job_name: switchyard\n    static_configs: [{{targets: [{', '.join(targets)}]}}]\n")
+        self.log_path = workdir / "prometheus.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited:\n{self.log_path.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.3)
+        raise TimeoutError(f"prometheus not ready:\n{self.log_path.read_text()[-3000:]}")
+
+    def query(self, promql: str) -> list[dict[str, object]]:
+        body = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10).json()
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()

@@ -1,0 +1,214 @@
+"""Offline validation of deploy/: Kubernetes (kustomize + the Kubernetes schemas), compose,
+Prometheus (promtool) and Grafana. No cluster and no Docker engine run here."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from admin.settings import ConsoleSettings
+from bentos.metrics import get_metrics
+from bentos.settings import ServeSettings
+from tests.conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+K8S_VERSION = "1.33.0"
+
+
+def render(kustomization_dir: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize` when kubectl is here; else the base's raw resources (no patches)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        out = subprocess.run([kubectl, "kustomize", str(kustomization_dir)], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+        return [d for d in yaml.safe_load_all(out) if d]
+    spec = yaml.safe_load((kustomization_dir / "kustomization.yaml").read_text())
+    docs = []
+    for resource in spec["resources"]:
+        path = kustomization_dir / resource
+        docs += render(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def env_map(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def validate_schema(docs: list[dict[str, Any]]) -> None:
+    import kubernetes_validate
+
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.fixture(scope="module")
+def base() -> list[dict[str, Any]]:
+    return render(K8S / "base")
+
+
+def test_base_renders_and_matches_the_kubernetes_schemas(base: list[dict[str, Any]]) -> None:
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in base)
+    assert kinds == ["Deployment/switchyard", "Deployment/switchyard-console", "HorizontalPodAutoscaler/switchyard",
+                     "PodDisruptionBudget/switchyard", "Service/switchyard", "Service/switchyard-console"]
+    validate_schema(base)
+    validate_schema(render(K8S / "postgres"))
+
+
+def test_schema_validation_rejects_a_broken_manifest(base: list[dict[str, Any]]) -> None:
+    import kubernetes_validate
+
+    broken = json.loads(json.dumps(by_kind(base, "Deployment", "switchyard")))
+    broken["spec"]["replicas"] = "three"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_serving_deployment_has_probes_resources_and_secrets(base: list[dict[str, Any]]) -> None:
+    dep = by_kind(base, "Deployment", "switchyard")
+    assert dep["spec"]["replicas"] == 3
+    c = container(dep, "switchyard")
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert {"cpu", "memory"} <= c["resources"]["requests"].keys() <= c["resources"]["limits"].keys()
+    env = env_map(c)
+    assert env["SWITCHYARD_ADMIN_TOKEN"] == {"secretKeyRef": {"name": "switchyard", "key": "admin-token"}}
+    assert env["SWITCHYARD_DB_URL"] == {"secretKeyRef": {"name": "switchyard", "key": "db-url"}}
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+    assert c["ports"][0]["containerPort"] == int(annotations["prometheus.io/port"]) == 3000
+
+
+def test_service_pdb_hpa_and_console_select_the_right_pods(base: list[dict[str, Any]]) -> None:
+    pods = by_kind(base, "Deployment", "switchyard")["spec"]["template"]["metadata"]["labels"]
+    for kind in ("Service", "PodDisruptionBudget"):
+        doc = by_kind(base, kind, "switchyard")
+        selector = doc["spec"]["selector"]
+        assert (selector.get("matchLabels") or selector).items() <= pods.items()
+    hpa = by_kind(base, "HorizontalPodAutoscaler", "switchyard")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "switchyard" and hpa["minReplicas"] >= 2
+    assert by_kind(base, "PodDisruptionBudget", "switchyard")["spec"]["minAvailable"] < hpa["minReplicas"]
+    console = container(by_kind(base, "Deployment", "switchyard-console"), "console")
+    assert env_map(console)["SWITCHYARD_SERVICE_URL"] == "http://switchyard:3000"
+
+
+def test_postgres_example_is_a_statefulset_with_storage() -> None:
+    docs = render(K8S / "postgres")
+    sts = by_kind(docs, "StatefulSet", "switchyard-postgres")
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+
+
+def test_gpu_overlay_asks_for_a_gpu_and_cuda() -> None:
+    if shutil.which("kubectl"):
+        docs = render(K8S / "overlays" / "gpu")
+        validate_schema(docs)
+        c = container(by_kind(docs, "Deployment", "switchyard"), "switchyard")
+        assert c["image"].endswith("switchyard-gpu:latest")
+        assert env_map(c)["SWITCHYARD_ADMIN_TOKEN"]  # the base survives the patch
+    else:  # without kustomize: the patch itself
+        c = container(yaml.safe_load((K8S / "overlays" / "gpu" / "gpu-patch.yaml").read_text()), "switchyard")
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert json.loads(env_map(c)["SWITCHYARD_PROVIDERS"]) == ["CUDAExecutionProvider"]
+
+
+def _setting_names() -> set[str]:
+    return {f"SWITCHYARD_{n.upper()}" for n in [*ServeSettings.model_fields, *ConsoleSettings.model_fields]}
+
+
+def test_every_switchyard_variable_in_deploy_is_a_real_setting() -> None:
+    known = _setting_names()
+    texts = [p.read_text() for p in [*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml"), ROOT / "bentofile.yaml"]]
+    used = set(re.findall(r"\bSWITCHYARD_[A-Z_]+\b", "\n".join(texts)))
+    assert used and used <= known, f"not settings: {sorted(used - known)}"
+
+
+def test_compose_runs_the_whole_stack_with_mounts_that_exist() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    assert {"switchyard-a", "switchyard-b", "console", "postgres", "prometheus", "grafana"} <= services.keys()
+    for name, svc in services.items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
+    assert "postgres:5432" in services["switchyard-a"]["environment"]["SWITCHYARD_DB_URL"]
+    assert (ROOT / services["console"]["build"]["dockerfile"]).is_file()
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == [f"{s}:3000" for s in ("switchyard-a", "switchyard-b")]
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("promtool")
+    assert tool, "promtool missing: install Debian's 'prometheus' package (make system-deps)"
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_promtool_accepts_the_config_and_rules() -> None:
+    out = _promtool("check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    rules = sorted(str(p) for p in (DEPLOY / "prometheus" / "rules").glob("*.yml"))
+    out = _promtool("check", "rules", *rules)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("groups:\n  - name: x\n    rules:\n      - record: a:b\n        expr: sum(rate(x[1m]\n")
+    assert _promtool("check", "rules", str(bad)).returncode != 0
+
+
+def _metric_names() -> set[str]:
+    names = set()
+    for metric in get_metrics().__dict__.values():
+        names.add(metric._name)
+        names |= {f"{metric._name}{s}" for s in ("_total", "_bucket", "_sum", "_count")}
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "recording.yml").read_text())
+    return names | {r["record"] for g in rules["groups"] for r in g["rules"]}
+
+
+def test_alerts_cover_canary_slo_circuit_and_readiness() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "alerts.yml").read_text())
+    exprs = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    assert {"SwitchyardCanaryErrorRatioAboveStable", "SwitchyardP99AboveSLO", "SwitchyardCircuitOpen",
+            "SwitchyardNotReady"} == exprs.keys()
+    known = _metric_names() | {"up"}
+    for alert, expr in exprs.items():
+        used = set(re.findall(r"\b(switchyard[:_][a-z0-9_:]+|up)\b", expr))
+        assert used <= known, f"{alert} reads unknown series {used - known}"
+
+
+def test_grafana_dashboard_has_a_panel_per_signal_on_real_metrics() -> None:
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "switchyard.json").read_text())
+    text = json.dumps(dash)
+    for metric in ("switchyard_requests_total", "switchyard_request_duration_seconds_bucket",
+                   "switchyard_batch_size_sum", "switchyard_queue_wait_seconds_bucket", "switchyard_cache_hits_total",
+                   "switchyard_fallbacks_total", "switchyard_shadow_agreement_sum"):
+        assert metric in text, f"no panel reads {metric}"
+    known = _metric_names()
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(switchyard[:_][a-z0-9_:]+)\b", e)}
+    assert used <= known, f"unknown series {used - known}"
+    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "switchyard.yaml").read_text())
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
+    mounts = compose["services"]["grafana"]["volumes"]
+    assert f"./grafana/dashboards:{provider['providers'][0]['options']['path']}:ro" in mounts
+    datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    assert {p["datasource"]["uid"] for p in dash["panels"]} == {datasource["datasources"][0]["uid"]}
