@@ -76,9 +76,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy bentos models admin
 
-# Optimization table (docs/optimization.md), then serving against stock BentoML (docs/benchmarks.md).
+# Optimization table (docs/optimization.md), then serving against its peers (docs/benchmarks.md).
+# wrk comes with system-deps; the peers (LitServe, FastAPI, stock BentoML) with install.
 bench: install system-deps models
 	$(PY) bench/optimization.py
+	$(PY) bench/image_deps.py >/dev/null
 	$(PY) bench/serving.py
 
 # The bento: service.py, bentos/, the default model versions and serving-only packages.

@@ -29,6 +29,7 @@ class Load:
     socket_errors: int
     requests: int
     cpu_s_per_1k: float
+    cdf_ms: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -81,14 +82,16 @@ def rss_mb(pid: int) -> float:
 
 
 def wrk(url: str, bodies: list[str], connections: int, seconds: float, pid: int, rows_per_request: int,
-        threads: int = 2) -> Load:
+        threads: int = 2, sticky: bool = False, cpus: str | None = None) -> Load:
+    """wrk with post.lua; `cpus` pins wrk with taskset (the server is pinned where it starts)."""
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as fh:
         fh.write("\n".join(bodies) + "\n")
     cpu0 = cpu_seconds(pid)
-    out = subprocess.run(["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-                          "--timeout", "30s", "-s", str(BENCH / "lua" / "post.lua"), url],
-                         capture_output=True, text=True, env={"WRK_BODIES": fh.name, "PATH": "/usr/bin:/bin"},
-                         timeout=seconds + 60)
+    pin = ["taskset", "-c", cpus] if cpus else []
+    env = {"WRK_BODIES": fh.name, "PATH": "/usr/bin:/bin", "WRK_STICKY": "1" if sticky else "0"}
+    cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+           "--timeout", "30s", "-s", str(BENCH / "lua" / "post.lua"), url]
+    out = subprocess.run([*pin, *cmd], capture_output=True, text=True, env=env, timeout=seconds + 60)
     cpu = cpu_seconds(pid) - cpu0
     Path(fh.name).unlink()
     line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
@@ -99,4 +102,4 @@ def wrk(url: str, bodies: list[str], connections: int, seconds: float, pid: int,
     ok = s["requests"] - s["non2xx"]
     return Load(connections, rps, ok * rows_per_request / (s["duration_us"] / 1e6), s["p50_us"] / 1000,
                 s["p90_us"] / 1000, s["p99_us"] / 1000, s["non2xx"], s["socket_errors"], s["requests"],
-                cpu / max(1, s["requests"]) * 1000)
+                cpu / max(1, s["requests"]) * 1000, [(p, us / 1000) for p, us in s["cdf_us"]])

@@ -1,9 +1,13 @@
-"""Serving benchmark: Switchyard against stock BentoML and the in-process ceiling, one run.
+"""Serving benchmark: Switchyard against its peers on the same ONNX files, in one run.
 
-Needs the default models in the store (`make models`) and Debian's wrk. Every server
-serves the same ONNX file; wrk and the server share the machine's cores (no pinning:
-with 2 cores, pinning would halve the server). Writes docs/benchmarks.md and a JSON
-copy under bench/results/.
+Servers: the in-process ceiling (no HTTP), the HTTP floor (no model), a naive FastAPI
+server on torch eager and on ORT, stock BentoML `batchable` at two latency budgets,
+LitServe at two batch timeouts, and Switchyard (one version, 90/10, 90/10 with shadow,
+90/10 sticky). Load comes from Debian's wrk with post.lua. Needs the default models in the
+store (`make models`). Writes docs/benchmarks.md, its plots, and bench/results/serving.json.
+
+    python bench/serving.py            # the full run (`make bench`), about 15 minutes
+    python bench/serving.py --smoke    # seconds per server, for `make test`
 """
 
 from __future__ import annotations
@@ -11,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from bench.harness import ServerRun, rss_mb, wait_http, wrk  # noqa: E402
+from bench.harness import ServerRun, rss_mb, wrk  # noqa: E402
+from bench.peers import PEERS, Peer, start_peer, stop_peer  # noqa: E402
+from bench.report import write_report  # noqa: E402
 from bentos.catalog import list_versions  # noqa: E402
-from tests.servers import Served, free_port, serve_env  # noqa: E402
+from tests.servers import Served, serve_env  # noqa: E402
 
 ONE_SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank today"
 TOKEN = "bench-token"
@@ -74,6 +78,7 @@ def workloads() -> dict[str, dict[str, Any]]:
 
 
 PATHS = {"minilm": "/v1/minilm/embed", "digits": "/v1/digits/predict"}
+CONFIGS = ("1-version", "90-10", "90-10-shadow", "90-10-sticky")
 
 
 def pick_versions(family: str) -> dict[str, str]:
@@ -87,160 +92,152 @@ def pick_versions(family: str) -> dict[str, str]:
 
 
 def ceiling(tag: str, items: list[Any], seconds: float, batches: tuple[int, ...] = (1, 8, 32, 64)) -> dict[str, float]:
-    """In-process ORT rows/s with tokenizer and pooling, no HTTP."""
-    import bentoml
+    """In-process ORT rows/s with tokenizer and pooling, no HTTP; plus batch-1 p50 latency in ms."""
+    from bench.servers.common import load_stored
 
-    from bentos.families import codec_for
-    from bentos.runtime import load_session
-
-    model = bentoml.models.get(tag)
-    root = Path(model.path)
-    codec = codec_for(model.info.labels["family"], root, model.info.metadata.get("preprocess", {}))
-    session = load_session(root / "model.onnx", threads=2)
-    out = {}
+    model = load_stored(tag, threads=2)
+    out: dict[str, float] = {}
     for batch in batches:
-        feeds = [items[(i * batch + j) % len(items)] for i in range(64) for j in range(batch)]
-        batches_ = [feeds[i * batch:(i + 1) * batch] for i in range(64)]
-        session.run(None, codec.encode(batches_[0]))
-        n, start = 0, time.perf_counter()
+        batches_ = [[items[(i * batch + j) % len(items)] for j in range(batch)] for i in range(64)]
+        model.run(batches_[0])
+        n, times, start = 0, [], time.perf_counter()
         while time.perf_counter() - start < seconds:
-            session.run(None, codec.encode(batches_[n % 64]))
+            t0 = time.perf_counter()
+            model.run(batches_[n % 64])
+            times.append(time.perf_counter() - t0)
             n += 1
         out[str(batch)] = n * batch / (time.perf_counter() - start)
+        if batch == 1:
+            out["b1_p50_ms"] = sorted(times)[len(times) // 2] * 1000
     return out
 
 
-def admin_put(url: str, endpoint: str, versions: list[tuple[str, str, int]]) -> None:
-    body = {"versions": [{"tag": t, "role": r, "weight": w} for t, r, w in versions], "reason": "benchmark"}
+def admin_put(url: str, endpoint: str, versions: list[tuple[str, str, int]], sticky: bool) -> None:
+    body = {"versions": [{"tag": t, "role": r, "weight": w} for t, r, w in versions], "reason": "benchmark",
+            "sticky": sticky}
     r = httpx.put(f"{url}/v1/admin/deployments/{endpoint}", json=body,
                   headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
     r.raise_for_status()
 
 
-def run_switchyard(config: str, versions: dict[str, dict[str, str]], loads: dict[str, dict[str, Any]],
-                   conns: list[int], seconds: float, state: Path) -> ServerRun:
+def split_for(config: str, v: dict[str, str]) -> list[tuple[str, str, int]]:
+    if config == "1-version":
+        return [(v["stable"], "stable", 100)]
+    split = [(v["stable"], "stable", 90), (v["canary"], "canary", 10)]
+    if config == "90-10-shadow":
+        split.append((v["shadow"], "shadow", 0))
+    return split
+
+
+def run_switchyard(config: str, versions: dict[str, dict[str, str]], plan: Plan, state: Path) -> ServerRun:
     env = serve_env(Path(os.environ.get("BENTOML_HOME", ROOT / ".state" / "bentoml")), state / config,
                     admin_token=TOKEN, max_batch_size="64",
                     default_models=json.dumps({f: v["stable"] for f, v in versions.items()}))
     start = time.monotonic()
-    server = Served(env, log_dir=state)
-    run = ServerRun(f"switchyard {config}")
+    server = Served(env, log_dir=state, cpu_list=plan.server_cpus)
+    run = ServerRun(f"Switchyard {config}")
     try:
         server.wait_ready()
         run.ready_s = time.monotonic() - start
         for family, v in versions.items():
-            split = [(v["stable"], "stable", 100)]
-            if config != "1-version":
-                split = [(v["stable"], "stable", 90), (v["canary"], "canary", 10)]
-            if config == "90-10-shadow":
-                split.append((v["shadow"], "shadow", 0))
-            if len({t for t, _, _ in split}) == len(split):
-                admin_put(server.url, family, split)
+            split = split_for(config, v)
+            if len({t for t, _, _ in split}) < len(split):
+                raise SystemExit(f"{config} needs {len(split)} distinct {family} versions in the store: {v}")
+            admin_put(server.url, family, split, sticky=config.endswith("sticky"))
         time.sleep(1)
-        run.loads = measure(server.url, server.proc.pid, loads, conns, seconds, run)
+        run.loads = measure(server.url, server.proc.pid, plan, run, sticky=config.endswith("sticky"))
     finally:
         server.kill()
     return run
 
 
-def run_stock(budget_ms: int, tag: str, loads: dict[str, dict[str, Any]], conns: list[int], seconds: float,
-              state: Path) -> ServerRun:
-    import subprocess
-
-    port = free_port()
-    env = {**os.environ, "BENCH_MODEL_TAG": tag, "BENCH_MAX_LATENCY_MS": str(budget_ms), "BENTOML_DO_NOT_TRACK": "True"}
+def run_peer(key: str, peer: Peer, tags: dict[str, str], plan: Plan, state: Path) -> ServerRun:
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bench.servers.stock_bentoml:Stock",
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=(state / f"stock-{budget_ms}.log").open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    run = ServerRun(f"stock BentoML max_latency_ms={budget_ms}")
+    proc, url = start_peer(peer, tags, state, plan.server_cpus)
+    run = ServerRun(peer.name)
     try:
-        wait_http(f"http://127.0.0.1:{port}/readyz")
         run.ready_s = time.monotonic() - start
-        stock_loads = {k: {**w, "path": "/embed"} for k, w in loads.items() if w["endpoint"] == "minilm"}
-        run.loads = measure(f"http://127.0.0.1:{port}", proc.pid, stock_loads, conns, seconds, run)
+        run.loads = measure(url, proc.pid, plan, run)
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
+        stop_peer(proc)
     return run
 
 
-def measure(url: str, pid: int, loads: dict[str, dict[str, Any]], conns: list[int], seconds: float,
-            run: ServerRun) -> list[Any]:
+class Plan:
+    """Which workloads at which connection counts, for how long, and where wrk and servers run."""
+
+    def __init__(self, loads: dict[str, dict[str, Any]], sweep: str, conns: list[int], other_conns: list[int],
+                 seconds: float, warmup_s: float, pin: bool) -> None:
+        self.loads, self.sweep, self.conns, self.other_conns = loads, sweep, conns, other_conns
+        self.seconds, self.warmup_s = seconds, warmup_s
+        # Two cores: the server gets core 0, wrk core 1, when pinned.
+        self.server_cpus, self.wrk_cpus = ("0", "1") if pin else (None, None)
+
+    def points(self) -> list[tuple[str, list[int]]]:
+        return [(name, self.conns if name == self.sweep else self.other_conns) for name in self.loads]
+
+
+def measure(url: str, pid: int, plan: Plan, run: ServerRun, sticky: bool = False) -> list[Any]:
     results = []
-    for name, w in loads.items():
-        target = url + w.get("path", PATHS[w["endpoint"]])
-        wrk(target, w["bodies"], 16, min(3.0, seconds), pid, w["rows"])  # warm-up
+    for name, conns in plan.points():
+        w = plan.loads[name]
+        target = url + PATHS[w["endpoint"]]
+        if plan.warmup_s:
+            wrk(target, w["bodies"], 16, plan.warmup_s, pid, w["rows"], sticky=sticky, cpus=plan.wrk_cpus)
         for c in conns:
-            load = wrk(target, w["bodies"], c, seconds, pid, w["rows"])
+            load = wrk(target, w["bodies"], c, plan.seconds, pid, w["rows"], sticky=sticky, cpus=plan.wrk_cpus)
             results.append({"workload": name, **asdict(load)})
             run.peak_rss_mb = max(run.peak_rss_mb, rss_mb(pid))
-            print(f"  {run.name:<34} {name:<14} c={c:<4} {load.rps:8.1f} req/s {load.rows_per_s:8.1f} rows/s "
+            print(f"  {run.name:<40} {name:<14} c={c:<4} {load.rps:8.1f} req/s {load.rows_per_s:8.1f} rows/s "
                   f"p50 {load.p50_ms:7.1f} p99 {load.p99_ms:7.1f} ms non-2xx {load.non2xx}", flush=True)
     return results
 
 
-def report(runs: list[ServerRun], ceilings: dict[str, dict[str, float]], args: argparse.Namespace,
-           versions: dict[str, dict[str, str]]) -> str:
-    lines = [f"# Serving benchmarks\n\nOne run on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: "
-             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-             f"{platform.python_version()}. wrk and the servers share the cores (no taskset pinning: "
-             f"with 2 cores it would halve the server). {args.seconds:g} s per point after a warm-up.\n",
-             f"Command: `python bench/serving.py {' '.join(sys.argv[1:])}`\n",
-             "Versions: " + ", ".join(f"{f}: {', '.join(f'{k} {t}' for k, t in v.items())}"
-                                      for f, v in versions.items()) + "\n",
-             "## In-process ceiling (rows/s, ORT + tokenizer, no HTTP)\n",
-             "| workload | " + " | ".join(f"batch {b}" for b in ("1", "8", "32", "64")) + " |", "|---|---|---|---|---|"]
-    for name, c in ceilings.items():
-        lines.append(f"| {name} | " + " | ".join(f"{c[b]:.0f}" for b in ("1", "8", "32", "64")) + " |")
-    lines.append("")
-    by_workload: dict[str, list[tuple[ServerRun, dict[str, Any]]]] = {}
-    for run in runs:
-        for load in run.loads:
-            by_workload.setdefault(load["workload"], []).append((run, load))
-    for name, rows in by_workload.items():
-        best = max(ceilings.get(name, {"-": 0}).values())
-        lines += [f"## {name}\n", "| server | conns | req/s | rows/s | rows/s ÷ ceiling | p50 ms | p90 ms | p99 ms "
-                  "| non-2xx | CPU s / 1k req |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for run, load in rows:
-            frac = f"{load['rows_per_s'] / best:.2f}" if best else "-"
-            lines.append(f"| {run.name} | {load['connections']} | {load['rps']:.1f} | {load['rows_per_s']:.1f} | "
-                         f"{frac} | {load['p50_ms']:.1f} | {load['p90_ms']:.1f} | {load['p99_ms']:.1f} | "
-                         f"{load['non2xx']} | {load['cpu_s_per_1k']:.2f} |")
-        lines.append("")
-    lines += ["## Servers\n", "| server | start to ready s | peak RSS MB |", "|---|---|---|"]
-    lines += [f"| {r.name} | {r.ready_s:.1f} | {r.peak_rss_mb:.0f} |" for r in runs]
-    return "\n".join(lines) + "\n"
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--connections", default="16,64,256")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds-long runs of every installed server on two workloads (for make test)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="wrk duration per point")
+    parser.add_argument("--warmup", type=float, default=2.0, help="wrk warm-up per workload")
+    parser.add_argument("--connections", default="1,16,64,256", help="the sweep on --sweep's workload")
+    parser.add_argument("--other-connections", default="64", help="connections for the other workloads")
+    parser.add_argument("--sweep", default="embed-one")
     parser.add_argument("--workloads", default="embed-one,embed-mixed,embed-16rows,digits-one,digits-32rows")
-    parser.add_argument("--no-stock", action="store_true", help="skip stock BentoML")
-    parser.add_argument("--configs", default="1-version,90-10,90-10-shadow")
+    parser.add_argument("--servers", default=",".join(PEERS), help=f"peers: {', '.join(PEERS)}")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="Switchyard configurations")
+    parser.add_argument("--versions", type=json.loads, default=None,
+                        help='JSON {"minilm": {"stable": tag, "canary": tag, "shadow": tag}, ...}; '
+                             "default: picked from the store")
+    parser.add_argument("--pin", action="store_true", help="taskset: server on core 0, wrk on core 1")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    args = parser.parse_args()
-    conns = [int(c) for c in args.connections.split(",")]
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seconds, args.warmup, args.connections, args.other_connections = 1.0, 0.0, "4", "4"
+        args.workloads, args.sweep, args.configs = "embed-one,digits-one", "embed-one", "1-version,90-10"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     all_loads = workloads()
     loads = {k: all_loads[k] for k in args.workloads.split(",")}
-    versions = {f: pick_versions(f) for f in sorted({w["endpoint"] for w in loads.values()})}
-    ceilings = {name: ceiling(versions[w["endpoint"]]["stable"], w["ceiling_items"], min(3.0, args.seconds))
+    families = sorted({w["endpoint"] for w in loads.values()})
+    versions = args.versions or {f: pick_versions(f) for f in families}
+    plan = Plan(loads, args.sweep, [int(c) for c in args.connections.split(",")],
+                [int(c) for c in args.other_connections.split(",")], args.seconds, args.warmup, args.pin)
+    ceilings = {name: ceiling(versions[w["endpoint"]]["stable"], w["ceiling_items"], 0.5 if args.smoke else 3.0)
                 for name, w in loads.items() if w["rows"] == 1}
     state = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
-    runs = [run_switchyard(c, versions, loads, conns, args.seconds, state) for c in args.configs.split(",")]
-    if not args.no_stock and "minilm" in versions:
-        runs += [run_stock(b, versions["minilm"]["stable"], loads, conns, args.seconds, state) for b in (100, 1000)]
-    text = report(runs, ceilings, args, versions)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    results = ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "serving.json").write_text(json.dumps({"ceilings": ceilings, "runs": [asdict(r) for r in runs]},
-                                                     indent=2))
-    print(text)
+    stable = {f: v["stable"] for f, v in versions.items()}
+    runs, skipped = [], []
+    for key in [k for k in args.servers.split(",") if k]:
+        peer = PEERS[key]
+        if not peer.installed():
+            skipped.append(f"{peer.name} ({peer.needs} not installed)")
+            continue
+        runs.append(run_peer(key, peer, stable, plan, state))
+    runs += [run_switchyard(c, versions, plan, state) for c in args.configs.split(",") if c]
+    write_report(args.out, runs, ceilings, versions, plan, skipped, sys.argv[1:] if argv is None else argv)
     return 0
 
 

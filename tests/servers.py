@@ -72,11 +72,13 @@ class Served:
     """`bentoml serve` as a subprocess on 127.0.0.1, in its own process group."""
 
     def __init__(self, env: dict[str, str], target: str = "service:Switchyard", cwd: Path = ROOT,
-                 port: int | None = None, log_dir: Path | None = None) -> None:
+                 port: int | None = None, log_dir: Path | None = None, cpu_list: str | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = (log_dir or Path(tempfile.gettempdir())) / f"bentoml-serve-{self.port}.log"
         cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)]
+        if cpu_list:  # benchmarks pin the server away from the load generator
+            cmd = ["taskset", "-c", cpu_list, *cmd]
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -98,6 +100,11 @@ class Served:
         return self.log_path.read_text(errors="replace")
 
     def kill(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM stops the workers through BentoML; SIGKILL must reach them itself, because
+        each worker runs in a session of its own and would keep serving the port as an orphan."""
+        import psutil
+
+        workers = psutil.Process(self.proc.pid).children(recursive=True) if self.proc.poll() is None else []
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
             try:
@@ -105,13 +112,33 @@ class Served:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.send_signal(signal.SIGKILL if sig == signal.SIGKILL else signal.SIGTERM)
+        psutil.wait_procs(workers, timeout=30)
         self._log.close()
+
+
+def isolated_home(shared: Path, where: Path) -> Path:
+    """A BENTOML_HOME of its own that shares the model and bento stores.
+
+    Every `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts, so two
+    servers on one home would wipe each other's metrics.
+    """
+    home = where / "bentoml-home"
+    home.mkdir(parents=True, exist_ok=True)
+    for store in ("models", "bentos"):
+        (shared / store).mkdir(parents=True, exist_ok=True)
+        link = home / store
+        if not link.exists():
+            link.symlink_to(shared.resolve() / store, target_is_directory=True)
+    return home
 
 
 def serve_env(bentoml_home: Path, state_dir: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
-    env.update(BENTOML_HOME=str(bentoml_home), BENTOML_DO_NOT_TRACK="True", HF_HUB_OFFLINE="1",
-               SWITCHYARD_STATE_DIR=str(state_dir), PYTHONUNBUFFERED="1")
+    env.update(BENTOML_HOME=str(isolated_home(bentoml_home, state_dir)), BENTOML_DO_NOT_TRACK="True",
+               HF_HUB_OFFLINE="1", SWITCHYARD_STATE_DIR=str(state_dir), PYTHONUNBUFFERED="1")
     env.update({f"SWITCHYARD_{k.upper()}": v for k, v in settings.items()})
     return env
 

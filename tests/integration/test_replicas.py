@@ -132,6 +132,8 @@ def test_killing_a_replica_mid_load_loses_no_state_and_b_keeps_serving(replicas:
         t.start()
     time.sleep(2)
     replicas.a.kill(signal.SIGKILL)
+    with pytest.raises(httpx.ConnectError):  # really gone: no orphaned worker keeps the port
+        httpx.get(f"{replicas.a.url}/livez", timeout=5)
     time.sleep(3)
     stop.set()
     for t in threads:

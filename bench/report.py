@@ -1,0 +1,211 @@
+"""docs/benchmarks.md from one run: tables, targets, plots, and what the run was."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import asdict
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.harness import ServerRun
+
+PACKAGES = ("bentoml", "litserve", "fastapi", "starlette", "uvicorn", "onnxruntime", "tokenizers", "torch",
+            "transformers", "numpy", "prometheus-client")
+BATCHES = ("1", "8", "32", "64")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines()
+                   if x.startswith("MemTotal")) / 2**20
+    except (OSError, StopIteration):
+        mem = 0.0
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def versions() -> str:
+    found = []
+    for name in PACKAGES:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()
+    return ", ".join([f"Python {platform.python_version()}", *found, (wrk[0].split(" [")[0] if wrk else "wrk ?")])
+
+
+class Results:
+    def __init__(self, runs: list[ServerRun], ceilings: dict[str, dict[str, float]]) -> None:
+        self.runs, self.ceilings = runs, ceilings
+
+    def find(self, server: str, workload: str, conns: int) -> dict[str, Any] | None:
+        for run in self.runs:
+            if run.name == server:
+                for load in run.loads:
+                    if load["workload"] == workload and load["connections"] == conns:
+                        return dict(load)
+        return None
+
+    def best_ceiling(self, workload: str) -> float:
+        return max((v for k, v in self.ceilings.get(workload, {}).items() if k in BATCHES), default=0.0)
+
+    def peers(self, workload: str, conns: int, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for run in self.runs:
+            if run.name.startswith(("Switchyard", "HTTP floor")) or not run.name.startswith(prefix):
+                continue
+            load = self.find(run.name, workload, conns)
+            if load:
+                out.append((run.name, load))
+        return out
+
+
+def _fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "n/a" if x is None else f"{x:{spec}}{suffix}"
+
+
+def targets(res: Results, sweep: str) -> list[str]:
+    """Where each goal of the issue stands, from this run's numbers alone."""
+    sy, one = res.find("Switchyard 90-10", sweep, 64), res.find("Switchyard 1-version", sweep, 64)
+    ceil = res.best_ceiling(sweep)
+    peers = res.peers(sweep, 64)
+    best = max(peers, key=lambda p: p[1]["rows_per_s"], default=None)
+    stock = res.find("stock BentoML max_latency_ms=1000", sweep, 64)
+    lit = max(res.peers(sweep, 64, "LitServe"), key=lambda p: p[1]["rows_per_s"], default=None)
+
+    def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+        return a["rows_per_s"] / b["rows_per_s"] if a and b and b["rows_per_s"] else None
+
+    rows = ["| goal | target | this run | met |", "|---|---|---|---|"]
+
+    def row(goal: str, target: str, value: float | None, ok: bool | None, spec: str = ".2f", suf: str = "") -> None:
+        met = "-" if ok is None else "yes" if ok else "no"
+        rows.append(f"| {goal} | {target} | {_fmt(value, spec, suf)} | {met} |")
+
+    frac = sy["rows_per_s"] / ceil if sy and ceil else None
+    row(f"Switchyard 90/10 rows/s ÷ ceiling ({sweep}, 64 conns)", "≥ 0.90", frac, None if frac is None else frac >= 0.9)
+    if sy and best:
+        row(f"p99 ms against the best peer's ({best[0]}: {best[1]['p99_ms']:.0f} ms)", "≤ 1.00x",
+            sy["p99_ms"] / best[1]["p99_ms"], sy["p99_ms"] <= best[1]["p99_ms"], ".2f", "x")
+    row("non-2xx at 90/10, 64 conns", "0", sy["non2xx"] if sy else None, None if not sy else sy["non2xx"] == 0, ".0f")
+    r = ratio(sy, best[1] if best else None)
+    row(f"× best peer ({best[0] if best else 'n/a'})", "≈ 1.25x", r, None if r is None else r >= 1.25, ".2f", "x")
+    r = ratio(sy, stock)
+    row("× stock BentoML (1000 ms)", "≈ 1.45x", r, None if r is None else r >= 1.45, ".2f", "x")
+    r = ratio(sy, lit[1] if lit else None)
+    row(f"× LitServe ({lit[0] if lit else 'n/a'})", "≈ 1.5x", r, None if r is None else r >= 1.5, ".2f", "x")
+    mixed, mceil = res.find("Switchyard 90-10", "embed-mixed", 64), res.best_ceiling("embed-mixed")
+    frac = mixed["rows_per_s"] / mceil if mixed and mceil else None
+    row("mixed lengths: rows/s ÷ ceiling on the same mix", "≥ 0.85", frac, None if frac is None else frac >= 0.85)
+    low, b1 = res.find("Switchyard 90-10", sweep, 1), res.ceilings.get(sweep, {}).get("b1_p50_ms")
+    extra = low["p50_ms"] - b1 if low and b1 else None
+    row(f"1 conn: p50 over in-process batch-1 ({_fmt(b1, '.1f')} ms)", "≤ +2 ms", extra,
+        None if extra is None else extra <= 2, "+.1f", " ms")
+    overhead = 1 - sy["rps"] / one["rps"] if sy and one else None
+    row("routing overhead, 90/10 against one version", "≤ 5 %", None if overhead is None else overhead * 100,
+        None if overhead is None else overhead <= 0.05, ".1f", " %")
+    bursts = [res.find(f"Switchyard {c}", sweep, 256) for c in ("1-version", "90-10", "90-10-shadow", "90-10-sticky")]
+    bad = sum(b["non2xx"] + b["socket_errors"] for b in bursts if b) if any(bursts) else None
+    row("bursts: non-2xx and socket errors at 256 conns, all Switchyard configs", "0", bad,
+        None if bad is None else bad == 0, ".0f")
+    return rows
+
+
+def tables(res: Results) -> list[str]:
+    lines = ["## In-process ceiling (rows/s, ORT + tokenizer, no HTTP)\n",
+             "| workload | " + " | ".join(f"batch {b}" for b in BATCHES) + " | batch-1 p50 ms |",
+             "|---|---|---|---|---|---|"]
+    for name, c in res.ceilings.items():
+        lines.append(f"| {name} | " + " | ".join(f"{c[b]:.0f}" for b in BATCHES) + f" | {c['b1_p50_ms']:.2f} |")
+    lines.append("")
+    workloads = list(dict.fromkeys(load["workload"] for run in res.runs for load in run.loads))
+    for name in workloads:
+        best = res.best_ceiling(name)
+        lines += [f"## {name}\n", "| server | conns | req/s | rows/s | ÷ ceiling | p50 ms | p90 ms | p99 ms "
+                  "| non-2xx | socket errors | CPU s / 1k req |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for run in res.runs:
+            for load in (x for x in run.loads if x["workload"] == name):
+                frac = f"{load['rows_per_s'] / best:.2f}" if best else "-"
+                lines.append(f"| {run.name} | {load['connections']} | {load['rps']:.1f} | {load['rows_per_s']:.1f} | "
+                             f"{frac} | {load['p50_ms']:.1f} | {load['p90_ms']:.1f} | {load['p99_ms']:.1f} | "
+                             f"{load['non2xx']} | {load['socket_errors']} | {load['cpu_s_per_1k']:.2f} |")
+        lines.append("")
+    lines += ["## Servers\n", "| server | start to ready s | peak RSS MB |", "|---|---|---|"]
+    lines += [f"| {r.name} | {r.ready_s:.1f} | {r.peak_rss_mb:.0f} |" for r in res.runs]
+    return lines
+
+
+def plots(res: Results, sweep: str, out_dir: Path, stem: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run in res.runs:
+        pts = sorted((x["connections"], x["rows_per_s"]) for x in run.loads if x["workload"] == sweep)
+        if len(pts) > 1:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=run.name)
+    if res.best_ceiling(sweep):
+        ax.axhline(res.best_ceiling(sweep), color="k", linestyle="--", label="in-process ceiling")
+    ax.set(xscale="log", xlabel="connections", ylabel="rows/s", title=f"{sweep}: throughput against concurrency")
+    ax.legend(fontsize=7)
+    names.append(f"{stem}-throughput.png")
+    fig.savefig(out_dir / names[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    conns = 64 if any(x["connections"] == 64 for r in res.runs for x in r.loads) else \
+        max(x["connections"] for r in res.runs for x in r.loads)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run in res.runs:
+        load = res.find(run.name, sweep, conns)
+        if load and load["cdf_ms"]:
+            ax.plot([ms for _, ms in load["cdf_ms"]], [p / 100 for p, _ in load["cdf_ms"]], label=run.name)
+    ax.set(xscale="log", xlabel="latency ms", ylabel="fraction of requests",
+           title=f"{sweep}: latency CDF, {conns} conns")
+    ax.legend(fontsize=7)
+    names.append(f"{stem}-latency-cdf.png")
+    fig.savefig(out_dir / names[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return names
+
+
+def write_report(out: Path, runs: list[ServerRun], ceilings: dict[str, dict[str, float]],
+                 tags: dict[str, dict[str, str]], plan: Any, skipped: list[str], argv: list[str]) -> None:
+    res = Results(runs, ceilings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pngs = plots(res, plan.sweep, out.parent, out.stem)
+    pinning = ("taskset: the server on core 0, wrk on core 1" if plan.server_cpus else
+               "no taskset pinning: wrk and each server share both cores (pinning on 2 cores halves the server; "
+               "`--pin` measures that way)")
+    lines = [
+        "# Serving benchmarks\n",
+        f"One run, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, made by `python bench/serving.py {' '.join(argv)}` "
+        "(`make bench`). Every ratio below comes from this one run.\n",
+        f"- Machine: {machine()}.",
+        f"- Software: {versions()}.",
+        f"- Load: wrk, {plan.seconds:g} s per point after a {plan.warmup_s:g} s warm-up per workload; "
+        f"{pinning}.",
+        "- Versions: " + "; ".join(f"{f}: " + ", ".join(f"{k} `{t}`" for k, t in v.items()) for f, v in tags.items()),
+        "- Every server serves the same ONNX files (the naive torch server runs the PyTorch model they came "
+        "from). Peers get `max_batch_size=64`; Switchyard `SWITCHYARD_MAX_BATCH_SIZE=64`.",
+    ]
+    if skipped:
+        lines.append(f"- Not installed, skipped: {', '.join(skipped)}.")
+    lines += ["", "## Targets\n", *targets(res, plan.sweep), "",
+              *(f"![{p}]({p})" for p in pngs), "", *tables(res)]
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"ceilings": ceilings, "runs": [asdict(r) for r in runs]},
+                                                   indent=1))
+    print("\n".join(lines))
