@@ -1,4 +1,4 @@
-"""The admin API under /v1/admin: deployments, promote, rollback, audit, stats, models.
+"""The admin API under /v1/admin: deployments, promote, rollback, rollouts, audit, stats, models.
 
 Every call needs `Authorization: Bearer <token>`; the token's name is the audit actor.
 Without any token configured the API is closed (403), so a fresh install is not open.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -17,11 +17,13 @@ from starlette.routing import Route
 
 from bentos.engine import AdminError
 from bentos.http import EngineHolder, error, invalid, json_response, read_body
+from bentos.rollouts import RolloutRequest, RolloutState
 from bentos.schemas import ActionRequest, DeploymentRequest
 from bentos.store import Revision
 
 ADMIN_BODY_LIMIT = 64 * 1024
 Handler = Callable[[Request, str], Awaitable[Response]]
+B = TypeVar("B", bound=BaseModel)
 
 
 def actor_for(request: Request, tokens: dict[str, str]) -> str | Response:
@@ -40,12 +42,24 @@ def revision_json(record: Revision) -> dict[str, Any]:
             "action": record.action, "reason": record.reason, "created_at": record.created_at}
 
 
-async def body_of(request: Request, model: type[BaseModel]) -> BaseModel | Response:
+async def body_of(request: Request, model: type[B]) -> B | Response:
     raw = await read_body(request, ADMIN_BODY_LIMIT)
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         return invalid(exc)
+
+
+def with_body(model: type[B], handler: Callable[[Request, str, B], Awaitable[Response]]) -> Handler:
+    """Parse and validate the JSON body as `model` (422 naming the field) before the handler runs."""
+
+    async def parsed(request: Request, actor: str) -> Response:
+        body = await body_of(request, model)
+        if isinstance(body, Response):
+            return body
+        return await handler(request, actor, body)
+
+    return parsed
 
 
 def admin_routes(holder: EngineHolder) -> list[Route]:
@@ -69,31 +83,34 @@ def admin_routes(holder: EngineHolder) -> list[Route]:
         return json_response({name: e.health() for name, e in engine.endpoints.items()})
 
     async def deployment(request: Request, actor: str) -> Response:
-        engine = holder.get()
-        name = request.path_params["endpoint"]
-        if request.method == "GET":
-            return json_response({**engine.endpoint(name).health(), "revisions": await engine.revisions(name)})
-        parsed = await body_of(request, DeploymentRequest)
-        if isinstance(parsed, Response):
-            return parsed
-        assert isinstance(parsed, DeploymentRequest)
-        return json_response(revision_json(await engine.deploy(name, parsed, actor)))
+        engine, name = holder.get(), request.path_params["endpoint"]
+        return json_response({**engine.endpoint(name).health(), "revisions": await engine.revisions(name)})
 
-    async def promote(request: Request, actor: str) -> Response:
-        parsed = await body_of(request, ActionRequest)
-        if isinstance(parsed, Response):
-            return parsed
-        assert isinstance(parsed, ActionRequest)
-        record = await holder.get().promote(request.path_params["endpoint"], parsed.reason, actor)
+    async def deploy(request: Request, actor: str, body: DeploymentRequest) -> Response:
+        return json_response(revision_json(await holder.get().deploy(request.path_params["endpoint"], body, actor)))
+
+    async def promote(request: Request, actor: str, body: ActionRequest) -> Response:
+        record = await holder.get().promote(request.path_params["endpoint"], body.reason, actor)
         return json_response(revision_json(record))
 
-    async def rollback(request: Request, actor: str) -> Response:
-        parsed = await body_of(request, ActionRequest)
-        if isinstance(parsed, Response):
-            return parsed
-        assert isinstance(parsed, ActionRequest)
-        record = await holder.get().rollback(request.path_params["endpoint"], parsed.revision, parsed.reason, actor)
+    async def rollback(request: Request, actor: str, body: ActionRequest) -> Response:
+        record = await holder.get().rollback(request.path_params["endpoint"], body.revision, body.reason, actor)
         return json_response(revision_json(record))
+
+    async def rollout(request: Request, actor: str) -> Response:
+        return json_response(rollout_json(await holder.get().rollouts.get(request.path_params["endpoint"])))
+
+    async def start_rollout(request: Request, actor: str, body: RolloutRequest) -> Response:
+        state = await holder.get().rollouts.start(request.path_params["endpoint"], body, actor)
+        return json_response(rollout_json(state))
+
+    async def rollout_action(request: Request, actor: str, body: ActionRequest) -> Response:
+        controller, name = holder.get().rollouts, request.path_params["endpoint"]
+        act = {"pause": controller.pause, "resume": controller.resume, "abort": controller.abort}
+        action = request.path_params["action"]
+        if action not in act:
+            return error(404, f"unknown rollout action {action!r}; actions: {', '.join(act)}")
+        return json_response(rollout_json(await act[action](name, actor, body.reason)))
 
     async def audit(request: Request, actor: str) -> Response:
         limit = _int_param(request, "limit", 200, 1, 10_000)
@@ -108,14 +125,27 @@ def admin_routes(holder: EngineHolder) -> list[Route]:
         return json_response(await holder.get().version_stats(float(window)))
 
     return [
+        Route("/v1/admin/rollouts/{endpoint}", guarded(rollout), methods=["GET"]),
+        Route("/v1/admin/rollouts/{endpoint}", guarded(with_body(RolloutRequest, start_rollout)), methods=["POST"]),
+        Route("/v1/admin/rollouts/{endpoint}/{action:str}", guarded(with_body(ActionRequest, rollout_action)),
+              methods=["POST"]),
         Route("/v1/admin/models", guarded(models), methods=["GET"]),
         Route("/v1/admin/deployments", guarded(deployments), methods=["GET"]),
-        Route("/v1/admin/deployments/{endpoint}", guarded(deployment), methods=["GET", "PUT"]),
-        Route("/v1/admin/deployments/{endpoint}/promote", guarded(promote), methods=["POST"]),
-        Route("/v1/admin/deployments/{endpoint}/rollback", guarded(rollback), methods=["POST"]),
+        Route("/v1/admin/deployments/{endpoint}", guarded(deployment), methods=["GET"]),
+        Route("/v1/admin/deployments/{endpoint}", guarded(with_body(DeploymentRequest, deploy)), methods=["PUT"]),
+        Route("/v1/admin/deployments/{endpoint}/promote", guarded(with_body(ActionRequest, promote)),
+              methods=["POST"]),
+        Route("/v1/admin/deployments/{endpoint}/rollback", guarded(with_body(ActionRequest, rollback)),
+              methods=["POST"]),
         Route("/v1/admin/audit", guarded(audit), methods=["GET"]),
         Route("/v1/admin/stats", guarded(stats), methods=["GET"]),
     ]
+
+
+def rollout_json(state: RolloutState) -> dict[str, Any]:
+    looks = [h for h in state.history if "checks" in h]
+    return {**state.model_dump(), "percent": state.percent, "latest": looks[-1] if looks else None,
+            "decisions": [h for h in state.history if h["action"] != "hold"]}
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int | Response:

@@ -17,6 +17,7 @@ from typing import Any
 from bentos.catalog import check_tag, list_versions, pick_default
 from bentos.endpoint import Endpoint
 from bentos.metrics import get_metrics
+from bentos.rollout_controller import RolloutController
 from bentos.runtime import LoadedVersion, VersionLoadError, load_version
 from bentos.schemas import DeploymentRequest, DeploymentSpec, VersionSpec
 from bentos.settings import ServeSettings
@@ -73,6 +74,7 @@ class Engine:
         self._synced = False
         self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
+        self.rollouts = RolloutController(self)
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -81,7 +83,8 @@ class Engine:
             await self._ensure_defaults()
             await self.sync()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._poll_loop()), loop.create_task(self._flush_loop())]
+        self._tasks = [loop.create_task(self._poll_loop()), loop.create_task(self._flush_loop()),
+                       loop.create_task(self.rollouts.run())]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -228,7 +231,9 @@ class Engine:
         return self.store
 
     async def deploy(self, name: str, request: DeploymentRequest, actor: str) -> Revision:
-        return await self._change(name, request.spec(), actor, "deploy", request.reason, request.expect_revision)
+        record = await self._change(name, request.spec(), actor, "deploy", request.reason, request.expect_revision)
+        await self.rollouts.on_manual_change(name, actor, "deploy")
+        return record
 
     async def promote(self, name: str, reason: str, actor: str) -> Revision:
         current = await self._current(name)
@@ -237,8 +242,10 @@ class Engine:
         if len(canaries) != 1:
             raise Conflict(f"promote needs exactly one canary on {name}, found {len(canaries)}")
         versions = [VersionSpec(tag=canaries[0].tag, weight=100, role="stable"), *spec.by_role("shadow")]
-        return await self._change(name, DeploymentSpec(versions=versions, sticky=spec.sticky), actor, "promote",
-                                  reason or f"promote {canaries[0].tag}", current.revision)
+        record = await self._change(name, DeploymentSpec(versions=versions, sticky=spec.sticky), actor, "promote",
+                                    reason or f"promote {canaries[0].tag}", current.revision)
+        await self.rollouts.on_manual_change(name, actor, "promote")
+        return record
 
     async def rollback(self, name: str, revision: int | None, reason: str, actor: str) -> Revision:
         current = await self._current(name)
@@ -248,9 +255,11 @@ class Engine:
         record = await self._store_call(self._require_store().get_deployment, name, target)
         if record is None:
             raise NotFound(f"{name} has no revision {target}")
-        return await self._change(name, DeploymentSpec.model_validate(record.spec), actor, "rollback",
-                                  reason or f"roll back to revision {target}", current.revision,
-                                  {"to_revision": target})
+        changed = await self._change(name, DeploymentSpec.model_validate(record.spec), actor, "rollback",
+                                     reason or f"roll back to revision {target}", current.revision,
+                                     {"to_revision": target})
+        await self.rollouts.on_manual_change(name, actor, "rollback")
+        return changed
 
     async def _current(self, name: str) -> Revision:
         """The endpoint's revision as the store has it now (this worker may lag by a poll)."""

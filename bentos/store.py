@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS version_stats (
     PRIMARY KEY (source, endpoint, version, bucket));
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS rollouts (
+    endpoint TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
 """
 
 
@@ -176,6 +178,28 @@ class ControlPlane(ABC):
     def prune_stats(self, before_bucket: int) -> None:
         with self.transaction() as cur:
             self._exec(cur, "DELETE FROM version_stats WHERE bucket < ?", (before_bucket,))
+
+    # --- rollouts (one per endpoint; the latest, finished or not) -----------------------
+    def put_rollout(self, endpoint: str, state: dict[str, Any], audit: tuple[str, str, str, Any] | None = None,
+                    ) -> None:
+        """Write the rollout's state, and an audit entry (actor, action, reason, details) in the same transaction."""
+        with self.transaction() as cur:
+            self._exec(cur, "INSERT INTO rollouts (endpoint, state, updated_at) VALUES (?, ?, ?) "
+                            "ON CONFLICT (endpoint) DO UPDATE SET state = excluded.state, "
+                            "updated_at = excluded.updated_at", (endpoint, json.dumps(state), time.time()))
+            if audit is not None:
+                actor, action, reason, details = audit
+                self._audit(cur, actor, action, endpoint, None, None, reason, details)
+
+    def get_rollout(self, endpoint: str) -> dict[str, Any] | None:
+        with self.transaction() as cur:
+            row = self._exec(cur, "SELECT state FROM rollouts WHERE endpoint = ?", (endpoint,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        with self.transaction() as cur:
+            rows = self._exec(cur, "SELECT state FROM rollouts").fetchall()
+        return [dict(json.loads(r[0])) for r in rows]
 
     # --- leases ----------------------------------------------------------------------
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:

@@ -100,6 +100,18 @@ def test_leases_are_exclusive_until_they_expire(store: ControlPlane) -> None:
     assert store.acquire_lease("rollout:digits", "w3", ttl_s=30)
 
 
+def test_rollout_state_and_its_audit_entry_are_written_together(store: ControlPlane) -> None:
+    assert store.get_rollout("digits") is None and store.rollouts() == []
+    store.put_rollout("digits", {"status": "running", "step": 0})
+    store.put_rollout("digits", {"status": "paused", "step": 1}, audit=("bob", "rollout-pause", "why", {"step": 25}))
+    assert store.get_rollout("digits") == {"status": "paused", "step": 1} and len(store.rollouts()) == 1
+    entry = store.audit("digits")[0]
+    assert (entry["actor"], entry["action"], entry["details"]) == ("bob", "rollout-pause", {"step": 25})
+    with pytest.raises(TypeError):  # a state that cannot be stored changes nothing
+        store.put_rollout("digits", {"status": object()}, audit=("bob", "x", "y", None))
+    assert store.get_rollout("digits") == {"status": "paused", "step": 1} and len(store.audit("digits")) == 1
+
+
 def test_unreachable_postgres_is_reported_as_unavailable() -> None:
     from tests.servers import free_port
 

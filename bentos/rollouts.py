@@ -1,0 +1,180 @@
+"""Progressive delivery: the rollout policy, its state, and the pure decision at each look.
+
+A rollout moves a canary through the policy's traffic steps (e.g. 5 -> 25 -> 50 -> 100 %).
+At every analysis interval the controller hands `decide` the cumulative counts of the
+canary and of stable since the rollout began; `decide` answers hold, advance, rollback or
+promote, with the evidence. The statistics are in `bentos.canary_analysis`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bentos.canary_analysis import error_test, latency_test, obrien_fleming_spent
+from bentos.stats import LATENCY_EDGES_MS, quantile
+
+Check = Literal["errors", "latency"]
+Status = Literal["running", "paused", "promoted", "rolled_back", "aborted"]
+Action = Literal["hold", "advance", "rollback", "promote"]
+HISTORY_LIMIT = 300
+
+
+class RolloutPolicy(BaseModel):
+    """How a canary earns its traffic. Defaults suit a service with a few requests per second."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[int] = Field([5, 25, 50, 100], min_length=2, max_length=20,
+                             description="Canary traffic per step in %, increasing, ending at 100 (= promote).")
+    min_requests: int = Field(200, ge=1, le=10_000_000, description="Canary requests before a step may advance.")
+    min_seconds: float = Field(30.0, ge=0, le=86_400, description="Seconds before a step may advance.")
+    interval_s: float = Field(5.0, ge=0.2, le=600, description="Seconds between analyses.")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="False-rollback budget for the whole rollout.")
+    checks: list[Check] = Field(["errors", "latency"], min_length=1, description="Tests to run at each look.")
+    error_margin: float = Field(0.01, ge=0, le=1, description="Canary error ratio may exceed stable's by this.")
+    latency_quantile: float = Field(0.95, gt=0.5, lt=1, description="The latency quantile compared (0.95 = p95).")
+    latency_ratio: float = Field(1.5, ge=1, le=100, description="Canary quantile may be this many times stable's.")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: list[int]) -> list[int]:
+        if any(not 1 <= s <= 100 for s in steps):
+            raise ValueError(f"each step must be a percentage from 1 to 100, got {steps}")
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"steps must increase, got {steps}")
+        if steps[-1] != 100:
+            raise ValueError(f"the last step must be 100 (promotion), got {steps[-1]}")
+        return steps
+
+    @field_validator("checks")
+    @classmethod
+    def _checks(cls, checks: list[Check]) -> list[Check]:
+        if len(set(checks)) != len(checks):
+            raise ValueError(f"checks must not repeat, got {checks}")
+        return checks
+
+    def planned_requests(self) -> int:
+        """Canary requests the analysed steps (all but the last) plan for: information fraction 1."""
+        return self.min_requests * (len(self.steps) - 1)
+
+
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str = Field(min_length=1, max_length=200, description="The canary: a full tag, model name or variant.")
+    policy: RolloutPolicy = Field(default_factory=RolloutPolicy)
+    reason: str = Field(min_length=1, max_length=1000, description="Why; recorded in the audit log.")
+
+
+class RolloutState(BaseModel):
+    endpoint: str
+    canary: str
+    stable: str
+    policy: RolloutPolicy
+    status: Status = "running"
+    step: int = 0  # index into policy.steps
+    started_at: float
+    step_started_at: float
+    step_start_requests: int = 0  # canary requests (cumulative) when the step began
+    spent: dict[str, float] = Field(default_factory=dict)  # alpha spent so far, per check
+    looks: int = 0
+    last_look_at: float = 0.0
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    updated_at: float = Field(default_factory=time.time)
+
+    @property
+    def percent(self) -> int:
+        return self.policy.steps[self.step]
+
+    def remember(self, entry: dict[str, Any]) -> None:
+        self.history = [*self.history, entry][-HISTORY_LIMIT:]
+
+
+@dataclass
+class VersionCounts:
+    requests: int = 0
+    errors: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES_MS) + 1))
+
+    def summary(self, q: float) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors,
+                "error_ratio": round(self.errors / self.requests, 6) if self.requests else None,
+                f"p{round(q * 100)}_ms": quantile(self.latency, q)}
+
+
+@dataclass
+class Decision:
+    action: Action
+    reason: str
+    evidence: dict[str, Any]
+
+
+def analyze(state: RolloutState, canary: VersionCounts, stable: VersionCounts) -> dict[str, dict[str, Any]]:
+    """Run each check on the cumulative data, spending this look's share of alpha. Updates state.spent."""
+    policy = state.policy
+    alpha = policy.alpha / len(policy.checks)
+    t = canary.requests / policy.planned_requests()
+    results: dict[str, dict[str, Any]] = {}
+    for check in policy.checks:
+        spent = obrien_fleming_spent(alpha, t)
+        look_alpha = max(0.0, spent - state.spent.get(check, 0.0))
+        state.spent[check] = max(spent, state.spent.get(check, 0.0))
+        if canary.requests == 0 or stable.requests == 0:
+            results[check] = {"test": "none", "reject": False, "note": "no traffic on one side yet"}
+        elif check == "errors":
+            results[check] = error_test(canary.errors, canary.requests, stable.errors, stable.requests,
+                                        policy.error_margin, look_alpha).as_dict()
+        else:
+            results[check] = latency_test(canary.latency, stable.latency, policy.latency_quantile,
+                                          policy.latency_ratio, look_alpha).as_dict()
+    return results
+
+
+def decide(state: RolloutState, canary: VersionCounts, stable: VersionCounts, now: float) -> Decision:
+    """One look: the checks on everything seen so far, then the step's minimums."""
+    policy = state.policy
+    results = analyze(state, canary, stable)
+    state.looks += 1
+    state.last_look_at = now
+    in_step = canary.requests - state.step_start_requests
+    evidence = {
+        "look": state.looks, "step": state.percent, "at": now,
+        "information_fraction": round(min(1.0, canary.requests / policy.planned_requests()), 4),
+        "canary": canary.summary(policy.latency_quantile), "stable": stable.summary(policy.latency_quantile),
+        "checks": results,
+        "step_progress": {"requests": in_step, "min_requests": policy.min_requests,
+                          "seconds": round(now - state.step_started_at, 1), "min_seconds": policy.min_seconds},
+    }
+    failed = [name for name, r in results.items() if r["reject"]]
+    if failed:
+        return Decision("rollback", f"failed {', '.join(failed)} at {state.percent} %", evidence)
+    if in_step < policy.min_requests or now - state.step_started_at < policy.min_seconds:
+        return Decision("hold", f"step {state.percent} %: {in_step}/{policy.min_requests} requests, "
+                                f"{now - state.step_started_at:.0f}/{policy.min_seconds:.0f} s", evidence)
+    following = policy.steps[state.step + 1]
+    if following == 100:
+        return Decision("promote", f"passed every check through {state.percent} %", evidence)
+    return Decision("advance", f"passed {state.percent} %, moving to {following} %", evidence)
+
+
+def apply(state: RolloutState, decision: Decision, canary_requests: int, now: float) -> None:
+    """Move the state along after the controller has changed the deployment."""
+    if decision.action == "advance":
+        state.step += 1
+        state.step_started_at, state.step_start_requests = now, canary_requests
+    elif decision.action == "promote":
+        state.step = len(state.policy.steps) - 1
+        state.status = "promoted"
+    elif decision.action == "rollback":
+        state.status = "rolled_back"
+    state.updated_at = now
+    entry = {"action": decision.action, "reason": decision.reason, **decision.evidence}
+    if decision.action != "hold" or not state.history or state.history[-1]["action"] != "hold":
+        state.remember(entry)
+    else:  # consecutive holds: keep the latest only, so history stays readable
+        state.history = [*state.history[:-1], entry]

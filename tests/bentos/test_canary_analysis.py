@@ -1,0 +1,46 @@
+"""bentos/canary_analysis.py against scipy's reference implementations, and the alpha spending."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from bentos.canary_analysis import (
+    error_test,
+    fisher_greater,
+    mann_whitney_greater,
+    norm_ppf,
+    obrien_fleming_spent,
+)
+
+
+@pytest.mark.parametrize(("c_err", "c_n", "s_err", "s_n"), [(3, 40, 1, 400), (0, 10, 2, 300), (5, 20, 5, 20)])
+def test_fisher_matches_scipy(c_err: int, c_n: int, s_err: int, s_n: int) -> None:
+    expected = sps.fisher_exact([[c_err, c_n - c_err], [s_err, s_n - s_err]], alternative="greater").pvalue
+    assert fisher_greater(c_err, c_n, s_err, s_n) == pytest.approx(expected, rel=1e-9)
+
+
+def test_mann_whitney_on_histograms_matches_scipy_on_the_samples() -> None:
+    rng = np.random.default_rng(3)
+    canary, stable = rng.integers(0, 12, 300), rng.integers(0, 10, 900)  # bucket indices: heavy ties
+    hist_c, hist_s = np.bincount(canary, minlength=12).tolist(), np.bincount(stable, minlength=12).tolist()
+    z, p = mann_whitney_greater(hist_c, hist_s)
+    ref = sps.mannwhitneyu(canary, stable, alternative="greater", method="asymptotic", use_continuity=False)
+    assert p == pytest.approx(ref.pvalue, rel=1e-6) and z > 0
+
+
+def test_obrien_fleming_spends_little_early_and_alpha_at_the_end() -> None:
+    spent = [obrien_fleming_spent(0.05, t) for t in (0.1, 0.25, 0.5, 0.75, 1.0, 2.0)]
+    assert spent == sorted(spent) and spent[0] < 1e-5 and spent[2] < 0.01
+    assert spent[4] == pytest.approx(0.05, abs=1e-9) and spent[5] == spent[4]
+    assert norm_ppf(0.975) == pytest.approx(1.959964, abs=1e-6)
+
+
+def test_error_test_uses_fisher_when_errors_are_rare_and_needs_the_margin() -> None:
+    rare = error_test(2, 50, 1, 1000, margin=0.01, alpha=0.05)
+    assert rare.test == "fisher-exact"
+    many = error_test(60, 1000, 5, 1000, margin=0.01, alpha=0.05)
+    assert many.test == "two-proportion-z" and many.reject and many.effect == pytest.approx(0.055)
+    inside_margin = error_test(70, 10_000, 5, 10_000, margin=0.01, alpha=0.05)  # 0.65 points: significant, small
+    assert not inside_margin.reject and inside_margin.effect < 0.01

@@ -1,0 +1,90 @@
+"""bentos/rollouts.py: the policy, the decision at each look, and seeded simulations of both
+the power and the false-rollback rate (the numbers README and the closing note quote)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from bench.canary_sim import Traffic, binomial_tolerance, run_many
+from bentos.rollouts import RolloutPolicy, RolloutState, VersionCounts, apply, decide
+
+# Stated in README: a canary at 5 % errors against 0.5 % is rolled back within this many
+# canary requests (the seeded runs below needed at most 552).
+POWER_REQUESTS = 600
+
+
+def test_policy_errors_name_the_field_and_the_limit() -> None:
+    for steps, words in (([5, 25], "last step must be 100"), ([50, 25, 100], "steps must increase"),
+                         ([0, 100], "from 1 to 100"), ([100], "at least 2")):
+        with pytest.raises(ValidationError, match=words):
+            RolloutPolicy(steps=steps)
+    with pytest.raises(ValidationError, match="alpha"):
+        RolloutPolicy(alpha=0.7)
+    with pytest.raises(ValidationError, match="checks"):
+        RolloutPolicy(checks=["errors", "errors"])
+    assert RolloutPolicy().planned_requests() == 600
+
+
+def _state(policy: RolloutPolicy) -> RolloutState:
+    return RolloutState(endpoint="e", canary="c", stable="s", policy=policy, started_at=0, step_started_at=0)
+
+
+def _counts(n: int, errors: int = 0) -> VersionCounts:
+    counts = VersionCounts(requests=n, errors=errors)
+    counts.latency[6] = n  # every request at 10-15 ms
+    return counts
+
+
+def test_holds_until_the_step_minimums_then_advances_then_promotes() -> None:
+    policy = RolloutPolicy(steps=[10, 50, 100], min_requests=100, min_seconds=10)
+    state = _state(policy)
+    d = decide(state, _counts(50), _counts(450), now=20)
+    assert d.action == "hold" and "50/100 requests" in d.reason
+    apply(state, d, 50, 20)
+    d = decide(state, _counts(120), _counts(1080), now=25)
+    assert d.action == "advance" and d.evidence["checks"]["errors"]["reject"] is False
+    apply(state, d, 120, 25)
+    assert state.percent == 50 and state.step_start_requests == 120
+    d = decide(state, _counts(200), _counts(1200), now=30)
+    assert d.action == "hold" and "80/100" in d.reason and "5/10 s" in d.reason
+    apply(state, d, 200, 30)
+    d = decide(state, _counts(240), _counts(1240), now=40)
+    assert d.action == "promote"
+    apply(state, d, 240, 40)
+    assert state.status == "promoted" and [h["action"] for h in state.history] == ["hold", "advance", "hold",
+                                                                                    "promote"]
+
+
+def test_evidence_carries_counts_statistics_and_thresholds() -> None:
+    state = _state(RolloutPolicy(min_requests=100))
+    d = decide(state, _counts(300, errors=60), _counts(3000, errors=10), now=5)
+    assert d.action == "rollback"
+    errors = d.evidence["checks"]["errors"]
+    assert errors["reject"] and errors["p_value"] < errors["alpha"] and errors["threshold"] == 0.01
+    assert d.evidence["canary"]["errors"] == 60 and d.evidence["stable"]["requests"] == 3000
+    assert d.evidence["checks"]["latency"]["test"] == "mann-whitney-u"
+
+
+def test_power_a_5_percent_error_canary_is_rolled_back_in_99_percent_of_200_runs() -> None:
+    outcomes = run_many(RolloutPolicy(min_seconds=0), Traffic(canary_error=0.05), runs=200)
+    caught = [o for o in outcomes if o.action == "rollback" and o.canary_requests <= POWER_REQUESTS]
+    assert len(caught) >= 0.99 * len(outcomes)
+
+
+def test_no_false_alarms_an_equal_canary_is_promoted_within_alpha() -> None:
+    policy = RolloutPolicy(min_seconds=0)
+    outcomes = run_many(policy, Traffic(canary_error=0.005), runs=500, seed0=10_000)
+    false_rate = sum(o.action == "rollback" for o in outcomes) / len(outcomes)
+    assert false_rate <= policy.alpha + binomial_tolerance(policy.alpha, len(outcomes))
+    assert sum(o.action == "promote" for o in outcomes) == len(outcomes) - round(false_rate * len(outcomes))
+
+
+def test_a_canary_twice_as_slow_at_p95_is_rolled_back() -> None:
+    outcomes = run_many(RolloutPolicy(min_seconds=0), Traffic(canary_error=0.005, canary_slowdown=2.0), runs=50)
+    assert all(o.action == "rollback" for o in outcomes)
+
+
+def test_a_slightly_slower_canary_within_the_ratio_is_promoted() -> None:
+    outcomes = run_many(RolloutPolicy(min_seconds=0), Traffic(canary_error=0.005, canary_slowdown=1.1), runs=50)
+    assert sum(o.action == "promote" for o in outcomes) >= 48
