@@ -81,6 +81,7 @@ lint: install
 bench: install system-deps models
 	$(PY) bench/optimization.py
 	$(PY) bench/image_deps.py >/dev/null
+	$(PY) bench/canary_sim.py >/dev/null
 	$(PY) bench/serving.py
 
 # The bento: service.py, bentos/, the default model versions and serving-only packages.

@@ -9,6 +9,7 @@ pages = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
     st.Page("pages/deployments.py", title="Deployments", icon=":material/alt_route:"),
+    st.Page("pages/rollouts.py", title="Rollouts", icon=":material/rocket_launch:"),
     st.Page("pages/live.py", title="Live metrics", icon=":material/monitoring:"),
     st.Page("pages/audit.py", title="Audit log", icon=":material/history:"),
 ]

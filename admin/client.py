@@ -64,6 +64,23 @@ class AdminClient:
         return dict(self._call("POST", f"/v1/admin/deployments/{endpoint}/rollback",
                                {"revision": revision, "reason": reason}))
 
+    def rollout(self, endpoint: str) -> dict[str, Any] | None:
+        """The endpoint's latest rollout, or None if it never had one."""
+        try:
+            r = self._http.get(f"/v1/admin/rollouts/{endpoint}")
+        except httpx.HTTPError:
+            raise ConsoleError(f"Cannot reach the service at {self.settings.service_url}. Is it running?") from None
+        if r.status_code == 404:
+            return None
+        return dict(self._call("GET", f"/v1/admin/rollouts/{endpoint}"))
+
+    def start_rollout(self, endpoint: str, tag: str, policy: dict[str, Any], reason: str) -> dict[str, Any]:
+        body = {"tag": tag, "policy": policy, "reason": reason}
+        return dict(self._call("POST", f"/v1/admin/rollouts/{endpoint}", body))
+
+    def rollout_action(self, endpoint: str, action: str, reason: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/v1/admin/rollouts/{endpoint}/{action}", {"reason": reason}))
+
     def audit(self, endpoint: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
         query = f"?limit={limit}" + (f"&endpoint={endpoint}" if endpoint else "")
         return list(self._call("GET", f"/v1/admin/audit{query}"))

@@ -217,7 +217,7 @@ def test_browser_changes_the_split_and_every_page_renders(streamlit_app: str, si
         current = httpx.get(f"{single_worker.url}/v1/admin/deployments/digits", headers=AUTH).json()
         assert {v["tag"]: v["weight"] for v in current["versions"]} == {tags["mlp"]: 90, tags["cnn"]: 10}
         for path, title in [("", "Overview"), ("models", "Models"), ("deployments", "Deployments"),
-                            ("live", "Live metrics"), ("audit", "Audit log")]:
+                            ("rollouts", "Rollouts"), ("live", "Live metrics"), ("audit", "Audit log")]:
             pg.goto(f"{streamlit_app}/{path}", wait_until="networkidle", timeout=60_000)
             pg.get_by_role("heading", name=title).first.wait_for(timeout=30_000)
             if path == "live":  # keep traffic flowing until two scrapes have drawn the charts
@@ -282,3 +282,42 @@ def test_the_whole_canary_release_from_the_console(console_env: Served, tags: di
     flow = [why for why in reversed(list(audit["why"])) if str(why).startswith("flow ")]
     assert flow == ["flow 1: CNN canary at 10 %", "flow 3: CNN canary at 50 %", "flow 4: promote the CNN",
                     "flow 5: roll back"]
+
+
+def test_rollouts_page_starts_shows_evidence_pauses_and_aborts(console_env: Served, tags: dict[str, str]) -> None:
+    with httpx.Client(base_url=console_env.url) as c:
+        state = c.get("/v1/admin/rollouts/digits", headers=AUTH)
+        if state.status_code == 200 and state.json()["status"] in ("running", "paused"):
+            c.post("/v1/admin/rollouts/digits/abort", json={"reason": "clean slate"}, headers=AUTH)
+        deploy(c, "digits", [(tags["mlp"], "stable", 100)], reason="before the console rollout")
+    at = page("rollouts")
+    at.selectbox(key="rollout_endpoint").set_value("digits").run()
+    at.selectbox(key="rollout_tag").set_value(tags["cnn"])
+    at.text_input(key="rollout_steps").input("20, 100")
+    at.number_input(key="rollout_min_requests").set_value(1_000_000)
+    at.number_input(key="rollout_interval").set_value(0.5)
+    at.text_input(key="start_reason").input("console: roll out the CNN")
+    next(b for b in at.button if b.label == "Start rollout").click().run()
+    assert any("started at 20 %" in s.value for s in at.success), [e.value for e in at.error]
+
+    traffic(console_env.url, 200)
+    time.sleep(1.5)
+    at = page("rollouts")
+    assert not at.exception and not at.error
+    assert any("canary requests this step" in str(p.proto) for p in at.get("progress"))
+    evidence = at.dataframe[0].value
+    assert {"errors", "latency"} <= set(evidence["check"]) and "p-value" in evidence.columns
+    assert "start" in set(at.dataframe[1].value["decision"])
+
+    at.text_input(key="rollout_reason").input("console: hold on")
+    at.button(key="rollout_pause").click().run()
+    assert any("paused" in s.value for s in at.success)
+    at = page("rollouts")
+    at.button(key="rollout_resume").click().run()
+    assert any("running" in s.value for s in at.success)
+    at = page("rollouts")
+    at.text_input(key="rollout_reason").input("console: stop")
+    at.button(key="rollout_abort").click().run()
+    assert any("aborted" in s.value for s in at.success)
+    current = httpx.get(f"{console_env.url}/v1/admin/deployments/digits", headers=AUTH).json()
+    assert [(v["tag"], v["weight"]) for v in current["versions"]] == [(tags["mlp"], 100)]

@@ -1,0 +1,181 @@
+"""Automated canary analysis against a real `bentoml serve` with two workers.
+
+A good canary (the digits CNN over the MLP) is promoted; a bad one (a registered version that
+fails on the inputs with a zero pixel) is rolled back while clients keep getting answers;
+a manual change pauses a rollout. Both workers run the controller; the lease lets one act.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import AUTH, deploy
+from tests.servers import Served
+
+pytestmark = pytest.mark.integration
+# Rows with zero pixels (most real digits) and rows without: the faulty version fails on the first kind.
+WITH_ZERO = [0.0] * 20 + [16.0] * 10 + [4.0] * 34
+NO_ZERO = [1.0] * 20 + [16.0] * 10 + [4.0] * 34
+FAST = {"min_requests": 60, "min_seconds": 1, "interval_s": 0.5}
+
+
+class Traffic:
+    """Client threads posting digits until stopped; counts status codes and versions."""
+
+    def __init__(self, url: str, rows: list[list[float]], threads: int = 3) -> None:
+        self.url, self.rows = url, rows
+        self.status: Counter[int] = Counter()
+        self.versions: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+
+    def _run(self, seed: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as c:
+            i = seed
+            while not self._stop.is_set():
+                r = c.post("/v1/digits/predict", json={"inputs": [self.rows[i % len(self.rows)]]})
+                self.status[r.status_code] += 1
+                self.versions[r.headers.get("x-model-version", "?")] += 1
+                i += 1
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
+def _rollout(client: httpx.Client, action: str = "", body: dict[str, Any] | None = None) -> httpx.Response:
+    path = "/v1/admin/rollouts/digits" + (f"/{action}" if action else "")
+    if body is None and not action:
+        return client.get(path, headers=AUTH)
+    return client.post(path, json=body or {}, headers=AUTH)
+
+
+def _wait_status(client: httpx.Client, wanted: set[str], timeout: float = 120) -> dict[str, Any]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        state = _rollout(client).json()
+        if state["status"] in wanted:
+            return dict(state)
+        time.sleep(0.25)
+    raise AssertionError(f"rollout still {state['status']} after {timeout}s: {state['history'][-3:]}")
+
+
+@pytest.fixture
+def mlp_stable(client: httpx.Client, tags: dict[str, str]) -> Iterator[None]:
+    assert deploy(client, "digits", [(tags["mlp"], "stable", 100)], reason="rollout test: start").status_code == 200
+    time.sleep(1)
+    yield
+    state = _rollout(client)
+    if state.status_code == 200 and state.json()["status"] in ("running", "paused"):
+        _rollout(client, "abort", {"reason": "test cleanup"})
+    deploy(client, "digits", [(tags["mlp"], "stable", 100)], reason="rollout test: clean up")
+
+
+def _audit(client: httpx.Client, since: float) -> list[dict[str, Any]]:
+    entries = client.get("/v1/admin/audit", params={"endpoint": "digits"}, headers=AUTH).json()
+    return sorted((e for e in entries if e["ts"] >= since and e["action"].startswith("rollout-")),
+                  key=lambda e: e["ts"])
+
+
+def test_a_good_canary_is_promoted_step_by_step(client: httpx.Client, server: Served, tags: dict[str, str],
+                                                 mlp_stable: None) -> None:
+    began = time.time()
+    policy = {"steps": [20, 50, 100], **FAST}
+    r = _rollout(client, body={"tag": tags["cnn"], "policy": policy, "reason": "CNN over MLP"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "running" and r.json()["percent"] == 20
+    with Traffic(server.url, [WITH_ZERO, NO_ZERO]) as traffic:
+        state = _wait_status(client, {"promoted", "rolled_back"})
+    assert state["status"] == "promoted", state["history"][-2:]
+    assert set(traffic.status) == {200} and traffic.versions[tags["cnn"]] > 0
+    live = client.get("/v1/admin/deployments/digits", headers=AUTH).json()["versions"]
+    assert [(v["tag"], v["role"], v["weight"]) for v in live] == [(tags["cnn"], "stable", 100)]
+
+    actions = [e["action"] for e in _audit(client, began)]
+    assert actions == ["rollout-start", "rollout-advance", "rollout-promote"]  # each step exactly once
+    promote = _audit(client, began)[-1]
+    evidence = promote["details"]["evidence"]
+    assert evidence["canary"]["requests"] >= 2 * FAST["min_requests"]
+    assert {"errors", "latency"} <= evidence["checks"].keys()
+    assert all("p_value" in c and "alpha" in c for c in evidence["checks"].values())
+    print("promotion timeline:", [(round(h["at"] - began, 1), h["action"], h["step"]) for h in state["decisions"]])
+
+
+def test_a_bad_canary_is_rolled_back_and_clients_see_no_errors(client: httpx.Client, server: Served,
+                                                               tags: dict[str, str], mlp_stable: None) -> None:
+    began = time.time()
+    policy = {"steps": [10, 50, 100], "min_requests": 200, "min_seconds": 5, "interval_s": 0.5}
+    r = _rollout(client, body={"tag": tags["faulty"], "policy": policy, "reason": "a bad canary"})
+    assert r.status_code == 200, r.text
+    with Traffic(server.url, [WITH_ZERO, NO_ZERO, NO_ZERO]) as traffic:  # a third of the rows fail on it
+        state = _wait_status(client, {"promoted", "rolled_back"})
+    assert state["status"] == "rolled_back"
+    assert set(traffic.status) == {200}, traffic.status  # the fallback to stable answered every failure
+    live = client.get("/v1/admin/deployments/digits", headers=AUTH).json()["versions"]
+    assert [(v["tag"], v["weight"]) for v in live] == [(tags["mlp"], 100)]
+
+    rollback = _audit(client, began)[-1]
+    assert rollback["action"] == "rollout-rollback" and "errors" in rollback["reason"]
+    errors = rollback["details"]["evidence"]["checks"]["errors"]
+    assert errors["reject"] and errors["p_value"] < errors["alpha"] and errors["effect"] > errors["threshold"]
+    print("rollback timeline:", [(round(h["at"] - began, 1), h["action"], h["step"]) for h in state["decisions"]])
+
+
+def test_one_controller_acts_across_two_workers(client: httpx.Client, server: Served, tags: dict[str, str],
+                                                mlp_stable: None) -> None:
+    policy = {"steps": [20, 100], "min_requests": 1_000_000, "min_seconds": 3600, "interval_s": 0.3}
+    assert _rollout(client, body={"tag": tags["cnn"], "policy": policy, "reason": "lease"}).status_code == 200
+    # A new connection each time: keep-alive would pin every request to one worker.
+    workers = {httpx.get(f"{server.url}/v1/health", timeout=10).json()["worker"] for _ in range(60)}
+    assert len(workers) == 2  # both workers answer, and both run the controller loop
+    with Traffic(server.url, [NO_ZERO], threads=2):
+        time.sleep(4)
+    state = _rollout(client).json()
+    looks = [h["look"] for h in state["history"] if "look" in h]
+    assert state["looks"] >= 8  # about one look per interval: not two
+    assert state["looks"] <= 4 / 0.3 + 2
+    assert looks == sorted(set(looks))
+    controllers = {h["controller"] for h in state["history"] if "controller" in h}
+    assert len(controllers) == 1 and controllers <= workers
+
+
+def test_a_manual_change_pauses_the_rollout_and_abort_restores_stable(client: httpx.Client, tags: dict[str, str],
+                                                                        mlp_stable: None) -> None:
+    policy = {"steps": [10, 100], "min_requests": 1_000_000, "interval_s": 1}
+    assert _rollout(client, body={"tag": tags["cnn"], "policy": policy, "reason": "pause"}).status_code == 200
+    assert _rollout(client, body={"tag": tags["cnn"], "reason": "twice"}).status_code == 409
+    r = deploy(client, "digits", [(tags["mlp"], "stable", 70), (tags["cnn"], "canary", 30)], reason="by hand")
+    assert r.status_code == 200
+    state = _rollout(client).json()
+    assert state["status"] == "paused" and "manual deploy by admin" in state["history"][-1]["reason"]
+    assert _rollout(client, "resume", {"reason": "go on"}).json()["status"] == "running"
+    live = client.get("/v1/admin/deployments/digits", headers=AUTH).json()["versions"]
+    assert {v["tag"]: v["weight"] for v in live} == {tags["mlp"]: 90, tags["cnn"]: 10}  # the step's split again
+    assert _rollout(client, "abort", {"reason": "enough"}).json()["status"] == "aborted"
+    live = client.get("/v1/admin/deployments/digits", headers=AUTH).json()["versions"]
+    assert [(v["tag"], v["weight"]) for v in live] == [(tags["mlp"], 100)]
+    assert _rollout(client, "abort").status_code == 409
+    assert _rollout(client, "jump").status_code == 404
+
+
+def test_bad_rollout_requests_name_the_field(client: httpx.Client, tags: dict[str, str], mlp_stable: None) -> None:
+    r = _rollout(client, body={"tag": tags["cnn"], "reason": "x", "policy": {"steps": [50, 20, 100]}})
+    assert r.status_code == 422 and "steps must increase" in r.text
+    r = _rollout(client, body={"tag": "digits-nope", "reason": "x"})
+    assert r.status_code == 422 and "tag" in r.json()["detail"]
+    r = _rollout(client, body={"tag": tags["mlp"], "reason": "x"})
+    assert r.status_code == 422 and "already stable" in r.json()["detail"]
+    assert client.post("/v1/admin/rollouts/nowhere", json={"tag": "x", "reason": "x"}, headers=AUTH).status_code == 404
