@@ -81,6 +81,18 @@ def rss_mb(pid: int) -> float:
     return total / 2**20
 
 
+def settle(pid: int, idle_share: float = 0.1, timeout: float = 60.0) -> float:
+    """Wait until the server is idle: an overloaded server may keep working through a backlog
+    after wrk closes its connections, and that work must not land on the next point."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        before = cpu_seconds(pid)
+        time.sleep(0.5)
+        if cpu_seconds(pid) - before < idle_share * 0.5:
+            break
+    return time.monotonic() - start
+
+
 def wrk(url: str, bodies: list[str], connections: int, seconds: float, pid: int, rows_per_request: int,
         threads: int = 2, sticky: bool = False, cpus: str | None = None) -> Load:
     """wrk with post.lua; `cpus` pins wrk with taskset (the server is pinned where it starts)."""
