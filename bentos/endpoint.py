@@ -222,6 +222,7 @@ class Endpoint:
             for a, b in zip(primary_out, outputs, strict=True):
                 agreement = slot.version.codec.agreement(a, b)
                 self.metrics.shadow_agreement.labels(self.name, shadow, primary).observe(agreement)
+                self.stats.record_agreement(self.name, shadow, agreement)
         except Exception as exc:  # a shadow never affects the primary
             log.debug("shadow %s failed: %s", shadow, exc)
         finally:

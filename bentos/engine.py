@@ -189,12 +189,12 @@ class Engine:
             self._store_down(exc)
 
     async def _flush_stats(self) -> None:
-        rows = self.stats.pending_rows()
-        if not rows or self.store is None:
+        rows, agreement = self.stats.pending_rows(), self.stats.pending_agreement()
+        if not (rows or agreement) or self.store is None:
             return
         try:
-            await asyncio.to_thread(self.store.write_stats, self.worker_id, rows)
-            self.stats.flushed(rows)
+            await asyncio.to_thread(self.store.write_stats, self.worker_id, rows, agreement)
+            self.stats.flushed(rows, agreement)
         except StoreUnavailable as exc:
             self._store_down(exc)
 

@@ -74,11 +74,17 @@ class RolloutController:
 
     async def look(self, store: ControlPlane, state: RolloutState) -> Decision:
         await self.engine._flush_stats()
-        rows = await asyncio.to_thread(store.read_stats, bucket_of(state.started_at), state.endpoint)
+        since = bucket_of(state.started_at)
+        rows = await asyncio.to_thread(store.read_stats, since, state.endpoint)
         canary, stable = counts_for(rows, state.canary), counts_for(rows, state.stable)
+        canary.comparisons, canary.agreement_sum = (await asyncio.to_thread(store.read_agreement, since,
+                                                                            state.endpoint)).get(state.canary, (0, 0.0))
         now = time.time()
         decision = decide(state, canary, stable, now)
         decision.evidence["controller"] = self.engine.worker_id
+        latest = await asyncio.to_thread(store.get_rollout, state.endpoint)
+        if latest is None or latest["status"] != "running":  # paused or aborted while this look ran
+            return decision
         if decision.action != "hold":
             await self._act(state, decision)
         apply(state, decision, canary.requests, now)
@@ -107,6 +113,10 @@ class RolloutController:
 
     def _split(self, state: RolloutState, percent: int) -> DeploymentSpec:
         shadows, sticky = self._kept(state)
+        if percent == 0:  # the shadow step: mirrored traffic, compared with stable, never answers
+            return DeploymentSpec(versions=[VersionSpec(tag=state.stable, role="stable", weight=100),
+                                            VersionSpec(tag=state.canary, role="shadow", weight=0), *shadows],
+                                  sticky=sticky)
         return DeploymentSpec(versions=[VersionSpec(tag=state.stable, role="stable", weight=100 - percent),
                                         VersionSpec(tag=state.canary, role="canary", weight=percent), *shadows],
                               sticky=sticky)

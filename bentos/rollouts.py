@@ -13,12 +13,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bentos.canary_analysis import error_test, latency_test, obrien_fleming_spent
 from bentos.stats import LATENCY_EDGES_MS, quantile
 
-Check = Literal["errors", "latency"]
+Check = Literal["errors", "latency", "agreement"]
+TESTED: tuple[Check, ...] = ("errors", "latency")  # hypothesis tests that share alpha
+MIN_COMPARISONS = 50  # shadow comparisons before agreement can fail a canary
 Status = Literal["running", "paused", "promoted", "rolled_back", "aborted"]
 Action = Literal["hold", "advance", "rollback", "promote"]
 HISTORY_LIMIT = 300
@@ -30,7 +32,8 @@ class RolloutPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: list[int] = Field([5, 25, 50, 100], min_length=2, max_length=20,
-                             description="Canary traffic per step in %, increasing, ending at 100 (= promote).")
+                             description="Canary traffic per step in %, increasing, ending at 100 (= promote); "
+                                         "a first step of 0 runs the canary as a shadow (mirrored, never answers).")
     min_requests: int = Field(200, ge=1, le=10_000_000, description="Canary requests before a step may advance.")
     min_seconds: float = Field(30.0, ge=0, le=86_400, description="Seconds before a step may advance.")
     interval_s: float = Field(5.0, ge=0.2, le=600, description="Seconds between analyses.")
@@ -39,12 +42,14 @@ class RolloutPolicy(BaseModel):
     error_margin: float = Field(0.01, ge=0, le=1, description="Canary error ratio may exceed stable's by this.")
     latency_quantile: float = Field(0.95, gt=0.5, lt=1, description="The latency quantile compared (0.95 = p95).")
     latency_ratio: float = Field(1.5, ge=1, le=100, description="Canary quantile may be this many times stable's.")
+    min_agreement: float = Field(0.95, ge=0, le=1, description="Mean shadow agreement (label match or cosine) "
+                                                                "the canary must keep; needs a first step of 0.")
 
     @field_validator("steps")
     @classmethod
     def _steps(cls, steps: list[int]) -> list[int]:
-        if any(not 1 <= s <= 100 for s in steps):
-            raise ValueError(f"each step must be a percentage from 1 to 100, got {steps}")
+        if any(not 1 <= s <= 100 for s in steps[1:]) or not 0 <= steps[0] <= 100:
+            raise ValueError(f"each step must be a percentage from 1 to 100 (the first may be 0), got {steps}")
         if any(b <= a for a, b in itertools.pairwise(steps)):
             raise ValueError(f"steps must increase, got {steps}")
         if steps[-1] != 100:
@@ -57,6 +62,12 @@ class RolloutPolicy(BaseModel):
         if len(set(checks)) != len(checks):
             raise ValueError(f"checks must not repeat, got {checks}")
         return checks
+
+    @model_validator(mode="after")
+    def _agreement_needs_a_shadow_step(self) -> RolloutPolicy:
+        if "agreement" in self.checks and self.steps[0] != 0:
+            raise ValueError("checks: 'agreement' compares the canary with stable as a shadow; start steps with 0")
+        return self
 
     def planned_requests(self) -> int:
         """Canary requests the analysed steps (all but the last) plan for: information fraction 1."""
@@ -100,6 +111,8 @@ class VersionCounts:
     requests: int = 0
     errors: int = 0
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES_MS) + 1))
+    comparisons: int = 0  # shadow comparisons with stable, and the sum of their agreement
+    agreement_sum: float = 0.0
 
     def summary(self, q: float) -> dict[str, Any]:
         return {"requests": self.requests, "errors": self.errors,
@@ -117,10 +130,13 @@ class Decision:
 def analyze(state: RolloutState, canary: VersionCounts, stable: VersionCounts) -> dict[str, dict[str, Any]]:
     """Run each check on the cumulative data, spending this look's share of alpha. Updates state.spent."""
     policy = state.policy
-    alpha = policy.alpha / len(policy.checks)
+    tested = [c for c in policy.checks if c in TESTED]
+    alpha = policy.alpha / max(1, len(tested))
     t = canary.requests / policy.planned_requests()
     results: dict[str, dict[str, Any]] = {}
-    for check in policy.checks:
+    if "agreement" in policy.checks:
+        results["agreement"] = agreement_check(canary, policy.min_agreement)
+    for check in tested:
         spent = obrien_fleming_spent(alpha, t)
         look_alpha = max(0.0, spent - state.spent.get(check, 0.0))
         state.spent[check] = max(spent, state.spent.get(check, 0.0))
@@ -133,6 +149,16 @@ def analyze(state: RolloutState, canary: VersionCounts, stable: VersionCounts) -
             results[check] = latency_test(canary.latency, stable.latency, policy.latency_quantile,
                                           policy.latency_ratio, look_alpha).as_dict()
     return results
+
+
+def agreement_check(canary: VersionCounts, threshold: float) -> dict[str, Any]:
+    """A threshold, not a test: the mean agreement over enough comparisons must reach it."""
+    n = canary.comparisons
+    mean = canary.agreement_sum / n if n else None
+    enough = n >= MIN_COMPARISONS
+    return {"test": "threshold", "comparisons": n, "min_comparisons": MIN_COMPARISONS,
+            "effect": None if mean is None else float(f"{mean:.6g}"), "threshold": threshold,
+            "reject": bool(enough and mean is not None and mean < threshold)}
 
 
 def decide(state: RolloutState, canary: VersionCounts, stable: VersionCounts, now: float) -> Decision:

@@ -50,10 +50,26 @@ def quantile(hist: list[int], q: float) -> float | None:
     return float(LATENCY_EDGES_MS[-1])
 
 
+AgreementRow = tuple[str, str, int, int, float]
+
+
 class StatsRecorder:
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, str, int], Counts] = defaultdict(Counts)
         self._dirty: set[tuple[str, str, int]] = set()
+        # Shadow comparisons: (endpoint, shadow version, bucket) -> [count, sum of agreement]
+        self._agreement: dict[tuple[str, str, int], list[float]] = defaultdict(lambda: [0, 0.0])
+        self._agreement_dirty: set[tuple[str, str, int]] = set()
+
+    def record_agreement(self, endpoint: str, version: str, agreement: float) -> None:
+        key = (endpoint, version, bucket_of(time.time()))
+        self._agreement[key][0] += 1
+        self._agreement[key][1] += agreement
+        self._agreement_dirty.add(key)
+
+    def pending_agreement(self) -> list[AgreementRow]:
+        return [(e, v, b, int(self._agreement[(e, v, b)][0]), self._agreement[(e, v, b)][1])
+                for e, v, b in self._agreement_dirty]
 
     def record(self, endpoint: str, version: str, ok: bool, latency_s: float, fallback: bool = False) -> None:
         key = (endpoint, version, bucket_of(time.time()))
@@ -69,13 +85,17 @@ class StatsRecorder:
                 for (e, v, b), c in ((k, self._buckets[k]) for k in self._dirty)]
         return rows
 
-    def flushed(self, rows: list[tuple[Any, ...]]) -> None:
+    def flushed(self, rows: list[tuple[Any, ...]], agreement: list[AgreementRow] | None = None) -> None:
         """Forget dirtiness of rows written; drop buckets older than a minute."""
         for endpoint, version, bucket, *_ in rows:
             self._dirty.discard((endpoint, version, bucket))
+        for endpoint, version, bucket, *_ in agreement or []:
+            self._agreement_dirty.discard((endpoint, version, bucket))
         horizon = bucket_of(time.time()) - 12
         for key in [k for k in self._buckets if k[2] < horizon and k not in self._dirty]:
             del self._buckets[key]
+        for key in [k for k in self._agreement if k[2] < horizon and k not in self._agreement_dirty]:
+            del self._agreement[key]
 
 
 def summarize(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, dict[str, Any]]]:

@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS version_stats (
     PRIMARY KEY (source, endpoint, version, bucket));
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS agreement_stats (
+    source TEXT NOT NULL, endpoint TEXT NOT NULL, version TEXT NOT NULL, bucket BIGINT NOT NULL,
+    n BIGINT NOT NULL, total DOUBLE PRECISION NOT NULL, PRIMARY KEY (source, endpoint, version, bucket));
 CREATE TABLE IF NOT EXISTS rollouts (
     endpoint TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
 """
@@ -153,11 +156,18 @@ class ControlPlane(ABC):
                 for r in rows]
 
     # --- shared per-version stats ------------------------------------------------------
-    def write_stats(self, source: str, rows: list[tuple[str, str, int, int, int, int, list[int]]]) -> None:
-        """Upsert this worker's cumulative counts per (endpoint, version, time bucket)."""
-        if not rows:
+    def write_stats(self, source: str, rows: list[tuple[str, str, int, int, int, int, list[int]]],
+                    agreement: list[tuple[str, str, int, int, float]] | None = None) -> None:
+        """Upsert this worker's cumulative counts per (endpoint, version, time bucket), and its
+        shadow comparisons (count and sum of agreement) in the same transaction."""
+        if not rows and not agreement:
             return
         with self.transaction() as cur:
+            for endpoint, version, bucket, n, total in agreement or []:
+                self._exec(cur, "INSERT INTO agreement_stats (source, endpoint, version, bucket, n, total) "
+                                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (source, endpoint, version, bucket) "
+                                "DO UPDATE SET n = excluded.n, total = excluded.total",
+                           (source, endpoint, version, bucket, n, total))
             for endpoint, version, bucket, requests, errors, fallbacks, latency in rows:
                 self._exec(cur, "INSERT INTO version_stats (source, endpoint, version, bucket, requests, errors, "
                                 "fallbacks, latency) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -175,9 +185,18 @@ class ControlPlane(ABC):
         with self.transaction() as cur:
             return [(*r[:6], json.loads(r[6])) for r in self._exec(cur, sql, params).fetchall()]
 
+    def read_agreement(self, since_bucket: int, endpoint: str) -> dict[str, tuple[int, float]]:
+        """Version -> (comparisons, sum of agreement) since a bucket."""
+        with self.transaction() as cur:
+            rows = self._exec(cur, "SELECT version, SUM(n), SUM(total) FROM agreement_stats "
+                                   "WHERE bucket >= ? AND endpoint = ? GROUP BY version",
+                              (since_bucket, endpoint)).fetchall()
+        return {version: (int(n), float(total)) for version, n, total in rows}
+
     def prune_stats(self, before_bucket: int) -> None:
         with self.transaction() as cur:
             self._exec(cur, "DELETE FROM version_stats WHERE bucket < ?", (before_bucket,))
+            self._exec(cur, "DELETE FROM agreement_stats WHERE bucket < ?", (before_bucket,))
 
     # --- rollouts (one per endpoint; the latest, finished or not) -----------------------
     def put_rollout(self, endpoint: str, state: dict[str, Any], audit: tuple[str, str, str, Any] | None = None,

@@ -84,7 +84,10 @@ def start_form(api: AdminClient, endpoint: str, stable: str | None) -> None:
         alpha = c2.number_input("Alpha (false-rollback budget)", 0.001, 0.49, 0.05, format="%.3f")
         margin = c3.number_input("Error margin", 0.0, 1.0, 0.01, format="%.3f")
         ratio = c1.number_input("Latency ratio (p95)", 1.0, 100.0, 1.5)
-        checks = c2.multiselect("Checks", ["errors", "latency"], ["errors", "latency"], key="rollout_checks")
+        checks = c2.multiselect("Checks (agreement needs a first step of 0: shadow)",
+                                ["errors", "latency", "agreement"], ["errors", "latency"], key="rollout_checks")
+        min_agreement = c3.number_input("Min shadow agreement", 0.0, 1.0, 0.95, format="%.3f",
+                                        key="rollout_min_agreement")
         reason = st.text_input("Reason (recorded in the audit log)", key="start_reason")
         if st.form_submit_button("Start rollout", type="primary"):
             if not reason.strip():
@@ -97,7 +100,7 @@ def start_form(api: AdminClient, endpoint: str, stable: str | None) -> None:
                 return
             policy = {"steps": step_list, "min_requests": int(min_requests), "min_seconds": min_seconds,
                       "interval_s": interval_s, "alpha": alpha, "error_margin": margin, "latency_ratio": ratio,
-                      "checks": checks}
+                      "checks": checks, "min_agreement": min_agreement}
             with guard():
                 state = api.start_rollout(endpoint, tag, policy, reason.strip())
                 st.success(f"Rollout of {state['canary']} started at {state['percent']} %.")

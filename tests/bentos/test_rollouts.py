@@ -16,7 +16,7 @@ POWER_REQUESTS = 600
 
 def test_policy_errors_name_the_field_and_the_limit() -> None:
     for steps, words in (([5, 25], "last step must be 100"), ([50, 25, 100], "steps must increase"),
-                         ([0, 100], "from 1 to 100"), ([100], "at least 2")):
+                         ([5, 0, 100], "from 1 to 100"), ([100], "at least 2")):
         with pytest.raises(ValidationError, match=words):
             RolloutPolicy(steps=steps)
     with pytest.raises(ValidationError, match="alpha"):
@@ -24,6 +24,9 @@ def test_policy_errors_name_the_field_and_the_limit() -> None:
     with pytest.raises(ValidationError, match="checks"):
         RolloutPolicy(checks=["errors", "errors"])
     assert RolloutPolicy().planned_requests() == 600
+    with pytest.raises(ValidationError, match="start steps with 0"):
+        RolloutPolicy(checks=["errors", "agreement"])
+    assert RolloutPolicy(steps=[0, 50, 100], checks=["agreement"]).steps[0] == 0
 
 
 def _state(policy: RolloutPolicy) -> RolloutState:
@@ -88,3 +91,20 @@ def test_a_canary_twice_as_slow_at_p95_is_rolled_back() -> None:
 def test_a_slightly_slower_canary_within_the_ratio_is_promoted() -> None:
     outcomes = run_many(RolloutPolicy(min_seconds=0), Traffic(canary_error=0.005, canary_slowdown=1.1), runs=50)
     assert sum(o.action == "promote" for o in outcomes) >= 48
+
+
+def test_a_shadow_step_checks_agreement_against_the_threshold() -> None:
+    policy = RolloutPolicy(steps=[0, 50, 100], checks=["errors", "agreement"], min_requests=100, min_seconds=0,
+                           min_agreement=0.95)
+    state = _state(policy)
+    canary = _counts(120)
+    canary.comparisons, canary.agreement_sum = 30, 30 * 0.5
+    d = decide(state, canary, _counts(120), now=5)  # too few comparisons to judge: the step may pass
+    assert d.evidence["checks"]["agreement"]["reject"] is False and d.action == "advance"
+    state = _state(policy)
+    canary.comparisons, canary.agreement_sum = 120, 120 * 0.9
+    d = decide(state, canary, _counts(120), now=5)
+    assert d.action == "rollback" and "agreement" in d.reason
+    assert d.evidence["checks"]["agreement"] == {"test": "threshold", "comparisons": 120, "min_comparisons": 50,
+                                                 "effect": 0.9, "threshold": 0.95, "reject": True}
+    assert "errors" in d.evidence["checks"] and "latency" not in d.evidence["checks"]

@@ -100,6 +100,16 @@ def test_leases_are_exclusive_until_they_expire(store: ControlPlane) -> None:
     assert store.acquire_lease("rollout:digits", "w3", ttl_s=30)
 
 
+def test_shadow_agreement_is_summed_across_sources(store: ControlPlane) -> None:
+    store.write_stats("w1", [], [("digits", "m:2", 10, 4, 3.5)])
+    store.write_stats("w2", [], [("digits", "m:2", 10, 2, 2.0), ("digits", "m:2", 11, 1, 1.0)])
+    store.write_stats("w1", [], [("digits", "m:2", 10, 5, 4.5)])  # cumulative: replaces w1's row
+    assert store.read_agreement(10, "digits") == {"m:2": (8, 7.5)}
+    assert store.read_agreement(11, "digits") == {"m:2": (1, 1.0)} and store.read_agreement(0, "minilm") == {}
+    store.prune_stats(11)
+    assert store.read_agreement(0, "digits") == {"m:2": (1, 1.0)}
+
+
 def test_rollout_state_and_its_audit_entry_are_written_together(store: ControlPlane) -> None:
     assert store.get_rollout("digits") is None and store.rollouts() == []
     store.put_rollout("digits", {"status": "running", "step": 0})

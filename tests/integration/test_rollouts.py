@@ -84,10 +84,31 @@ def mlp_stable(client: httpx.Client, tags: dict[str, str]) -> Iterator[None]:
     deploy(client, "digits", [(tags["mlp"], "stable", 100)], reason="rollout test: clean up")
 
 
+def _live(client: httpx.Client) -> list[dict[str, Any]]:
+    """The deployment as the control plane has it (a worker's own view may lag one poll)."""
+    revisions = client.get("/v1/admin/deployments/digits", headers=AUTH).json()["revisions"]
+    return list(max(revisions, key=lambda r: r["revision"])["spec"]["versions"])
+
+
 def _audit(client: httpx.Client, since: float) -> list[dict[str, Any]]:
     entries = client.get("/v1/admin/audit", params={"endpoint": "digits"}, headers=AUTH).json()
     return sorted((e for e in entries if e["ts"] >= since and e["action"].startswith("rollout-")),
                   key=lambda e: e["ts"])
+
+
+def _timeline(state: dict[str, Any], began: float) -> list[str]:
+    """For the closing note: when each decision fell, and on what evidence."""
+    out = []
+    for h in state["decisions"]:
+        line = f"{h['at'] - began:5.1f} s {h['action']} at {h['step']} %"
+        if "checks" in h:
+            c, s = h["canary"], h["stable"]
+            tests = "; ".join(f"{k} {v['test']} p={v.get('p_value')} alpha={v.get('alpha')} effect={v.get('effect')}"
+                              for k, v in h["checks"].items())
+            line += (f" (canary {c['requests']} req {c['errors']} err, stable {s['requests']} req "
+                     f"{s['errors']} err; {tests})")
+        out.append(line)
+    return out
 
 
 def test_a_good_canary_is_promoted_step_by_step(client: httpx.Client, server: Served, tags: dict[str, str],
@@ -101,7 +122,7 @@ def test_a_good_canary_is_promoted_step_by_step(client: httpx.Client, server: Se
         state = _wait_status(client, {"promoted", "rolled_back"})
     assert state["status"] == "promoted", state["history"][-2:]
     assert set(traffic.status) == {200} and traffic.versions[tags["cnn"]] > 0
-    live = client.get("/v1/admin/deployments/digits", headers=AUTH).json()["versions"]
+    live = _live(client)
     assert [(v["tag"], v["role"], v["weight"]) for v in live] == [(tags["cnn"], "stable", 100)]
 
     actions = [e["action"] for e in _audit(client, began)]
@@ -111,7 +132,7 @@ def test_a_good_canary_is_promoted_step_by_step(client: httpx.Client, server: Se
     assert evidence["canary"]["requests"] >= 2 * FAST["min_requests"]
     assert {"errors", "latency"} <= evidence["checks"].keys()
     assert all("p_value" in c and "alpha" in c for c in evidence["checks"].values())
-    print("promotion timeline:", [(round(h["at"] - began, 1), h["action"], h["step"]) for h in state["decisions"]])
+    print("promotion:", _timeline(state, began))
 
 
 def test_a_bad_canary_is_rolled_back_and_clients_see_no_errors(client: httpx.Client, server: Served,
@@ -124,14 +145,33 @@ def test_a_bad_canary_is_rolled_back_and_clients_see_no_errors(client: httpx.Cli
         state = _wait_status(client, {"promoted", "rolled_back"})
     assert state["status"] == "rolled_back"
     assert set(traffic.status) == {200}, traffic.status  # the fallback to stable answered every failure
-    live = client.get("/v1/admin/deployments/digits", headers=AUTH).json()["versions"]
+    live = _live(client)
     assert [(v["tag"], v["weight"]) for v in live] == [(tags["mlp"], 100)]
 
     rollback = _audit(client, began)[-1]
     assert rollback["action"] == "rollout-rollback" and "errors" in rollback["reason"]
     errors = rollback["details"]["evidence"]["checks"]["errors"]
     assert errors["reject"] and errors["p_value"] < errors["alpha"] and errors["effect"] > errors["threshold"]
-    print("rollback timeline:", [(round(h["at"] - began, 1), h["action"], h["step"]) for h in state["decisions"]])
+    print("rollback:", _timeline(state, began))
+
+
+def test_a_shadow_step_rolls_back_a_canary_that_disagrees_with_stable(client: httpx.Client, server: Served,
+                                                                      tags: dict[str, str], mlp_stable: None) -> None:
+    from models.families.digits import splits
+
+    rows = splits()["test"][0].tolist()  # real digits: the CNN and the MLP disagree on a few
+    policy = {"steps": [0, 50, 100], "checks": ["errors", "agreement"], "min_agreement": 0.999,
+              "min_requests": 2 * len(rows), "min_seconds": 0, "interval_s": 0.5}
+    r = _rollout(client, body={"tag": tags["cnn"], "policy": policy, "reason": "shadow first"})
+    assert r.status_code == 200, r.text
+    live = _live(client)
+    assert {(v["tag"], v["role"]) for v in live} == {(tags["mlp"], "stable"), (tags["cnn"], "shadow")}
+    with Traffic(server.url, rows, threads=2) as traffic:
+        state = _wait_status(client, {"promoted", "rolled_back"})
+    assert state["status"] == "rolled_back" and "agreement" in state["decisions"][-1]["reason"]
+    assert set(traffic.versions) == {tags["mlp"]}  # a shadow never answers
+    agreement = state["decisions"][-1]["checks"]["agreement"]
+    assert agreement["comparisons"] >= 50 and 0.8 < agreement["effect"] < 0.999
 
 
 def test_one_controller_acts_across_two_workers(client: httpx.Client, server: Served, tags: dict[str, str],
@@ -162,10 +202,10 @@ def test_a_manual_change_pauses_the_rollout_and_abort_restores_stable(client: ht
     state = _rollout(client).json()
     assert state["status"] == "paused" and "manual deploy by admin" in state["history"][-1]["reason"]
     assert _rollout(client, "resume", {"reason": "go on"}).json()["status"] == "running"
-    live = client.get("/v1/admin/deployments/digits", headers=AUTH).json()["versions"]
+    live = _live(client)
     assert {v["tag"]: v["weight"] for v in live} == {tags["mlp"]: 90, tags["cnn"]: 10}  # the step's split again
     assert _rollout(client, "abort", {"reason": "enough"}).json()["status"] == "aborted"
-    live = client.get("/v1/admin/deployments/digits", headers=AUTH).json()["versions"]
+    live = _live(client)
     assert [(v["tag"], v["weight"]) for v in live] == [(tags["mlp"], 100)]
     assert _rollout(client, "abort").status_code == 409
     assert _rollout(client, "jump").status_code == 404
