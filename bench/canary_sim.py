@@ -19,8 +19,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bentos.rollouts import RolloutPolicy, RolloutState, VersionCounts, apply, decide  # noqa: E402
-from bentos.stats import LATENCY_EDGES_MS  # noqa: E402
+from bentos.rollouts import RolloutPolicy, RolloutState, apply, decide  # noqa: E402
+from bentos.stats import LATENCY_EDGES_MS, Counts  # noqa: E402
 
 EDGES = np.array(LATENCY_EDGES_MS, dtype=float)
 
@@ -42,7 +42,7 @@ class Outcome:
     seconds: float
 
 
-def _add(counts: VersionCounts, rng: np.random.Generator, n: int, error: float, median_ms: float,
+def _add(counts: Counts, rng: np.random.Generator, n: int, error: float, median_ms: float,
          sigma: float) -> None:
     counts.requests += n
     counts.errors += int(rng.binomial(n, error))
@@ -55,7 +55,7 @@ def simulate(policy: RolloutPolicy, traffic: Traffic, seed: int, max_looks: int 
     rng = np.random.default_rng(seed)
     now = 0.0
     state = RolloutState(endpoint="sim", canary="c", stable="s", policy=policy, started_at=now, step_started_at=now)
-    canary, stable = VersionCounts(), VersionCounts()
+    canary, stable = Counts(), Counts()
     for _ in range(max_looks):
         total = int(rng.poisson(traffic.rps * policy.interval_s))
         n_canary = int(rng.binomial(total, state.percent / 100))

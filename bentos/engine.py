@@ -194,7 +194,7 @@ class Engine:
             return
         try:
             await asyncio.to_thread(self.store.write_stats, self.worker_id, rows, agreement)
-            self.stats.flushed(rows, agreement)
+            self.stats.flushed(rows)
         except StoreUnavailable as exc:
             self._store_down(exc)
 
@@ -231,9 +231,7 @@ class Engine:
         return self.store
 
     async def deploy(self, name: str, request: DeploymentRequest, actor: str) -> Revision:
-        record = await self._change(name, request.spec(), actor, "deploy", request.reason, request.expect_revision)
-        await self.rollouts.on_manual_change(name, actor, "deploy")
-        return record
+        return await self._change(name, request.spec(), actor, "deploy", request.reason, request.expect_revision)
 
     async def promote(self, name: str, reason: str, actor: str) -> Revision:
         current = await self._current(name)
@@ -242,10 +240,8 @@ class Engine:
         if len(canaries) != 1:
             raise Conflict(f"promote needs exactly one canary on {name}, found {len(canaries)}")
         versions = [VersionSpec(tag=canaries[0].tag, weight=100, role="stable"), *spec.by_role("shadow")]
-        record = await self._change(name, DeploymentSpec(versions=versions, sticky=spec.sticky), actor, "promote",
-                                    reason or f"promote {canaries[0].tag}", current.revision)
-        await self.rollouts.on_manual_change(name, actor, "promote")
-        return record
+        return await self._change(name, DeploymentSpec(versions=versions, sticky=spec.sticky), actor, "promote",
+                                  reason or f"promote {canaries[0].tag}", current.revision)
 
     async def rollback(self, name: str, revision: int | None, reason: str, actor: str) -> Revision:
         current = await self._current(name)
@@ -255,11 +251,9 @@ class Engine:
         record = await self._store_call(self._require_store().get_deployment, name, target)
         if record is None:
             raise NotFound(f"{name} has no revision {target}")
-        changed = await self._change(name, DeploymentSpec.model_validate(record.spec), actor, "rollback",
-                                     reason or f"roll back to revision {target}", current.revision,
-                                     {"to_revision": target})
-        await self.rollouts.on_manual_change(name, actor, "rollback")
-        return changed
+        return await self._change(name, DeploymentSpec.model_validate(record.spec), actor, "rollback",
+                                  reason or f"roll back to revision {target}", current.revision,
+                                  {"to_revision": target})
 
     async def _current(self, name: str) -> Revision:
         """The endpoint's revision as the store has it now (this worker may lag by a poll)."""
@@ -295,6 +289,8 @@ class Engine:
                 raise Conflict(f"{exc}; reload and try again") from None
             self._expected[name] = record.revision
             endpoint.swap(record.revision, spec, loaded)
+        if not action.startswith("rollout-"):  # a change by hand pauses a running rollout
+            await self.rollouts.on_manual_change(name, actor, action)
         return record
 
     async def _store_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -13,9 +13,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from bentos.rollouts import Decision, RolloutRequest, RolloutState, VersionCounts, apply, decide
+from bentos.rollouts import Decision, RolloutRequest, RolloutState, apply, decide
 from bentos.schemas import DeploymentSpec, VersionSpec
-from bentos.stats import bucket_of
+from bentos.stats import Counts, bucket_of, merge
 from bentos.store import ControlPlane, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -25,16 +25,6 @@ log = logging.getLogger("switchyard.rollouts")
 ACTOR = "rollout-controller"
 TICK_S = 0.2
 ACTIVE = ("running", "paused")
-
-
-def counts_for(rows: list[tuple[Any, ...]], version: str) -> VersionCounts:
-    out = VersionCounts()
-    for _endpoint, tag, _bucket, requests, errors, _fallbacks, latency in rows:
-        if tag == version:
-            out.requests += requests
-            out.errors += errors
-            out.latency = [a + b for a, b in zip(out.latency, latency, strict=True)]
-    return out
 
 
 class RolloutController:
@@ -76,7 +66,9 @@ class RolloutController:
         await self.engine._flush_stats()
         since = bucket_of(state.started_at)
         rows = await asyncio.to_thread(store.read_stats, since, state.endpoint)
-        canary, stable = counts_for(rows, state.canary), counts_for(rows, state.stable)
+        merged = merge(rows)
+        canary = merged.get((state.endpoint, state.canary), Counts())
+        stable = merged.get((state.endpoint, state.stable), Counts())
         canary.comparisons, canary.agreement_sum = (await asyncio.to_thread(store.read_agreement, since,
                                                                             state.endpoint)).get(state.canary, (0, 0.0))
         now = time.time()

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bentos.canary_analysis import error_test, latency_test, obrien_fleming_spent
-from bentos.stats import LATENCY_EDGES_MS, quantile
+from bentos.stats import Counts, quantile
 
 Check = Literal["errors", "latency", "agreement"]
 TESTED: tuple[Check, ...] = ("errors", "latency")  # hypothesis tests that share alpha
@@ -106,18 +106,10 @@ class RolloutState(BaseModel):
         self.history = [*self.history, entry][-HISTORY_LIMIT:]
 
 
-@dataclass
-class VersionCounts:
-    requests: int = 0
-    errors: int = 0
-    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES_MS) + 1))
-    comparisons: int = 0  # shadow comparisons with stable, and the sum of their agreement
-    agreement_sum: float = 0.0
-
-    def summary(self, q: float) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors,
-                "error_ratio": round(self.errors / self.requests, 6) if self.requests else None,
-                f"p{round(q * 100)}_ms": quantile(self.latency, q)}
+def summary(counts: Counts, q: float) -> dict[str, Any]:
+    return {"requests": counts.requests, "errors": counts.errors,
+            "error_ratio": round(counts.errors / counts.requests, 6) if counts.requests else None,
+            f"p{round(q * 100)}_ms": quantile(counts.latency, q)}
 
 
 @dataclass
@@ -127,7 +119,7 @@ class Decision:
     evidence: dict[str, Any]
 
 
-def analyze(state: RolloutState, canary: VersionCounts, stable: VersionCounts) -> dict[str, dict[str, Any]]:
+def analyze(state: RolloutState, canary: Counts, stable: Counts) -> dict[str, dict[str, Any]]:
     """Run each check on the cumulative data, spending this look's share of alpha. Updates state.spent."""
     policy = state.policy
     tested = [c for c in policy.checks if c in TESTED]
@@ -151,7 +143,7 @@ def analyze(state: RolloutState, canary: VersionCounts, stable: VersionCounts) -
     return results
 
 
-def agreement_check(canary: VersionCounts, threshold: float) -> dict[str, Any]:
+def agreement_check(canary: Counts, threshold: float) -> dict[str, Any]:
     """A threshold, not a test: the mean agreement over enough comparisons must reach it."""
     n = canary.comparisons
     mean = canary.agreement_sum / n if n else None
@@ -161,7 +153,7 @@ def agreement_check(canary: VersionCounts, threshold: float) -> dict[str, Any]:
             "reject": bool(enough and mean is not None and mean < threshold)}
 
 
-def decide(state: RolloutState, canary: VersionCounts, stable: VersionCounts, now: float) -> Decision:
+def decide(state: RolloutState, canary: Counts, stable: Counts, now: float) -> Decision:
     """One look: the checks on everything seen so far, then the step's minimums."""
     policy = state.policy
     results = analyze(state, canary, stable)
@@ -171,7 +163,7 @@ def decide(state: RolloutState, canary: VersionCounts, stable: VersionCounts, no
     evidence = {
         "look": state.looks, "step": state.percent, "at": now,
         "information_fraction": round(min(1.0, canary.requests / policy.planned_requests()), 4),
-        "canary": canary.summary(policy.latency_quantile), "stable": stable.summary(policy.latency_quantile),
+        "canary": summary(canary, policy.latency_quantile), "stable": summary(stable, policy.latency_quantile),
         "checks": results,
         "step_progress": {"requests": in_step, "min_requests": policy.min_requests,
                           "seconds": round(now - state.step_started_at, 1), "min_seconds": policy.min_seconds},

@@ -103,12 +103,13 @@ def load_version(tag: str, threads: int, providers: tuple[str, ...] = ()) -> Loa
     problems = find_mismatches(root, meta.get("sha256") or {})
     if problems or not meta.get("sha256"):
         raise VersionLoadError(f"{model.tag} failed its sha256 check: {'; '.join(problems) or 'no hashes recorded'}")
-    pick_providers(required=providers)  # a missing provider names its setting, not an ORT error
     try:
         session = load_session(root / "model.onnx", threads, providers=providers)
         codec = codec_for(family, root, meta.get("preprocess") or {})
         version = LoadedVersion(str(model.tag), family, labels.get("variant", "?"), codec, session, dict(meta), root)
         version.warm()
+    except VersionLoadError:  # a missing provider names its setting: keep that message
+        raise
     except Exception as exc:  # a corrupt graph raises ORT's own exception types
         raise VersionLoadError(f"{model.tag} failed to load: {str(exc).splitlines()[0][:300]}") from exc
     return version

@@ -27,12 +27,16 @@ class Counts:
     errors: int = 0
     fallbacks: int = 0
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES_MS) + 1))
+    comparisons: int = 0  # shadow comparisons with the primary, and the sum of their agreement
+    agreement_sum: float = 0.0
 
     def add(self, other: Counts) -> None:
         self.requests += other.requests
         self.errors += other.errors
         self.fallbacks += other.fallbacks
         self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
+        self.comparisons += other.comparisons
+        self.agreement_sum += other.agreement_sum
 
 
 def quantile(hist: list[int], q: float) -> float | None:
@@ -57,19 +61,17 @@ class StatsRecorder:
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, str, int], Counts] = defaultdict(Counts)
         self._dirty: set[tuple[str, str, int]] = set()
-        # Shadow comparisons: (endpoint, shadow version, bucket) -> [count, sum of agreement]
-        self._agreement: dict[tuple[str, str, int], list[float]] = defaultdict(lambda: [0, 0.0])
-        self._agreement_dirty: set[tuple[str, str, int]] = set()
 
     def record_agreement(self, endpoint: str, version: str, agreement: float) -> None:
         key = (endpoint, version, bucket_of(time.time()))
-        self._agreement[key][0] += 1
-        self._agreement[key][1] += agreement
-        self._agreement_dirty.add(key)
+        self._buckets[key].comparisons += 1
+        self._buckets[key].agreement_sum += agreement
+        self._dirty.add(key)
 
     def pending_agreement(self) -> list[AgreementRow]:
-        return [(e, v, b, int(self._agreement[(e, v, b)][0]), self._agreement[(e, v, b)][1])
-                for e, v, b in self._agreement_dirty]
+        """Written with pending_rows' rows (same dirty keys), so `flushed(rows)` clears both."""
+        return [(e, v, b, c.comparisons, c.agreement_sum)
+                for (e, v, b), c in ((k, self._buckets[k]) for k in self._dirty) if c.comparisons]
 
     def record(self, endpoint: str, version: str, ok: bool, latency_s: float, fallback: bool = False) -> None:
         key = (endpoint, version, bucket_of(time.time()))
@@ -85,26 +87,27 @@ class StatsRecorder:
                 for (e, v, b), c in ((k, self._buckets[k]) for k in self._dirty)]
         return rows
 
-    def flushed(self, rows: list[tuple[Any, ...]], agreement: list[AgreementRow] | None = None) -> None:
+    def flushed(self, rows: list[tuple[Any, ...]]) -> None:
         """Forget dirtiness of rows written; drop buckets older than a minute."""
         for endpoint, version, bucket, *_ in rows:
             self._dirty.discard((endpoint, version, bucket))
-        for endpoint, version, bucket, *_ in agreement or []:
-            self._agreement_dirty.discard((endpoint, version, bucket))
         horizon = bucket_of(time.time()) - 12
         for key in [k for k in self._buckets if k[2] < horizon and k not in self._dirty]:
             del self._buckets[key]
-        for key in [k for k in self._agreement if k[2] < horizon and k not in self._agreement_dirty]:
-            del self._agreement[key]
+
+
+def merge(rows: list[tuple[Any, ...]]) -> dict[tuple[str, str], Counts]:
+    """Store rows (every worker, every bucket) summed per (endpoint, version)."""
+    merged: dict[tuple[str, str], Counts] = defaultdict(Counts)
+    for endpoint, version, _bucket, requests, errors, fallbacks, latency in rows:
+        merged[(endpoint, version)].add(Counts(requests, errors, fallbacks, list(latency)))
+    return merged
 
 
 def summarize(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, dict[str, Any]]]:
     """Aggregate store rows into endpoint -> version -> counts, error rate and quantiles."""
-    merged: dict[tuple[str, str], Counts] = defaultdict(Counts)
-    for endpoint, version, _bucket, requests, errors, fallbacks, latency in rows:
-        merged[(endpoint, version)].add(Counts(requests, errors, fallbacks, list(latency)))
     out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for (endpoint, version), c in merged.items():
+    for (endpoint, version), c in merge(rows).items():
         out[endpoint][version] = {
             "requests": c.requests, "errors": c.errors, "fallbacks": c.fallbacks,
             "error_rate": c.errors / c.requests if c.requests else 0.0,

@@ -7,7 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from bench.canary_sim import Traffic, binomial_tolerance, run_many
-from bentos.rollouts import RolloutPolicy, RolloutState, VersionCounts, apply, decide
+from bentos.rollouts import RolloutPolicy, RolloutState, apply, decide
+from bentos.stats import Counts
 
 # Stated in README: a canary at 5 % errors against 0.5 % is rolled back within this many
 # canary requests (the seeded runs below needed at most 552).
@@ -33,8 +34,8 @@ def _state(policy: RolloutPolicy) -> RolloutState:
     return RolloutState(endpoint="e", canary="c", stable="s", policy=policy, started_at=0, step_started_at=0)
 
 
-def _counts(n: int, errors: int = 0) -> VersionCounts:
-    counts = VersionCounts(requests=n, errors=errors)
+def _counts(n: int, errors: int = 0) -> Counts:
+    counts = Counts(requests=n, errors=errors)
     counts.latency[6] = n  # every request at 10-15 ms
     return counts
 
