@@ -64,7 +64,7 @@ serve: models $(TOKEN_FILE)
 	@echo "admin token: $${SWITCHYARD_ADMIN_TOKEN:-$$(cat $(TOKEN_FILE))}   (also in $(TOKEN_FILE))"
 	@export SWITCHYARD_ADMIN_TOKEN=$${SWITCHYARD_ADMIN_TOKEN:-$$(cat $(TOKEN_FILE))} \
 	  SWITCHYARD_SERVICE_URL=http://$(HOST):$(PORT) STREAMLIT_BROWSER_GATHER_USAGE_STATS=false; \
-	$(VENV)/bin/streamlit run admin/app.py --server.headless true --server.address $(HOST) \
+	$(VENV)/bin/streamlit run admin/app.py --server.headless true --server.address $(HOST) --client.toolbarMode minimal \
 	  --server.port $(CONSOLE_PORT) >.state/console.log 2>&1 & console=$$!; \
 	trap "kill $$console 2>/dev/null" EXIT INT TERM; \
 	$(VENV)/bin/bentoml serve service:Switchyard --host $(HOST) --port $(PORT)

@@ -8,11 +8,13 @@ from bentos.admin import admin_routes
 from bentos.engine import Engine
 from bentos.health import health_routes
 from bentos.http import EngineHolder, create_app
+from bentos.oip import oip_routes
 from bentos.playground import build_playground
+from bentos.rollout_controller import RolloutController
 from bentos.settings import ServeSettings
 
 holder = EngineHolder()
-app = create_app(holder, [*health_routes(holder), *admin_routes(holder)])
+app = create_app(holder, [*health_routes(holder), *admin_routes(holder), *oip_routes(holder)])
 playground = build_playground(holder)  # Gradio, mounted at /playground
 
 
@@ -20,11 +22,12 @@ playground = build_playground(holder)  # Gradio, mounted at /playground
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(name="switchyard", traffic={"timeout": 60}, workers=1)
 class Switchyard:
-    """Serves every live model version; deployments come from the control plane."""
+    """Serves every endpoint's live model versions; endpoints and deployments come from the control plane."""
 
     def __init__(self) -> None:
-        # Settings are read here, when a worker starts, never at import time.
+        # Settings and switchyard.yaml are read here, when a worker starts, never at import time.
         self.engine = Engine(ServeSettings())
+        self.engine.rollouts = RolloutController(self.engine)
         holder.engine = self.engine
 
     def __is_ready__(self) -> bool:

@@ -8,6 +8,7 @@ st.set_page_config(page_title="Switchyard console", page_icon=":material/alt_rou
 pages = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
+    st.Page("pages/endpoints.py", title="Endpoints", icon=":material/hub:"),
     st.Page("pages/deployments.py", title="Deployments", icon=":material/alt_route:"),
     st.Page("pages/rollouts.py", title="Rollouts", icon=":material/rocket_launch:"),
     st.Page("pages/live.py", title="Live metrics", icon=":material/monitoring:"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -46,6 +47,15 @@ class AdminClient:
 
     def models(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/admin/models"))
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/admin/endpoints"))
+
+    def create_endpoint(self, config: dict[str, Any], reason: str) -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/admin/endpoints", {**config, "reason": reason}))
+
+    def delete_endpoint(self, name: str, reason: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/v1/admin/endpoints/{name}?reason={quote(reason)}"))
 
     def deployments(self) -> dict[str, Any]:
         return dict(self._call("GET", "/v1/admin/deployments"))

@@ -150,3 +150,15 @@ PROMQL = {
     "p95_ms": '1000 * histogram_quantile(0.95, sum by (endpoint, version, le) '
               '(rate(switchyard_request_duration_seconds_bucket[1m])))',
 }
+
+
+def series_name(endpoint: str, version: str) -> str:
+    """A chart column name that Altair takes literally.
+
+    Altair reads "a:b" as field a of encoding type b (a tag's version suffix broke the live
+    charts), and dots and brackets as nested access.
+    """
+    name = f"{endpoint} · {version}"
+    for char, safe in ((":", " @ "), (".", "_"), ("[", "("), ("]", ")"), ("\\", "/")):
+        name = name.replace(char, safe)
+    return name

@@ -1,4 +1,4 @@
-"""The admin API under /v1/admin: deployments, promote, rollback, rollouts, audit, stats, models.
+"""The admin API under /v1/admin: endpoints, deployments, promote, rollback, rollouts, audit, stats, models.
 
 Every call needs `Authorization: Bearer <token>`; the token's name is the audit actor.
 Without any token configured the API is closed (403), so a fresh install is not open.
@@ -10,13 +10,15 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bentos.engine import AdminError
-from bentos.http import EngineHolder, error, invalid, json_response, read_body
+from bentos.config import EndpointRequest
+from bentos.errors import ServingError
+from bentos.http import EngineHolder, error, json_response, parse, problem
+from bentos.rollout_controller import RolloutController
 from bentos.rollouts import RolloutRequest, RolloutState
 from bentos.schemas import ActionRequest, DeploymentRequest
 from bentos.store import Revision
@@ -42,24 +44,23 @@ def revision_json(record: Revision) -> dict[str, Any]:
             "action": record.action, "reason": record.reason, "created_at": record.created_at}
 
 
-async def body_of(request: Request, model: type[B]) -> B | Response:
-    raw = await read_body(request, ADMIN_BODY_LIMIT)
-    try:
-        return model.model_validate_json(raw or b"{}")
-    except ValidationError as exc:
-        return invalid(exc)
-
-
 def with_body(model: type[B], handler: Callable[[Request, str, B], Awaitable[Response]]) -> Handler:
     """Parse and validate the JSON body as `model` (422 naming the field) before the handler runs."""
 
     async def parsed(request: Request, actor: str) -> Response:
-        body = await body_of(request, model)
+        body = await parse(request, model, ADMIN_BODY_LIMIT, "the admin API's limit", empty=b"{}")
         if isinstance(body, Response):
             return body
         return await handler(request, actor, body)
 
     return parsed
+
+
+def _controller(holder: EngineHolder) -> RolloutController:
+    controller = holder.get().rollouts
+    if not isinstance(controller, RolloutController):
+        raise RuntimeError("the service did not wire a rollout controller into the engine")
+    return controller
 
 
 def admin_routes(holder: EngineHolder) -> list[Route]:
@@ -71,12 +72,28 @@ def admin_routes(holder: EngineHolder) -> list[Route]:
                 return actor
             try:
                 return await handler(request, actor)
-            except AdminError as exc:
-                return error(exc.status, exc.message)
+            except ServingError as exc:
+                return problem(exc)
         return endpoint
 
     async def models(request: Request, actor: str) -> Response:
-        return json_response(await holder.get().models())
+        return json_response(await holder.get().models(request.query_params.get("task")))
+
+    async def endpoints(request: Request, actor: str) -> Response:
+        engine = holder.get()
+        return json_response([engine.endpoint_json(name) for name in sorted(engine.endpoints)])
+
+    async def one_endpoint(request: Request, actor: str) -> Response:
+        return json_response(holder.get().endpoint_json(request.path_params["endpoint"]))
+
+    async def create_endpoint(request: Request, actor: str, body: EndpointRequest) -> Response:
+        return json_response(await holder.get().create_endpoint(body.config(), actor, body.reason), 201)
+
+    async def delete_endpoint(request: Request, actor: str) -> Response:
+        reason = request.query_params.get("reason", "")
+        if not reason.strip():
+            return error(422, "reason: give a reason (?reason=...); it goes into the audit log")
+        return json_response(await holder.get().delete_endpoint(request.path_params["endpoint"], actor, reason))
 
     async def deployments(request: Request, actor: str) -> Response:
         engine = holder.get()
@@ -98,14 +115,14 @@ def admin_routes(holder: EngineHolder) -> list[Route]:
         return json_response(revision_json(record))
 
     async def rollout(request: Request, actor: str) -> Response:
-        return json_response(rollout_json(await holder.get().rollouts.get(request.path_params["endpoint"])))
+        return json_response(rollout_json(await _controller(holder).get(request.path_params["endpoint"])))
 
     async def start_rollout(request: Request, actor: str, body: RolloutRequest) -> Response:
-        state = await holder.get().rollouts.start(request.path_params["endpoint"], body, actor)
+        state = await _controller(holder).start(request.path_params["endpoint"], body, actor)
         return json_response(rollout_json(state))
 
     async def rollout_action(request: Request, actor: str, body: ActionRequest) -> Response:
-        controller, name = holder.get().rollouts, request.path_params["endpoint"]
+        controller, name = _controller(holder), request.path_params["endpoint"]
         act = {"pause": controller.pause, "resume": controller.resume, "abort": controller.abort}
         action = request.path_params["action"]
         if action not in act:
@@ -130,6 +147,10 @@ def admin_routes(holder: EngineHolder) -> list[Route]:
         Route("/v1/admin/rollouts/{endpoint}/{action:str}", guarded(with_body(ActionRequest, rollout_action)),
               methods=["POST"]),
         Route("/v1/admin/models", guarded(models), methods=["GET"]),
+        Route("/v1/admin/endpoints", guarded(endpoints), methods=["GET"]),
+        Route("/v1/admin/endpoints", guarded(with_body(EndpointRequest, create_endpoint)), methods=["POST"]),
+        Route("/v1/admin/endpoints/{endpoint}", guarded(one_endpoint), methods=["GET"]),
+        Route("/v1/admin/endpoints/{endpoint}", guarded(delete_endpoint), methods=["DELETE"]),
         Route("/v1/admin/deployments", guarded(deployments), methods=["GET"]),
         Route("/v1/admin/deployments/{endpoint}", guarded(deployment), methods=["GET"]),
         Route("/v1/admin/deployments/{endpoint}", guarded(with_body(DeploymentRequest, deploy)), methods=["PUT"]),

@@ -46,7 +46,7 @@ class Timing:
     batch_rows: int
 
 
-@dataclass
+@dataclass(eq=False)  # identity: rows may be arrays, which have no single truth value
 class _Pending:
     rows: list[Any]
     future: asyncio.Future[tuple[list[Any], Timing]]

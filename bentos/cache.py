@@ -9,8 +9,17 @@ from collections import OrderedDict
 from typing import Any
 
 
+def _plain(value: Any) -> Any:
+    """Arrays and raw bytes (images, tensors) as JSON-able values for the key."""
+    if isinstance(value, bytes):
+        return hashlib.blake2b(value, digest_size=16).hexdigest()
+    if hasattr(value, "tobytes"):
+        return [str(value.dtype), list(value.shape), hashlib.blake2b(value.tobytes(), digest_size=16).hexdigest()]
+    raise TypeError(f"cannot key {type(value).__name__}")
+
+
 def input_key(version: str, payload: Any) -> str:
-    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    body = json.dumps(payload, separators=(",", ":"), sort_keys=True, default=_plain).encode()
     return f"{version}:{hashlib.blake2b(body, digest_size=16).hexdigest()}"
 
 

@@ -1,27 +1,35 @@
-"""What the model store holds, as the server sees it: versions, their metadata, defaults."""
+"""What the model store holds, as the server sees it: versions, their task and signature, defaults."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bentos.runtime import VersionLoadError, resolve_tag
+from bentos.runtime import VersionLoadError, resolve_tag, task_of
 
 BATCH_INVARIANT = 0.999
 
 
-def list_versions(family: str | None = None) -> list[dict[str, Any]]:
+def describe(model: Any) -> dict[str, Any]:
+    labels, meta = model.info.labels, model.info.metadata
+    return {"tag": str(model.tag), "labels": dict(labels), "task": task_of(labels),
+            "created": model.info.creation_time.isoformat(), "size_bytes": meta.get("size_bytes"),
+            "metrics": meta.get("metrics", {}), "lineage": meta.get("lineage", {}), "sha256": meta.get("sha256", {}),
+            "signature": meta.get("schema"), "gate": meta.get("gate"),
+            "batch_invariance_min_cosine": meta.get("batch_invariance_min_cosine")}
+
+
+def list_versions(task: str | None = None, selector: str | None = None) -> list[dict[str, Any]]:
+    """Switchyard versions in the store; `selector` matches a model key, family or model name."""
     import bentoml
 
     out = []
     for model in bentoml.models.list():
         labels = model.info.labels
-        if "family" not in labels or (family and labels["family"] != family):
+        if task_of(labels) is None or (task and task_of(labels) != task):
             continue
-        meta = model.info.metadata
-        out.append({"tag": str(model.tag), "labels": dict(labels), "created": model.info.creation_time.isoformat(),
-                    "size_bytes": meta.get("size_bytes"), "metrics": meta.get("metrics", {}),
-                    "lineage": meta.get("lineage", {}), "sha256": meta.get("sha256", {}),
-                    "batch_invariance_min_cosine": meta.get("batch_invariance_min_cosine")})
+        if selector and selector not in (labels.get("family"), labels.get("model"), model.tag.name):
+            continue
+        out.append(describe(model))
     return out
 
 
@@ -30,15 +38,21 @@ def _p50(version: dict[str, Any]) -> float:
     return float((bench.get("latency_ms") or {}).get("p50", float("inf")))
 
 
-def pick_default(family: str, override: str | None = None) -> str | None:
-    """The version an endpoint starts with: the override, else the best validated variant.
+def pick_default(task: str, selector: str | None = None, override: str | None = None) -> str | None:
+    """The version an endpoint starts with: the override or an exact tag, else the best validated variant.
 
     Best: passed its accuracy gate, batch-invariant where that was measured (a user gets
     the same answer whatever shares the batch), then the lowest batch-1 latency.
     """
-    if override:
-        return str(resolve_tag(override).tag)
-    candidates = [v for v in list_versions(family) if v["metrics"].get("validation_passed")]
+    for exact in (override, selector if selector and ":" in selector else None):
+        if exact:
+            return str(resolve_tag(exact).tag)
+    candidates = [v for v in list_versions(task, selector) if v["metrics"].get("validation_passed")]
+    if not candidates and selector:  # a plain model name: its latest version
+        try:
+            return str(resolve_tag(selector).tag)
+        except VersionLoadError:
+            return None
     invariant = [v for v in candidates
                  if v["batch_invariance_min_cosine"] is None or v["batch_invariance_min_cosine"] >= BATCH_INVARIANT]
     pool = invariant or candidates
@@ -47,10 +61,50 @@ def pick_default(family: str, override: str | None = None) -> str | None:
     return str(min(pool, key=lambda v: (_p50(v), v["created"]))["tag"])
 
 
-def check_tag(tag: str, family: str) -> str:
-    """The full tag for `tag`, if it is a `family` model; VersionLoadError otherwise."""
+def _shape_text(spec: dict[str, Any]) -> str:
+    return f"{spec['name']}:{spec['dtype']}[{','.join(str(d) for d in spec['shape'])}]"
+
+
+def signature_text(signature: dict[str, Any] | None) -> str:
+    if not signature:
+        return "(none recorded)"
+    ins = ", ".join(_shape_text(s) for s in signature.get("inputs", []))
+    outs = ", ".join(_shape_text(s) for s in signature.get("outputs", []))
+    return f"inputs ({ins})" + (f" -> outputs ({outs})" if outs else "")
+
+
+def _dims_fit(a: list[Any], b: list[Any]) -> bool:
+    """Symbolic axes (strings, -1) fit anything; fixed sizes must be equal."""
+    return len(a) == len(b) and all(isinstance(x, str) or isinstance(y, str) or -1 in (x, y) or x == y
+                                    for x, y in zip(a, b, strict=True))
+
+
+def _tensors_fit(want: list[dict[str, Any]], got: list[dict[str, Any]]) -> bool:
+    by_name = {t["name"]: t for t in got}
+    return len(want) == len(got) and all(
+        t["name"] in by_name and by_name[t["name"]]["dtype"] == t["dtype"] and _dims_fit(t["shape"],
+                                                                                          by_name[t["name"]]["shape"])
+        for t in want)
+
+
+def signatures_match(want: dict[str, Any], got: dict[str, Any] | None) -> bool:
+    """`got` serves where `want` is expected: same inputs, and same outputs where `want` names any."""
+    if not got:
+        return False
+    if not _tensors_fit(want["inputs"], got.get("inputs", [])):
+        return False
+    return not want.get("outputs") or _tensors_fit(want["outputs"], got.get("outputs", []))
+
+
+def check_version(tag: str, task: str, endpoint: str, signature: dict[str, Any] | None) -> str:
+    """The full tag for `tag` if it serves `task` with `signature`; VersionLoadError naming both otherwise."""
     model = resolve_tag(tag)
-    got = model.info.labels.get("family")
-    if got != family:
-        raise VersionLoadError(f"{model.tag} is a {got or 'non-switchyard'} model; this endpoint serves {family}")
+    got = task_of(model.info.labels)
+    if got != task:
+        raise VersionLoadError(f"{model.tag} is a {got or 'non-switchyard'} model; endpoint {endpoint} serves "
+                               f"{task}")
+    have = model.info.metadata.get("schema")
+    if signature is not None and not signatures_match(signature, have):
+        raise VersionLoadError(f"{model.tag} has signature {signature_text(have)}; endpoint {endpoint} expects "
+                               f"{signature_text(signature)}")
     return str(model.tag)

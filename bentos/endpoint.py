@@ -1,4 +1,4 @@
-"""One endpoint (digits, minilm) in one worker: its live versions and the request path.
+"""One endpoint in one worker: its config, its live versions and the request path.
 
 A request is routed to a version, queued on that version's batcher, and answered;
 a failing or circuit-open non-stable version falls back to stable, and shadow versions
@@ -13,19 +13,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from bentos.batching import AdaptiveBatcher, Overloaded, Timing, length_bucket
+from bentos.batching import AdaptiveBatcher, Overloaded, Timing
 from bentos.cache import PredictionCache, input_key
 from bentos.circuit import CircuitBreaker, CircuitPolicy, State
-from bentos.families import Codec
-from bentos.families.minilm import TextCodec
+from bentos.config import EndpointConfig
 from bentos.metrics import Metrics
 from bentos.routing import Router
 from bentos.runtime import LoadedVersion
 from bentos.schemas import DeploymentSpec
 from bentos.settings import ServeSettings
 from bentos.stats import StatsRecorder
+from bentos.tasks import Codec, Limits, Task, get_task
 
 log = logging.getLogger("switchyard.endpoint")
 
@@ -40,7 +38,7 @@ class NoDeployment(RuntimeError):
 
 @dataclass(frozen=True)
 class Answer:
-    outputs: list[np.ndarray]
+    outputs: list[Any]
     version: str
     route: str
     timing: Timing
@@ -66,9 +64,21 @@ class Slot:
         await self.batcher.stop()
 
 
+def effective_limits(config: EndpointConfig, settings: ServeSettings) -> Limits:
+    own = config.limits
+    return Limits(max_rows=own.max_rows or settings.max_rows, max_chars=own.max_chars or settings.max_chars,
+                  max_body_bytes=own.max_body_bytes or settings.max_body_bytes,
+                  max_image_pixels=own.max_image_pixels or settings.max_image_pixels)
+
+
 class Endpoint:
-    def __init__(self, name: str, settings: ServeSettings, metrics: Metrics, stats: StatsRecorder) -> None:
-        self.name = name
+    def __init__(self, config: EndpointConfig, settings: ServeSettings, metrics: Metrics,
+                 stats: StatsRecorder) -> None:
+        self.name = config.name
+        self.config = config
+        self.task: type[Task] = get_task(config.task)
+        self.limits = effective_limits(config, settings)
+        self.request_model = self.task.request_model(self.limits, config.declared_signature())
         self.settings = settings
         self.metrics = metrics
         self.stats = stats
@@ -118,6 +128,13 @@ class Endpoint:
             oldest = next(iter(self.previews))
             self._spawn(self.previews.pop(oldest).drain_and_stop())
 
+    async def drain(self) -> None:
+        """Retire the whole endpoint: queued requests finish first."""
+        self.router = None
+        await asyncio.gather(*(slot.drain_and_stop() for slot in [*self.slots.values(), *self.previews.values()]))
+        for task in list(self._background):
+            task.cancel()
+
     async def stop(self) -> None:
         for slot in [*self.slots.values(), *self.previews.values()]:
             await slot.batcher.stop()
@@ -146,6 +163,7 @@ class Endpoint:
         if route == "canary" and not slot.circuit.allow():
             self.metrics.fallbacks.labels(self.name, tag).inc()
             tag, route, slot = router.stable, "fallback", self.slots[router.stable]
+        slot.version.codec.check(items, self.limits)  # a 422 before anything is queued
         while True:  # at most twice: a failing canary hands the request to stable
             try:
                 outputs, timing = await self._run(slot, items, route, source)
@@ -165,7 +183,7 @@ class Endpoint:
                 self._mirror(shadow, items, tag, outputs)
         return Answer(outputs, tag, route, timing, total, slot.version.codec)
 
-    async def _run(self, slot: Slot, items: list[Any], route: str, source: str) -> tuple[list[np.ndarray], Timing]:
+    async def _run(self, slot: Slot, items: list[Any], route: str, source: str) -> tuple[list[Any], Timing]:
         tag = slot.version.tag
         key = input_key(tag, items) if self.cache.size else ""
         cached = self.cache.get(key) if key else None
@@ -175,7 +193,7 @@ class Endpoint:
             return cached, Timing(0.0, 0.0, 0)
         deadline = time.monotonic() + self.settings.request_timeout_s
         try:
-            outputs, timing = await slot.batcher.submit(items, deadline, self._bucket(slot, items))
+            outputs, timing = await slot.batcher.submit(items, deadline, slot.version.codec.bucket(items))
         except Overloaded:
             self.metrics.requests.labels(self.name, tag, route, "overloaded", source).inc()
             raise
@@ -198,22 +216,15 @@ class Endpoint:
             self.cache.put(key, outputs)
         return outputs, timing
 
-    @staticmethod
-    def _bucket(slot: Slot, items: list[Any]) -> int:
-        codec = slot.version.codec
-        if isinstance(codec, TextCodec):
-            return length_bucket(max(codec.token_lengths(items)))
-        return 0
-
     # --- shadow traffic ---------------------------------------------------------------
-    def _mirror(self, shadow: str, items: list[Any], primary: str, primary_out: list[np.ndarray]) -> None:
+    def _mirror(self, shadow: str, items: list[Any], primary: str, primary_out: list[Any]) -> None:
         if self._shadow_inflight >= self.settings.shadow_queue:
             self.metrics.shadow_dropped.labels(self.name, shadow).inc()
             return
         self._shadow_inflight += 1
         self._spawn(self._shadow(shadow, items, primary, primary_out))
 
-    async def _shadow(self, shadow: str, items: list[Any], primary: str, primary_out: list[np.ndarray]) -> None:
+    async def _shadow(self, shadow: str, items: list[Any], primary: str, primary_out: list[Any]) -> None:
         try:
             slot = self.slots.get(shadow)
             if slot is None:
@@ -244,5 +255,14 @@ class Endpoint:
                              "state": "loaded" if slot else "missing",
                              "circuit": slot.circuit.state.name.lower() if slot else None,
                              "queue_depth": slot.batcher.queue_depth if slot else 0})
-        return {"revision": self.revision, "sticky": bool(spec and spec.sticky), "ready": self.ready,
-                "versions": versions, "load_error": self.load_error}
+        return {"task": self.task.name, "route": f"/v1/{self.name}/{self.task.verb}", "revision": self.revision,
+                "sticky": bool(spec and spec.sticky), "ready": self.ready, "versions": versions,
+                "load_error": self.load_error}
+
+    def signature(self) -> dict[str, Any] | None:
+        """What every version here must match: the declared signature, else the stable version's."""
+        declared = self.config.declared_signature()
+        if declared is not None:
+            return declared
+        stable = self.slots.get(self.spec.stable.tag) if self.spec else None
+        return stable.version.codec.schema() if stable else None

@@ -12,50 +12,43 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Protocol
 
-from bentos.catalog import check_tag, list_versions, pick_default
+from bentos.catalog import check_version, list_versions, pick_default
+from bentos.config import EndpointConfig, config_path, load_config
 from bentos.endpoint import Endpoint
+from bentos.errors import Conflict, InvalidChange, NotFound, Unavailable
 from bentos.metrics import get_metrics
-from bentos.rollout_controller import RolloutController
-from bentos.runtime import LoadedVersion, VersionLoadError, load_version
+from bentos.runtime import LoadedVersion, VersionLoadError, load_version, resolve_tag
 from bentos.schemas import DeploymentRequest, DeploymentSpec, VersionSpec
 from bentos.settings import ServeSettings
 from bentos.stats import StatsRecorder, bucket_of, summarize
-from bentos.store import ControlPlane, Revision, RevisionConflict, StoreUnavailable, open_store
+from bentos.store import (
+    ControlPlane,
+    EndpointBusy,
+    EndpointExists,
+    Revision,
+    RevisionConflict,
+    StoredEndpoint,
+    StoreUnavailable,
+    open_store,
+)
+from bentos.tasks import load_plugins
 
 log = logging.getLogger("switchyard.engine")
 
-# Endpoint name -> the model family it serves.
-ENDPOINTS = {"digits": "digits", "minilm": "minilm"}
 SYSTEM_ACTOR = "switchyard"
 # Shared stats older than this are deleted (canary analysis and /stats look back minutes, not days).
 STATS_RETENTION_S = 3600
 PRUNE_EVERY_FLUSHES = 60
 
 
-class AdminError(Exception):
-    status = 400
+class RolloutHook(Protocol):
+    """What the engine needs of the rollout controller, which the service wires in."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    async def run(self) -> None: ...
 
-
-class InvalidChange(AdminError):
-    status = 422
-
-
-class NotFound(AdminError):
-    status = 404
-
-
-class Conflict(AdminError):
-    status = 409
-
-
-class Unavailable(AdminError):
-    status = 503
+    async def on_manual_change(self, endpoint: str, actor: str, action: str) -> None: ...
 
 
 class Engine:
@@ -66,7 +59,11 @@ class Engine:
         self.providers = tuple(settings.providers)
         self.metrics = get_metrics()
         self.stats = StatsRecorder()
-        self.endpoints = {name: Endpoint(name, settings, self.metrics, self.stats) for name in ENDPOINTS}
+        load_plugins(settings.task_modules)
+        # A bad file stops the worker here, naming the key (ConfigError).
+        self.declared = {e.name: e for e in load_config(config_path(settings.config)).endpoints}
+        self.endpoints: dict[str, Endpoint] = {name: self._new_endpoint(c) for name, c in self.declared.items()}
+        self._configs: dict[str, dict[str, Any]] = {n: c.model_dump(mode="json") for n, c in self.declared.items()}
         self.store: ControlPlane | None = None
         self.store_error: str | None = None
         self._expected: dict[str, int] = {}
@@ -74,23 +71,33 @@ class Engine:
         self._synced = False
         self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
-        self.rollouts = RolloutController(self)
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.rollouts: RolloutHook | None = None  # the service wires the controller in
+
+    def _new_endpoint(self, config: EndpointConfig) -> Endpoint:
+        return Endpoint(config, self.settings, self.metrics, self.stats)
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
         await self._connect()
         if self.store is not None:
-            await self._ensure_defaults()
+            await self._first_contact()
             await self.sync()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._poll_loop()), loop.create_task(self._flush_loop()),
-                       loop.create_task(self.rollouts.run())]
+        self._tasks = [loop.create_task(self._poll_loop()), loop.create_task(self._flush_loop())]
+        if self.rollouts is not None:
+            self._tasks.append(loop.create_task(self.rollouts.run()))
+
+    async def _first_contact(self) -> None:
+        await self._ensure_declared()
+        await self._sync_endpoints()
+        await self._ensure_defaults()
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._flush_stats()
+        await self.flush_stats()
         for endpoint in self.endpoints.values():
             await endpoint.stop()
         if self.store is not None:
@@ -108,16 +115,65 @@ class Engine:
                                                  if self.settings.db_url else None)
             self.store_error = None
         except StoreUnavailable as exc:
-            self._store_down(exc)
+            self.store_down(exc)
 
-    def _store_down(self, exc: Exception) -> None:
+    def store_down(self, exc: Exception) -> None:
         if self.store_error is None:
             log.warning("control plane unavailable, serving the last known deployment: %s", exc)
         self.store_error = str(exc)
 
     # --- control-plane sync ------------------------------------------------------------
+    async def _ensure_declared(self) -> None:
+        """Endpoints from switchyard.yaml go into the control plane, so every replica serves them."""
+        assert self.store is not None
+        stored = await asyncio.to_thread(self.store.endpoints)
+        for name, config in self.declared.items():
+            have = stored.get(name)
+            if have is not None and have.config == config.model_dump(mode="json"):
+                continue
+            with contextlib.suppress(EndpointExists):  # another worker or replica got there first
+                await asyncio.to_thread(self.store.put_endpoint, name, config.model_dump(mode="json"), source="config",
+                                        actor=SYSTEM_ACTOR, action="endpoint-config",
+                                        reason=f"declared in {config_path(self.settings.config)}",
+                                        create_only=have is None)
+
+    async def _sync_endpoints(self) -> None:
+        """Add, replace and retire endpoints to match the control plane (no restart)."""
+        assert self.store is not None
+        stored: dict[str, StoredEndpoint] = await asyncio.to_thread(self.store.endpoints)
+        for name, entry in stored.items():
+            if self._configs.get(name) == entry.config and name in self.endpoints:
+                continue
+            try:
+                config = EndpointConfig.model_validate(entry.config)
+            except ValueError as exc:  # a task type this worker lacks (a plug-in not installed here)
+                log.error("cannot serve endpoint %s: %s", name, str(exc).splitlines()[0])
+                continue
+            old = self.endpoints.get(name)
+            self.endpoints[name], self._configs[name] = self._new_endpoint(config), entry.config
+            self._expected.pop(name, None)
+            self._failed.pop(name, None)
+            if old is not None:  # requests already on it finish there
+                self._retire_later(old)
+            log.info("endpoint %s (%s) is served", name, config.task)
+        for name in [n for n in self.endpoints if n not in stored and n not in self.declared]:
+            await self._retire(name)
+
+    async def _retire(self, name: str) -> None:
+        endpoint = self.endpoints.pop(name)
+        self._configs.pop(name, None)
+        self._expected.pop(name, None)
+        self._retire_later(endpoint)
+        log.info("endpoint %s was deleted", name)
+
+    def _retire_later(self, endpoint: Endpoint) -> None:
+        task = asyncio.get_running_loop().create_task(endpoint.drain())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def sync(self) -> None:
         assert self.store is not None
+        await self._sync_endpoints()
         revisions = await asyncio.to_thread(self.store.current_revisions)
         self.store_error = None
         for name, revision in revisions.items():
@@ -161,11 +217,11 @@ class Engine:
                 if self.store is None:
                     await self._connect()
                     if self.store is not None:
-                        await self._ensure_defaults()
+                        await self._first_contact()
                 if self.store is not None:
                     await self.sync()
             except StoreUnavailable as exc:
-                self._store_down(exc)
+                self.store_down(exc)
             except Exception:  # keep polling whatever happens
                 log.exception("control-plane sync failed")
 
@@ -174,7 +230,7 @@ class Engine:
         while True:
             await asyncio.sleep(self.settings.stats_flush_s)
             self.metrics.ready.set(1 if self.ready else 0)
-            await self._flush_stats()
+            await self.flush_stats()
             flushes += 1
             if flushes % PRUNE_EVERY_FLUSHES == 0:
                 await self.prune_stats()
@@ -186,9 +242,9 @@ class Engine:
         try:
             await asyncio.to_thread(self.store.prune_stats, bucket_of(time.time() - STATS_RETENTION_S))
         except StoreUnavailable as exc:
-            self._store_down(exc)
+            self.store_down(exc)
 
-    async def _flush_stats(self) -> None:
+    async def flush_stats(self) -> None:
         rows, agreement = self.stats.pending_rows(), self.stats.pending_agreement()
         if not (rows or agreement) or self.store is None:
             return
@@ -196,85 +252,145 @@ class Engine:
             await asyncio.to_thread(self.store.write_stats, self.worker_id, rows, agreement)
             self.stats.flushed(rows)
         except StoreUnavailable as exc:
-            self._store_down(exc)
+            self.store_down(exc)
 
     async def _ensure_defaults(self) -> None:
         assert self.store is not None
         existing = await asyncio.to_thread(self.store.current_revisions)
-        for name, family in ENDPOINTS.items():
-            if name in existing:
-                continue
-            try:
-                tag = await asyncio.to_thread(pick_default, family, self.settings.default_models.get(name))
-            except VersionLoadError as exc:
-                log.error("default model for %s: %s", name, exc)
-                continue
-            if tag is None:
-                log.warning("no validated %s model in the store; run `python -m models build --all`", family)
-                continue
-            spec = DeploymentSpec(versions=[VersionSpec(tag=tag, weight=100, role="stable")])
-            with contextlib.suppress(RevisionConflict):  # another worker or replica got there first
-                await asyncio.to_thread(self.store.write_deployment, name, spec.model_dump(), actor=SYSTEM_ACTOR,
-                                        action="default", reason="first start: best validated variant",
-                                        expect_revision=0)
+        for name, endpoint in list(self.endpoints.items()):
+            if name not in existing:
+                await self._first_deployment(endpoint)
+
+    async def _first_deployment(self, endpoint: Endpoint) -> Revision | None:
+        """Deploy the endpoint's configured model, or its task's best validated version, at 100 %."""
+        assert self.store is not None
+        config = endpoint.config
+        try:
+            tag = await asyncio.to_thread(pick_default, config.task, config.model,
+                                          self.settings.default_models.get(config.name))
+            if tag is not None:
+                tag = await asyncio.to_thread(check_version, tag, config.task, config.name,
+                                              config.declared_signature())
+        except VersionLoadError as exc:
+            log.error("default model for %s: %s", config.name, exc)
+            return None
+        if tag is None:
+            log.warning("no validated %s model for endpoint %s in the store; build or import one "
+                        "(`python -m models build --all`, `python -m models import`)", config.task, config.name)
+            return None
+        spec = DeploymentSpec(versions=[VersionSpec(tag=tag, weight=100, role="stable")])
+        with contextlib.suppress(RevisionConflict):  # another worker or replica got there first
+            return await asyncio.to_thread(self.store.write_deployment, config.name, spec.model_dump(),
+                                           actor=SYSTEM_ACTOR, action="default",
+                                           reason="first start: the configured or best validated version",
+                                           expect_revision=0)
+        return None
 
     # --- admin operations --------------------------------------------------------------
     def endpoint(self, name: str) -> Endpoint:
         if name not in self.endpoints:
-            raise NotFound(f"unknown endpoint {name!r}; endpoints: {', '.join(self.endpoints)}")
+            raise NotFound(f"unknown endpoint {name!r}; endpoints: {', '.join(sorted(self.endpoints))}")
         return self.endpoints[name]
 
-    def _require_store(self) -> ControlPlane:
+    async def create_endpoint(self, config: EndpointConfig, actor: str, reason: str) -> dict[str, Any]:
+        """Store a new endpoint (audited); every worker and replica serves it within a poll."""
+        store = self.require_store()
+        if config.model:  # refuse a model that cannot serve here before anything is stored
+            try:
+                tag = await asyncio.to_thread(pick_default, config.task, config.model)
+                if tag is None:
+                    raise VersionLoadError(f"no validated {config.task} version matches {config.model!r}")
+                await asyncio.to_thread(check_version, tag, config.task, config.name, config.declared_signature())
+            except VersionLoadError as exc:
+                raise InvalidChange(f"model: {exc}") from None
+        try:
+            await self.store_call(store.put_endpoint, config.name, config.model_dump(mode="json"), source="api",
+                                  actor=actor,
+                                  action="endpoint-create", reason=reason, create_only=True)
+        except EndpointExists as exc:
+            raise Conflict(f"name: {exc}; DELETE /v1/admin/endpoints/{config.name} first to replace it") from None
+        await self._sync_endpoints()
+        await self._first_deployment(self.endpoints[config.name])
+        await self.sync()
+        return self.endpoint_json(config.name)
+
+    async def delete_endpoint(self, name: str, actor: str, reason: str) -> dict[str, Any]:
+        self.endpoint(name)
+        if name in self.declared:
+            raise Conflict(f"{name} is declared in {config_path(self.settings.config)}: remove it there and restart")
+        try:
+            gone = await self.store_call(self.require_store().delete_endpoint, name, actor=actor, reason=reason)
+        except EndpointBusy as exc:
+            raise Conflict(str(exc)) from None
+        except KeyError:
+            raise NotFound(f"unknown endpoint {name!r}") from None
+        await self._retire(name)
+        return {"name": name, "deleted": True, "config": gone.config}
+
+    def endpoint_json(self, name: str) -> dict[str, Any]:
+        endpoint = self.endpoint(name)
+        return {"name": name, **endpoint.config.model_dump(mode="json", exclude={"name"}),
+                "source": "config" if name in self.declared else "api", **endpoint.health()}
+
+    def require_store(self) -> ControlPlane:
         if self.store is None or self.store_error:
             raise Unavailable("control plane unavailable; changes are refused until it is back, serving goes on "
                               f"from the last known deployment ({self.store_error or 'not connected'})")
         return self.store
 
     async def deploy(self, name: str, request: DeploymentRequest, actor: str) -> Revision:
-        return await self._change(name, request.spec(), actor, "deploy", request.reason, request.expect_revision)
+        return await self.change(name, request.spec(), actor, "deploy", request.reason, request.expect_revision)
 
     async def promote(self, name: str, reason: str, actor: str) -> Revision:
-        current = await self._current(name)
+        current = await self.current(name)
         spec = DeploymentSpec.model_validate(current.spec)
         canaries = spec.by_role("canary")
         if len(canaries) != 1:
             raise Conflict(f"promote needs exactly one canary on {name}, found {len(canaries)}")
         versions = [VersionSpec(tag=canaries[0].tag, weight=100, role="stable"), *spec.by_role("shadow")]
-        return await self._change(name, DeploymentSpec(versions=versions, sticky=spec.sticky), actor, "promote",
+        return await self.change(name, DeploymentSpec(versions=versions, sticky=spec.sticky), actor, "promote",
                                   reason or f"promote {canaries[0].tag}", current.revision)
 
     async def rollback(self, name: str, revision: int | None, reason: str, actor: str) -> Revision:
-        current = await self._current(name)
+        current = await self.current(name)
         target = revision if revision is not None else current.revision - 1
         if not 1 <= target <= current.revision:
             raise InvalidChange(f"revision must be between 1 and {current.revision}, got {target}")
-        record = await self._store_call(self._require_store().get_deployment, name, target)
+        record = await self.store_call(self.require_store().get_deployment, name, target)
         if record is None:
             raise NotFound(f"{name} has no revision {target}")
-        return await self._change(name, DeploymentSpec.model_validate(record.spec), actor, "rollback",
+        return await self.change(name, DeploymentSpec.model_validate(record.spec), actor, "rollback",
                                   reason or f"roll back to revision {target}", current.revision,
                                   {"to_revision": target})
 
-    async def _current(self, name: str) -> Revision:
+    async def current(self, name: str) -> Revision:
         """The endpoint's revision as the store has it now (this worker may lag by a poll)."""
         self.endpoint(name)
-        record: Revision | None = await self._store_call(self._require_store().get_deployment, name)
+        record: Revision | None = await self.store_call(self.require_store().get_deployment, name)
         if record is None:
             raise Conflict(f"{name} has no deployment yet")
         return record
 
-    async def _change(self, name: str, spec: DeploymentSpec, actor: str, action: str, reason: str,
-                      expect_revision: int | None, details: dict[str, Any] | None = None) -> Revision:
-        endpoint = self.endpoint(name)
-        store = self._require_store()
-        family = ENDPOINTS[name]
-        versions = []
-        for i, version in enumerate(spec.versions):
+    async def check_versions(self, endpoint: Endpoint, tags: list[str], field: str = "versions") -> list[str]:
+        """Full tags, each of the endpoint's task and signature (the first sets it when none is known yet)."""
+        signature, task, out = endpoint.signature(), endpoint.config.task, []
+        for i, tag in enumerate(tags):
+            where = f"{field}[{i}].tag" if field == "versions" else field
             try:
-                tag = await asyncio.to_thread(check_tag, version.tag, family)
+                if signature is None:
+                    signature = resolve_tag(tag).info.metadata.get("schema")
+                out.append(await asyncio.to_thread(check_version, tag, task, endpoint.name, signature))
             except VersionLoadError as exc:
-                raise InvalidChange(f"versions[{i}].tag: {exc}") from None
-            versions.append(version.model_copy(update={"tag": tag}))
+                raise InvalidChange(f"{where}: {exc}") from None
+        return out
+
+    async def change(self, name: str, spec: DeploymentSpec, actor: str, action: str, reason: str,
+                     expect_revision: int | None, details: dict[str, Any] | None = None) -> Revision:
+        """Write a new revision (audited) and switch this worker to it; the others follow within a poll."""
+        endpoint = self.endpoint(name)
+        store = self.require_store()
+        tags = await self.check_versions(endpoint, [v.tag for v in spec.versions])
+        versions = [v.model_copy(update={"tag": t}) for v, t in zip(spec.versions, tags, strict=True)]
         spec = DeploymentSpec(versions=versions, sticky=spec.sticky)
         async with self._write_lock:
             try:
@@ -282,50 +398,50 @@ class Engine:
             except VersionLoadError as exc:
                 raise InvalidChange(f"refused, traffic stays where it was: {exc}") from None
             try:
-                record: Revision = await self._store_call(store.write_deployment, name, spec.model_dump(),
-                                                          actor=actor, action=action, reason=reason,
-                                                          expect_revision=expect_revision, details=details)
+                record: Revision = await self.store_call(store.write_deployment, name, spec.model_dump(),
+                                                         actor=actor, action=action, reason=reason,
+                                                         expect_revision=expect_revision, details=details)
             except RevisionConflict as exc:
                 raise Conflict(f"{exc}; reload and try again") from None
             self._expected[name] = record.revision
             endpoint.swap(record.revision, spec, loaded)
-        if not action.startswith("rollout-"):  # a change by hand pauses a running rollout
+        if self.rollouts is not None and not action.startswith("rollout-"):  # a change by hand pauses a rollout
             await self.rollouts.on_manual_change(name, actor, action)
         return record
 
-    async def _store_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def store_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except StoreUnavailable as exc:
-            self._store_down(exc)
+            self.store_down(exc)
             raise Unavailable(f"control plane unavailable, change refused: {exc}") from None
 
     async def preview(self, name: str, tag: str) -> str:
         """Load a stored version for pinned use only (the playground); returns its full tag."""
         endpoint = self.endpoint(name)
-        try:
-            full = await asyncio.to_thread(check_tag, tag, ENDPOINTS[name])
-            if full not in endpoint.slots and full not in endpoint.previews:
+        (full,) = await self.check_versions(endpoint, [tag], "tag")
+        if full not in endpoint.slots and full not in endpoint.previews:
+            try:
                 endpoint.add_preview(await asyncio.to_thread(load_version, full, self.threads, self.providers))
-        except VersionLoadError as exc:
-            raise InvalidChange(str(exc)) from None
+            except VersionLoadError as exc:
+                raise InvalidChange(str(exc)) from None
         return full
 
     async def revisions(self, name: str) -> list[dict[str, Any]]:
         self.endpoint(name)
-        records = await self._store_call(self._require_store().revisions, name)
+        records = await self.store_call(self.require_store().revisions, name)
         return [r.__dict__ for r in records]
 
     async def audit(self, endpoint: str | None, limit: int) -> list[dict[str, Any]]:
-        return list(await self._store_call(self._require_store().audit, endpoint, limit))
+        return list(await self.store_call(self.require_store().audit, endpoint, limit))
 
     async def version_stats(self, window_s: float) -> dict[str, Any]:
-        await self._flush_stats()
-        rows = await self._store_call(self._require_store().read_stats, bucket_of(time.time() - window_s))
+        await self.flush_stats()
+        rows = await self.store_call(self.require_store().read_stats, bucket_of(time.time() - window_s))
         return {"window_s": window_s, "endpoints": summarize(rows)}
 
-    async def models(self) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(list_versions)
+    async def models(self, task: str | None = None) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(list_versions, task)
 
     def health(self) -> dict[str, Any]:
         return {"ready": self.ready, "worker": self.worker_id,

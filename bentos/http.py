@@ -1,17 +1,18 @@
 """The HTTP surface: a lean Starlette app mounted into the BentoML service.
 
 Per-request overhead decides throughput on a small machine, so requests go through
-Starlette and pydantic directly instead of FastAPI; the OpenAPI document is built from
-the same pydantic models (GET /v1/openapi.json).
+Starlette and pydantic directly instead of FastAPI. Routes are generic over endpoints:
+POST /v1/{endpoint}/{verb} looks the endpoint up when the request arrives, so endpoints
+added through the admin API serve at once. The OpenAPI document is built from the same
+pydantic models. Every error is mapped to a status here, in `problem`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -20,12 +21,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bentos.batching import Overloaded
-from bentos.endpoint import Answer, ModelFailure, NoDeployment
+from bentos.endpoint import Answer, Endpoint, ModelFailure, NoDeployment
 from bentos.engine import Engine
+from bentos.errors import BodyTooLarge, InvalidInput, NotFound, ServingError
 from bentos.routing import UnknownPin
-from bentos.schemas import EmbedResponse, PredictResponse, request_models
 
 Handler = Callable[[Request], Awaitable[Response]]
+B = TypeVar("B", bound=BaseModel)
 
 
 class EngineHolder:
@@ -40,10 +42,6 @@ class EngineHolder:
         return self.engine
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
@@ -52,6 +50,30 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 def error(status: int, detail: str, errors: list[dict[str, Any]] | None = None,
           headers: dict[str, str] | None = None) -> Response:
     return json_response({"detail": detail, **({"errors": errors} if errors else {})}, status, headers)
+
+
+def status_of(exc: Exception) -> tuple[int, str, dict[str, str]]:
+    """The one place errors become HTTP statuses: (status, message, headers)."""
+    if isinstance(exc, ServingError):
+        return exc.status, exc.message, exc.headers
+    if isinstance(exc, UnknownPin):
+        return 404, str(exc), {}
+    if isinstance(exc, Overloaded):
+        return 503, f"overloaded, retry later: {exc}", {"Retry-After": str(exc.retry_after_s)}
+    if isinstance(exc, NoDeployment):
+        return 503, str(exc), {"Retry-After": "5"}
+    if isinstance(exc, ModelFailure):
+        return 500, f"model failure: {exc}", {}
+    raise exc
+
+
+def problem(exc: Exception) -> Response:
+    status, message, headers = status_of(exc)
+    errors = None
+    if isinstance(exc, ServingError) and exc.field:
+        errors = [{"field": exc.field, "message": message, "type": type(exc).__name__,
+                   **({"limit": exc.limit} if exc.limit else {})}]
+    return error(status, message, errors, headers)
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -73,29 +95,43 @@ def invalid(exc: ValidationError) -> Response:
     return error(422, f"{head['field']}: {head['message']}{more}", errors)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, setting: str = "SWITCHYARD_MAX_BODY_BYTES") -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+        raise BodyTooLarge(limit, setting)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge
+            raise BodyTooLarge(limit, setting)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def parse(request: Request, model: type[BaseModel], limit: int) -> BaseModel | Response:
+async def parse(request: Request, model: type[B], limit: int, setting: str = "SWITCHYARD_MAX_BODY_BYTES",
+                empty: bytes = b"null") -> B | Response:
+    """The body as `model`: 413 over the limit, 422 naming the field; the one parser for every route."""
     try:
-        body = await read_body(request, limit)
-    except BodyTooLarge:
-        return error(413, f"body: request body exceeds {limit} bytes (SWITCHYARD_MAX_BODY_BYTES)",
-                     [{"field": "body", "message": "too large", "type": "too_large", "limit": {"max_bytes": limit}}])
+        body = await read_body(request, limit, setting)
+    except BodyTooLarge as exc:
+        return problem(exc)
     try:
-        return model.model_validate_json(body or b"null")
+        return model.model_validate_json(body or empty)
     except ValidationError as exc:
         return invalid(exc)
+
+
+async def multipart_items(request: Request, endpoint: Endpoint) -> list[Any]:
+    """`image` files of a multipart upload, as raw bytes items (image tasks)."""
+    limit = endpoint.limits.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit, "limits.max_body_bytes")
+    async with request.form(max_files=endpoint.limits.max_rows, max_part_size=limit) as form:
+        files = [f for f in form.getlist("image") if hasattr(f, "read")]
+        if not files:
+            raise InvalidInput("image", "upload one or more files in the multipart field 'image'")
+        return [await f.read() for f in files]
 
 
 def _answer_headers(answer: Answer) -> dict[str, str]:
@@ -107,98 +143,75 @@ def _latency(answer: Answer) -> dict[str, float]:
             "total": round(answer.total_s * 1000, 3)}
 
 
-async def serve(holder: EngineHolder, request: Request, endpoint: str, items: list[Any],
-                source: str = "api") -> Answer | Response:
-    """Run items through the endpoint's routing path, mapping failures to HTTP answers."""
+async def infer(holder: EngineHolder, request: Request) -> Response:
+    """POST /v1/{endpoint}/{verb}: validate, route, batch, answer."""
     engine = holder.get()
+    name, verb = request.path_params["endpoint"], request.path_params["verb"]
     try:
-        return await engine.endpoint(endpoint).handle(items, request.headers.get("x-routing-key"),
-                                                      request.headers.get("x-model-version"), source)
-    except UnknownPin as exc:
-        return error(404, str(exc))
-    except Overloaded as exc:
-        return error(503, f"overloaded, retry later: {exc}", headers={"Retry-After": str(exc.retry_after_s)})
-    except NoDeployment as exc:
-        return error(503, str(exc), headers={"Retry-After": "5"})
-    except ModelFailure as exc:
-        return error(500, f"model failure: {exc}")
+        endpoint = engine.endpoint(name)
+        task = endpoint.task
+        if verb != task.verb:
+            raise NotFound(f"{name} is a {task.name} endpoint: POST /v1/{name}/{task.verb}")
+        options: dict[str, Any] = {}
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            items = await multipart_items(request, endpoint)
+        else:
+            parsed = await parse(request, endpoint.request_model, endpoint.limits.max_body_bytes)
+            if isinstance(parsed, Response):
+                return parsed
+            items, options = task.items(parsed), task.options(parsed)
+        answer = await endpoint.handle(items, request.headers.get("x-routing-key"),
+                                       request.headers.get("x-model-version"), "api")
+    except (ServingError, UnknownPin, Overloaded, NoDeployment, ModelFailure) as exc:
+        return problem(exc)
+    body = {**task.render(answer.codec, answer.outputs, options), "model_version": answer.version,
+            "route": answer.route, "latency_ms": _latency(answer)}
+    return json_response(body, headers=_answer_headers(answer))
 
 
-def model_route(holder: EngineHolder, endpoint: str, model: type[BaseModel], field: str, limit: int,
-                render: Callable[[Answer], dict[str, Any]]) -> Handler:
-    """POST handler: validate the body, route `field`'s items, render the endpoint's answer."""
-
-    async def handle(request: Request) -> Response:
-        parsed = await parse(request, model, limit)
-        if isinstance(parsed, Response):
-            return parsed
-        answer = await serve(holder, request, endpoint, getattr(parsed, field))
-        if isinstance(answer, Response):
-            return answer
-        body = {**render(answer), "model_version": answer.version, "route": answer.route,
-                "latency_ms": _latency(answer)}
-        return json_response(body, headers=_answer_headers(answer))
-
-    return handle
+ERRORS = {"404": {"description": "no such endpoint, or a pin to a version it does not serve"},
+          "413": {"description": "body too large"}, "422": {"description": "invalid input: field and limit"},
+          "503": {"description": "overloaded or no model deployed; see Retry-After"}}
+LATENCY = {"type": "object", "properties": {k: {"type": "number"} for k in ("queue", "inference", "total")}}
 
 
-def _predictions(answer: Answer) -> dict[str, Any]:
-    return {"predictions": answer.codec.decode(np.stack(answer.outputs))}
-
-
-def _embeddings(answer: Answer) -> dict[str, Any]:
-    return {"embeddings": answer.outputs}
-
-
-def openapi(models: Any) -> dict[str, Any]:
-    def body(model: type[BaseModel]) -> dict[str, Any]:
-        return {"content": {"application/json": {"schema": model.model_json_schema()}}}
-
-    errors = {"413": {"description": "body too large"}, "422": {"description": "invalid input: field and limit"},
-              "503": {"description": "overloaded or no model deployed; see Retry-After"}}
-    return {
-        "openapi": "3.1.0", "info": {"title": "Switchyard", "version": "1"},
-        "paths": {
-            "/v1/digits/predict": {"post": {"summary": "Classify 8x8 digits", "requestBody": body(models.digits),
-                                            "responses": {"200": body(PredictResponse), **errors}}},
-            "/v1/minilm/embed": {"post": {"summary": "Embed sentences", "requestBody": body(models.minilm),
-                                          "responses": {"200": body(EmbedResponse), **errors}}},
-        },
-    }
+def openapi(engine: Engine) -> dict[str, Any]:
+    """Built from the endpoints as they are now: each endpoint's task gives its schemas."""
+    paths: dict[str, Any] = {}
+    for name, endpoint in sorted(engine.endpoints.items()):
+        task = endpoint.task
+        response = {"type": "object", "required": [task.result_field, "model_version", "route", "latency_ms"],
+                    "properties": {task.result_field: {"type": "array", "items": task.result_schema()}
+                                   if task.result_field != "outputs" else task.result_schema(),
+                                   "model_version": {"type": "string"},
+                                   "route": {"enum": ["stable", "canary", "pinned", "fallback"]},
+                                   "latency_ms": LATENCY}}
+        paths[f"/v1/{name}/{task.verb}"] = {"post": {
+            "summary": endpoint.config.description or f"{task.summary} ({name})", "tags": [task.name],
+            "requestBody": {"content": {"application/json": {"schema": endpoint.request_model.model_json_schema()}}},
+            "responses": {"200": {"content": {"application/json": {"schema": response}}}, **ERRORS}}}
+    return {"openapi": "3.1.0", "info": {"title": "Switchyard", "version": "1"}, "paths": paths}
 
 
 def create_app(holder: EngineHolder, extra_routes: list[Any] | None = None) -> Starlette:
-    """The app is built at import; limits and the engine are bound when the service starts."""
-    state: dict[str, Any] = {}
+    """The app is built at import; the engine is bound when the service starts."""
 
     async def predict(request: Request) -> Response:
-        handler: Handler = state["predict"]
-        return await handler(request)
-
-    async def embed(request: Request) -> Response:
-        handler: Handler = state["embed"]
-        return await handler(request)
+        return await infer(holder, request)
 
     async def spec(request: Request) -> Response:
-        return json_response(state["openapi"])
+        return json_response(openapi(holder.get()))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = holder.get()
-        settings = engine.settings
-        models = request_models(settings.max_rows, settings.max_chars)
-        limit = settings.max_body_bytes
-        state.update(predict=model_route(holder, "digits", models.digits, "inputs", limit, _predictions),
-                     embed=model_route(holder, "minilm", models.minilm, "texts", limit, _embeddings),
-                     openapi=openapi(models))
         await engine.start()
         try:
             yield
         finally:
             await engine.stop()
 
-    routes = [Route("/v1/digits/predict", predict, methods=["POST"]),
-              Route("/v1/minilm/embed", embed, methods=["POST"]),
-              Route("/v1/openapi.json", spec, methods=["GET"]),
-              *(extra_routes or [])]
+    # Fixed routes first: the generic one below would otherwise take /v1/admin/...
+    routes = [Route("/v1/openapi.json", spec, methods=["GET"]), *(extra_routes or []),
+              Route("/v1/{endpoint}/{verb}", predict, methods=["POST"])]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from bentos.errors import Conflict, InvalidChange, NotFound
 from bentos.rollouts import Decision, RolloutRequest, RolloutState, apply, decide
 from bentos.schemas import DeploymentSpec, VersionSpec
 from bentos.stats import Counts, bucket_of, merge
-from bentos.store import ControlPlane, StoreUnavailable
-
-if TYPE_CHECKING:
-    from bentos.engine import Engine
+from bentos.store import ControlPlane, Revision, StoreUnavailable
 
 log = logging.getLogger("switchyard.rollouts")
 ACTOR = "rollout-controller"
@@ -27,8 +25,33 @@ TICK_S = 0.2
 ACTIVE = ("running", "paused")
 
 
+class Deployments(Protocol):
+    """The deployment operations a controller acts through (the engine provides them)."""
+
+    worker_id: str
+    store: ControlPlane | None
+    store_error: str | None
+
+    def endpoint(self, name: str) -> Any: ...
+
+    def require_store(self) -> ControlPlane: ...
+
+    def store_down(self, exc: Exception) -> None: ...
+
+    async def store_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def flush_stats(self) -> None: ...
+
+    async def current(self, name: str) -> Revision: ...
+
+    async def check_versions(self, endpoint: Any, tags: list[str], field: str = ...) -> list[str]: ...
+
+    async def change(self, name: str, spec: DeploymentSpec, actor: str, action: str, reason: str,
+                     expect_revision: int | None, details: dict[str, Any] | None = None) -> Revision: ...
+
+
 class RolloutController:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Deployments) -> None:
         self.engine = engine
 
     # --- the loop ------------------------------------------------------------------------
@@ -38,7 +61,7 @@ class RolloutController:
             try:
                 await self.tick()
             except StoreUnavailable as exc:
-                self.engine._store_down(exc)
+                self.engine.store_down(exc)
             except Exception:  # keep analysing whatever happens
                 log.exception("rollout tick failed")
 
@@ -63,7 +86,7 @@ class RolloutController:
                 await self.look(store, state)
 
     async def look(self, store: ControlPlane, state: RolloutState) -> Decision:
-        await self.engine._flush_stats()
+        await self.engine.flush_stats()
         since = bucket_of(state.started_at)
         rows = await asyncio.to_thread(store.read_stats, since, state.endpoint)
         merged = merge(rows)
@@ -93,7 +116,7 @@ class RolloutController:
             spec = self._only(state, state.canary)
         else:
             spec = self._only(state, state.stable)
-        await self.engine._change(state.endpoint, spec, ACTOR, f"rollout-{decision.action}", decision.reason, None,
+        await self.engine.change(state.endpoint, spec, ACTOR, f"rollout-{decision.action}", decision.reason, None,
                                   details)
 
     # --- specs ---------------------------------------------------------------------------
@@ -119,40 +142,31 @@ class RolloutController:
 
     # --- admin operations ----------------------------------------------------------------
     async def get(self, endpoint: str) -> RolloutState:
-        from bentos.engine import NotFound
-
         self.engine.endpoint(endpoint)
-        raw = await self.engine._store_call(self.engine._require_store().get_rollout, endpoint)
+        raw = await self.engine.store_call(self.engine.require_store().get_rollout, endpoint)
         if raw is None:
             raise NotFound(f"no rollout on {endpoint} yet: POST /v1/admin/rollouts/{endpoint} starts one")
         return RolloutState.model_validate(raw)
 
     async def start(self, endpoint: str, request: RolloutRequest, actor: str) -> RolloutState:
-        from bentos.catalog import check_tag
-        from bentos.engine import ENDPOINTS, Conflict, InvalidChange
-        from bentos.runtime import VersionLoadError
-
-        store = self.engine._require_store()
-        current = await self.engine._current(endpoint)
-        raw = await self.engine._store_call(store.get_rollout, endpoint)
+        store = self.engine.require_store()
+        current = await self.engine.current(endpoint)
+        raw = await self.engine.store_call(store.get_rollout, endpoint)
         if raw is not None and raw["status"] in ACTIVE:
             raise Conflict(f"a rollout of {raw['canary']} on {endpoint} is {raw['status']}; abort it first")
-        try:
-            canary = await asyncio.to_thread(check_tag, request.tag, ENDPOINTS[endpoint])
-        except VersionLoadError as exc:
-            raise InvalidChange(f"tag: {exc}") from None
+        (canary,) = await self.engine.check_versions(self.engine.endpoint(endpoint), [request.tag], "tag")
         stable = DeploymentSpec.model_validate(current.spec).stable.tag
         if canary == stable:
             raise InvalidChange(f"tag: {canary} is already stable on {endpoint}")
         now = time.time()
         state = RolloutState(endpoint=endpoint, canary=canary, stable=stable, policy=request.policy,
                              started_at=now, step_started_at=now, last_look_at=now)
-        await self.engine._change(endpoint, self._split(state, state.percent), actor, "rollout-start", request.reason,
+        await self.engine.change(endpoint, self._split(state, state.percent), actor, "rollout-start", request.reason,
                                   current.revision, {"rollout": {"canary": canary, "stable": stable},
                                                      "policy": request.policy.model_dump()})
         state.remember({"action": "start", "reason": request.reason, "actor": actor, "at": now,
                         "step": state.percent})
-        await self.engine._store_call(store.put_rollout, endpoint, state.model_dump())
+        await self.engine.store_call(store.put_rollout, endpoint, state.model_dump())
         return state
 
     async def pause(self, endpoint: str, actor: str, reason: str) -> RolloutState:
@@ -162,21 +176,21 @@ class RolloutController:
     async def resume(self, endpoint: str, actor: str, reason: str) -> RolloutState:
         state = await self._active(endpoint, "paused")
         # A manual change may have moved traffic: put the step's split back, then analyse on.
-        await self.engine._change(endpoint, self._split(state, state.percent), actor, "rollout-resume",
+        await self.engine.change(endpoint, self._split(state, state.percent), actor, "rollout-resume",
                                   reason or "resumed", None, {"rollout": {"canary": state.canary}})
         state.step_started_at = time.time()
         return await self._set_status(state, "running", actor, None, reason or "resumed")
 
     async def abort(self, endpoint: str, actor: str, reason: str) -> RolloutState:
         state = await self._active(endpoint, *ACTIVE)
-        await self.engine._change(endpoint, self._only(state, state.stable), actor, "rollout-abort",
+        await self.engine.change(endpoint, self._only(state, state.stable), actor, "rollout-abort",
                                   reason or f"abort the rollout of {state.canary}", None,
                                   {"rollout": {"canary": state.canary, "stable": state.stable}})
         return await self._set_status(state, "aborted", actor, None, reason or "aborted")
 
     async def on_manual_change(self, endpoint: str, actor: str, action: str) -> None:
         """A person changed the deployment by hand: the rollout stops acting until resumed."""
-        raw = await self.engine._store_call(self.engine._require_store().get_rollout, endpoint)
+        raw = await self.engine.store_call(self.engine.require_store().get_rollout, endpoint)
         if raw is None or raw["status"] != "running":
             return
         state = RolloutState.model_validate(raw)
@@ -184,8 +198,6 @@ class RolloutController:
                                f"paused: manual {action} by {actor}; resume to continue, abort to roll back")
 
     async def _active(self, endpoint: str, *statuses: str) -> RolloutState:
-        from bentos.engine import Conflict
-
         state = await self.get(endpoint)
         if state.status not in statuses:
             wanted = " or ".join(statuses)
@@ -199,6 +211,6 @@ class RolloutController:
         state.remember({"action": status, "reason": reason, "actor": actor, "at": now, "step": state.percent})
         details = {"rollout": {"canary": state.canary, "step": state.percent}}
         audit = (actor, action, reason, details) if action else None
-        await self.engine._store_call(self.engine._require_store().put_rollout, state.endpoint, state.model_dump(),
+        await self.engine.store_call(self.engine.require_store().put_rollout, state.endpoint, state.model_dump(),
                                       audit)
         return state

@@ -7,14 +7,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnxruntime as ort
 
 from bentos.artifacts import find_mismatches
-from bentos.families import Codec, codec_for
+from bentos.tasks import Codec, get_task
 
 # Preferred order; only those this onnxruntime build offers are used.
 _PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# Versions stored before task types existed carry only a family label.
+_LEGACY_TASKS = {"digits": "image-classification", "minilm": "text-embedding"}
+_LEGACY_PREPROCESS: dict[str, dict[str, Any]] = {
+    "digits": {"pixel_range": [0.0, 16.0], "image": {"fit": "ink", "scale": 16.0}},
+    "minilm": {"pooling": "graph", "normalize": False},
+}
+
+
+def task_of(labels: dict[str, str]) -> str | None:
+    """A stored version's task type; None for models that are not Switchyard's."""
+    return labels.get("task") or _LEGACY_TASKS.get(labels.get("family", ""))
 
 
 def default_threads(workers: int = 1) -> int:
@@ -66,17 +76,17 @@ class LoadedVersion:
     """One model version, verified, loaded and warmed, ready for traffic."""
 
     tag: str
-    family: str
+    task: str
     variant: str
     codec: Codec
     session: ort.InferenceSession
     metadata: dict[str, Any]
     path: Path
 
-    def run(self, items: list[Any]) -> list[np.ndarray]:
-        """One output row per input item."""
-        output = self.session.run([self.codec.output_name], self.codec.encode(items))[0]
-        return list(output)
+    def run(self, items: list[Any]) -> list[Any]:
+        """One result row per input item."""
+        feed = self.codec.encode(items)
+        return self.codec.split(feed, self.session.run(self.codec.output_names, feed))
 
     def warm(self) -> None:
         for batch in (1, 8):
@@ -97,16 +107,18 @@ def load_version(tag: str, threads: int, providers: tuple[str, ...] = ()) -> Loa
     model = resolve_tag(tag)
     labels, meta = model.info.labels, model.info.metadata
     root = Path(model.path)
-    family = labels.get("family")
-    if family is None:
-        raise VersionLoadError(f"{model.tag} has no 'family' label: register it with `python -m models register`")
+    task = task_of(labels)
+    if task is None:
+        raise VersionLoadError(f"{model.tag} has no 'task' label: import it with `python -m models import`")
     problems = find_mismatches(root, meta.get("sha256") or {})
     if problems or not meta.get("sha256"):
         raise VersionLoadError(f"{model.tag} failed its sha256 check: {'; '.join(problems) or 'no hashes recorded'}")
     try:
         session = load_session(root / "model.onnx", threads, providers=providers)
-        codec = codec_for(family, root, meta.get("preprocess") or {})
-        version = LoadedVersion(str(model.tag), family, labels.get("variant", "?"), codec, session, dict(meta), root)
+        meta = {**meta, "preprocess": {**_LEGACY_PREPROCESS.get(labels.get("family", ""), {}),
+                                       **(meta.get("preprocess") or {})}}
+        codec = get_task(task).codec(meta, root)
+        version = LoadedVersion(str(model.tag), task, labels.get("variant", "?"), codec, session, dict(meta), root)
         version.warm()
     except VersionLoadError:  # a missing provider names its setting: keep that message
         raise

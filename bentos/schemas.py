@@ -1,72 +1,16 @@
-"""Request and response bodies: one pydantic model per boundary.
+"""Admin bodies for deployments: one pydantic model per boundary.
 
-Limits come from ServeSettings, so the request models are built per service instance;
-validation errors name the field and the limit.
+Inference bodies belong to the task types (bentos/tasks/), endpoint configs to bentos/config.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bentos.families.digits import N_CLASSES, N_PIXELS, PIXEL_MAX
-
 Role = Literal["stable", "canary", "shadow"]
 Route = Literal["stable", "canary", "pinned", "fallback"]
-
-Pixel = Annotated[float, Field(ge=0.0, le=PIXEL_MAX, allow_inf_nan=False, strict=True)]
-Row = Annotated[list[Pixel], Field(min_length=N_PIXELS, max_length=N_PIXELS)]
-
-
-class Latency(BaseModel):
-    queue: float
-    inference: float
-    total: float
-
-
-class Prediction(BaseModel):
-    label: int = Field(ge=0, lt=N_CLASSES)
-    confidence: float
-    probabilities: list[float] = Field(min_length=N_CLASSES, max_length=N_CLASSES)
-
-
-class PredictResponse(BaseModel):
-    predictions: list[Prediction]
-    model_version: str
-    route: Route
-    latency_ms: Latency
-
-
-class EmbedResponse(BaseModel):
-    embeddings: list[list[float]]
-    model_version: str
-    route: Route
-    latency_ms: Latency
-
-
-@dataclass(frozen=True)
-class RequestModels:
-    digits: type[BaseModel]
-    minilm: type[BaseModel]
-
-
-def request_models(max_rows: int, max_chars: int) -> RequestModels:
-    """Request bodies with this service's limits baked into their schemas."""
-
-    class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        inputs: list[Row] = Field(min_length=1, max_length=max_rows,
-                                  description=f"1 to {max_rows} rows of {N_PIXELS} pixels in 0..{PIXEL_MAX:g}")
-
-    class EmbedRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        texts: list[Annotated[str, Field(min_length=1, max_length=max_chars, strict=True)]] = Field(
-            min_length=1, max_length=max_rows, description=f"1 to {max_rows} texts of at most {max_chars} characters")
-
-    return RequestModels(digits=PredictRequest, minilm=EmbedRequest)
-
 
 # --- admin API ---------------------------------------------------------------------
 

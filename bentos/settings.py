@@ -17,6 +17,7 @@ class ServeSettings(BaseSettings):
     poll_interval_s: float = Field(0.25, gt=0, le=10, description="How often workers look for a new revision.")
     default_models: dict[str, str] = Field(
         default_factory=dict, description='Override the first-start choice, e.g. {"digits": "digits-cnn-fp32"}.')
+    endpoint_sync_s: float = Field(0.25, gt=0, le=10, description="How often workers look for endpoint changes.")
 
     # Admin API
     admin_token: SecretStr | None = Field(None, description="Bearer token for /v1/admin; its actor name is 'admin'.")
@@ -36,9 +37,14 @@ class ServeSettings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline for a request to get a model slot.")
 
     # Input limits
-    max_rows: int = Field(64, ge=1, le=4096, description="Rows (digits) or texts (minilm) per request.")
+    max_rows: int = Field(64, ge=1, le=4096, description="Rows or texts per request (endpoints may set their own).")
     max_chars: int = Field(2000, ge=1, description="Characters per text.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Request body size limit.")
+    max_image_pixels: int = Field(16_000_000, ge=1, description="Width x height per uploaded image.")
+
+    # Endpoints and task types
+    config: str | None = Field(None, description="The endpoints file; default ./switchyard.yaml when present.")
+    task_modules: list[str] = Field(default_factory=list, description='Plug-in task modules, e.g. ["my_tasks"].')
 
     # Routing
     allow_pinning: bool = Field(True, description="Honour the X-Model-Version header.")

@@ -27,6 +27,22 @@ class RevisionConflict(RuntimeError):
     """Someone else changed the deployment first."""
 
 
+class EndpointExists(RuntimeError):
+    """An endpoint of that name is already stored."""
+
+
+class EndpointBusy(RuntimeError):
+    """The endpoint cannot be deleted now (a rollout runs on it)."""
+
+
+@dataclass(frozen=True)
+class StoredEndpoint:
+    name: str
+    config: dict[str, Any]
+    source: str  # "config" (switchyard.yaml) or "api"
+    created_at: float
+
+
 @dataclass(frozen=True)
 class Revision:
     endpoint: str
@@ -57,6 +73,8 @@ CREATE TABLE IF NOT EXISTS agreement_stats (
     n BIGINT NOT NULL, total DOUBLE PRECISION NOT NULL, PRIMARY KEY (source, endpoint, version, bucket));
 CREATE TABLE IF NOT EXISTS rollouts (
     endpoint TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS endpoints (
+    name TEXT PRIMARY KEY, config TEXT NOT NULL, source TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL);
 """
 
 
@@ -83,6 +101,51 @@ class ControlPlane(ABC):
             for statement in _SCHEMA.format(serial=self.serial).split(";"):
                 if statement.strip():
                     self._exec(cur, statement)
+
+    # --- endpoints -------------------------------------------------------------------
+    def endpoints(self) -> dict[str, StoredEndpoint]:
+        with self.transaction() as cur:
+            rows = self._exec(cur, "SELECT name, config, source, created_at FROM endpoints").fetchall()
+        return {r[0]: StoredEndpoint(r[0], json.loads(r[1]), r[2], float(r[3])) for r in rows}
+
+    def put_endpoint(self, name: str, config: dict[str, Any], *, source: str, actor: str, action: str, reason: str,
+                     create_only: bool) -> StoredEndpoint:
+        """Create (or, unless `create_only`, replace) an endpoint and its audit entry in one transaction."""
+        with self.transaction() as cur:
+            self._lock_endpoints(cur)
+            row = self._exec(cur, "SELECT config, created_at FROM endpoints WHERE name = ?", (name,)).fetchone()
+            if row is not None and create_only:
+                raise EndpointExists(f"endpoint {name!r} already exists")
+            now = time.time()
+            if row is None:
+                self._exec(cur, "INSERT INTO endpoints (name, config, source, created_at) VALUES (?, ?, ?, ?)",
+                           (name, json.dumps(config), source, now))
+            else:
+                self._exec(cur, "UPDATE endpoints SET config = ?, source = ?, created_at = ? WHERE name = ?",
+                           (json.dumps(config), source, now, name))
+            self._audit(cur, actor, action, name, _load(row[0]) if row else None, config, reason, {"source": source})
+        return StoredEndpoint(name, config, source, now)
+
+    def delete_endpoint(self, name: str, *, actor: str, reason: str) -> StoredEndpoint:
+        """Remove an endpoint with its deployment history and rollout; refused while a rollout runs."""
+        with self.transaction() as cur:
+            self._lock_endpoints(cur)
+            row = self._exec(cur, "SELECT config, source, created_at FROM endpoints WHERE name = ?",
+                             (name,)).fetchone()
+            if row is None:
+                raise KeyError(name)
+            rollout = self._exec(cur, "SELECT state FROM rollouts WHERE endpoint = ?", (name,)).fetchone()
+            if rollout is not None and json.loads(rollout[0]).get("status") in ("running", "paused"):
+                raise EndpointBusy(f"a rollout is {json.loads(rollout[0])['status']} on {name}: abort it first")
+            last = self._get(cur, name, None)
+            for table, column in (("endpoints", "name"), ("deployments", "endpoint"), ("rollouts", "endpoint")):
+                self._exec(cur, f"DELETE FROM {table} WHERE {column} = ?", (name,))
+            self._audit(cur, actor, "endpoint-delete", name, _load(row[0]), None, reason,
+                        {"last_deployment": last.spec if last else None})
+        return StoredEndpoint(name, json.loads(row[0]), row[1], float(row[2]))
+
+    def _lock_endpoints(self, cur: Any) -> None:  # noqa: B027 - a hook, empty by default
+        """Serialize endpoint writers (SQLite's BEGIN IMMEDIATE already does)."""
 
     # --- deployments ---------------------------------------------------------------
     def current_revisions(self) -> dict[str, int]:
@@ -314,6 +377,9 @@ class PostgresControlPlane(ControlPlane):
     def _lock_deployments(self, cur: Any) -> None:
         # One writer at a time: revision numbers must not collide across replicas.
         cur.execute("LOCK TABLE deployments IN SHARE ROW EXCLUSIVE MODE")
+
+    def _lock_endpoints(self, cur: Any) -> None:
+        cur.execute("LOCK TABLE endpoints IN SHARE ROW EXCLUSIVE MODE")
 
     def close(self) -> None:
         if self._conn is not None:

@@ -41,12 +41,12 @@ def _loop(run: Any, feeds: dict[int, Any], latency_iters: int, seconds: float) -
             "throughput_rows_per_s": throughput}
 
 
-def _measure_ort(path: str, family: str, model_dir: str, preprocess: dict[str, Any], items: dict[int, list[Any]],
+def _measure_ort(path: str, task: str, model_dir: str, metadata: dict[str, Any], items: dict[int, list[Any]],
                  threads: int, latency_iters: int, seconds: float) -> dict[str, Any]:
-    from bentos.families import codec_for
     from bentos.runtime import load_session
+    from bentos.tasks import get_task
 
-    codec = codec_for(family, Path(model_dir), preprocess)
+    codec = get_task(task).codec(metadata, Path(model_dir))
     session = load_session(Path(path), threads, cpu_only=True)
     result = _loop(lambda batch: session.run(None, codec.encode(batch)), items, latency_iters, seconds)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -92,7 +92,8 @@ def benchmark(builder: Builder, md: ModelDir, variant: str, latency_iters: int =
         path = md.require_variant(variant)
         codec = builder.codec()
         tokenizer_dir = str(getattr(codec, "tokenizer_file", path).parent)
-        result = _in_child(_measure_ort, str(path), builder.family, tokenizer_dir, codec.preprocess_config(),
+        metadata = {"schema": codec.schema(), "preprocess": codec.preprocess_config()}
+        result = _in_child(_measure_ort, str(path), builder.task, tokenizer_dir, metadata,
                            items, threads, latency_iters, seconds)
         size = path.stat().st_size
     report = {"variant": variant, "threads": threads, "size_bytes": size, **result}

@@ -102,10 +102,15 @@ def register(builder: Builder, md: ModelDir, variant: str, force: bool = False) 
                     "optimization": variant, "parameters": optimization, "git_commit": git_commit()},
         "sha256": hashes,
         "size_bytes": files[MODEL_FILE].stat().st_size,
+        "task": builder.task,
+        "gate": {"passed": validation["passed"], "forced": validation.get("forced", False),
+                 "failures": validation["failures"], "max_drop": validation.get("max_drop"),
+                 "data": validation.get("data"), "thresholds": validation.get("thresholds")},
     }
     if "batch_invariance_min_cosine" in metrics:
         metadata["batch_invariance_min_cosine"] = metrics["batch_invariance_min_cosine"]
-    labels = {"family": builder.family, "model": builder.key, "variant": variant, "stage": "candidate"}
+    labels = {"task": builder.task, "family": builder.family, "model": builder.key, "variant": variant,
+              "stage": "candidate"}
     with bentoml.models.create(model_name(builder.key, variant), labels=labels,
                                metadata=_without_none(metadata)) as bento_model:
         root = Path(bento_model.path)
@@ -161,3 +166,61 @@ def verify(tag: str) -> dict[str, str]:
     if problems:
         raise BuildError(f"{model.tag} failed verification: " + "; ".join(problems))
     return dict(expected)
+
+
+def graph_signature(path: Path) -> dict[str, Any]:
+    """Input and output names, dtypes and shapes, read from an ONNX graph (symbolic axes by name)."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+
+    def spec(value: Any) -> dict[str, Any]:
+        t = value.type.tensor_type
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else f"d{i}")
+                for i, d in enumerate(t.shape.dim)]
+        return {"name": value.name, "dtype": str(helper.tensor_dtype_to_np_dtype(t.elem_type)), "shape": dims}
+
+    return {"inputs": [spec(v) for v in graph.input if v.name not in inits],
+            "outputs": [spec(v) for v in graph.output]}
+
+
+def register_file(name: str, onnx_path: Path, *, task: str, preprocess: dict[str, Any],
+                  extra_files: dict[str, Path] | None = None, metrics: dict[str, Any] | None = None,
+                  lineage: dict[str, Any] | None = None, variant: str = "fp32",
+                  signature: dict[str, Any] | None = None) -> str:
+    """Store one ONNX graph as a Switchyard version: task, signature, preprocessing, hashes, lineage.
+
+    Nothing is left in the store if any step fails (the BentoML model is written on success only).
+    """
+    import bentoml
+
+    from bentos.tasks import get_task
+
+    check_store_writable()
+    check_onnx(onnx_path)
+    signature = signature or graph_signature(onnx_path)
+    problems = get_task(task).check_signature(signature)
+    if problems:
+        raise BuildError(f"{onnx_path} cannot serve {task}: {'; '.join(problems)}")
+    files = {MODEL_FILE: onnx_path, **(extra_files or {})}
+    hashes = {n: sha256_file(src) for n, src in files.items()}
+    metrics = metrics or {}
+    labels = {"task": task, "family": name, "model": name, "variant": variant, "stage": "candidate"}
+    metadata = {"schema": signature, "preprocess": preprocess, "task": task, "sha256": hashes,
+                "metrics": {"validation_passed": True, **metrics},
+                "lineage": {"model": name, "optimization": variant, "git_commit": git_commit(), **(lineage or {})},
+                "size_bytes": onnx_path.stat().st_size}
+    with bentoml.models.create(model_name(name, variant), labels=labels,
+                               metadata=_without_none(metadata)) as bento_model:
+        root = Path(bento_model.path)
+        for file_name, src in files.items():
+            shutil.copyfile(src, root / file_name)
+        (root / SCHEMA_FILE).write_text(json.dumps(signature, indent=2))
+        # The serving half must load it exactly as the server will, before it is stored.
+        get_task(task).codec(metadata, root).encode(get_task(task).codec(metadata, root).warmup_items())
+        problems_copy = find_mismatches(root, hashes)
+        if problems_copy:
+            raise BuildError("copy into the store was corrupted: " + "; ".join(problems_copy))
+    return str(bento_model.tag)

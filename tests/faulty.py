@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from bentos.artifacts import sha256_file
-from bentos.families.digits import DigitsCodec
+from models.families.digits import PREPROCESS, SIGNATURE
 
 
 def faulty_graph(src: Path, dest: Path) -> None:
@@ -48,14 +48,13 @@ def faulty_graph(src: Path, dest: Path) -> None:
 
 
 def register_faulty(src: Path, name: str = "digits-faulty-fp32") -> str:
-    codec = DigitsCodec()
-    with bentoml.models.create(name, labels={"family": "digits", "model": "digits-faulty", "variant": "faulty",
-                                             "stage": "candidate"},
-                               metadata={"schema": codec.schema(), "preprocess": codec.preprocess_config(),
-                                         "metrics": {"validation_passed": False}}) as model:
+    labels = {"task": "image-classification", "family": "digits", "model": "digits-faulty", "variant": "faulty",
+              "stage": "candidate"}
+    with bentoml.models.create(name, labels=labels, metadata={"schema": SIGNATURE, "preprocess": PREPROCESS,
+                                                              "metrics": {"validation_passed": False}}) as model:
         root = Path(model.path)
         faulty_graph(src, root / "model.onnx")
-        (root / "schema.json").write_text(json.dumps(codec.schema()))
+        (root / "schema.json").write_text(json.dumps(SIGNATURE))
         model.info.metadata["sha256"] = {"model.onnx": sha256_file(root / "model.onnx")}
     return str(model.tag)
 

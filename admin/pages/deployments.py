@@ -48,7 +48,8 @@ def change_split(api: AdminClient, endpoint: str, dep: dict[str, Any]) -> None:
     stable = next(v for v in versions if v["role"] == "stable")
     canary = next((v for v in versions if v["role"] == "canary"), None)
     shadow = next((v for v in versions if v["role"] == "shadow"), None)
-    tags = [m["tag"] for m in api.models() if m["labels"].get("family") == endpoint and m["tag"] != stable["tag"]]
+    # Versions of the endpoint's task; the service still checks each one's signature.
+    tags = [m["tag"] for m in api.models() if m.get("task") == dep["task"] and m["tag"] != stable["tag"]]
     options = [NONE, *tags]
     st.caption(f"Stable: **{stable['tag']}**")
     c1, c2 = st.columns(2)
@@ -102,7 +103,12 @@ with guard():
     endpoints = list(api.deployments())
     endpoint = st.selectbox("Endpoint", endpoints, key="endpoint")
     dep = api.deployment(endpoint)
-    st.markdown(f"**Revision {dep['revision']}**{' · sticky' if dep['sticky'] else ''}")
+    if not dep["versions"]:
+        st.info(f"{endpoint} has no deployment yet: deploy a {dep['task']} version through the API, or create "
+                "the endpoint with a model.")
+        st.stop()
+    st.markdown(f"**{dep['task']}** · `POST {dep['route']}` · **revision {dep['revision']}**"
+                f"{' · sticky' if dep['sticky'] else ''}")
     st.dataframe(pd.DataFrame(split_rows(dep["versions"])), hide_index=True)
     change_split(api, endpoint, dep)
     promote(api, endpoint, dep)

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from admin.common import client, guard, history, settings
-from admin.metrics import PROMQL, promql, series
+from admin.metrics import PROMQL, promql, series, series_name
 
 RANGES = {"1 minute": 60, "5 minutes": 300, "15 minutes": 900, "1 hour": 3600}
 CHARTS = [("rps", "requests/s"), ("p50_ms", "p50 latency (ms)"), ("p95_ms", "p95 latency (ms)"),
@@ -53,7 +53,7 @@ def live() -> None:
             st.info("Collecting: charts appear after two scrapes with traffic.")
             return
         rows["time"] = pd.to_datetime(rows["time"], unit="s")
-        rows["series"] = rows["endpoint"] + " · " + rows["version"]
+        rows["series"] = [series_name(e, v) for e, v in zip(rows["endpoint"], rows["version"], strict=True)]
         cols = st.columns(3)
         for i, (metric, title) in enumerate(CHARTS):
             data = rows.pivot_table(index="time", columns="series", values=metric, aggfunc="mean")

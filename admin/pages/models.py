@@ -15,7 +15,8 @@ st.title("Models")
 def row(m: dict[str, Any]) -> dict[str, Any]:
     bench = (m.get("metrics") or {}).get("benchmark") or {}
     lineage = m.get("lineage") or {}
-    return {"tag": m["tag"], "family": m["labels"].get("family"), "variant": m["labels"].get("variant"),
+    return {"tag": m["tag"], "task": m.get("task"), "model": m["labels"].get("model"),
+            "variant": m["labels"].get("variant"),
             "quality": quality(m), "gate": "passed" if (m.get("metrics") or {}).get("validation_passed") else "failed",
             "size MB": round((m.get("size_bytes") or 0) / 1e6, 2),
             "p50 ms": round((bench.get("latency_ms") or {}).get("p50", float("nan")), 3),
@@ -31,11 +32,11 @@ with guard():
         st.info("The store has no Switchyard models yet: run `python -m models build --all`.")
         st.stop()
     f1, f2 = st.columns(2)
-    families = f1.multiselect("Family", sorted(table["family"].unique()), key="families")
+    task_types = f1.multiselect("Task", sorted(table["task"].unique()), key="tasks")
     variants = f2.multiselect("Variant", sorted(table["variant"].unique()), key="variants")
     mask = pd.Series(True, index=table.index)
-    if families:
-        mask &= table["family"].isin(families)
+    if task_types:
+        mask &= table["task"].isin(task_types)
     if variants:
         mask &= table["variant"].isin(variants)
     shown = table[mask]

@@ -31,8 +31,8 @@ class StoredModel:
 
 def load_stored(tag: str, threads: int | None = None) -> StoredModel:
     import bentoml
-
     from bentos.families import codec_for
+
     from bentos.runtime import load_session
 
     model = bentoml.models.get(tag)

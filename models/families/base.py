@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from bentos.families import Codec
+from bentos.tasks import Codec
 from models.errors import BuildError
 from models.settings import BuildSettings
 from models.workdir import ModelDir
@@ -31,6 +31,7 @@ class Builder(ABC):
 
     key: ClassVar[str]
     family: ClassVar[str]
+    task: ClassVar[str]
     variants: ClassVar[tuple[str, ...]]
     parity_tolerance: ClassVar[float]
     input_names: ClassVar[tuple[str, ...]]

@@ -6,7 +6,10 @@ and reads probabilities.
 
 from __future__ import annotations
 
+import json
+import tempfile
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,13 +19,23 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from bentos.families.digits import INPUT_NAME, N_CLASSES, N_PIXELS, PIXEL_MAX, DigitsCodec
+from bentos.tasks.base import tensor
+from bentos.tasks.image_classification import ImageCodec
 from models.errors import BuildError
 from models.families.base import ALL_VARIANTS, Builder, run_batched
 from models.pruning import finalize, magnitude_prune
 from models.workdir import ModelDir, write_json
 
 SPLIT_SEED = 0  # the split is fixed; --seed changes training only
+INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+N_PIXELS, N_CLASSES, PIXEL_MAX = 64, 10, 16.0
+N_EXAMPLES = 40
+# The serving contract: 64 raw pixels in 0..16 (scaling and softmax are in the graph); images are
+# cropped to their ink and block-averaged to 8x8, as scikit-learn's digits were made.
+SIGNATURE = {"inputs": [{**tensor(INPUT_NAME, "float32", ["batch", N_PIXELS]), "range": [0.0, PIXEL_MAX]}],
+             "outputs": [tensor(OUTPUT_NAME, "float32", ["batch", N_CLASSES])]}
+PREPROCESS = {"pixel_range": [0.0, PIXEL_MAX], "output": "probabilities", "image": {"fit": "ink", "scale": PIXEL_MAX},
+              "examples": "examples.json"}
 
 
 @lru_cache(maxsize=1)
@@ -122,16 +135,27 @@ def torch_accuracy(net: DigitsNet, split: str) -> float:
 
 class DigitsBuilder(Builder):
     family: ClassVar[str] = "digits"
+    task: ClassVar[str] = "image-classification"
     arch: ClassVar[str]
     parity_tolerance: ClassVar[float] = 1e-4
     input_names: ClassVar[tuple[str, ...]] = (INPUT_NAME,)
-    output_name: ClassVar[str] = DigitsCodec.output_name
+    output_name: ClassVar[str] = OUTPUT_NAME
     epochs: ClassVar[int] = 60
     prune_amount: ClassVar[float] = 0.5
     finetune_epochs: ClassVar[int] = 10
 
-    def codec(self) -> DigitsCodec:
-        return DigitsCodec()
+    def codec(self) -> ImageCodec:
+        return ImageCodec(SIGNATURE, PREPROCESS)
+
+    def extra_artifacts(self) -> dict[str, Path]:
+        """Test-split examples for the playground, stored with the model (the image needs no scikit-learn)."""
+        x, y = splits()["test"]
+        picks = np.random.default_rng(0).choice(len(x), N_EXAMPLES, replace=False)
+        rows = [{"name": f"example {i}: a {int(y[j])}", "input": x[j].tolist(), "label": int(y[j])}
+                for i, j in enumerate(picks)]
+        path = Path(tempfile.mkdtemp(prefix="digits-examples-")) / "examples.json"
+        path.write_text(json.dumps(rows))
+        return {"examples.json": path}
 
     def train(self, md: ModelDir) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from bentos.families.minilm import EMBEDDING_DIM, INPUT_NAMES, TOKENIZER_FILES, TextCodec
+from bentos.tasks.base import tensor
+from bentos.tasks.text_embedding import EmbeddingCodec
 from models.errors import BuildError
 from models.families.base import Builder, run_batched
 from models.workdir import ModelDir
@@ -25,6 +26,14 @@ if TYPE_CHECKING:
     import torch
 
 DATA = Path(__file__).resolve().parent.parent / "data"
+EMBEDDING_DIM = 384
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "embeddings"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+SIGNATURE = {"inputs": [tensor(n, "int64", ["batch", "sequence"]) for n in INPUT_NAMES],
+             "outputs": [tensor(OUTPUT_NAME, "float32", ["batch", EMBEDDING_DIM])]}
+# Mean pooling and L2 normalisation are inside the graph.
+PREPROCESS = {"tokenizer": "tokenizer.json", "max_tokens": 256, "pooling": "graph", "normalize": False}
 NUM_HEADS = 12
 INVARIANCE_BATCH = 64
 INVARIANCE_PROBES = 32
@@ -70,7 +79,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
-def batch_invariance(session: ort.InferenceSession, codec: TextCodec, sentences: list[str], seed: int) -> float:
+def batch_invariance(session: ort.InferenceSession, codec: EmbeddingCodec, sentences: list[str], seed: int) -> float:
     """Min cosine between a sentence embedded alone and inside a padded batch of mixed lengths."""
     rnd = random.Random(seed)
     worst = 1.0
@@ -85,16 +94,17 @@ def batch_invariance(session: ort.InferenceSession, codec: TextCodec, sentences:
 class MiniLMBuilder(Builder):
     key: ClassVar[str] = "minilm"
     family: ClassVar[str] = "minilm"
+    task: ClassVar[str] = "text-embedding"
     variants: ClassVar[tuple[str, ...]] = ("fp32", "int8-dynamic", "int8-static", "fp16", "pruned")
     parity_tolerance: ClassVar[float] = 1e-4
     input_names: ClassVar[tuple[str, ...]] = INPUT_NAMES
-    output_name: ClassVar[str] = TextCodec.output_name
+    output_name: ClassVar[str] = OUTPUT_NAME
     prune_amount: ClassVar[float] = 0.1
     min_mean_cosine: ClassVar[float] = 0.99
     min_p1_cosine: ClassVar[float] = 0.98
 
-    def codec(self) -> TextCodec:
-        return TextCodec(package_dir() / "tokenizer.json")
+    def codec(self) -> EmbeddingCodec:
+        return EmbeddingCodec(SIGNATURE, PREPROCESS, package_dir())
 
     def extra_artifacts(self) -> dict[str, Path]:
         return {name: package_dir() / name for name in TOKENIZER_FILES}

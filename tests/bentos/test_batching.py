@@ -150,3 +150,22 @@ async def test_length_buckets_group_similar_inputs_and_oldest_goes_first() -> No
 
 def test_length_bucket_classes() -> None:
     assert [length_bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 16, 17)] == [0, 1, 2, 2, 3, 3, 4, 4, 5]
+
+
+async def test_array_rows_from_many_requests_share_a_batch() -> None:
+    """Rows are numpy arrays for image and tensor tasks: queued requests must compare by identity."""
+    import numpy as np
+
+    seen: list[int] = []
+
+    def model(rows: list[Any]) -> list[Any]:
+        seen.append(len(rows))
+        time.sleep(0.01)
+        return [float(r.sum()) for r in rows]
+
+    batcher = AdaptiveBatcher(model, max_batch_size=32, max_queue=100)
+    results = await asyncio.wait_for(asyncio.gather(
+        *(batcher.submit([np.full(4, float(i))], deadline()) for i in range(40))), 30)
+    assert [r[0][0] for r in results] == [4.0 * i for i in range(40)]
+    assert max(seen) > 1  # requests really were batched together
+    await batcher.stop()

@@ -10,14 +10,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bentos.config import EndpointConfig
 from bentos.endpoint import Endpoint, ModelFailure
-from bentos.families.digits import DigitsCodec
 from bentos.metrics import get_metrics
 from bentos.runtime import LoadedVersion, load_session
 from bentos.schemas import DeploymentSpec
 from bentos.settings import ServeSettings
 from bentos.stats import StatsRecorder
-from models.families.digits import splits
+from bentos.tasks.image_classification import ImageCodec
+from models.families.digits import PREPROCESS, SIGNATURE, splits
 
 
 class Slow(LoadedVersion):
@@ -33,11 +34,13 @@ class Broken(LoadedVersion):
 
 def version(root: Path, key: str, tag: str, cls: type[LoadedVersion] = LoadedVersion) -> LoadedVersion:
     path = root / key / "export" / "model.onnx"
-    return cls(tag, "digits", "fp32", DigitsCodec(), load_session(path, 1), {}, path.parent)
+    return cls(tag, "image-classification", "fp32", ImageCodec(SIGNATURE, PREPROCESS), load_session(path, 1), {},
+               path.parent)
 
 
 def endpoint(versions: dict[str, LoadedVersion], roles: dict[str, tuple[str, int]], **settings: Any) -> Endpoint:
-    ep = Endpoint("digits", ServeSettings(**settings), get_metrics(), StatsRecorder())
+    config = EndpointConfig(name="digits", task="image-classification")
+    ep = Endpoint(config, ServeSettings(**settings), get_metrics(), StatsRecorder())
     spec = DeploymentSpec.model_validate(
         {"versions": [{"tag": t, "role": r, "weight": w} for t, (r, w) in roles.items()]})
     ep.swap(1, spec, versions)

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from bentos.store import ControlPlane, PostgresControlPlane, RevisionConflict, SQLiteControlPlane, StoreUnavailable
+from bentos.store import (
+    ControlPlane,
+    EndpointBusy,
+    EndpointExists,
+    PostgresControlPlane,
+    RevisionConflict,
+    SQLiteControlPlane,
+    StoreUnavailable,
+)
 
 SPEC_A = {"versions": [{"tag": "m:1", "weight": 100, "role": "stable"}], "sticky": False}
 SPEC_B = {"versions": [{"tag": "m:1", "weight": 90, "role": "stable"}, {"tag": "m:2", "weight": 10, "role": "canary"}],
@@ -149,3 +157,24 @@ async def test_engine_prunes_old_shared_stats(tmp_path: Path) -> None:
     engine.store.write_stats("w", [("digits", "v1", old, 1, 0, 0, [1]), ("digits", "v1", new, 2, 0, 0, [2])])
     await engine.prune_stats()
     assert [r[2] for r in engine.store.read_stats(0)] == [new]
+
+
+def test_endpoints_are_created_once_deleted_whole_and_audited(store: ControlPlane) -> None:
+    config = {"name": "shop", "task": "tensor"}
+    store.put_endpoint("shop", config, source="api", actor="alice", action="endpoint-create", reason="new",
+                       create_only=True)
+    with pytest.raises(EndpointExists):
+        store.put_endpoint("shop", config, source="api", actor="bob", action="endpoint-create", reason="again",
+                           create_only=True)
+    assert store.endpoints()["shop"].config == config and store.endpoints()["shop"].source == "api"
+    store.write_deployment("shop", SPEC_A, actor="alice", action="deploy", reason="first")
+    store.put_rollout("shop", {"status": "running", "canary": "m:2"})
+    with pytest.raises(EndpointBusy, match="running"):
+        store.delete_endpoint("shop", actor="bob", reason="gone")
+    assert "shop" in store.endpoints() and store.current_revisions() == {"shop": 1}  # nothing half-deleted
+    store.put_rollout("shop", {"status": "aborted", "canary": "m:2"})
+    store.delete_endpoint("shop", actor="bob", reason="gone")
+    assert store.endpoints() == {} and store.current_revisions() == {} and store.get_rollout("shop") is None
+    actions = [a["action"] for a in store.audit("shop")]
+    assert actions[0] == "endpoint-delete" and "endpoint-create" in actions
+    assert store.audit("shop")[0]["details"]["last_deployment"] == SPEC_A

@@ -60,7 +60,7 @@ def test_bento_carries_code_models_and_no_torch(bento_tag: str, tags: dict[str, 
     assert "onnxruntime" in requirements and "tokenizers" in requirements
     assert "torch" not in requirements and "transformers" not in requirements
     assert "scikit-learn" not in requirements
-    assert (root / "src" / "bentos" / "families" / "digits_examples.json").is_file()
+    assert (root / "src" / "switchyard.yaml").is_file() and (root / "src" / "bentos" / "tasks" / "tensor.py").is_file()
     assert {e.name for e in info.info.envs} >= {"SWITCHYARD_STATE_DIR", "SWITCHYARD_THREADS", "HF_HUB_OFFLINE"}
 
 

@@ -69,9 +69,24 @@ def test_models_lists_the_registry_with_lineage(console_env: Served, tags: dict[
     table = at.dataframe[0].value
     assert {tags["mlp"], tags["cnn"]} <= set(table["tag"])
     row = table[table["tag"] == tags["cnn"]].iloc[0]
-    assert row["family"] == "digits" and "accuracy" in row["quality"] and "→ fp32" in row["lineage"]
-    at.multiselect(key="families").set_value(["minilm"]).run()
-    assert set(at.dataframe[0].value["family"]) == {"minilm"}
+    assert row["task"] == "image-classification" and row["model"] == "digits-cnn"
+    assert "accuracy" in row["quality"] and "→ fp32" in row["lineage"]
+    at.multiselect(key="tasks").set_value(["text-embedding"]).run()
+    assert set(at.dataframe[0].value["model"]) == {"minilm"}
+
+
+def test_series_names_survive_any_version_suffix() -> None:
+    import altair as alt
+    import pandas as pd
+
+    from admin.metrics import series_name
+
+    names = [series_name("digits", tag) for tag in ("m:Q", "m:abc123", "m.v1:N", "m[0]:O", "m:T")]
+    assert len(set(names)) == len(names) and not any(":" in n for n in names)
+    frame = pd.DataFrame({n: [1.0, 2.0] for n in names}).reset_index().melt("index")
+    alt.Chart(frame).mark_line().encode(x="index", y="value", color="variable").to_dict()
+    for name in names:  # as Streamlit encodes each column
+        alt.Chart(pd.DataFrame({name: [1.0]})).mark_line().encode(y=alt.Y(name)).to_dict()
 
 
 def test_canary_slider_changes_the_split_and_traffic_follows(console_env: Served, tags: dict[str, str]) -> None:
@@ -179,7 +194,8 @@ def streamlit_app(single_worker: Served, tmp_path: Path) -> Iterator[str]:
            "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "admin" / "app.py"),
                              "--server.headless", "true", "--server.address", "127.0.0.1",
-                             "--server.port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             "--server.port", str(port), "--client.toolbarMode", "minimal"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -216,7 +232,9 @@ def test_browser_changes_the_split_and_every_page_renders(streamlit_app: str, si
         pg.get_by_text("is live").wait_for(timeout=30_000)
         current = httpx.get(f"{single_worker.url}/v1/admin/deployments/digits", headers=AUTH).json()
         assert {v["tag"]: v["weight"] for v in current["versions"]} == {tags["mlp"]: 90, tags["cnn"]: 10}
-        for path, title in [("", "Overview"), ("models", "Models"), ("deployments", "Deployments"),
+        assert pg.get_by_role("button", name="Deploy").count() == 0  # Streamlit's cloud button is hidden
+        for path, title in [("", "Overview"), ("models", "Models"), ("endpoints", "Endpoints"),
+                            ("deployments", "Deployments"),
                             ("rollouts", "Rollouts"), ("live", "Live metrics"), ("audit", "Audit log")]:
             pg.goto(f"{streamlit_app}/{path}", wait_until="networkidle", timeout=60_000)
             pg.get_by_role("heading", name=title).first.wait_for(timeout=30_000)

@@ -168,7 +168,7 @@ def test_rejected_changes_leave_the_deployment_as_it_was(client: httpx.Client, t
     cases = [
         ([(tags["mlp"], "stable", 80), (tags["cnn"], "canary", 10)], "sum to 100"),
         ([(tags["mlp"], "stable", 90), ("digits-nope:v1", "canary", 10)], "versions[1].tag"),
-        ([(tags["mlp"], "stable", 90), (tags["minilm"], "canary", 10)], "serves digits"),
+        ([(tags["mlp"], "stable", 90), (tags["minilm"], "canary", 10)], "endpoint digits serves image-classification"),
         ([(tags["mlp"], "canary", 100)], "exactly one 'stable'"),
     ]
     for versions, needle in cases:

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bentos.families import codec_for
-from bentos.families.minilm import TOKENIZER_FILES
 from bentos.runtime import load_session
+from bentos.tasks import get_task
 from models.families import get_builder
 from models.families.base import Builder, run_batched
-from models.families.minilm import MiniLMBuilder, cosine_rows
+from models.families.minilm import TOKENIZER_FILES, MiniLMBuilder, cosine_rows
 from models.optimize import optimize
 from models.registry import register
 from models.settings import BuildSettings
@@ -94,8 +93,9 @@ def test_registered_model_carries_its_tokenizer(minilm: tuple[Builder, ModelDir]
     assert all((root / name).is_file() for name in TOKENIZER_FILES)
     meta = model.info.metadata
     assert meta["batch_invariance_min_cosine"] >= 0.999
-    assert model.info.labels == {"family": "minilm", "model": "minilm", "variant": "int8-static", "stage": "candidate"}
-    codec = codec_for("minilm", root, meta["preprocess"])
+    assert model.info.labels == {"task": "text-embedding", "family": "minilm", "model": "minilm",
+                                 "variant": "int8-static", "stage": "candidate"}
+    codec = get_task("text-embedding").codec(meta, root)
     probe = ["Where is the nearest pharmacy?"]
     ours = run_batched(load_session(root / "model.onnx"), codec, probe)
     ref = run_batched(load_session(md.require_variant("int8-static")), builder.codec(), probe)

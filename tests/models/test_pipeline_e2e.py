@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from bentos.artifacts import sha256_file
-from bentos.families import codec_for
 from bentos.runtime import load_session
+from bentos.tasks import get_task
 from models.families.base import run_batched
 from models.families.digits import accuracy, splits
 from tests.conftest import CLI
@@ -36,7 +36,8 @@ def test_build_list_verify_and_serve_from_the_store(cli: CLI, tmp_path: Path, st
     for name, digest in int8["sha256"].items():
         assert sha256_file(model_dir / name) == digest
     x, y = splits()["test"]
-    codec = codec_for("digits", model_dir, {})
+    meta = json.loads((model_dir / "schema.json").read_text())
+    codec = get_task("image-classification").codec({"schema": meta, "preprocess": {}}, model_dir)
     acc = accuracy(run_batched(load_session(model_dir / "model.onnx"), codec, x.tolist()), y)
     assert acc == int8["metrics"]["validate"]["accuracy"] and acc > 0.95
     assert json.loads((model_dir / "schema.json").read_text())["inputs"][0]["shape"] == ["batch", 64]

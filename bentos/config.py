@@ -1,0 +1,157 @@
+"""Endpoints as data: `switchyard.yaml` (or SWITCHYARD_CONFIG) and the admin API share one model.
+
+An endpoint is a name, a task type, input limits, optionally a declared input signature,
+and optionally the model its first deployment should use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bentos.errors import ConfigError
+from bentos.tasks import get_task
+
+NAME = re.compile(r"^[a-z0-9-]{1,40}$")
+# Path segments under /v1 that are not endpoints.
+RESERVED = frozenset({"admin", "health", "openapi.json"})
+DEFAULT_FILE = "switchyard.yaml"
+
+
+class TensorDecl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    dtype: Literal["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool", "object"]
+    shape: list[int | str] = Field(min_length=1, max_length=8, description='Leading axis "batch".')
+    range: tuple[float, float] | None = Field(None, description="Inclusive value range (pixel arrays).")
+
+
+class SignatureDecl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[TensorDecl] = Field(min_length=1, max_length=64)
+    outputs: list[TensorDecl] = Field(default_factory=list, max_length=64)
+
+
+class EndpointLimits(BaseModel):
+    """Per-endpoint input limits; unset ones take the server's SWITCHYARD_MAX_* defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_rows: int | None = Field(None, ge=1, le=4096, description="Rows or texts per request.")
+    max_chars: int | None = Field(None, ge=1, le=1_000_000, description="Characters per text.")
+    max_body_bytes: int | None = Field(None, ge=1024, le=256 * 1024 * 1024, description="Request body size.")
+    max_image_pixels: int | None = Field(None, ge=1, le=100_000_000, description="Width x height per image.")
+
+
+class EndpointConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="[a-z0-9-]{1,40}; the URL is /v1/{name}/{verb}.")
+    task: str = Field(description="A task type: image-classification, text-classification, text-embedding, tensor.")
+    model: str | None = Field(None, max_length=200, description=(
+        "What the first deployment serves: a tag, a model name, or a model key or family (its best validated "
+        "variant). Unset: the best validated version of this task."))
+    limits: EndpointLimits = Field(default_factory=EndpointLimits)
+    signature: SignatureDecl | None = Field(None, description="Declared inputs; versions must match it.")
+    description: str = Field("", max_length=500)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"must match [a-z0-9-]{{1,40}}, got {value!r}")
+        if value in RESERVED:
+            raise ValueError(f"{value!r} is reserved (used by /v1/{value})")
+        return value
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        try:
+            get_task(value)
+        except KeyError as exc:
+            raise ValueError(str(exc).strip("'\"")) from None
+        return value
+
+    @model_validator(mode="after")
+    def _signature_fits_task(self) -> EndpointConfig:
+        if self.signature is not None:
+            problems = get_task(self.task).check_signature(self.signature.model_dump(exclude_none=True) | {
+                "outputs": [o.model_dump() for o in self.signature.outputs] or [{"name": "*"}]})
+            if problems:
+                raise ValueError(f"signature: {'; '.join(problems)}")
+        return self
+
+    def declared_signature(self) -> dict[str, Any] | None:
+        return None if self.signature is None else self.signature.model_dump(exclude_none=True)
+
+
+class EndpointRequest(EndpointConfig):
+    """POST /v1/admin/endpoints: an endpoint and why it is created (audited)."""
+
+    reason: str = Field(min_length=1, max_length=1000)
+
+    def config(self) -> EndpointConfig:
+        return EndpointConfig.model_validate(self.model_dump(exclude={"reason"}))
+
+
+class SwitchyardConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique(cls, value: list[EndpointConfig]) -> list[EndpointConfig]:
+        names = [e.name for e in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"endpoint names must be unique; repeated: {', '.join(dupes)}")
+        return value
+
+
+# Where service.py lives: the repository root, or a bento's src/ (bentoml may serve from elsewhere).
+SERVICE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def config_path(explicit: str | None, root: Path | None = None) -> Path | None:
+    """SWITCHYARD_CONFIG when set (it must exist), else switchyard.yaml in the working directory,
+    else the one beside service.py."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"SWITCHYARD_CONFIG={explicit}: no such file")
+        return path
+    roots = [root] if root is not None else [Path.cwd(), SERVICE_ROOT]
+    return next((r / DEFAULT_FILE for r in roots if (r / DEFAULT_FILE).is_file()), None)
+
+
+def _where(loc: tuple[Any, ...], raw: Any) -> str:
+    """`endpoints[2].limits.max_rows (name: shop)`: the key path, and which endpoint it is in."""
+    parts = []
+    for p in loc:
+        parts.append(f"[{p}]" if isinstance(p, int) else f".{p}")
+    where = "".join(parts).lstrip(".")
+    if len(loc) > 1 and loc[0] == "endpoints" and isinstance(loc[1], int):
+        with contextlib.suppress(KeyError, IndexError, TypeError):
+            where += f" (endpoint {raw['endpoints'][loc[1]]['name']!r})"
+    return where
+
+
+def load_config(path: Path | None) -> SwitchyardConfig:
+    """The validated file, or an empty config; a bad file raises ConfigError naming the key."""
+    if path is None:
+        return SwitchyardConfig()
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read it as YAML: {str(exc).splitlines()[0]}") from None
+    try:
+        return SwitchyardConfig.model_validate(raw)
+    except ValidationError as exc:
+        e = exc.errors(include_url=False)[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{path}: {_where(e['loc'], raw) or 'top level'}: {e['msg']}{more}") from None

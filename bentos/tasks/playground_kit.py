@@ -1,0 +1,175 @@
+"""What a task's playground widget is built with: shared controls, asking through the routing path.
+
+A task supplies its input widgets, a function from their values to request items, its
+output widgets and a function from results to their values; the kit adds routed or pinned
+mode, the routing key, the answer's version, route and latency, and a generic compare panel.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bentos.tasks.base import Codec, Limits
+
+Ask = Callable[[str, list[Any], str, str | None, str | None], Awaitable[Any]]
+
+
+class Kit:
+    def __init__(self, gr: Any, endpoint: Any, ask: Ask, choices: list[str]) -> None:
+        self.gr = gr
+        self.endpoint = endpoint
+        self.ask = ask
+        self.choices = choices
+        self.examples = self._examples()
+
+    # --- what a widget needs to know ------------------------------------------------------
+    def codec(self) -> Codec | None:
+        spec = self.endpoint.spec
+        slot = self.endpoint.slots.get(spec.stable.tag) if spec else None
+        return slot.version.codec if slot else None
+
+    def _examples(self) -> list[tuple[str, Any, Any]]:
+        """Examples stored with the stable version (examples.json: name, input, label)."""
+        codec = self.codec()
+        path = Path(codec.model_dir) / "examples.json" if codec and codec.model_dir else None
+        if path is None or not path.is_file():
+            return []
+        rows = json.loads(path.read_text())
+        return [(r["name"], np.asarray(r["input"], np.float32), r.get("label")) for r in rows]
+
+    def limits(self) -> Limits:
+        return self.endpoint.limits  # type: ignore[no-any-return]
+
+    def labels(self) -> list[str] | None:
+        codec = self.codec()
+        labels = codec.preprocess.get("labels") if codec else None
+        return list(labels) if labels else None
+
+    def warmup_body(self) -> dict[str, Any]:
+        codec = self.codec()
+        if codec is None:
+            return {}
+        (item,) = codec.warmup_items()
+        return {name: [np.asarray(v).tolist()] for name, v in item.items()} if isinstance(item, dict) else {}
+
+    # --- input helpers ---------------------------------------------------------------------
+    @staticmethod
+    def png(picture: Any) -> bytes:
+        from PIL import Image
+
+        arr = np.asarray(picture)
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(arr).save(out, format="PNG")
+        return out.getvalue()
+
+    def lines(self, text: str, low: int, high: int) -> list[str]:
+        lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+        if not low <= len(lines) <= high:
+            raise ValueError(f"enter {low} to {high} lines, one per line (got {len(lines)})")
+        limit = self.limits().max_chars
+        too_long = [i + 1 for i, line in enumerate(lines) if len(line) > limit]
+        if too_long:
+            raise ValueError(f"line {too_long[0]} is longer than {limit} characters")
+        return lines
+
+    @staticmethod
+    def heatmap(matrix: np.ndarray, labels: list[str]) -> Any:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 5))
+        im = ax.imshow(matrix, vmin=-0.2, vmax=1.0, cmap="viridis")
+        short = [s if len(s) <= 24 else s[:22] + "…" for s in labels]
+        ax.set_xticks(range(len(labels)), short, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), short, fontsize=8)
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        plt.close(fig)
+        return fig
+
+    # --- the panel -----------------------------------------------------------------------
+    def panel(self, inputs: list[Any], to_items: Callable[..., list[Any]], outputs: list[Any],
+              render: Callable[[list[Any], list[Any]], tuple[Any, ...]]) -> None:
+        gr, name = self.gr, self.endpoint.name
+        with gr.Row():
+            mode = gr.Radio(["routed", "pinned"], value="routed", label="Mode")
+            key = gr.Textbox(label="Routing key (routed mode)", placeholder="user-42")
+            pin = gr.Dropdown(self.choices, value=self.choices[0] if self.choices else None,
+                              label="Version (pinned mode)", allow_custom_value=True)
+        go = gr.Button("Run", variant="primary", elem_id=f"run-{name}")
+        info = gr.Markdown(elem_id=f"answer-{name}")
+        details = gr.JSON(label="Response", visible=False)
+
+        def items_of(values: tuple[Any, ...]) -> list[Any]:
+            try:
+                return to_items(*values)
+            except ValueError as exc:
+                raise gr.Error(str(exc)[:1].upper() + str(exc)[1:] + ".", print_exception=False) from None
+
+        async def run(*values: Any) -> tuple[Any, ...]:
+            *given, how, routing_key, pinned = values
+            items = items_of(tuple(given))
+            answer = await self.ask(name, items, how, routing_key, pinned)
+            results = answer.codec.decode(answer.outputs)
+            text = f"### Answered by `{answer.version}`\n\n{answer.route} · {latency(answer)}"
+            return (*render(items, results), text, {"results": results, "model_version": answer.version,
+                                                    "route": answer.route})
+
+        go.click(run, [*inputs, mode, key, pin], [*outputs, info, details])
+        with gr.Accordion("Compare two versions on this input", open=False):
+            with gr.Row():
+                a = gr.Dropdown(self.choices, value=self.choices[0] if self.choices else None, label="Version A",
+                                allow_custom_value=True)
+                b = gr.Dropdown(self.choices, value=self.choices[-1] if self.choices else None, label="Version B",
+                                allow_custom_value=True)
+            compare_go = gr.Button("Compare")
+            verdict = gr.Markdown()
+            table = gr.Dataframe(headers=["input", "A", "B", "agreement"], label="Per input")
+
+        async def compare(*values: Any) -> tuple[Any, ...]:
+            *given, left_tag, right_tag = values
+            rows, text = await compare_versions(self.ask, name, items_of(tuple(given)), left_tag, right_tag)
+            return text, rows
+
+        compare_go.click(compare, [*inputs, a, b], [verdict, table])
+
+
+def latency(answer: Any) -> str:
+    return (f"queue {answer.timing.queue_s * 1000:.1f} ms, inference {answer.timing.inference_s * 1000:.1f} ms, "
+            f"total {answer.total_s * 1000:.1f} ms")
+
+
+def short(value: Any) -> str:
+    text = json.dumps(value, default=lambda v: np.asarray(v).tolist()) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+async def compare_versions(ask: Ask, endpoint: str, items: list[Any], left_tag: str | None,
+                           right_tag: str | None) -> tuple[list[list[Any]], str]:
+    """Both versions pinned on the same items; agreement by the task's own measure."""
+    if not left_tag or not right_tag:
+        raise ValueError("choose two versions to compare")
+    left = await ask(endpoint, items, "pinned", None, left_tag)
+    right = await ask(endpoint, items, "pinned", None, right_tag)
+    scores = [left.codec.agreement(x, y) for x, y in zip(left.outputs, right.outputs, strict=True)]
+    decoded_a, decoded_b = left.codec.decode(left.outputs), right.codec.decode(right.outputs)
+    rows = [[short(i if isinstance(i, str) else "input"), short(da), short(db), round(s, 5)]
+            for i, da, db, s in zip(items, decoded_a, decoded_b, scores, strict=True)]
+    mean = float(np.mean(scores))
+    word = "agree" if mean >= 0.999 else "disagree"
+    text = (f"**They {word}**: mean agreement {mean:.4f}, lowest {min(scores):.4f}.\n\n"
+            f"`{left.version}`: {latency(left)}\n\n`{right.version}`: {latency(right)}")
+    return rows, text

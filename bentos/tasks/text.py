@@ -1,0 +1,91 @@
+"""What the text task types share: a Hugging Face `tokenizer.json` run with `tokenizers`.
+
+Text is tokenized once, in the batch thread; the batching bucket is a cheap length class
+from characters, so the event loop never tokenizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from tokenizers import Tokenizer
+
+from bentos.batching import length_bucket
+from bentos.tasks.base import Codec, Feed, Limits, Task
+
+MAX_TOKENS = 256
+CHARS_PER_TOKEN = 4  # English averages about 4 characters a token; only the length class uses it
+
+
+def load_tokenizer(tokenizer_file: Path, max_tokens: int = MAX_TOKENS, pad_id: int = 0,
+                   pad_token: str = "[PAD]") -> Tokenizer:
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    # Shipped files often pad every input to a fixed length; pad to the longest in the batch instead.
+    tok.no_padding()
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    tok.enable_truncation(max_length=max_tokens)
+    return tok
+
+
+class TextCodec(Codec):
+    """`preprocess`: tokenizer (file name in the model dir), max_tokens, pad_id, pad_token."""
+
+    def __init__(self, signature: dict[str, Any], preprocess: dict[str, Any], model_dir: Path | None = None) -> None:
+        super().__init__(signature, preprocess, model_dir)
+        path = Path(preprocess.get("tokenizer", "tokenizer.json"))
+        self.tokenizer_file = path if path.is_absolute() or model_dir is None else model_dir / path
+        if not self.tokenizer_file.is_file():
+            raise FileNotFoundError(f"tokenizer file {self.tokenizer_file} is missing")
+        self.max_tokens = int(preprocess.get("max_tokens", MAX_TOKENS))
+        self._tok = load_tokenizer(self.tokenizer_file, self.max_tokens, int(preprocess.get("pad_id", 0)),
+                                   str(preprocess.get("pad_token", "[PAD]")))
+        self._input_names = [i["name"] for i in signature["inputs"]]
+
+    def preprocess_config(self) -> dict[str, Any]:
+        return {**self.preprocess, "tokenizer": self.tokenizer_file.name, "max_tokens": self.max_tokens}
+
+    def bucket(self, items: list[Any]) -> int:
+        return length_bucket(max(len(t) for t in items) // CHARS_PER_TOKEN)
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        return [sum(e.attention_mask) for e in self._tok.encode_batch(list(texts))]
+
+    def encode(self, items: list[Any]) -> Feed:
+        encodings = self._tok.encode_batch([str(t) for t in items])
+        columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
+                   "token_type_ids": [e.type_ids for e in encodings]}
+        dtypes = {i["name"]: i["dtype"] for i in self.signature["inputs"]}
+        return {name: np.array(columns[name], dtype=dtypes[name]) for name in self._input_names}
+
+    def warmup_items(self) -> list[Any]:
+        return ["A warm-up sentence of about the usual length, before any traffic arrives."]
+
+    def oip_inputs(self) -> list[dict[str, Any]]:
+        return [{"name": "text", "dtype": "object", "shape": ["batch"]}]
+
+    def from_oip(self, tensors: dict[str, np.ndarray]) -> list[Any]:
+        return [t.decode() if isinstance(t, bytes) else str(t) for t in tensors["text"].reshape(-1)]
+
+
+class TextTask(Task):
+    """What both text task types share: `{"texts": [...]}` with the endpoint's limits."""
+
+    items_field: ClassVar[str] = "texts"
+
+    @classmethod
+    def request_model(cls, limits: Limits, signature: dict[str, Any] | None) -> type[BaseModel]:
+        return text_request(cls.summary, limits)
+
+
+def text_request(description: str, limits: Limits) -> type[BaseModel]:
+    """`{"texts": [...]}` with the endpoint's row and character limits."""
+    text = Annotated[str, Field(min_length=1, max_length=limits.max_chars, strict=True)]
+    fields: dict[str, Any] = {"texts": (list[text], Field(
+        min_length=1, max_length=limits.max_rows,
+        description=f"1 to {limits.max_rows} texts of at most {limits.max_chars} characters"))}
+    model: type[BaseModel] = create_model("TextRequest", __config__=ConfigDict(extra="forbid"), __doc__=description,
+                                          **fields)
+    return model

@@ -1,0 +1,151 @@
+"""Models a user would bring, made here (nothing downloaded): a small CNN, a BERT-style
+classifier from a config, and a two-input graph written with onnx.helper.
+
+Each is registered into the store the way an imported model is (models.registry.register_file).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from models.registry import register_file
+
+COLORS = ("red", "green", "blue")
+SIDE = 16
+IMAGE_PRE = {"labels": list(COLORS), "output": "logits",
+             "image": {"mode": "RGB", "size": [SIDE, SIDE], "mean": [0.5] * 3, "std": [0.5] * 3, "layout": "CHW"}}
+
+
+def color_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy squares whose dominant channel is the label, as uint8 HWC pictures."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    pics = rng.integers(0, 90, (n, SIDE, SIDE, 3)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        pics[i, ..., label] = rng.integers(170, 256, (SIDE, SIDE))
+    return pics, labels
+
+
+def normalise(pics: np.ndarray) -> np.ndarray:
+    return ((pics.astype(np.float32) / 255 - 0.5) / 0.5).transpose(0, 3, 1, 2)
+
+
+def png(picture: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(picture).save(out, format="PNG")
+    return out.getvalue()
+
+
+def color_cnn(dest: Path, seed: int = 0, steps: int = 60) -> Path:
+    """A small CNN trained for a few seconds on coloured squares, exported with a dynamic batch."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    pics, labels = color_images(512, seed)
+    x, y = torch.from_numpy(normalise(pics)), torch.from_numpy(labels)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    net.eval()
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / "color-cnn.onnx"
+    torch.onnx.export(net, (x[:2],), str(path), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False, opset_version=17)
+    return path
+
+
+def tokenizer_file() -> Path:
+    from models.families.minilm import package_dir
+
+    return package_dir() / "tokenizer.json"
+
+
+def bert_classifier(dest: Path, seed: int = 0) -> tuple[Path, dict[int, str]]:
+    """A BERT-style sequence classifier from a small BertConfig, exported to ONNX."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    id2label = {0: "negative", 1: "positive"}
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=2, id2label=id2label,
+                        label2id={v: k for k, v in id2label.items()})
+    model = BertForSequenceClassification(config).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).logits
+
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / "bert-classifier.onnx"
+    ids = torch.tensor([[101, 2023, 2003, 102], [101, 7592, 102, 0]])
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    torch.onnx.export(Logits(), (ids, (ids > 0).long(), torch.zeros_like(ids)), str(path), input_names=names,
+                      output_names=["logits"], dynamic_axes={**axes, "logits": {0: "batch"}}, dynamo=False,
+                      opset_version=17)
+    return path, id2label
+
+
+def two_input_graph(dest: Path, scale: float = 1.0) -> Path:
+    """sum = scale * (a + b) and dot = sum(a * b, axis 1): two named inputs, two named outputs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 3])
+    total = helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 3])
+    dot = helper.make_tensor_value_info("dot", TensorProto.FLOAT, ["batch"])
+    nodes = [helper.make_node("Add", ["a", "b"], ["ab"]), helper.make_node("Mul", ["ab", "k"], ["sum"]),
+             helper.make_node("Mul", ["a", "b"], ["prod"]),
+             helper.make_node("ReduceSum", ["prod", "axes"], ["dot"], keepdims=0)]
+    inits = [helper.make_tensor("k", TensorProto.FLOAT, [], [scale]),
+             helper.make_tensor("axes", TensorProto.INT64, [1], [1])]
+    graph = helper.make_graph(nodes, "two_inputs", [a, b], [total, dot], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"two-inputs-{scale:g}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def register_user_models(work: Path) -> dict[str, str]:
+    """Two versions of each, ready for a 90/10 split."""
+    tok = work / "tok"
+    tok.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tokenizer_file(), tok / "tokenizer.json")
+    bert, id2label = bert_classifier(work / "bert")
+    text_pre = {"tokenizer": "tokenizer.json", "max_tokens": 128, "labels": [id2label[i] for i in sorted(id2label)],
+                "problem": "single_label"}
+    tags = {
+        "cnn": register_file("colors", color_cnn(work / "cnn", seed=0), task="image-classification",
+                             preprocess=IMAGE_PRE),
+        "cnn2": register_file("colors", color_cnn(work / "cnn2", seed=1), task="image-classification",
+                              preprocess=IMAGE_PRE, variant="retrained"),
+        "bert": register_file("sentiment", bert, task="text-classification", preprocess=text_pre,
+                              extra_files={"tokenizer.json": tok / "tokenizer.json"}),
+        "tensor": register_file("adder", two_input_graph(work / "t1"), task="tensor", preprocess={}),
+        "tensor2": register_file("adder", two_input_graph(work / "t2", 1.0), task="tensor", preprocess={},
+                                 variant="copy"),
+    }
+    tags["bert2"] = register_file("sentiment", bert, task="text-classification", preprocess=text_pre,
+                                  extra_files={"tokenizer.json": tok / "tokenizer.json"}, variant="copy")
+    return tags
