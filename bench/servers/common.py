@@ -21,25 +21,22 @@ class StoredModel:
     path: Path
 
     def run(self, items: list[Any]) -> np.ndarray:
-        return self.session.run([self.codec.output_name], self.codec.encode(items))[0]
+        feed = self.codec.encode(items)
+        return np.stack(self.codec.split(feed, self.session.run(self.codec.output_names, feed)))
 
     def answer(self, outputs: np.ndarray) -> dict[str, Any]:
         if self.family == "minilm":
             return {"embeddings": outputs.tolist()}
-        return {"predictions": self.codec.decode(outputs)}
+        return {"predictions": self.codec.decode(list(outputs))}
 
 
 def load_stored(tag: str, threads: int | None = None) -> StoredModel:
-    import bentoml
-    from bentos.families import codec_for
+    from bentos.runtime import load_version
 
-    from bentos.runtime import load_session
-
-    model = bentoml.models.get(tag)
-    root = Path(model.path)
-    family = model.info.labels["family"]
-    codec = codec_for(family, root, model.info.metadata.get("preprocess") or {})
-    return StoredModel(family, codec, load_session(root / "model.onnx", threads), root)
+    # The same loading, hash check and codec as Switchyard's own workers.
+    version = load_version(tag, threads or 2)
+    family = "minilm" if version.task == "text-embedding" else "digits"
+    return StoredModel(family, version.codec, version.session, version.path)
 
 
 def tags_from_env() -> dict[str, str]:
