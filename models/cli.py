@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from models.errors import BuildError
@@ -26,6 +27,29 @@ Typical use:
 
 Each stage also runs alone, in this order, reading and writing --work-dir:
   train (digits only) -> export -> optimize -> validate -> benchmark -> register
+
+Your own model (PyTorch, TorchScript, a Hugging Face directory or ONNX) takes one command:
+  python -m models import --help
+"""
+
+IMPORT_HELP = r"""Import your own model: export it to ONNX (parity-checked against torch), optimize it
+(fp32, int8-dynamic, int8-static, fp16), gate every variant against fp32 on your data,
+and register the ones that pass, with their task, signature, preprocessing, lineage and hashes.
+
+Examples:
+  python -m models import --name my-cnn --task image-classification \
+      --torch my_model.py:build --state-dict weights.pt --input image:float32:batch,3,32,32 \
+      --labels labels.txt --validation val.npz --calibration calib.npz
+  python -m models import --name reviews --task text-classification --hf ./my-bert \
+      --validation val.jsonl --calibration sentences.txt
+  python -m models import --name ranker --task tensor --onnx ranker.onnx --calibration inputs.npz
+
+Data: --validation has labels (.npz with inputs and labels, a folder of class sub-folders of
+images, or a .jsonl of {"text", "label"}); --calibration has inputs only (.npz, a folder of
+images, or a text file of sentences). With labels the gate is the accuracy drop against fp32
+(--max-drop points); without, agreement with fp32 (--min-agreement for classifiers,
+--min-cosine and --min-p01-cosine for embeddings, --max-rel-l2 for tensors).
+Then deploy it: PUT /v1/admin/deployments/ENDPOINT, or start a rollout (README: Serve your own model).
 """
 
 
@@ -71,9 +95,87 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--if-missing", action="store_true", help="skip versions already in the store")
     sp.add_argument("--seconds", type=float, default=1.0, help="time per throughput point (default 1.0)")
     gate_opts(sp)
+    _import_parser(sub, common)
     cmd("list", "registered versions with their key metrics").add_argument("--json", action="store_true")
     cmd("verify", "re-check the sha256 of every artifact of a stored version").add_argument("tag")
     return p
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 32 or 32x32, got {text!r}") from None
+
+
+def _import_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    sp = sub.add_parser("import", help="import your own model (PyTorch, TorchScript, Hugging Face, ONNX)",
+                        parents=[common], description=IMPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    req = sp.add_argument_group("what and where from (one source)")
+    req.add_argument("--name", required=True, help="model name in the store: [a-z0-9-], up to 40")
+    req.add_argument("--task", required=True, help="image-classification, text-classification, text-embedding, tensor")
+    req.add_argument("--torch", metavar="FILE.py:FACTORY", help="or package.module:factory; returns an nn.Module")
+    req.add_argument("--state-dict", type=Path, help="weights for --torch, loaded with weights_only=True")
+    req.add_argument("--torchscript", type=Path, metavar="FILE", help="a TorchScript file")
+    req.add_argument("--hf", type=Path, metavar="DIR", help="a local Hugging Face directory (config.json, "
+                     "model.safetensors, tokenizer.json)")
+    req.add_argument("--onnx", type=Path, metavar="FILE", help="an ONNX file; its signature is read from the graph")
+    sig = sp.add_argument_group("input signature (PyTorch sources)")
+    sig.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME:DTYPE:SHAPE",
+                     help="repeatable, e.g. image:float32:batch,3,32,32 (symbolic axes are names)")
+    sig.add_argument("--example", type=Path, metavar="FILE.npz", help="example inputs by name, batch first")
+    sig.add_argument("--output-name", dest="output_names", action="append", default=[],
+                     help="names for the module's outputs, in order (default: logits for classifiers, else output)")
+    data = sp.add_argument_group("data and the gate")
+    data.add_argument("--validation", type=Path, help="inputs with labels (see above)")
+    data.add_argument("--calibration", type=Path, help="inputs for int8-static and the unlabeled gate")
+    data.add_argument("--variant", dest="variants", action="append", help="repeatable; default fp32, int8-dynamic, "
+                      "int8-static (also: fp16)")
+    data.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a variant may lose (default 1.0)")
+    data.add_argument("--min-agreement", type=float, default=0.99, help="top-1 agreement with fp32 (default 0.99)")
+    data.add_argument("--min-cosine", type=float, default=0.99, help="mean cosine with fp32 (default 0.99)")
+    data.add_argument("--min-p01-cosine", type=float, default=0.98, help="1st-percentile cosine (default 0.98)")
+    data.add_argument("--max-rel-l2", type=float, default=0.01, help="relative L2 distance to fp32 (default 0.01)")
+    data.add_argument("--parity-tolerance", type=float, default=1e-4, help="ONNX vs torch, max abs (default 1e-4)")
+    data.add_argument("--force", action="store_true", help="register variants that fail the gate")
+    pre = sp.add_argument_group("preprocessing, stored with the model")
+    pre.add_argument("--labels", type=Path, help="class names, one per line (Hugging Face: id2label by default)")
+    pre.add_argument("--image-size", type=_ints, help="HxW the model takes (default: from the input shape)")
+    pre.add_argument("--mean", type=_floats, help="per channel, after scaling to 0..1, e.g. 0.485,0.456,0.406")
+    pre.add_argument("--std", type=_floats, help="per channel, e.g. 0.229,0.224,0.225")
+    pre.add_argument("--channels", choices=["RGB", "L"], default="RGB")
+    pre.add_argument("--layout", choices=["CHW", "HWC"], default="CHW")
+    pre.add_argument("--outputs-are", choices=["logits", "probabilities"], default="logits")
+    pre.add_argument("--tokenizer", type=Path, help="tokenizer.json for text tasks (default: the --hf one)")
+    pre.add_argument("--max-tokens", type=int, default=256)
+    pre.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="text-embedding (default mean)")
+    pre.add_argument("--no-normalize", dest="normalize", action="store_false", help="text-embedding: keep norms")
+    pre.add_argument("--multi-label", action="store_true", help="text-classification: sigmoid per label")
+    pre.add_argument("--threshold", type=float, default=0.5, help="multi-label threshold (default 0.5)")
+
+
+def _import(args: argparse.Namespace) -> list[str]:
+    from pydantic import ValidationError
+
+    from models.importer import ImportOptions, run_import
+
+    fields = {k: v for k, v in vars(args).items() if k in ImportOptions.model_fields and v is not None}
+    try:
+        opts = ImportOptions(**fields)
+    except ValidationError as exc:
+        e = exc.errors(include_url=False)[0]
+        raise BuildError(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}") from None
+    tags = run_import(opts, _settings(args), _log)
+    for tag in tags:
+        print(tag)
+    return tags
 
 
 def _settings(args: argparse.Namespace) -> BuildSettings:
@@ -89,6 +191,9 @@ def _log(msg: str) -> None:
 def run(args: argparse.Namespace) -> Any:
     if args.command == "list":
         return _list(args.json)
+    if args.command == "import":
+        _import(args)
+        return None
     if args.command == "verify":
         from models.registry import verify
 

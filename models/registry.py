@@ -99,7 +99,8 @@ def register(builder: Builder, md: ModelDir, variant: str, force: bool = False) 
         "preprocess": codec.preprocess_config(),
         "metrics": {"validate": metrics, "benchmark": bench, "validation_passed": validation["passed"]},
         "lineage": {"model": builder.key, "parent": parent or f"{builder.key}/export/model.onnx (fp32, unregistered)",
-                    "optimization": variant, "parameters": optimization, "git_commit": git_commit()},
+                    "optimization": variant, "parameters": optimization, "git_commit": git_commit(),
+                    **builder.lineage()},
         "sha256": hashes,
         "size_bytes": files[MODEL_FILE].stat().st_size,
         "task": builder.task,
@@ -149,6 +150,10 @@ def _headline(metrics: dict[str, Any]) -> str:
         return f"acc {metrics['accuracy'] * 100:.2f}%"
     if "mean_cosine" in metrics:
         return f"cos {metrics['mean_cosine']:.4f}"
+    if "top1_agreement" in metrics:
+        return f"agree {metrics['top1_agreement']:.4f}"
+    if "relative_l2" in metrics:
+        return f"relL2 {metrics['relative_l2']:.1e}"
     return "-"
 
 

@@ -20,7 +20,8 @@ def validate(builder: Builder, md: ModelDir, variant: str, max_drop: float, forc
     metrics = builder.evaluate(candidate, baseline)
     failures = builder.gate(metrics, max_drop)
     report = {"variant": variant, "passed": not failures, "forced": bool(failures and force),
-              "failures": failures, "max_drop": max_drop, "baseline": "export/model.onnx (fp32)", "metrics": metrics}
+              "failures": failures, "max_drop": max_drop, "baseline": "export/model.onnx (fp32)", "metrics": metrics,
+              **builder.gate_context()}
     write_json(md.variant_dir(variant) / "validate.json", report)
     if failures and not force:
         raise BuildError(f"{builder.key} {variant} failed validation: " + "; ".join(failures)

@@ -149,3 +149,47 @@ def register_user_models(work: Path) -> dict[str, str]:
     tags["bert2"] = register_file("sentiment", bert, task="text-classification", preprocess=text_pre,
                                   extra_files={"tokenizer.json": tok / "tokenizer.json"}, variant="copy")
     return tags
+
+
+POSITIVE = ("a wonderful film", "great acting and a lovely story", "i loved it", "brilliant and moving",
+            "what a delight", "superb from start to end", "funny and warm", "the best film this year")
+NEGATIVE = ("a terrible film", "boring and far too long", "i hated it", "awful acting", "what a waste of time",
+            "dull from start to end", "painful to watch", "the worst film this year")
+
+
+def review_rows() -> list[tuple[str, str]]:
+    return [(t, "positive") for t in POSITIVE] + [(t, "negative") for t in NEGATIVE]
+
+
+def hf_sentiment_dir(dest: Path, steps: int = 40, seed: int = 0) -> Path:
+    """A BERT-style classifier from a small BertConfig, fine-tuned a few steps, saved with save_pretrained
+    next to a tokenizer.json: what a Hugging Face checkpoint directory holds."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    id2label = {0: "negative", 1: "positive"}
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=2, id2label=id2label,
+                        label2id={v: k for k, v in id2label.items()})
+    model = BertForSequenceClassification(config)
+    tok = Tokenizer.from_file(str(tokenizer_file()))
+    tok.no_padding()
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    rows = review_rows()
+    enc = tok.encode_batch([t for t, _ in rows])
+    ids = torch.tensor([e.ids for e in enc])
+    mask = torch.tensor([e.attention_mask for e in enc])
+    y = torch.tensor([1 if label == "positive" else 0 for _, label in rows])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        model(input_ids=ids, attention_mask=mask, labels=y).loss.backward()
+        opt.step()
+    model.eval()
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(dest), safe_serialization=True)
+    shutil.copyfile(tokenizer_file(), dest / "tokenizer.json")
+    return dest

@@ -110,3 +110,11 @@ class Builder(ABC):
     @abstractmethod
     def headline(self, metrics: dict[str, Any]) -> str:
         """The one quality figure `list` shows."""
+
+    def gate_context(self) -> dict[str, Any]:
+        """What the gate measured on (data and its sha256) and its thresholds, for the version's metadata."""
+        return {}
+
+    def lineage(self) -> dict[str, Any]:
+        """Where the model came from, beyond the pipeline's own lineage (imports: source and its sha256)."""
+        return {}
