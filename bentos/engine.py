@@ -41,6 +41,8 @@ SYSTEM_ACTOR = "switchyard"
 # Shared stats older than this are deleted (canary analysis and /stats look back minutes, not days).
 STATS_RETENTION_S = 3600
 PRUNE_EVERY_FLUSHES = 60
+# A request for an endpoint this worker lacks looks in the control plane at most this often.
+REFRESH_MIN_S = 0.1
 
 
 class RolloutHook(Protocol):
@@ -72,6 +74,9 @@ class Engine:
         self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._refresh_lock = asyncio.Lock()
+        self._sync_lock = asyncio.Lock()
+        self._refreshed_at = 0.0
         self.rollouts: RolloutHook | None = None  # the service wires the controller in
 
     def _new_endpoint(self, config: EndpointConfig) -> Endpoint:
@@ -172,6 +177,10 @@ class Engine:
         task.add_done_callback(self._retiring.discard)
 
     async def sync(self) -> None:
+        async with self._sync_lock:  # the poll loop and a request's look must not apply a revision twice
+            await self._sync()
+
+    async def _sync(self) -> None:
         assert self.store is not None
         await self._sync_endpoints()
         revisions = await asyncio.to_thread(self.store.current_revisions)
@@ -287,6 +296,18 @@ class Engine:
         return None
 
     # --- admin operations --------------------------------------------------------------
+    async def serving_endpoint(self, name: str) -> Endpoint:
+        """The endpoint for a request: one this worker has not seen yet (created through another
+        worker a moment ago) is looked up in the control plane at once instead of waiting for the poll."""
+        endpoint = self.endpoints.get(name)
+        if (endpoint is None or not endpoint.ready) and self.store is not None and not self.store_error:
+            async with self._refresh_lock:  # one look at a time; callers behind it reuse its result
+                if time.monotonic() - self._refreshed_at > REFRESH_MIN_S:
+                    self._refreshed_at = time.monotonic()
+                    with contextlib.suppress(StoreUnavailable):
+                        await self.sync()
+        return self.endpoint(name)
+
     def endpoint(self, name: str) -> Endpoint:
         if name not in self.endpoints:
             raise NotFound(f"unknown endpoint {name!r}; endpoints: {', '.join(sorted(self.endpoints))}")
@@ -309,7 +330,7 @@ class Engine:
                                   action="endpoint-create", reason=reason, create_only=True)
         except EndpointExists as exc:
             raise Conflict(f"name: {exc}; DELETE /v1/admin/endpoints/{config.name} first to replace it") from None
-        await self._sync_endpoints()
+        await self.sync()  # serve it here at once; the other workers follow within a poll
         await self._first_deployment(self.endpoints[config.name])
         await self.sync()
         return self.endpoint_json(config.name)

@@ -148,7 +148,7 @@ async def infer(holder: EngineHolder, request: Request) -> Response:
     engine = holder.get()
     name, verb = request.path_params["endpoint"], request.path_params["verb"]
     try:
-        endpoint = engine.endpoint(name)
+        endpoint = await engine.serving_endpoint(name)
         task = endpoint.task
         if verb != task.verb:
             raise NotFound(f"{name} is a {task.name} endpoint: POST /v1/{name}/{task.verb}")

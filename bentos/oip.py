@@ -157,7 +157,7 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
 
     async def metadata(request: Request) -> Response:
         try:
-            endpoint = holder.get().endpoint(request.path_params["model"])
+            endpoint = await holder.get().serving_endpoint(request.path_params["model"])
             codec = _codec(endpoint)
         except (NotFound, NoDeployment) as exc:
             return oip_problem(exc)
@@ -168,7 +168,7 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
 
     async def model_ready(request: Request) -> Response:
         try:
-            endpoint = holder.get().endpoint(request.path_params["model"])
+            endpoint = await holder.get().serving_endpoint(request.path_params["model"])
         except NotFound as exc:
             return oip_problem(exc)
         return json_response({"name": endpoint.name, "ready": endpoint.ready}, 200 if endpoint.ready else 503)
@@ -176,7 +176,7 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
     async def infer(request: Request) -> Response:
         engine = holder.get()
         try:
-            endpoint = engine.endpoint(request.path_params["model"])
+            endpoint = await engine.serving_endpoint(request.path_params["model"])
             body = await read_body(request, endpoint.limits.max_body_bytes, "limits.max_body_bytes")
             parsed, binary = _parse(body, request.headers.get(HEADER))
             codec = _codec(endpoint)

@@ -1,0 +1,219 @@
+"""`python -m models import` as a user runs it, on models the tests make (nothing downloaded):
+a CNN from the user's own file, a Hugging Face directory, an ONNX file with two inputs, a
+MobileNet-style network; and every bad input as a one-line error with nothing left in the store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import CLI, ROOT
+from tests.user_models import color_images, hf_sentiment_dir, normalise, review_rows, two_input_graph
+
+USER_CNN = """
+    import torch
+    from torch import nn
+
+
+    class ColorNet(nn.Module):
+        def __init__(self, classes: int = 3) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                          nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                                          nn.AdaptiveAvgPool2d(1))
+            self.head = nn.Linear(16, classes)
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(image).flatten(1))
+
+
+    class Block(nn.Module):
+        \"\"\"MobileNetV3's inverted residual: expand, depthwise, squeeze-excite, hard-swish, project.\"\"\"
+
+        def __init__(self, c: int, hidden: int) -> None:
+            super().__init__()
+            self.expand = nn.Sequential(nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish())
+            self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+                                           nn.BatchNorm2d(hidden), nn.Hardswish())
+            self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(hidden, 8, 1), nn.ReLU(),
+                                    nn.Conv2d(8, hidden, 1), nn.Hardsigmoid())
+            self.project = nn.Sequential(nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.depthwise(self.expand(x))
+            return x + self.project(h * self.se(h))
+
+
+    def build() -> nn.Module:
+        return ColorNet()
+
+
+    def mobilenet_like() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.Hardswish(),
+                             Block(16, 48), Block(16, 48), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
+                             nn.Linear(16, 10)).eval()
+
+
+    def not_a_module() -> int:
+        return 3
+
+
+    class Eig(nn.Module):
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            flat = image.flatten(2)
+            return torch.linalg.eigh(flat @ flat.transpose(1, 2)).eigenvalues
+
+
+    def unsupported() -> nn.Module:
+        return Eig()
+"""
+
+
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The user's own files, outside the repository: model code, trained weights, data, labels."""
+    import torch
+
+    root = tmp_path_factory.mktemp("my-models")
+    (root / "my_cnn.py").write_text(textwrap.dedent(USER_CNN))
+    sys.path.insert(0, str(root))
+    try:
+        import my_cnn  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(root))
+    torch.manual_seed(0)
+    net = my_cnn.build()
+    pics, labels = color_images(600, seed=0)
+    x, y = torch.from_numpy(normalise(pics)), torch.from_numpy(labels)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(60):  # a few seconds
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    torch.save(net.eval().state_dict(), root / "weights.pt")
+    vp, vl = color_images(200, seed=1)
+    np.savez(root / "val.npz", inputs=normalise(vp), labels=vl)
+    np.savez(root / "calib.npz", inputs=normalise(color_images(64, seed=2)[0]))
+    np.savez(root / "bad-shape.npz", inputs=np.zeros((4, 3, 8, 8), np.float32), labels=np.zeros(4, int))
+    np.savez(root / "bad-labels.npz", inputs=normalise(vp[:4]), labels=np.array([0, 1, 2, 7]))
+    (root / "labels.txt").write_text("red\ngreen\nblue\n")
+    hf_sentiment_dir(root / "hf")
+    (root / "reviews.jsonl").write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in review_rows()))
+    (root / "sentences.txt").write_text("\n".join(t for t, _ in review_rows()))
+    two_input_graph(root)
+    rng = np.random.default_rng(0)
+    np.savez(root / "pairs.npz", a=rng.random((32, 3), np.float32), b=rng.random((32, 3), np.float32))
+    np.savez(root / "small.npz", inputs=rng.random((16, 3, 32, 32), np.float32))
+    return root
+
+
+def cnn_args(root: Path, *extra: str, factory: str = "build") -> list[str]:
+    return ["import", "--name", "my-cnn", "--task", "image-classification", "--torch", f"{root}/my_cnn.py:{factory}",
+            "--state-dict", str(root / "weights.pt"), "--input", "image:float32:batch,3,16,16", "--labels",
+            str(root / "labels.txt"), "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", *extra]
+
+
+def stored(env: dict[str, str]) -> list[dict[str, Any]]:
+    out = subprocess.run([sys.executable, "-m", "models", "list", "--json"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    return list(json.loads(out.stdout)) if out.stdout.strip().startswith("[") else []
+
+
+def test_cnn_from_the_users_own_file(cli: CLI, user_dir: Path, store_env: dict[str, str], tmp_path: Path) -> None:
+    out = cli(*cnn_args(user_dir, "--validation", str(user_dir / "val.npz"), "--calibration",
+                        str(user_dir / "calib.npz"), "--work-dir", str(tmp_path)), check=True)
+    tags = out.stdout.split()
+    assert [t.split(":")[0] for t in tags] == ["my-cnn-fp32", "my-cnn-int8-dynamic", "my-cnn-int8-static"]
+    assert "parity with torch, max abs diff" in out.stderr
+    rows = {r["tag"]: r for r in stored(store_env)}
+    static = rows[tags[2]]
+    assert static["task"] == "image-classification"
+    assert static["signature"]["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 3, 16, 16]}]
+    assert static["gate"]["passed"] and static["gate"]["data"]["validation"]["rows"] == 200
+    assert len(static["gate"]["data"]["validation"]["sha256"]) == 64 and static["gate"]["thresholds"]["max_drop"] == 1
+    lineage = static["lineage"]
+    assert lineage["source"].endswith("my_cnn.py") and lineage["factory"] == "build"
+    assert len(lineage["source_sha256"]) == 64 and len(lineage["state_dict_sha256"]) == 64
+    assert static["metrics"]["validate"]["accuracy"] > 0.95
+    assert static["metrics"]["validate"]["batch_invariance_min_agreement"] == 1.0
+    assert set(static["sha256"]) >= {"model.onnx"}
+
+
+def test_a_hugging_face_directory_carries_id2label_and_its_tokenizer(cli: CLI, user_dir: Path,
+                                                                      store_env: dict[str, str],
+                                                                      tmp_path: Path) -> None:
+    out = cli("import", "--name", "reviews", "--task", "text-classification", "--hf", str(user_dir / "hf"),
+              "--validation", str(user_dir / "reviews.jsonl"), "--calibration", str(user_dir / "sentences.txt"),
+              "--work-dir", str(tmp_path), check=True)
+    fp32 = next(r for r in stored(store_env) if r["tag"] == out.stdout.split()[0])
+    assert fp32["task"] == "text-classification" and "tokenizer.json" in fp32["sha256"]
+    assert fp32["lineage"]["architecture"] == "BertForSequenceClassification"
+    assert [i["name"] for i in fp32["signature"]["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert fp32["metrics"]["validate"]["accuracy"] == 1.0  # fine-tuned on these very rows
+
+
+def test_an_onnx_file_with_two_named_inputs(cli: CLI, user_dir: Path, store_env: dict[str, str],
+                                            tmp_path: Path) -> None:
+    out = cli("import", "--name", "pairs", "--task", "tensor", "--onnx", str(user_dir / "two-inputs-1.onnx"),
+              "--calibration", str(user_dir / "pairs.npz"), "--work-dir", str(tmp_path), check=True)
+    rows = {r["tag"]: r for r in stored(store_env)}
+    assert [rows[t]["signature"]["inputs"][1]["name"] for t in out.stdout.split()] == ["b"] * 3
+    assert rows[out.stdout.split()[0]]["metrics"]["validate"]["relative_l2"] == 0.0
+
+
+def test_a_mobilenet_style_network_imports_without_special_casing(cli: CLI, user_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    out = cli("import", "--name", "mobile", "--task", "image-classification", "--torch",
+              f"{user_dir}/my_cnn.py:mobilenet_like", "--input", "image:float32:batch,3,32,32", "--calibration",
+              str(user_dir / "small.npz"), "--variant", "fp32", "--variant", "int8-dynamic",
+              "--work-dir", str(tmp_path), check=True)
+    assert [t.split(":")[0] for t in out.stdout.split()] == ["mobile-fp32", "mobile-int8-dynamic"]
+
+
+def test_without_calibration_int8_static_is_skipped_with_a_note(cli: CLI, user_dir: Path, tmp_path: Path) -> None:
+    out = cli(*cnn_args(user_dir, "--validation", str(user_dir / "val.npz"), "--work-dir", str(tmp_path)), check=True)
+    assert "int8-static skipped: it calibrates on your inputs; give --calibration FILE" in out.stderr
+    assert [t.split(":")[0] for t in out.stdout.split()] == ["my-cnn-fp32", "my-cnn-int8-dynamic"]
+
+
+@pytest.mark.parametrize(("case", "needle"), [
+    ("factory", "no factory 'nope' in"),
+    ("unsupported", "export to ONNX failed: Exporting the operator 'aten::linalg_eigh'"),
+    ("input", "--input 'image:float33:batch,3,16,16': dtype 'float33' is not one of"),
+    ("tokenizer", "hf-without-tokenizer: tokenizer.json missing (a Hugging Face directory needs"),
+    ("shape", "bad-shape.npz: inputs of shape [4, 3, 8, 8] do not match the model's input"),
+    ("labels", "labels outside the model's classes in"),
+    ("gate", "failed validation: accuracy drop"),
+])
+def test_bad_input_is_one_error_line_and_nothing_is_stored(cli: CLI, user_dir: Path, store_env: dict[str, str],
+                                                           tmp_path: Path, case: str, needle: str) -> None:
+    val, work = ["--validation", str(user_dir / "val.npz")], ["--work-dir", str(tmp_path)]
+    no_tokenizer = tmp_path / "hf-without-tokenizer"  # a checkpoint someone saved without its tokenizer
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(user_dir / "hf" / name, no_tokenizer / name)
+    args = {
+        "factory": cnn_args(user_dir, *val, *work, factory="nope"),
+        "unsupported": ["import", "--name", "eig", "--task", "image-classification", "--torch",
+                        f"{user_dir}/my_cnn.py:unsupported", "--input", "image:float32:batch,3,16,16",
+                        "--calibration", str(user_dir / "calib.npz"), *work],
+        "input": [a.replace("image:float32", "image:float33") for a in cnn_args(user_dir, *val, *work)],
+        "tokenizer": ["import", "--name", "t", "--task", "text-classification", "--hf", str(no_tokenizer),
+                      "--calibration", str(user_dir / "sentences.txt"), *work],
+        "shape": cnn_args(user_dir, "--validation", str(user_dir / "bad-shape.npz"), *work),
+        "labels": cnn_args(user_dir, "--validation", str(user_dir / "bad-labels.npz"), *work),
+        "gate": cnn_args(user_dir, *val, *work, "--max-drop", "-1"),
+    }[case]
+    out = cli(*args)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(errors) == 1 and needle in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert stored(store_env) == []
