@@ -8,6 +8,9 @@ store (`make models`). Writes docs/benchmarks.md, its plots, and bench/results/s
 
     python bench/serving.py            # the full run (`make bench`), about 15 minutes
     python bench/serving.py --smoke    # seconds per server, for `make test`
+    python bench/serving.py --baseline 2bb6924 --servers "" --configs 1-version,90-10 \
+        --workloads embed-one,digits-one --connections 64 --out docs/benchmarks-baseline.md
+                                       # the same Switchyard configs at an earlier commit too, in one run
 """
 
 from __future__ import annotations
@@ -131,13 +134,26 @@ def split_for(config: str, v: dict[str, str]) -> list[tuple[str, str, int]]:
     return split
 
 
-def run_switchyard(config: str, versions: dict[str, dict[str, str]], plan: Plan, state: Path) -> ServerRun:
-    env = serve_env(Path(os.environ.get("BENTOML_HOME", ROOT / ".state" / "bentoml")), state / config,
+def baseline_tree(rev: str, state: Path) -> Path:
+    """A checkout of an earlier commit, to serve the same store with that commit's code."""
+    import subprocess
+
+    tree = state / f"baseline-{rev}"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True,
+                   capture_output=True)
+    return tree
+
+
+def run_switchyard(config: str, versions: dict[str, dict[str, str]], plan: Plan, state: Path,
+                   code: Path = ROOT, label: str = "") -> ServerRun:
+    env = serve_env(Path(os.environ.get("BENTOML_HOME", ROOT / ".state" / "bentoml")), state / f"{config}{label}",
                     admin_token=TOKEN, max_batch_size="64",
                     default_models=json.dumps({f: v["stable"] for f, v in versions.items()}))
+    if code != ROOT:  # that commit's packages, not the installed (editable) ones
+        env["PYTHONPATH"] = str(code)
     start = time.monotonic()
-    server = Served(env, log_dir=state, cpu_list=plan.server_cpus)
-    run = ServerRun(f"Switchyard {config}")
+    server = Served(env, log_dir=state, cpu_list=plan.server_cpus, cwd=code)
+    run = ServerRun(f"Switchyard{label} {config}")
     try:
         server.wait_ready()
         run.ready_s = time.monotonic() - start
@@ -213,6 +229,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='JSON {"minilm": {"stable": tag, "canary": tag, "shadow": tag}, ...}; '
                              "default: picked from the store")
     parser.add_argument("--pin", action="store_true", help="taskset: server on core 0, wrk on core 1")
+    parser.add_argument("--baseline", metavar="REV", help="also run the Switchyard configs at this git commit")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -240,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(f"{peer.name} ({peer.needs} not installed)")
             continue
         runs.append(run_peer(key, peer, stable, plan, state))
-    runs += [run_switchyard(c, versions, plan, state) for c in args.configs.split(",") if c]
+    configs = [c for c in args.configs.split(",") if c]
+    baseline = baseline_tree(args.baseline, state) if args.baseline else None
+    for config in configs:  # interleaved, so that drift in the machine hits both alike
+        runs.append(run_switchyard(config, versions, plan, state))
+        if baseline is not None:
+            runs.append(run_switchyard(config, versions, plan, state, baseline, f"@{args.baseline}"))
     write_report(args.out, runs, ceilings, versions, plan, skipped, sys.argv[1:] if argv is None else argv)
     return 0
 

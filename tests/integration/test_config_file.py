@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.user_models import color_images, normalise, register_user_models
 from models.registry import register_file
 from tests.integration.conftest import TOKEN
 from tests.servers import Served, serve_env
-from tests.user_models import color_images, normalise, register_user_models
 
 pytestmark = pytest.mark.integration
 

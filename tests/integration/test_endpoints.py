@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.user_models import color_images, normalise, png, register_user_models
 from tests.integration.conftest import AUTH, deploy
 from tests.servers import Served
-from tests.user_models import color_images, normalise, png, register_user_models
 
 pytestmark = pytest.mark.integration
 

@@ -8,103 +8,25 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from bench.user_models import color_images, hf_sentiment_dir, normalise, review_rows, two_input_graph, user_cnn_files
 from tests.conftest import CLI, ROOT
-from tests.user_models import color_images, hf_sentiment_dir, normalise, review_rows, two_input_graph
-
-USER_CNN = """
-    import torch
-    from torch import nn
-
-
-    class ColorNet(nn.Module):
-        def __init__(self, classes: int = 3) -> None:
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                          nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-                                          nn.AdaptiveAvgPool2d(1))
-            self.head = nn.Linear(16, classes)
-
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            return self.head(self.features(image).flatten(1))
-
-
-    class Block(nn.Module):
-        \"\"\"MobileNetV3's inverted residual: expand, depthwise, squeeze-excite, hard-swish, project.\"\"\"
-
-        def __init__(self, c: int, hidden: int) -> None:
-            super().__init__()
-            self.expand = nn.Sequential(nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish())
-            self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
-                                           nn.BatchNorm2d(hidden), nn.Hardswish())
-            self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(hidden, 8, 1), nn.ReLU(),
-                                    nn.Conv2d(8, hidden, 1), nn.Hardsigmoid())
-            self.project = nn.Sequential(nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.depthwise(self.expand(x))
-            return x + self.project(h * self.se(h))
-
-
-    def build() -> nn.Module:
-        return ColorNet()
-
-
-    def mobilenet_like() -> nn.Module:
-        return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.Hardswish(),
-                             Block(16, 48), Block(16, 48), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
-                             nn.Linear(16, 10)).eval()
-
-
-    def not_a_module() -> int:
-        return 3
-
-
-    class Eig(nn.Module):
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            flat = image.flatten(2)
-            return torch.linalg.eigh(flat @ flat.transpose(1, 2)).eigenvalues
-
-
-    def unsupported() -> nn.Module:
-        return Eig()
-"""
 
 
 @pytest.fixture(scope="module")
 def user_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The user's own files, outside the repository: model code, trained weights, data, labels."""
-    import torch
 
     root = tmp_path_factory.mktemp("my-models")
-    (root / "my_cnn.py").write_text(textwrap.dedent(USER_CNN))
-    sys.path.insert(0, str(root))
-    try:
-        import my_cnn  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(root))
-    torch.manual_seed(0)
-    net = my_cnn.build()
-    pics, labels = color_images(600, seed=0)
-    x, y = torch.from_numpy(normalise(pics)), torch.from_numpy(labels)
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    for _ in range(60):  # a few seconds
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    torch.save(net.eval().state_dict(), root / "weights.pt")
-    vp, vl = color_images(200, seed=1)
-    np.savez(root / "val.npz", inputs=normalise(vp), labels=vl)
-    np.savez(root / "calib.npz", inputs=normalise(color_images(64, seed=2)[0]))
+    user_cnn_files(root)
+    vp, _ = color_images(200, seed=1)
     np.savez(root / "bad-shape.npz", inputs=np.zeros((4, 3, 8, 8), np.float32), labels=np.zeros(4, int))
     np.savez(root / "bad-labels.npz", inputs=normalise(vp[:4]), labels=np.array([0, 1, 2, 7]))
-    (root / "labels.txt").write_text("red\ngreen\nblue\n")
     hf_sentiment_dir(root / "hf")
     (root / "reviews.jsonl").write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in review_rows()))
     (root / "sentences.txt").write_text("\n".join(t for t, _ in review_rows()))
