@@ -259,10 +259,16 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run_peer(key, peer, stable, plan, state))
     configs = [c for c in args.configs.split(",") if c]
     baseline = baseline_tree(args.baseline, state) if args.baseline else None
-    for config in configs:  # interleaved, so that drift in the machine hits both alike
-        runs.append(run_switchyard(config, versions, plan, state))
+    try:
+        for config in configs:  # interleaved, so that drift in the machine hits both alike
+            runs.append(run_switchyard(config, versions, plan, state))
+            if baseline is not None:
+                runs.append(run_switchyard(config, versions, plan, state, baseline, f"@{args.baseline}"))
+    finally:
         if baseline is not None:
-            runs.append(run_switchyard(config, versions, plan, state, baseline, f"@{args.baseline}"))
+            import subprocess
+
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
     write_report(args.out, runs, ceilings, versions, plan, skipped, sys.argv[1:] if argv is None else argv)
     return 0
 
