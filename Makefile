@@ -84,9 +84,11 @@ bench: install system-deps models
 	$(PY) bench/canary_sim.py >/dev/null
 	$(PY) bench/serving.py
 
-# The bento: service.py, bentos/, the default model versions and serving-only packages.
+# The bento: service.py, bentos/, switchyard.yaml, the default model versions plus every version
+# deployed on an endpoint now (deploy/bento_models.py), and serving-only packages (no torch).
 bento: models
-	$(VENV)/bin/bentoml build --output tag
+	$(PY) deploy/bento_models.py build/bentofile.yaml
+	$(VENV)/bin/bentoml build -f build/bentofile.yaml --output tag .
 
 # The same bento with onnxruntime-gpu and the CUDA provider required (deploy/gpu_bentofile.py).
 bento-gpu: models
