@@ -88,7 +88,8 @@ CONFIGS = ("1-version", "90-10", "90-10-shadow", "90-10-sticky")
 
 def pick_versions(family: str) -> dict[str, str]:
     """stable: the default serving variant; canary and shadow: other versions of the family."""
-    by_variant = {v["labels"]["variant"]: v["tag"] for v in sorted(list_versions(family), key=lambda v: v["created"])}
+    stored = sorted(list_versions(selector=family), key=lambda v: v["created"])
+    by_variant = {v["labels"]["variant"]: v["tag"] for v in stored}
     order = ["int8-static", "int8-dynamic", "fp32"] if family == "minilm" else ["int8-dynamic", "fp32", "int8-static"]
     found = [by_variant[v] for v in order if v in by_variant]
     if not found:
