@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import bentoml
 
-from bentos.admin import admin_routes
-from bentos.engine import Engine
-from bentos.health import health_routes
-from bentos.http import EngineHolder, create_app
-from bentos.oip import oip_routes
-from bentos.playground import build_playground
-from bentos.rollout_controller import RolloutController
+from bentos.api.admin import admin_routes
+from bentos.api.app import EngineHolder, create_app
+from bentos.api.health import health_routes
+from bentos.api.oip import oip_routes
+from bentos.api.playground import build_playground
+from bentos.controlplane.engine import Engine
+from bentos.controlplane.rollout_controller import RolloutController
 from bentos.settings import ServeSettings
 
 holder = EngineHolder()

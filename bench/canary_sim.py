@@ -19,8 +19,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bentos.rollouts import RolloutPolicy, RolloutState, apply, decide  # noqa: E402
-from bentos.stats import LATENCY_EDGES_MS, Counts  # noqa: E402
+from bentos.controlplane.rollouts import RolloutPolicy, RolloutState, apply, decide  # noqa: E402
+from bentos.dataplane.stats import LATENCY_EDGES_MS, Counts  # noqa: E402
 
 EDGES = np.array(LATENCY_EDGES_MS, dtype=float)
 

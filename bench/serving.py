@@ -34,7 +34,7 @@ import httpx  # noqa: E402
 from bench.harness import ServerRun, rss_mb, settle, wrk  # noqa: E402
 from bench.peers import PEERS, Peer, start_peer, stop_peer  # noqa: E402
 from bench.report import write_report  # noqa: E402
-from bentos.catalog import list_versions  # noqa: E402
+from bentos.dataplane.catalog import list_versions  # noqa: E402
 from tests.servers import Served, serve_env  # noqa: E402
 
 ONE_SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank today"

@@ -1,4 +1,4 @@
-"""Every error the service answers with, and its HTTP status; `bentos.http.problem` maps them.
+"""Every error the service answers with, and its HTTP status; `bentos.api.app.problem` maps them.
 
 Modules below the HTTP surface raise these and never build responses themselves.
 """

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 def deployed_tags(state_dir: Path, db_url: str | None) -> list[str]:
     """Every tag in the current deployment of every stored endpoint; empty without a control plane."""
-    from bentos.store import StoreUnavailable, open_store
+    from bentos.controlplane.store import StoreUnavailable, open_store
 
     if db_url is None and not (state_dir / "control.db").is_file():
         return []

@@ -43,7 +43,7 @@ def _loop(run: Any, feeds: dict[int, Any], latency_iters: int, seconds: float) -
 
 def _measure_ort(path: str, task: str, model_dir: str, metadata: dict[str, Any], items: dict[int, list[Any]],
                  threads: int, latency_iters: int, seconds: float) -> dict[str, Any]:
-    from bentos.runtime import load_session
+    from bentos.dataplane.runtime import load_session
     from bentos.tasks import get_task
 
     codec = get_task(task).codec(metadata, Path(model_dir))

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bentos.runtime import load_session
+from bentos.dataplane.runtime import load_session
 from models.errors import BuildError
 from models.families.base import Builder
 from models.workdir import ModelDir, write_json

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, Field
 
-from bentos.runtime import load_session
+from bentos.dataplane.runtime import load_session
 from bentos.tasks import Codec, get_task
 from models.errors import BuildError
 from models.families.base import Builder

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader
 
-from bentos.runtime import load_session, session_options
+from bentos.dataplane.runtime import load_session, session_options
 from models.errors import BuildError
 from models.export import check_onnx, export_onnx
 from models.families.base import Builder

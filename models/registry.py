@@ -135,7 +135,7 @@ def _without_none(value: Any) -> Any:
 
 def describe_all() -> list[dict[str, Any]]:
     """Every Switchyard version in the store, as the server sees it, plus the figures `list` shows."""
-    from bentos.catalog import list_versions
+    from bentos.dataplane.catalog import list_versions
 
     rows = list_versions()
     for row in rows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bentos.runtime import load_session
+from bentos.dataplane.runtime import load_session
 from models.errors import BuildError
 from models.export import check_onnx
 from models.families.base import Builder

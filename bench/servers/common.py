@@ -31,7 +31,7 @@ class StoredModel:
 
 
 def load_stored(tag: str, threads: int | None = None) -> StoredModel:
-    from bentos.runtime import load_version
+    from bentos.dataplane.runtime import load_version
 
     # The same loading, hash check and codec as Switchyard's own workers.
     version = load_version(tag, threads or 2)

@@ -8,6 +8,7 @@ Protocol mapping and the playground widget.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,6 +43,11 @@ class Limits(BaseModel):
     max_chars: int
     max_body_bytes: int
     max_image_pixels: int
+
+
+def length_bucket(token_length: int) -> int:
+    """Power-of-two length classes: inputs within 2x of each other batch together."""
+    return max(0, math.ceil(math.log2(max(1, token_length))))
 
 
 def tensor(name: str, dtype: str, shape: list[int | str]) -> dict[str, Any]:

@@ -13,8 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from tokenizers import Tokenizer
 
-from bentos.batching import length_bucket
-from bentos.tasks.base import Codec, Feed, Limits, Task
+from bentos.tasks.base import Codec, Feed, Limits, Task, length_bucket
 
 MAX_TOKENS = 256
 CHARS_PER_TOKEN = 4  # English averages about 4 characters a token; only the length class uses it

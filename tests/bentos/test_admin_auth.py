@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from bentos.admin import actor_for
+from bentos.api.admin import actor_for
 from bentos.settings import ServeSettings
 
 

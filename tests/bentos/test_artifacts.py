@@ -11,7 +11,8 @@ from tests.conftest import ROOT
 
 
 def test_serving_modules_do_not_import_torch_or_transformers() -> None:
-    code = ("import sys, bentos.tasks, bentos.runtime, bentos.artifacts, bentos.oip, bentos.engine; "
+    code = ("import sys, bentos.tasks, bentos.dataplane.runtime, bentos.artifacts, bentos.api.oip, "
+            "bentos.controlplane.engine; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             "assert not bad, bad; print('clean')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

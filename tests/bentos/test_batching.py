@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from bentos.batching import AdaptiveBatcher, BatchSizeMismatch, DeadlineExceeded, QueueFull, length_bucket
+from bentos.dataplane.batching import AdaptiveBatcher, BatchSizeMismatch, DeadlineExceeded, QueueFull
+from bentos.tasks.base import length_bucket
 
 FAR = 1e9  # a deadline that never passes
 

@@ -1,4 +1,4 @@
-"""bentos/canary_analysis.py against scipy's reference implementations, and the alpha spending."""
+"""bentos/controlplane/canary_analysis.py against scipy's reference implementations, and the alpha spending."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from bentos.canary_analysis import (
+from bentos.controlplane.canary_analysis import (
     error_test,
     fisher_greater,
     mann_whitney_greater,

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from bentos.cache import PredictionCache, input_key
-from bentos.circuit import CircuitBreaker, CircuitPolicy, State
-from bentos.stats import LATENCY_EDGES_MS, StatsRecorder, quantile, summarize
+from bentos.dataplane.cache import PredictionCache, input_key
+from bentos.dataplane.circuit import CircuitBreaker, CircuitPolicy, State
+from bentos.dataplane.stats import LATENCY_EDGES_MS, StatsRecorder, quantile, summarize
 
 
 class Clock:

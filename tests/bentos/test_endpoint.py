@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from bentos.config import EndpointConfig
-from bentos.endpoint import Endpoint, ModelFailure
-from bentos.metrics import get_metrics
-from bentos.runtime import LoadedVersion, load_session
+from bentos.dataplane.endpoint import Endpoint, ModelFailure
+from bentos.dataplane.metrics import get_metrics
+from bentos.dataplane.runtime import LoadedVersion, load_session
+from bentos.dataplane.stats import StatsRecorder
 from bentos.schemas import DeploymentSpec
 from bentos.settings import ServeSettings
-from bentos.stats import StatsRecorder
 from bentos.tasks.image_classification import ImageCodec
 from models.families.digits import PREPROCESS, SIGNATURE, splits
 

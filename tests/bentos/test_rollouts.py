@@ -1,4 +1,4 @@
-"""bentos/rollouts.py: the policy, the decision at each look, and seeded simulations of both
+"""bentos/controlplane/rollouts.py: the policy, the decision at each look, and seeded simulations of both
 the power and the false-rollback rate (the numbers README and the closing note quote)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from bench.canary_sim import Traffic, binomial_tolerance, run_many
-from bentos.rollouts import RolloutPolicy, RolloutState, apply, decide
-from bentos.stats import Counts
+from bentos.controlplane.rollouts import RolloutPolicy, RolloutState, apply, decide
+from bentos.dataplane.stats import Counts
 
 # Stated in README: a canary at 5 % errors against 0.5 % is rolled back within this many
 # canary requests (the seeded runs below needed at most 552).

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from bentos.routing import Router, UnknownPin, key_point
+from bentos.dataplane.routing import Router, UnknownPin, key_point
 from bentos.schemas import DeploymentSpec
 
 STABLE, CANARY, SHADOW = "digits-mlp-fp32:aaa", "digits-cnn-fp32:bbb", "digits-cnn-int8-static:ccc"

@@ -1,11 +1,11 @@
-"""bentos/runtime.py: provider selection, and SWITCHYARD_PROVIDERS as a hard requirement."""
+"""bentos/dataplane/runtime.py: provider selection, and SWITCHYARD_PROVIDERS as a hard requirement."""
 
 from __future__ import annotations
 
 import onnxruntime as ort
 import pytest
 
-from bentos.runtime import VersionLoadError, pick_providers
+from bentos.dataplane.runtime import VersionLoadError, pick_providers
 from bentos.settings import ServeSettings
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bentos.store import (
+from bentos.controlplane.store import (
     ControlPlane,
     EndpointBusy,
     EndpointExists,
@@ -147,9 +147,9 @@ def test_sqlite_uses_wal(tmp_path: Path) -> None:
 async def test_engine_prunes_old_shared_stats(tmp_path: Path) -> None:
     import time
 
-    from bentos.engine import STATS_RETENTION_S, Engine
+    from bentos.controlplane.engine import STATS_RETENTION_S, Engine
+    from bentos.dataplane.stats import bucket_of
     from bentos.settings import ServeSettings
-    from bentos.stats import bucket_of
 
     engine = Engine(ServeSettings(state_dir=tmp_path))
     engine.store = SQLiteControlPlane(tmp_path / "control.db")

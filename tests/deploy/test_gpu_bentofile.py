@@ -24,7 +24,7 @@ def test_gpu_bentofile_swaps_onnxruntime_and_requires_cuda() -> None:
 
 
 def test_make_bento_carries_every_deployed_version(tmp_path: Path) -> None:
-    from bentos.store import SQLiteControlPlane
+    from bentos.controlplane.store import SQLiteControlPlane
     from deploy.bento_models import deployed_tags, with_models
 
     store = SQLiteControlPlane(tmp_path / "control.db")

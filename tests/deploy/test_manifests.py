@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from admin.settings import ConsoleSettings
-from bentos.metrics import get_metrics
+from bentos.dataplane.metrics import get_metrics
 from bentos.settings import ServeSettings
 from tests.conftest import ROOT
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from bentos.runtime import load_session
+from bentos.dataplane.runtime import load_session
 from models.benchmark import BATCHES, benchmark, write_report
 from models.errors import BuildError
 from models.families.base import run_batched

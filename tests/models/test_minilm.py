@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bentos.runtime import load_session
+from bentos.dataplane.runtime import load_session
 from bentos.tasks import get_task
 from models.families import get_builder
 from models.families.base import Builder, run_batched

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bentos.artifacts import sha256_file
-from bentos.runtime import load_session
+from bentos.dataplane.runtime import load_session
 from bentos.tasks import get_task
 from models.families.base import run_batched
 from models.families.digits import accuracy, splits

@@ -21,7 +21,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bentos.stats import quantile
+from bentos.dataplane.stats import quantile
 
 
 def norm_cdf(z: float) -> float:

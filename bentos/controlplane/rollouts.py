@@ -3,7 +3,7 @@
 A rollout moves a canary through the policy's traffic steps (e.g. 5 -> 25 -> 50 -> 100 %).
 At every analysis interval the controller hands `decide` the cumulative counts of the
 canary and of stable since the rollout began; `decide` answers hold, advance, rollback or
-promote, with the evidence. The statistics are in `bentos.canary_analysis`.
+promote, with the evidence. The statistics are in `bentos.controlplane.canary_analysis`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bentos.canary_analysis import error_test, latency_test, obrien_fleming_spent
-from bentos.stats import Counts, quantile
+from bentos.controlplane.canary_analysis import error_test, latency_test, obrien_fleming_spent
+from bentos.dataplane.stats import Counts, quantile
 
 Check = Literal["errors", "latency", "agreement"]
 TESTED: tuple[Check, ...] = ("errors", "latency")  # hypothesis tests that share alpha

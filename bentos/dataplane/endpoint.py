@@ -13,16 +13,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bentos.batching import AdaptiveBatcher, Overloaded, Timing
-from bentos.cache import PredictionCache, input_key
-from bentos.circuit import CircuitBreaker, CircuitPolicy, State
 from bentos.config import EndpointConfig
-from bentos.metrics import Metrics
-from bentos.routing import Router
-from bentos.runtime import LoadedVersion
+from bentos.dataplane.batching import AdaptiveBatcher, Overloaded, Timing
+from bentos.dataplane.cache import PredictionCache, input_key
+from bentos.dataplane.circuit import CircuitBreaker, CircuitPolicy, State
+from bentos.dataplane.metrics import Metrics
+from bentos.dataplane.routing import Router
+from bentos.dataplane.runtime import LoadedVersion
+from bentos.dataplane.stats import StatsRecorder
 from bentos.schemas import DeploymentSpec
 from bentos.settings import ServeSettings
-from bentos.stats import StatsRecorder
 from bentos.tasks import Codec, Limits, Task, get_task
 
 log = logging.getLogger("switchyard.endpoint")

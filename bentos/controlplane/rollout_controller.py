@@ -13,11 +13,11 @@ import logging
 import time
 from typing import Any, Protocol
 
+from bentos.controlplane.rollouts import Decision, RolloutRequest, RolloutState, apply, decide
+from bentos.controlplane.store import ControlPlane, Revision, StoreUnavailable
+from bentos.dataplane.stats import Counts, bucket_of, merge
 from bentos.errors import Conflict, InvalidChange, NotFound
-from bentos.rollouts import Decision, RolloutRequest, RolloutState, apply, decide
 from bentos.schemas import DeploymentSpec, VersionSpec
-from bentos.stats import Counts, bucket_of, merge
-from bentos.store import ControlPlane, Revision, StoreUnavailable
 
 log = logging.getLogger("switchyard.rollouts")
 ACTOR = "rollout-controller"

@@ -15,13 +15,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bentos.api.app import EngineHolder, error, json_response, parse, problem
 from bentos.config import EndpointRequest
+from bentos.controlplane.rollout_controller import RolloutController
+from bentos.controlplane.rollouts import RolloutRequest, RolloutState
+from bentos.controlplane.store import Revision
 from bentos.errors import ServingError
-from bentos.http import EngineHolder, error, json_response, parse, problem
-from bentos.rollout_controller import RolloutController
-from bentos.rollouts import RolloutRequest, RolloutState
 from bentos.schemas import ActionRequest, DeploymentRequest
-from bentos.store import Revision
 
 ADMIN_BODY_LIMIT = 64 * 1024
 Handler = Callable[[Request, str], Awaitable[Response]]

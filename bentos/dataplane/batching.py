@@ -10,7 +10,6 @@ deadline passes or the queue is full, never because a batch is forming.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -55,9 +54,6 @@ class _Pending:
     enqueued: float = field(default_factory=time.monotonic)
 
 
-def length_bucket(token_length: int) -> int:
-    """Power-of-two length classes: inputs within 2x of each other batch together."""
-    return max(0, math.ceil(math.log2(max(1, token_length))))
 
 
 class AdaptiveBatcher:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bentos.runtime import VersionLoadError, resolve_tag, task_of
+from bentos.dataplane.runtime import VersionLoadError, resolve_tag, task_of
 
 BATCH_INVARIANT = 0.999
 

@@ -14,16 +14,8 @@ import socket
 import time
 from typing import Any, Protocol
 
-from bentos.catalog import check_version, list_versions, pick_default
 from bentos.config import EndpointConfig, config_path, load_config
-from bentos.endpoint import Endpoint
-from bentos.errors import Conflict, InvalidChange, NotFound, Unavailable
-from bentos.metrics import get_metrics
-from bentos.runtime import LoadedVersion, VersionLoadError, load_version, resolve_tag
-from bentos.schemas import DeploymentRequest, DeploymentSpec, VersionSpec
-from bentos.settings import ServeSettings
-from bentos.stats import StatsRecorder, bucket_of, summarize
-from bentos.store import (
+from bentos.controlplane.store import (
     ControlPlane,
     EndpointBusy,
     EndpointExists,
@@ -33,6 +25,14 @@ from bentos.store import (
     StoreUnavailable,
     open_store,
 )
+from bentos.dataplane.catalog import check_version, list_versions, pick_default
+from bentos.dataplane.endpoint import Endpoint
+from bentos.dataplane.metrics import get_metrics
+from bentos.dataplane.runtime import LoadedVersion, VersionLoadError, load_version, resolve_tag
+from bentos.dataplane.stats import StatsRecorder, bucket_of, summarize
+from bentos.errors import Conflict, InvalidChange, NotFound, Unavailable
+from bentos.schemas import DeploymentRequest, DeploymentSpec, VersionSpec
+from bentos.settings import ServeSettings
 from bentos.tasks import load_plugins
 
 log = logging.getLogger("switchyard.engine")

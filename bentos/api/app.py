@@ -20,11 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bentos.batching import Overloaded
-from bentos.endpoint import Answer, Endpoint, ModelFailure, NoDeployment
-from bentos.engine import Engine
+from bentos.controlplane.engine import Engine
+from bentos.dataplane.batching import Overloaded
+from bentos.dataplane.endpoint import Answer, Endpoint, ModelFailure, NoDeployment
+from bentos.dataplane.routing import UnknownPin
 from bentos.errors import BodyTooLarge, InvalidInput, NotFound, ServingError
-from bentos.routing import UnknownPin
 
 Handler = Callable[[Request], Awaitable[Response]]
 B = TypeVar("B", bound=BaseModel)

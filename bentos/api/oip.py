@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bentos.batching import Overloaded
-from bentos.endpoint import Endpoint, ModelFailure, NoDeployment
+from bentos.api.app import EngineHolder, json_response, read_body, status_of
+from bentos.dataplane.batching import Overloaded
+from bentos.dataplane.endpoint import Endpoint, ModelFailure, NoDeployment
+from bentos.dataplane.routing import UnknownPin
 from bentos.errors import BodyTooLarge, InvalidInput, NotFound, ServingError
-from bentos.http import EngineHolder, json_response, read_body, status_of
-from bentos.routing import UnknownPin
 from bentos.tasks.base import OIP_DTYPES, Codec, oip_datatype
 
 HEADER = "inference-header-content-length"

@@ -16,12 +16,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bentos.batching import Overloaded
-from bentos.catalog import list_versions
-from bentos.endpoint import Answer, ModelFailure, NoDeployment
+from bentos.api.app import EngineHolder
+from bentos.dataplane.batching import Overloaded
+from bentos.dataplane.catalog import list_versions
+from bentos.dataplane.endpoint import Answer, ModelFailure, NoDeployment
+from bentos.dataplane.routing import UnknownPin
 from bentos.errors import ServingError
-from bentos.http import EngineHolder
-from bentos.routing import UnknownPin
 from bentos.tasks.playground_kit import Kit, compare_versions, latency
 
 
