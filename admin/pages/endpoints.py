@@ -26,11 +26,11 @@ with guard():
     st.dataframe(pd.DataFrame(rows(endpoints)), hide_index=True, width="stretch")
 
     st.subheader("Create an endpoint")
+    # Outside the form, so that the list of versions follows the task at once.
+    task = st.selectbox("Task type", TASKS, key="ep_task")
+    models = [m["tag"] for m in api.models() if m.get("task") == task]
     with st.form("create"):
-        c1, c2 = st.columns(2)
-        name = c1.text_input("Name ([a-z0-9-], up to 40)", key="ep_name")
-        task = c2.selectbox("Task type", TASKS, key="ep_task")
-        models = [m["tag"] for m in api.models() if m.get("task") == task]
+        name = st.text_input("Name ([a-z0-9-], up to 40)", key="ep_name")
         model = st.selectbox("First deployment (a stored version of this task)", ["(none yet)", *models],
                              key="ep_model")
         max_rows = st.number_input("Max rows per request (0: the server's default)", 0, 4096, 0, key="ep_rows")

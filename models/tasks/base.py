@@ -106,3 +106,22 @@ def npz_arrays(path: Path) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
         raise BuildError(f"{path} is not a readable .npz file: {exc}") from None
+
+
+def classification_evaluate(cand: list[Any], base: list[Any], data: Dataset, classes: int) -> dict[str, Any]:
+    return classification_metrics(cand, base, data.labels)
+
+
+def classification_data_gate(metrics: dict[str, Any], thresholds: dict[str, float], data: Dataset) -> list[str]:
+    return classification_gate(metrics, thresholds, f"{data.source} (sha256 {data.sha256[:12]})")
+
+
+def classification_headline(metrics: dict[str, Any]) -> str:
+    if "accuracy" in metrics:
+        return f"acc {metrics['accuracy'] * 100:.2f}%"
+    return f"agree {metrics['top1_agreement']:.4f}"
+
+
+def batch_axes(outputs: int) -> list[dict[int, str]]:
+    """Every output batch-first, nothing else dynamic."""
+    return [{0: "batch"} for _ in range(outputs)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -13,8 +12,10 @@ from bentos.tasks.base import row_shape
 from models.errors import BuildError
 from models.tasks.base import (
     Dataset,
-    classification_gate,
-    classification_metrics,
+    batch_axes,
+    classification_data_gate,
+    classification_evaluate,
+    classification_headline,
     fingerprint,
     npz_arrays,
     require,
@@ -67,19 +68,6 @@ def _folder(path: Path, labels: list[str] | None, labeled: bool) -> Dataset:
     return Dataset([f.read_bytes() for f in files], None, str(path), fingerprint(path))
 
 
-def evaluate(cand: list[Any], base: list[Any], data: Dataset, classes: int) -> dict[str, Any]:
-    return classification_metrics(cand, base, data.labels)
-
-
-def gate(metrics: dict[str, Any], thresholds: dict[str, float], data: Dataset) -> list[str]:
-    return classification_gate(metrics, thresholds, f"{data.source} (sha256 {data.sha256[:12]})")
-
-
-def headline(metrics: dict[str, Any]) -> str:
-    if "accuracy" in metrics:
-        return f"acc {metrics['accuracy'] * 100:.2f}%"
-    return f"agree {metrics['top1_agreement']:.4f}"
-
-
-def output_axes(outputs: int) -> list[dict[int, str]]:
-    return [{0: "batch"} for _ in range(outputs)]
+# Both classification task types are judged alike: accuracy drop with labels, top-1 agreement without.
+evaluate, gate = classification_evaluate, classification_data_gate
+headline, output_axes = classification_headline, batch_axes

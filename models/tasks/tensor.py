@@ -10,7 +10,7 @@ import numpy as np
 from bentos.tasks import Codec
 from bentos.tasks.base import row_shape
 from models.errors import BuildError
-from models.tasks.base import Dataset, fingerprint, npz_arrays, require
+from models.tasks.base import Dataset, batch_axes, fingerprint, npz_arrays, require
 
 
 def load(path: Path, codec: Codec, labels: list[str] | None, labeled: bool) -> Dataset:
@@ -52,5 +52,4 @@ def headline(metrics: dict[str, Any]) -> str:
     return f"relL2 {metrics['relative_l2']:.2e}"
 
 
-def output_axes(outputs: int) -> list[dict[int, str]]:
-    return [{0: "batch"} for _ in range(outputs)]
+output_axes = batch_axes

@@ -53,7 +53,8 @@ def test_bento_carries_code_models_and_no_torch(bento_tag: str, tags: dict[str, 
 
     info = bentoml.get(bento_tag)
     root = Path(info.path)
-    assert (root / "src" / "service.py").is_file() and (root / "src" / "bentos" / "engine.py").is_file()
+    assert (root / "src" / "service.py").is_file()
+    assert (root / "src" / "bentos" / "controlplane" / "engine.py").is_file()
     assert not (root / "src" / "models").exists() and not (root / "src" / "tests").exists()
     assert {str(m.tag) for m in info.info.all_models} >= {tags["mlp"], tags["minilm"]}
     requirements = (root / "env" / "python" / "requirements.txt").read_text()

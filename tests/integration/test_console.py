@@ -139,6 +139,36 @@ def test_live_metrics_draws_per_version_series(console_env: Served, tags: dict[s
     assert "**requests/s**" in titles and "**p95 latency (ms)**" in titles
 
 
+def test_a_users_endpoint_is_created_in_the_console_and_shows_everywhere(console_env: Served,
+                                                                          tmp_path: Path) -> None:
+    from bench.user_models import two_input_graph
+    from models.registry import register_file
+
+    tag = register_file("console-adder", two_input_graph(tmp_path), task="tensor", preprocess={})
+    at = page("endpoints")
+    at.selectbox(key="ep_task").set_value("tensor").run()
+    at.text_input(key="ep_name").input("console-adder")
+    at.selectbox(key="ep_model").set_value(tag)
+    at.text_input(key="ep_reason").input("from the console")
+    next(b for b in at.button if b.label == "Create").click().run()
+    assert any("serves at POST /v1/console-adder/infer" in s.value for s in at.success), [e.value for e in at.error]
+    body = {"inputs": {"a": [[1.0, 2.0, 3.0]], "b": [[1.0, 1.0, 1.0]]}}
+    for _ in range(50):
+        assert httpx.post(f"{console_env.url}/v1/console-adder/infer", json=body).status_code == 200
+    assert "console-adder" in set(page("endpoints").dataframe[0].value["endpoint"])
+    at = page("deployments")
+    at.selectbox(key="endpoint").set_value("console-adder").run()
+    assert not at.exception and any("tensor" in m.value for m in at.markdown)
+    assert tag in set(at.dataframe[0].value["version"])
+    live = AppTest.from_file(str(PAGES / "live.py"), default_timeout=60)
+    live.run()
+    for _ in range(50):
+        httpx.post(f"{console_env.url}/v1/console-adder/infer", json=body)
+    time.sleep(1)
+    live.run()
+    assert not live.exception and "**requests/s**" in [m.value for m in live.markdown]
+
+
 def test_audit_filters_and_downloads(console_env: Served) -> None:
     at = page("audit")
     at.multiselect(key="audit_action").set_value(["deploy"]).run()
@@ -146,7 +176,7 @@ def test_audit_filters_and_downloads(console_env: Served) -> None:
     assert at.get("download_button")
 
 
-@pytest.mark.parametrize("name", ["overview", "models", "deployments", "live", "audit"])
+@pytest.mark.parametrize("name", ["overview", "models", "endpoints", "deployments", "live", "audit"])
 def test_service_down_gives_a_message_not_a_traceback(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWITCHYARD_SERVICE_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("SWITCHYARD_ADMIN_TOKEN", TOKEN)
