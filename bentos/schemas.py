@@ -10,7 +10,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["stable", "canary", "shadow"]
-Route = Literal["stable", "canary", "pinned", "fallback"]
 
 # --- admin API ---------------------------------------------------------------------
 

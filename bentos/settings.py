@@ -17,7 +17,6 @@ class ServeSettings(BaseSettings):
     poll_interval_s: float = Field(0.25, gt=0, le=10, description="How often workers look for a new revision.")
     default_models: dict[str, str] = Field(
         default_factory=dict, description='Override the first-start choice, e.g. {"digits": "digits-cnn-fp32"}.')
-    endpoint_sync_s: float = Field(0.25, gt=0, le=10, description="How often workers look for endpoint changes.")
 
     # Admin API
     admin_token: SecretStr | None = Field(None, description="Bearer token for /v1/admin; its actor name is 'admin'.")

@@ -162,7 +162,7 @@ def _load_source(opts: ImportOptions) -> Source:
     if opts.torchscript:
         return torchscript(opts.torchscript)
     if opts.hf:
-        return hf_directory(opts.hf, opts.task, opts.pooling)
+        return hf_directory(opts.hf, opts.task)
     assert opts.onnx is not None
     return onnx_file(opts.onnx)
 

@@ -130,7 +130,7 @@ def torchscript(path: Path) -> Source:
                                                                "source_sha256": fingerprint(path)})
 
 
-def hf_directory(path: Path, task: str, pooling: str) -> Source:
+def hf_directory(path: Path, task: str) -> Source:
     """A local Hugging Face directory, loaded offline; the module returns logits or token states."""
     import os
 

@@ -65,7 +65,6 @@ class Engine:
         # A bad file stops the worker here, naming the key (ConfigError).
         self.declared = {e.name: e for e in load_config(config_path(settings.config)).endpoints}
         self.endpoints: dict[str, Endpoint] = {name: self._new_endpoint(c) for name, c in self.declared.items()}
-        self._configs: dict[str, dict[str, Any]] = {n: c.model_dump(mode="json") for n, c in self.declared.items()}
         self.store: ControlPlane | None = None
         self.store_error: str | None = None
         self._expected: dict[str, int] = {}
@@ -74,6 +73,7 @@ class Engine:
         self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._unservable: set[str] = set()
         self._refresh_lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
         self._refreshed_at = 0.0
@@ -147,26 +147,28 @@ class Engine:
         assert self.store is not None
         stored: dict[str, StoredEndpoint] = await asyncio.to_thread(self.store.endpoints)
         for name, entry in stored.items():
-            if self._configs.get(name) == entry.config and name in self.endpoints:
+            current = self.endpoints.get(name)
+            if current is not None and current.config.model_dump(mode="json") == entry.config:
                 continue
             try:
                 config = EndpointConfig.model_validate(entry.config)
             except ValueError as exc:  # a task type this worker lacks (a plug-in not installed here)
-                log.error("cannot serve endpoint %s: %s", name, str(exc).splitlines()[0])
+                if name not in self._unservable:  # said once, not at every poll
+                    log.error("cannot serve endpoint %s: %s", name, str(exc).splitlines()[0])
+                    self._unservable.add(name)
                 continue
-            old = self.endpoints.get(name)
-            self.endpoints[name], self._configs[name] = self._new_endpoint(config), entry.config
+            self.endpoints[name] = self._new_endpoint(config)
+            self._unservable.discard(name)
             self._expected.pop(name, None)
             self._failed.pop(name, None)
-            if old is not None:  # requests already on it finish there
-                self._retire_later(old)
+            if current is not None:  # requests already on it finish there
+                self._retire_later(current)
             log.info("endpoint %s (%s) is served", name, config.task)
         for name in [n for n in self.endpoints if n not in stored and n not in self.declared]:
             await self._retire(name)
 
     async def _retire(self, name: str) -> None:
         endpoint = self.endpoints.pop(name)
-        self._configs.pop(name, None)
         self._expected.pop(name, None)
         self._retire_later(endpoint)
         log.info("endpoint %s was deleted", name)
