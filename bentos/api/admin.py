@@ -101,7 +101,8 @@ def admin_routes(holder: EngineHolder) -> list[Route]:
 
     async def deployment(request: Request, actor: str) -> Response:
         engine, name = holder.get(), request.path_params["endpoint"]
-        return json_response({**engine.endpoint(name).health(), "revisions": await engine.revisions(name)})
+        endpoint = await engine.known_endpoint(name)
+        return json_response({**endpoint.health(), "revisions": await engine.revisions(name)})
 
     async def deploy(request: Request, actor: str, body: DeploymentRequest) -> Response:
         return json_response(revision_json(await holder.get().deploy(request.path_params["endpoint"], body, actor)))

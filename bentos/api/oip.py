@@ -8,6 +8,7 @@ outputs go back in binary when the client asks, as tritonclient does by default.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
@@ -240,14 +241,22 @@ def _inputs(request: InferRequest, codec: Codec, binary: bytes) -> dict[str, np.
 
 
 async def _pin(engine: Any, endpoint: Endpoint, version: str | None) -> str | None:
-    """A full tag for /versions/{version}: a live tag, its version part, or a stored version (loaded for pins)."""
+    """A full tag for /versions/{version}: a live tag, its version part, or a stored version (loaded for pins).
+    The store's current deployment is consulted too: this worker may not have applied the newest revision yet."""
     if not version:
         return None
-    live = [*endpoint.slots, *endpoint.previews]
-    for tag in live:
-        if version in (tag, tag.split(":")[-1]):
-            return tag
+    if match := _matching(version, [*endpoint.slots, *endpoint.previews]):
+        return match
+    with contextlib.suppress(ServingError):
+        current = await engine.current(endpoint.name)
+        if match := _matching(version, [v["tag"] for v in current.spec["versions"]]):
+            version = match
     try:
         return str(await engine.preview(endpoint.name, version))
     except ServingError as exc:
         raise NotFound(f"model {endpoint.name} has no version {version!r}: {exc.message}") from None
+
+
+def _matching(version: str, tags: list[str]) -> str | None:
+    """The tag that is `version`, or whose version part is (Triton clients send only the version)."""
+    return next((tag for tag in tags if version in (tag, tag.split(":")[-1])), None)

@@ -43,6 +43,8 @@ STATS_RETENTION_S = 3600
 PRUNE_EVERY_FLUSHES = 60
 # A request for an endpoint this worker lacks looks in the control plane at most this often.
 REFRESH_MIN_S = 0.1
+# A revision this worker could not load is tried again after this long (the cause may be passing).
+RETRY_FAILED_S = 5.0
 
 
 class RolloutHook(Protocol):
@@ -68,7 +70,7 @@ class Engine:
         self.store: ControlPlane | None = None
         self.store_error: str | None = None
         self._expected: dict[str, int] = {}
-        self._failed: dict[str, int] = {}
+        self._failed: dict[str, tuple[int, float]] = {}  # name -> (revision, monotonic time to retry)
         self._synced = False
         self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
@@ -192,9 +194,13 @@ class Engine:
                 continue
             self._expected[name] = revision
             endpoint = self.endpoints[name]
-            if revision != endpoint.revision and self._failed.get(name) != revision:
+            if revision != endpoint.revision and not self._gave_up_on(name, revision):
                 await self._apply(name, revision)
         self._synced = True
+
+    def _gave_up_on(self, name: str, revision: int) -> bool:
+        failed = self._failed.get(name)
+        return failed is not None and failed[0] == revision and time.monotonic() < failed[1]
 
     async def _apply(self, name: str, revision: int) -> None:
         assert self.store is not None
@@ -206,10 +212,13 @@ class Engine:
         try:
             loaded = await self._preload(endpoint, spec)
         except VersionLoadError as exc:
-            # Keep serving what we have; do not retry this revision on every poll.
-            self._failed[name] = revision
+            # Keep serving what we have; try this revision again later, not on every poll.
+            self._failed[name] = (revision, time.monotonic() + RETRY_FAILED_S)
             endpoint.load_error = f"revision {revision}: {exc}"
             log.error("cannot apply %s revision %d: %s", name, revision, exc)
+            return
+        if endpoint.revision > revision:
+            # A change made through this worker while we loaded wrote a newer revision: never step back.
             return
         endpoint.swap(revision, spec, loaded)
         log.info("%s now at revision %d: %s", name, revision,
@@ -310,6 +319,14 @@ class Engine:
                         await self.sync()
         return self.endpoint(name)
 
+    async def known_endpoint(self, name: str) -> Endpoint:
+        """For admin calls: an endpoint created through another worker a moment ago is looked up at once,
+        never refused as unknown because this worker's poll has not come round yet."""
+        if name not in self.endpoints and self.store is not None and not self.store_error:
+            with contextlib.suppress(StoreUnavailable):
+                await self.sync()
+        return self.endpoint(name)
+
     def endpoint(self, name: str) -> Endpoint:
         if name not in self.endpoints:
             raise NotFound(f"unknown endpoint {name!r}; endpoints: {', '.join(sorted(self.endpoints))}")
@@ -338,7 +355,7 @@ class Engine:
         return self.endpoint_json(config.name)
 
     async def delete_endpoint(self, name: str, actor: str, reason: str) -> dict[str, Any]:
-        self.endpoint(name)
+        await self.known_endpoint(name)
         if name in self.declared:
             raise Conflict(f"{name} is declared in {config_path(self.settings.config)}: remove it there and restart")
         try:
@@ -388,7 +405,7 @@ class Engine:
 
     async def current(self, name: str) -> Revision:
         """The endpoint's revision as the store has it now (this worker may lag by a poll)."""
-        self.endpoint(name)
+        await self.known_endpoint(name)
         record: Revision | None = await self.store_call(self.require_store().get_deployment, name)
         if record is None:
             raise Conflict(f"{name} has no deployment yet")
@@ -410,7 +427,7 @@ class Engine:
     async def change(self, name: str, spec: DeploymentSpec, actor: str, action: str, reason: str,
                      expect_revision: int | None, details: dict[str, Any] | None = None) -> Revision:
         """Write a new revision (audited) and switch this worker to it; the others follow within a poll."""
-        endpoint = self.endpoint(name)
+        endpoint = await self.known_endpoint(name)
         store = self.require_store()
         tags = await self.check_versions(endpoint, [v.tag for v in spec.versions])
         versions = [v.model_copy(update={"tag": t}) for v, t in zip(spec.versions, tags, strict=True)]
@@ -441,7 +458,7 @@ class Engine:
 
     async def preview(self, name: str, tag: str) -> str:
         """Load a stored version for pinned use only (the playground); returns its full tag."""
-        endpoint = self.endpoint(name)
+        endpoint = await self.known_endpoint(name)
         (full,) = await self.check_versions(endpoint, [tag], "tag")
         if full not in endpoint.slots and full not in endpoint.previews:
             try:
@@ -451,7 +468,7 @@ class Engine:
         return full
 
     async def revisions(self, name: str) -> list[dict[str, Any]]:
-        self.endpoint(name)
+        await self.known_endpoint(name)
         records = await self.store_call(self.require_store().revisions, name)
         return [r.__dict__ for r in records]
 

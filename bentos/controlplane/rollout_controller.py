@@ -34,6 +34,8 @@ class Deployments(Protocol):
 
     def endpoint(self, name: str) -> Any: ...
 
+    async def known_endpoint(self, name: str) -> Any: ...
+
     def require_store(self) -> ControlPlane: ...
 
     def store_down(self, exc: Exception) -> None: ...
@@ -142,7 +144,7 @@ class RolloutController:
 
     # --- admin operations ----------------------------------------------------------------
     async def get(self, endpoint: str) -> RolloutState:
-        self.engine.endpoint(endpoint)
+        await self.engine.known_endpoint(endpoint)
         raw = await self.engine.store_call(self.engine.require_store().get_rollout, endpoint)
         if raw is None:
             raise NotFound(f"no rollout on {endpoint} yet: POST /v1/admin/rollouts/{endpoint} starts one")
@@ -154,7 +156,7 @@ class RolloutController:
         raw = await self.engine.store_call(store.get_rollout, endpoint)
         if raw is not None and raw["status"] in ACTIVE:
             raise Conflict(f"a rollout of {raw['canary']} on {endpoint} is {raw['status']}; abort it first")
-        (canary,) = await self.engine.check_versions(self.engine.endpoint(endpoint), [request.tag], "tag")
+        (canary,) = await self.engine.check_versions(await self.engine.known_endpoint(endpoint), [request.tag], "tag")
         stable = DeploymentSpec.model_validate(current.spec).stable.tag
         if canary == stable:
             raise InvalidChange(f"tag: {canary} is already stable on {endpoint}")

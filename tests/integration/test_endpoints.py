@@ -58,6 +58,10 @@ def live(server: Served, user_tags: dict[str, str]) -> dict[str, str]:
 def test_a_new_endpoint_serves_on_every_worker_within_a_second(server: Served, user_tags: dict[str, str]) -> None:
     with httpx.Client(base_url=server.url, timeout=60) as c:
         assert create(c, "quick", "tensor", user_tags["tensor"]).status_code == 201
+        for _ in range(6):  # at once, on new connections, so some reach the worker that did not create it
+            with httpx.Client(base_url=server.url, timeout=60) as fresh:
+                r = deploy(fresh, "quick", [(user_tags["tensor"], "stable", 100)])
+                assert r.status_code == 200, r.text
         body = {"inputs": {"a": [[1.0, 2.0, 3.0]], "b": [[1.0, 1.0, 1.0]]}}
         assert until_served(c, "/v1/quick/infer", body) < 1.0
         assert c.delete("/v1/admin/endpoints/quick?reason=done", headers=AUTH).status_code == 200
