@@ -11,42 +11,49 @@ from admin.settings import ConsoleSettings
 
 
 class ConsoleError(Exception):
-    """A failure worded for the person at the console."""
+    """A failure worded for the person at the console; `status` is None when the service was not reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AdminClient:
-    def __init__(self, settings: ConsoleSettings) -> None:
-        self.settings = settings
+    """`url_hint` and `token_hint` name the setting a person changes when the URL or token is wrong:
+    environment variables for the console, flags for the command line."""
+
+    def __init__(self, settings: ConsoleSettings, url_hint: str = "SWITCHYARD_SERVICE_URL",
+                 token_hint: str = "SWITCHYARD_ADMIN_TOKEN") -> None:
+        self.settings, self.url_hint, self.token_hint = settings, url_hint, token_hint
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         self._http = httpx.Client(base_url=settings.service_url.rstrip("/"), timeout=settings.timeout_s,
                                   headers={"Authorization": f"Bearer {token}"} if token else {})
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         try:
-            r = self._http.request(method, path, json=body)
+            return self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:
             raise ConsoleError(f"Cannot reach the service at {self.settings.service_url} ({type(exc).__name__}). "
-                               "Is it running? Check SWITCHYARD_SERVICE_URL.") from None
+                               f"Is it running? Check {self.url_hint}.") from None
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        r = self._send(method, path, body)
         if r.status_code == 401:
-            raise ConsoleError("The service refused the admin token: check SWITCHYARD_ADMIN_TOKEN.")
+            raise ConsoleError(f"The service refused the admin token: check {self.token_hint}.", 401)
         if r.status_code == 403:
-            raise ConsoleError("The service's admin API is disabled: start it with SWITCHYARD_ADMIN_TOKEN set.")
+            raise ConsoleError("The service's admin API is disabled: start it with SWITCHYARD_ADMIN_TOKEN set.", 403)
         if r.status_code >= 400:
-            raise ConsoleError(_explain(r))
+            raise ConsoleError(_explain(r), r.status_code)
         return r.json() if "json" in r.headers.get("content-type", "") else r.text
 
     def health(self) -> dict[str, Any]:
-        try:
-            r = self._http.get("/v1/health")
-        except httpx.HTTPError:
-            raise ConsoleError(f"Cannot reach the service at {self.settings.service_url}. Is it running?") from None
-        return dict(r.json())
+        return dict(self._send("GET", "/v1/health").json())
 
     def metrics_text(self) -> str:
         return str(self._call("GET", "/metrics"))
 
-    def models(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/v1/admin/models"))
+    def models(self, task: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/admin/models" + (f"?task={quote(task)}" if task else "")))
 
     def endpoints(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/admin/endpoints"))
@@ -77,12 +84,11 @@ class AdminClient:
     def rollout(self, endpoint: str) -> dict[str, Any] | None:
         """The endpoint's latest rollout, or None if it never had one."""
         try:
-            r = self._http.get(f"/v1/admin/rollouts/{endpoint}")
-        except httpx.HTTPError:
-            raise ConsoleError(f"Cannot reach the service at {self.settings.service_url}. Is it running?") from None
-        if r.status_code == 404:
-            return None
-        return dict(self._call("GET", f"/v1/admin/rollouts/{endpoint}"))
+            return dict(self._call("GET", f"/v1/admin/rollouts/{endpoint}"))
+        except ConsoleError as exc:
+            if exc.status == 404 and "no rollout" in str(exc):
+                return None
+            raise
 
     def start_rollout(self, endpoint: str, tag: str, policy: dict[str, Any], reason: str) -> dict[str, Any]:
         body = {"tag": tag, "policy": policy, "reason": reason}
@@ -90,6 +96,10 @@ class AdminClient:
 
     def rollout_action(self, endpoint: str, action: str, reason: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/v1/admin/rollouts/{endpoint}/{action}", {"reason": reason}))
+
+    def stats(self, window_s: int = 60) -> dict[str, Any]:
+        """Per-version counts and latency quantiles over the last `window_s` seconds, from every worker."""
+        return dict(self._call("GET", f"/v1/admin/stats?window={window_s}"))
 
     def audit(self, endpoint: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
         query = f"?limit={limit}" + (f"&endpoint={endpoint}" if endpoint else "")
@@ -105,3 +115,13 @@ def _explain(r: httpx.Response) -> str:
     detail = str(body.get("detail", body))
     detail = detail.removeprefix("body: ").removeprefix("Value error, ")
     return f"Refused ({r.status_code}): {detail}"
+
+
+def quality(model: dict[str, Any]) -> str:
+    """A version's gate metric in words: accuracy for classifiers, mean cosine for embeddings."""
+    m = (model.get("metrics") or {}).get("validate") or {}
+    if "accuracy" in m:
+        return f"accuracy {m['accuracy'] * 100:.2f}%"
+    if "mean_cosine" in m:
+        return f"cosine {m['mean_cosine']:.4f}"
+    return "-"

@@ -44,12 +44,3 @@ def split_text(versions: list[dict[str, Any]]) -> str:
 
 def split_rows(versions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"version": v["tag"], "role": v["role"], "weight %": v["weight"]} for v in versions]
-
-
-def quality(model: dict[str, Any]) -> str:
-    m = (model.get("metrics") or {}).get("validate") or {}
-    if "accuracy" in m:
-        return f"accuracy {m['accuracy'] * 100:.2f}%"
-    if "mean_cosine" in m:
-        return f"cosine {m['mean_cosine']:.4f}"
-    return "-"

@@ -7,7 +7,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from admin.common import client, guard, quality
+from admin.client import quality
+from admin.common import client, guard
 
 st.title("Models")
 

@@ -7,9 +7,7 @@ a manual change pauses a rollout. Both workers run the controller; the lease let
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,45 +15,10 @@ import httpx
 import pytest
 
 from tests.integration.conftest import AUTH, deploy
+from tests.integration.traffic import FAST, NO_ZERO, WITH_ZERO, Traffic
 from tests.servers import Served
 
 pytestmark = pytest.mark.integration
-# Rows with zero pixels (most real digits) and rows without: the faulty version fails on the first kind.
-WITH_ZERO = [0.0] * 20 + [16.0] * 10 + [4.0] * 34
-NO_ZERO = [1.0] * 20 + [16.0] * 10 + [4.0] * 34
-FAST = {"min_requests": 60, "min_seconds": 1, "interval_s": 0.5}
-
-
-class Traffic:
-    """Client threads posting digits until stopped; counts status codes and versions."""
-
-    def __init__(self, url: str, rows: list[list[float]], threads: int = 3) -> None:
-        self.url, self.rows = url, rows
-        self.status: Counter[int] = Counter()
-        self.versions: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def _run(self, seed: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as c:
-            i = seed
-            while not self._stop.is_set():
-                r = c.post("/v1/digits/predict", json={"inputs": [self.rows[i % len(self.rows)]]})
-                self.status[r.status_code] += 1
-                self.versions[r.headers.get("x-model-version", "?")] += 1
-                i += 1
-
-    def __enter__(self) -> Traffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-
 def _rollout(client: httpx.Client, action: str = "", body: dict[str, Any] | None = None) -> httpx.Response:
     path = "/v1/admin/rollouts/digits" + (f"/{action}" if action else "")
     if body is None and not action:
