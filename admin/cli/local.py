@@ -26,7 +26,11 @@ PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_
 
 def _build_side(command: str, args: list[str]) -> None:
     # The build pipeline (torch, transformers) runs in its own process: the CLI stays an HTTP client.
-    sys.exit(subprocess.run([sys.executable, "-m", "models", command, *args], cwd=ROOT).returncode)
+    env = dict(os.environ)
+    local_store = ROOT / ".state" / "bentoml"
+    if "BENTOML_HOME" not in env and local_store.is_dir():  # the store `make serve` serves from
+        env["BENTOML_HOME"] = str(local_store)
+    sys.exit(subprocess.run([sys.executable, "-m", "models", command, *args], cwd=ROOT, env=env).returncode)
 
 
 @models.command("import", context_settings=PASS_THROUGH)

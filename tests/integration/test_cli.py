@@ -172,3 +172,10 @@ def test_a_named_profile(server: Served, tmp_path: Path) -> None:
     out = subprocess.run([SWITCHYARD, "--profile", "prod", "status"], capture_output=True, text=True, env=env,
                          timeout=60)
     assert out.returncode == 2 and "no profile 'prod'" in out.stderr and "profiles: test" in out.stderr
+
+
+def test_models_import_and_verify_run_the_build_pipeline(server: Served, tags: dict[str, str]) -> None:
+    out = run(server.url, "models", "import", "--help")
+    assert out.returncode == 0 and "--torch" in out.stdout and "--validation" in out.stdout
+    assert ok(run(server.url, "models", "verify", tags["mlp"]))
+    assert run(server.url, "models", "verify", "no-such-model:1").returncode != 0
