@@ -46,6 +46,12 @@ class CircuitBreaker:
             self._probing = True
         return True
 
+    def release(self) -> None:
+        """Settle a half-open probe that ended without a verdict on the model (a cache hit, an overload,
+        a refused input): the breaker stays half-open and the next request probes."""
+        if self.state is State.HALF_OPEN:
+            self._probing = False
+
     def record(self, ok: bool) -> None:
         now = self._now()
         self._window.append((now, ok))

@@ -163,25 +163,44 @@ class Endpoint:
         if route == "canary" and not slot.circuit.allow():
             self.metrics.fallbacks.labels(self.name, tag).inc()
             tag, route, slot = router.stable, "fallback", self.slots[router.stable]
-        slot.version.codec.check(items, self.limits)  # a 422 before anything is queued
-        while True:  # at most twice: a failing canary hands the request to stable
-            try:
-                outputs, timing = await self._run(slot, items, route, source)
-                break
-            except Overloaded:
-                raise
-            except Exception as exc:
-                if route != "canary":
-                    raise ModelFailure(f"{tag} failed: {exc}") from exc
-                self.metrics.fallbacks.labels(self.name, tag).inc()
-                tag, route, slot = router.stable, "fallback", self.slots[router.stable]
+        probe = slot if route == "canary" else None  # a half-open breaker's probe, settled on every path below
+        try:
+            slot.version.codec.check(items, self.limits)  # a 422 before anything is queued
+            outputs, timing, tag, route, slot = await self._answer(router, slot, tag, route, items, source, start)
+        finally:
+            if probe is not None:
+                probe.circuit.release()
         total = time.monotonic() - start
         self.metrics.request_duration.labels(self.name, tag).observe(total)
-        self.stats.record(self.name, tag, True, total, fallback=route == "fallback")
+        self._evidence(tag, route, source, True, total)
         if router.shadows and source != "shadow":
             for shadow in router.shadows:
                 self._mirror(shadow, items, tag, outputs)
         return Answer(outputs, tag, route, timing, total, slot.version.codec)
+
+    async def _answer(self, router: Router, slot: Slot, tag: str, route: str, items: list[Any], source: str,
+                      start: float) -> tuple[list[Any], Timing, str, str, Slot]:
+        """Run on the chosen version; a canary that fails or is overloaded is the canary's error, and stable
+        answers instead (503 only when stable has no room either)."""
+        while True:  # at most twice
+            try:
+                outputs, timing = await self._run(slot, items, route, source)
+                return outputs, timing, tag, route, slot
+            except Exception as exc:
+                self._evidence(tag, route, source, False, time.monotonic() - start, fallback=route == "canary")
+                if route != "canary":
+                    if isinstance(exc, Overloaded):
+                        raise
+                    raise ModelFailure(f"{tag} failed: {exc}") from exc
+                self.metrics.fallbacks.labels(self.name, tag).inc()
+                tag, route, slot = router.stable, "fallback", self.slots[router.stable]
+
+    def _evidence(self, tag: str, route: str, source: str, ok: bool, latency_s: float, fallback: bool = False) -> None:
+        """The shared per-version stats that canary analysis judges: only what the split routed from API
+        clients, and shadow copies. Pinned, playground and fallback answers stay visible in /metrics
+        (route and source labels) but never steer a rollout."""
+        if (source == "api" and route in ("stable", "canary")) or route == "shadow":
+            self.stats.record(self.name, tag, ok, latency_s, fallback=fallback)
 
     async def _run(self, slot: Slot, items: list[Any], route: str, source: str) -> tuple[list[Any], Timing]:
         tag = slot.version.tag
@@ -204,7 +223,6 @@ class Endpoint:
                 log.warning("%s %s: circuit opened after: %s", self.name, tag, str(exc)[:300])
             self.metrics.circuit_state.labels(self.name, tag).set(slot.circuit.state.value)
             self.metrics.requests.labels(self.name, tag, route, "error", source).inc()
-            self.stats.record(self.name, tag, False, 0.0)
             raise
         slot.circuit.record(True)
         self.metrics.circuit_state.labels(self.name, tag).set(slot.circuit.state.value)
@@ -225,16 +243,21 @@ class Endpoint:
         self._spawn(self._shadow(shadow, items, primary, primary_out))
 
     async def _shadow(self, shadow: str, items: list[Any], primary: str, primary_out: list[Any]) -> None:
+        slot = self.slots.get(shadow)
+        if slot is None:
+            self._shadow_inflight -= 1
+            return
+        start = time.monotonic()
         try:
-            slot = self.slots.get(shadow)
-            if slot is None:
-                return
             outputs, _ = await self._run(slot, items, "shadow", "shadow")
+            # Successes count as well as failures: a rollout's shadow step judges both.
+            self._evidence(shadow, "shadow", "shadow", True, time.monotonic() - start)
             for a, b in zip(primary_out, outputs, strict=True):
                 agreement = slot.version.codec.agreement(a, b)
                 self.metrics.shadow_agreement.labels(self.name, shadow, primary).observe(agreement)
                 self.stats.record_agreement(self.name, shadow, agreement)
         except Exception as exc:  # a shadow never affects the primary
+            self._evidence(shadow, "shadow", "shadow", False, time.monotonic() - start)
             log.debug("shadow %s failed: %s", shadow, exc)
         finally:
             self._shadow_inflight -= 1

@@ -89,3 +89,75 @@ async def test_failing_canary_falls_back_to_stable(digits_root: Path) -> None:
     with pytest.raises(ModelFailure):
         await ep.handle(ROWS[:1], pin="bad:1")  # a pinned request gets no silent substitute
     await ep.stop()
+
+
+def counts(ep: Endpoint) -> dict[str, tuple[int, int, int]]:
+    """The evidence canary analysis would read: version -> (requests, errors, fallbacks)."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for _endpoint, version_tag, _bucket, requests, errors, fallbacks, _latency in ep.stats.pending_rows():
+        r, e, f = out.get(version_tag, (0, 0, 0))
+        out[version_tag] = (r + requests, e + errors, f + fallbacks)
+    return out
+
+
+def half_open(ep: Endpoint, tag: str) -> None:
+    from bentos.dataplane.circuit import State
+
+    breaker = ep.slots[tag].circuit
+    breaker.state, breaker._opened_at = State.OPEN, time.monotonic() - 3600  # cooled down: the next call probes
+
+
+async def test_a_half_open_probe_answered_from_the_cache_is_settled(digits_root: Path) -> None:
+    from bentos.dataplane.cache import input_key
+
+    ep = endpoint({"mlp:1": version(digits_root, "digits-mlp", "mlp:1"),
+                   "cnn:1": version(digits_root, "digits-cnn", "cnn:1")},
+                  {"mlp:1": ("stable", 0), "cnn:1": ("canary", 100)}, cache_size=100)
+    cached = await ep.handle(ROWS[:1])
+    half_open(ep, "cnn:1")
+    ep.cache.put(input_key("cnn:1", ROWS[:1]), cached.outputs)
+    assert (await ep.handle(ROWS[:1])).route == "canary"  # the probe, answered from the cache
+    after = await ep.handle(ROWS[1:2])  # not cached: must probe the canary again, not skip it for ever
+    assert after.route == "canary" and ep.slots["cnn:1"].circuit.state.name == "CLOSED"
+    await ep.stop()
+
+
+async def test_an_overloaded_canary_is_its_error_falls_back_and_settles_its_probe(digits_root: Path) -> None:
+    ep = endpoint({"mlp:1": version(digits_root, "digits-mlp", "mlp:1"),
+                   "cnn:1": version(digits_root, "digits-cnn", "cnn:1")},
+                  {"mlp:1": ("stable", 0), "cnn:1": ("canary", 100)})
+    half_open(ep, "cnn:1")
+    batcher = ep.slots["cnn:1"].batcher
+    room, batcher.max_queue = batcher.max_queue, 0  # the canary has no room at all
+    answer = await ep.handle(ROWS[:1])
+    assert answer.version == "mlp:1" and answer.route == "fallback"  # stable had room
+    assert counts(ep)["cnn:1"] == (1, 1, 1)  # counted as the canary's error, and its fallback
+    assert "mlp:1" not in counts(ep)  # a fallback answer is not stable's evidence
+    batcher.max_queue = room
+    assert (await ep.handle(ROWS[:1])).route == "canary"  # the probe was settled, so the canary is tried again
+    await ep.stop()
+
+
+async def test_pinned_and_playground_traffic_never_become_rollout_evidence(digits_root: Path) -> None:
+    ep = endpoint({"mlp:1": version(digits_root, "digits-mlp", "mlp:1"),
+                   "cnn:1": version(digits_root, "digits-cnn", "cnn:1")},
+                  {"mlp:1": ("stable", 90), "cnn:1": ("canary", 10)})
+    for _ in range(3):
+        assert (await ep.handle(ROWS[:1], pin="cnn:1")).route == "pinned"
+        await ep.handle(ROWS[:1], source="playground")
+    assert counts(ep) == {}
+    answer = await ep.handle(ROWS[:1], routing_key="k")
+    assert counts(ep) == {answer.version: (1, 0, 0)}
+    await ep.stop()
+
+
+async def test_shadow_successes_count_as_well_as_failures(digits_root: Path) -> None:
+    ep = endpoint({"mlp:1": version(digits_root, "digits-mlp", "mlp:1"),
+                   "cnn:1": version(digits_root, "digits-cnn", "cnn:1"),
+                   "bad:1": version(digits_root, "digits-cnn", "bad:1", Broken)},
+                  {"mlp:1": ("stable", 100), "cnn:1": ("shadow", 0), "bad:1": ("shadow", 0)})
+    for _ in range(4):
+        await ep.handle(ROWS[:1])
+    await asyncio.gather(*list(ep._background))
+    assert counts(ep) == {"mlp:1": (4, 0, 0), "cnn:1": (4, 0, 0), "bad:1": (4, 4, 0)}
+    await ep.stop()
