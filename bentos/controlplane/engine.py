@@ -19,8 +19,10 @@ from bentos.controlplane.store import (
     ControlPlane,
     EndpointBusy,
     EndpointExists,
+    Lease,
     Revision,
     RevisionConflict,
+    RolloutUpdate,
     StoredEndpoint,
     StoreUnavailable,
     open_store,
@@ -52,7 +54,9 @@ class RolloutHook(Protocol):
 
     async def run(self) -> None: ...
 
-    async def on_manual_change(self, endpoint: str, actor: str, action: str) -> None: ...
+    def on_manual_change(self, actor: str, action: str) -> RolloutUpdate:
+        """Written with a change by hand, in its transaction: a running rollout pauses."""
+        ...
 
 
 class Engine:
@@ -425,13 +429,18 @@ class Engine:
         return out
 
     async def change(self, name: str, spec: DeploymentSpec, actor: str, action: str, reason: str,
-                     expect_revision: int | None, details: dict[str, Any] | None = None) -> Revision:
-        """Write a new revision (audited) and switch this worker to it; the others follow within a poll."""
+                     expect_revision: int | None, details: dict[str, Any] | None = None,
+                     rollout: RolloutUpdate | None = None, fence: Lease | None = None) -> Revision:
+        """Write a new revision (audited) and switch this worker to it; the others follow within a poll.
+        `rollout` changes the endpoint's rollout state in the same transaction; a change by hand pauses
+        a running rollout there too, so no look can slip in between and undo it."""
         endpoint = await self.known_endpoint(name)
         store = self.require_store()
         tags = await self.check_versions(endpoint, [v.tag for v in spec.versions])
         versions = [v.model_copy(update={"tag": t}) for v, t in zip(spec.versions, tags, strict=True)]
         spec = DeploymentSpec(versions=versions, sticky=spec.sticky)
+        if rollout is None and self.rollouts is not None and not action.startswith("rollout-"):
+            rollout = self.rollouts.on_manual_change(actor, action)
         async with self._write_lock:
             try:
                 loaded = await self._preload(endpoint, spec)  # before any traffic can reach it
@@ -440,13 +449,12 @@ class Engine:
             try:
                 record: Revision = await self.store_call(store.write_deployment, name, spec.model_dump(),
                                                          actor=actor, action=action, reason=reason,
-                                                         expect_revision=expect_revision, details=details)
+                                                         expect_revision=expect_revision, details=details,
+                                                         rollout=rollout, fence=fence)
             except RevisionConflict as exc:
                 raise Conflict(f"{exc}; reload and try again") from None
             self._expected[name] = record.revision
             endpoint.swap(record.revision, spec, loaded)
-        if self.rollouts is not None and not action.startswith("rollout-"):  # a change by hand pauses a rollout
-            await self.rollouts.on_manual_change(name, actor, action)
         return record
 
     async def store_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -2,19 +2,33 @@
 act per endpoint, across workers and replicas (SQLite or Postgres alike).
 
 At each analysis interval the lease holder reads the shared per-version stats since the
-rollout began, asks `rollouts.decide`, changes the deployment when the answer is advance,
-rollback or promote, and stores the state. Every change goes to the audit log with its evidence.
+rollout began, asks `rollouts.decide`, and writes its decision: the new split, the rollout's
+state and the audit entry with the evidence, in one transaction that also checks
+- the rollout's version (a pause, abort or another look since the read wins; the look is dropped),
+- the deployment's revision (a change by hand since the read wins), and
+- the lease, by the database's clock and its token (a controller that lost it cannot write).
+Start, pause, resume and abort are each one transaction too, so no crash leaves a canary
+carrying traffic that no rollout watches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, Protocol
 
 from bentos.controlplane.rollouts import Decision, RolloutRequest, RolloutState, apply, decide
-from bentos.controlplane.store import ControlPlane, Revision, StoreUnavailable
+from bentos.controlplane.store import (
+    ControlPlane,
+    Fenced,
+    Lease,
+    Revision,
+    RolloutUpdate,
+    StaleRollout,
+    StoreUnavailable,
+)
 from bentos.dataplane.stats import Counts, bucket_of, merge
 from bentos.errors import Conflict, InvalidChange, NotFound
 from bentos.schemas import DeploymentSpec, VersionSpec
@@ -32,8 +46,6 @@ class Deployments(Protocol):
     store: ControlPlane | None
     store_error: str | None
 
-    def endpoint(self, name: str) -> Any: ...
-
     async def known_endpoint(self, name: str) -> Any: ...
 
     def require_store(self) -> ControlPlane: ...
@@ -49,7 +61,43 @@ class Deployments(Protocol):
     async def check_versions(self, endpoint: Any, tags: list[str], field: str = ...) -> list[str]: ...
 
     async def change(self, name: str, spec: DeploymentSpec, actor: str, action: str, reason: str,
-                     expect_revision: int | None, details: dict[str, Any] | None = None) -> Revision: ...
+                     expect_revision: int | None, details: dict[str, Any] | None = None,
+                     rollout: RolloutUpdate | None = None, fence: Lease | None = None) -> Revision: ...
+
+
+def expecting(version: int, state: RolloutState, audit: tuple[str, str, str, Any] | None = None) -> RolloutUpdate:
+    """Write `state` only if the stored rollout is still at `version` (what this writer read)."""
+    new = state.model_dump()
+
+    def update(stored: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
+        if stored is None or int(stored.get("version", 0)) != version:
+            raise StaleRollout(f"the rollout on {state.endpoint} changed since it was read")
+        return new, audit
+
+    return update
+
+
+def transition(endpoint: str, wanted: tuple[str, ...], status: str, actor: str, reason: str,
+               action: str | None, step_restarts: bool = False) -> RolloutUpdate:
+    """Move the stored rollout (whatever its version now) from one of `wanted` to `status`."""
+
+    def update(stored: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
+        if stored is None:
+            raise NotFound(f"no rollout on {endpoint} yet: POST /v1/admin/rollouts/{endpoint} starts one")
+        state = RolloutState.model_validate(stored)
+        if state.status not in wanted:
+            raise Conflict(f"the rollout of {state.canary} on {endpoint} is {state.status}, "
+                           f"not {' or '.join(wanted)}")
+        now = time.time()
+        state.status, state.updated_at = status, now  # type: ignore[assignment]
+        if step_restarts:
+            state.step_started_at = now
+        state.remember({"action": status, "reason": reason, "actor": actor, "at": now, "step": state.percent})
+        audit = (actor, action, reason, {"rollout": {"canary": state.canary, "step": state.percent}}) \
+            if action else None
+        return state.model_dump(), audit
+
+    return update
 
 
 class RolloutController:
@@ -79,15 +127,24 @@ class RolloutController:
             if state.status != "running" or time.time() - state.last_look_at < state.policy.interval_s:
                 continue
             ttl = max(3 * state.policy.interval_s, 5.0)
-            if not await asyncio.to_thread(store.acquire_lease, f"rollout:{state.endpoint}", self.engine.worker_id,
-                                           ttl):
+            lease = await asyncio.to_thread(store.acquire_lease, f"rollout:{state.endpoint}",
+                                            self.engine.worker_id, ttl)
+            if lease is None:
                 continue  # another worker or replica holds this endpoint's lease
             fresh = await asyncio.to_thread(store.get_rollout, state.endpoint)  # it may have looked just now
+            if fresh is None:
+                continue
             state = RolloutState.model_validate(fresh)
             if state.status == "running" and time.time() - state.last_look_at >= state.policy.interval_s:
-                await self.look(store, state)
+                await self.look(store, state, lease)
 
-    async def look(self, store: ControlPlane, state: RolloutState) -> Decision:
+    async def look(self, store: ControlPlane, state: RolloutState, lease: Lease | None = None) -> Decision | None:
+        """One analysis, written atomically; None when the write lost to a newer change (it is dropped)."""
+        read_version = state.version
+        current = await self.engine.current(state.endpoint)  # the store's split, not this worker's view
+        if state.canary not in {v["tag"] for v in current.spec["versions"]}:
+            await self._resolve_half_done(store, state, read_version, lease)
+            return None
         await self.engine.flush_stats()
         since = bucket_of(state.started_at)
         rows = await asyncio.to_thread(store.read_stats, since, state.endpoint)
@@ -99,37 +156,52 @@ class RolloutController:
         now = time.time()
         decision = decide(state, canary, stable, now)
         decision.evidence["controller"] = self.engine.worker_id
-        latest = await asyncio.to_thread(store.get_rollout, state.endpoint)
-        if latest is None or latest["status"] != "running":  # paused or aborted while this look ran
-            return decision
-        if decision.action != "hold":
-            await self._act(state, decision)
+        target = None if decision.action == "hold" else self._target(state, decision, current)
         apply(state, decision, canary.requests, now)
-        await asyncio.to_thread(store.put_rollout, state.endpoint, state.model_dump())
+        try:
+            if target is None:
+                await self.engine.store_call(store.update_rollout, state.endpoint, expecting(read_version, state),
+                                             lease)
+            else:
+                details = {"rollout": {"canary": state.canary, "stable": state.stable},
+                           "evidence": decision.evidence}
+                await self.engine.change(state.endpoint, target, ACTOR, f"rollout-{decision.action}",
+                                         decision.reason, current.revision, details,
+                                         rollout=expecting(read_version, state), fence=lease)
+        except (StaleRollout, Fenced, Conflict) as exc:
+            log.info("look at %s on %s dropped: %s", state.canary, state.endpoint, exc)
+            return None
         if decision.action != "hold":
             log.info("rollout of %s on %s: %s (%s)", state.canary, state.endpoint, decision.action, decision.reason)
         return decision
 
-    async def _act(self, state: RolloutState, decision: Decision) -> None:
-        details = {"rollout": {"canary": state.canary, "stable": state.stable}, "evidence": decision.evidence}
+    async def _resolve_half_done(self, store: ControlPlane, state: RolloutState, version: int,
+                                 lease: Lease | None) -> None:
+        """A running rollout whose canary the split no longer carries (a store written by an older
+        Switchyard, or by hand): stop acting and say so, rather than advance a split nobody routes."""
+        reason = f"paused: the deployment no longer carries {state.canary}; resume to put it back, abort to end"
+        now = time.time()
+        state.status, state.updated_at = "paused", now
+        state.remember({"action": "paused", "reason": reason, "actor": ACTOR, "at": now, "step": state.percent})
+        audit = (ACTOR, "rollout-pause", reason, {"rollout": {"canary": state.canary}})
+        with contextlib.suppress(StaleRollout, Fenced):
+            await self.engine.store_call(store.update_rollout, state.endpoint, expecting(version, state, audit),
+                                         lease)
+
+    def _target(self, state: RolloutState, decision: Decision, current: Revision) -> DeploymentSpec:
         if decision.action == "advance":
-            spec = self._split(state, state.policy.steps[state.step + 1])
-        elif decision.action == "promote":
-            spec = self._only(state, state.canary)
-        else:
-            spec = self._only(state, state.stable)
-        await self.engine.change(state.endpoint, spec, ACTOR, f"rollout-{decision.action}", decision.reason, None,
-                                  details)
+            return self._split(state, state.policy.steps[state.step + 1], current)
+        return self._only(state, state.canary if decision.action == "promote" else state.stable, current)
 
     # --- specs ---------------------------------------------------------------------------
-    def _kept(self, state: RolloutState) -> tuple[list[VersionSpec], bool]:
-        """Shadows and stickiness of the live deployment survive the rollout's changes."""
-        spec = self.engine.endpoint(state.endpoint).spec
-        shadows = [v for v in spec.by_role("shadow") if v.tag not in (state.canary, state.stable)] if spec else []
-        return shadows, bool(spec and spec.sticky)
+    def _kept(self, state: RolloutState, current: Revision) -> tuple[list[VersionSpec], bool]:
+        """Shadows and stickiness of the stored deployment survive the rollout's changes."""
+        spec = DeploymentSpec.model_validate(current.spec)
+        shadows = [v for v in spec.by_role("shadow") if v.tag not in (state.canary, state.stable)]
+        return shadows, spec.sticky
 
-    def _split(self, state: RolloutState, percent: int) -> DeploymentSpec:
-        shadows, sticky = self._kept(state)
+    def _split(self, state: RolloutState, percent: int, current: Revision) -> DeploymentSpec:
+        shadows, sticky = self._kept(state, current)
         if percent == 0:  # the shadow step: mirrored traffic, compared with stable, never answers
             return DeploymentSpec(versions=[VersionSpec(tag=state.stable, role="stable", weight=100),
                                             VersionSpec(tag=state.canary, role="shadow", weight=0), *shadows],
@@ -138,8 +210,8 @@ class RolloutController:
                                         VersionSpec(tag=state.canary, role="canary", weight=percent), *shadows],
                               sticky=sticky)
 
-    def _only(self, state: RolloutState, tag: str) -> DeploymentSpec:
-        shadows, sticky = self._kept(state)
+    def _only(self, state: RolloutState, tag: str, current: Revision) -> DeploymentSpec:
+        shadows, sticky = self._kept(state, current)
         return DeploymentSpec(versions=[VersionSpec(tag=tag, role="stable", weight=100), *shadows], sticky=sticky)
 
     # --- admin operations ----------------------------------------------------------------
@@ -151,11 +223,7 @@ class RolloutController:
         return RolloutState.model_validate(raw)
 
     async def start(self, endpoint: str, request: RolloutRequest, actor: str) -> RolloutState:
-        store = self.engine.require_store()
         current = await self.engine.current(endpoint)
-        raw = await self.engine.store_call(store.get_rollout, endpoint)
-        if raw is not None and raw["status"] in ACTIVE:
-            raise Conflict(f"a rollout of {raw['canary']} on {endpoint} is {raw['status']}; abort it first")
         (canary,) = await self.engine.check_versions(await self.engine.known_endpoint(endpoint), [request.tag], "tag")
         stable = DeploymentSpec.model_validate(current.spec).stable.tag
         if canary == stable:
@@ -163,56 +231,61 @@ class RolloutController:
         now = time.time()
         state = RolloutState(endpoint=endpoint, canary=canary, stable=stable, policy=request.policy,
                              started_at=now, step_started_at=now, last_look_at=now)
-        await self.engine.change(endpoint, self._split(state, state.percent), actor, "rollout-start", request.reason,
-                                  current.revision, {"rollout": {"canary": canary, "stable": stable},
-                                                     "policy": request.policy.model_dump()})
         state.remember({"action": "start", "reason": request.reason, "actor": actor, "at": now,
                         "step": state.percent})
-        await self.engine.store_call(store.put_rollout, endpoint, state.model_dump())
-        return state
+
+        def begin(stored: dict[str, Any] | None) -> tuple[dict[str, Any], None]:
+            if stored is not None and stored["status"] in ACTIVE:
+                raise Conflict(f"a rollout of {stored['canary']} on {endpoint} is {stored['status']}; abort it first")
+            return state.model_dump(), None  # the deployment's audit entry (rollout-start) records it
+
+        # The split and the rollout that watches it land together, or neither does.
+        await self.engine.change(endpoint, self._split(state, state.percent, current), actor, "rollout-start",
+                                  request.reason, current.revision, {"rollout": {"canary": canary, "stable": stable},
+                                                                     "policy": request.policy.model_dump()},
+                                  rollout=begin)
+        return await self.get(endpoint)
 
     async def pause(self, endpoint: str, actor: str, reason: str) -> RolloutState:
-        state = await self._active(endpoint, "running")
-        return await self._set_status(state, "paused", actor, "rollout-pause", reason or "paused")
+        await self.get(endpoint)
+        update = transition(endpoint, ("running",), "paused", actor, reason or "paused", "rollout-pause")
+        await self.engine.store_call(self.engine.require_store().update_rollout, endpoint, update)
+        return await self.get(endpoint)
 
     async def resume(self, endpoint: str, actor: str, reason: str) -> RolloutState:
         state = await self._active(endpoint, "paused")
+        current = await self.engine.current(endpoint)
         # A manual change may have moved traffic: put the step's split back, then analyse on.
-        await self.engine.change(endpoint, self._split(state, state.percent), actor, "rollout-resume",
-                                  reason or "resumed", None, {"rollout": {"canary": state.canary}})
-        state.step_started_at = time.time()
-        return await self._set_status(state, "running", actor, None, reason or "resumed")
+        await self.engine.change(endpoint, self._split(state, state.percent, current), actor, "rollout-resume",
+                                  reason or "resumed", current.revision, {"rollout": {"canary": state.canary}},
+                                  rollout=transition(endpoint, ("paused",), "running", actor, reason or "resumed",
+                                                     None, step_restarts=True))
+        return await self.get(endpoint)
 
     async def abort(self, endpoint: str, actor: str, reason: str) -> RolloutState:
         state = await self._active(endpoint, *ACTIVE)
-        await self.engine.change(endpoint, self._only(state, state.stable), actor, "rollout-abort",
+        current = await self.engine.current(endpoint)
+        # Traffic back to stable and the rollout's end in one transaction: no later look can revive it.
+        await self.engine.change(endpoint, self._only(state, state.stable, current), actor, "rollout-abort",
                                   reason or f"abort the rollout of {state.canary}", None,
-                                  {"rollout": {"canary": state.canary, "stable": state.stable}})
-        return await self._set_status(state, "aborted", actor, None, reason or "aborted")
+                                  {"rollout": {"canary": state.canary, "stable": state.stable}},
+                                  rollout=transition(endpoint, ACTIVE, "aborted", actor, reason or "aborted", None))
+        return await self.get(endpoint)
 
-    async def on_manual_change(self, endpoint: str, actor: str, action: str) -> None:
-        """A person changed the deployment by hand: the rollout stops acting until resumed."""
-        raw = await self.engine.store_call(self.engine.require_store().get_rollout, endpoint)
-        if raw is None or raw["status"] != "running":
-            return
-        state = RolloutState.model_validate(raw)
-        await self._set_status(state, "paused", ACTOR, "rollout-pause",
-                               f"paused: manual {action} by {actor}; resume to continue, abort to roll back")
+    def on_manual_change(self, actor: str, action: str) -> RolloutUpdate:
+        """A person changed the deployment by hand: in the same transaction, a running rollout pauses."""
+
+        def update(stored: dict[str, Any] | None) -> tuple[dict[str, Any] | None, Any]:
+            if stored is None or stored.get("status") != "running":
+                return None, None
+            reason = f"paused: manual {action} by {actor}; resume to continue, abort to roll back"
+            return transition(stored["endpoint"], ("running",), "paused", ACTOR, reason, "rollout-pause")(stored)
+
+        return update
 
     async def _active(self, endpoint: str, *statuses: str) -> RolloutState:
         state = await self.get(endpoint)
         if state.status not in statuses:
             wanted = " or ".join(statuses)
             raise Conflict(f"the rollout of {state.canary} on {endpoint} is {state.status}, not {wanted}")
-        return state
-
-    async def _set_status(self, state: RolloutState, status: Any, actor: str, action: str | None,
-                          reason: str) -> RolloutState:
-        now = time.time()
-        state.status, state.updated_at = status, now
-        state.remember({"action": status, "reason": reason, "actor": actor, "at": now, "step": state.percent})
-        details = {"rollout": {"canary": state.canary, "step": state.percent}}
-        audit = (actor, action, reason, details) if action else None
-        await self.engine.store_call(self.engine.require_store().put_rollout, state.endpoint, state.model_dump(),
-                                      audit)
         return state

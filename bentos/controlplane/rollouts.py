@@ -97,6 +97,7 @@ class RolloutState(BaseModel):
     last_look_at: float = 0.0
     history: list[dict[str, Any]] = Field(default_factory=list)
     updated_at: float = Field(default_factory=time.time)
+    version: int = 0  # set by the store on every write; each write compares against the version it read
 
     @property
     def percent(self) -> int:

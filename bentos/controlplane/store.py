@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,28 @@ class StoreUnavailable(RuntimeError):
 
 class RevisionConflict(RuntimeError):
     """Someone else changed the deployment first."""
+
+
+class StaleRollout(RuntimeError):
+    """A rollout write based on a state that changed since it was read (a pause, abort or another look)."""
+
+
+class Fenced(RuntimeError):
+    """A write by a controller whose lease expired or passed to another holder."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held lease; `token` grows with every new holder, so a stale holder's writes can be refused."""
+
+    name: str
+    holder: str
+    token: int
+
+
+# Given the stored rollout state (or None), the state to write with the deployment (or None to leave it),
+# and an audit entry (actor, action, reason, details) for it; may raise to refuse the whole transaction.
+RolloutUpdate = Callable[[dict[str, Any] | None], tuple[dict[str, Any] | None, tuple[str, str, str, Any] | None]]
 
 
 class EndpointExists(RuntimeError):
@@ -67,7 +89,8 @@ CREATE TABLE IF NOT EXISTS version_stats (
     requests BIGINT NOT NULL, errors BIGINT NOT NULL, fallbacks BIGINT NOT NULL, latency TEXT NOT NULL,
     PRIMARY KEY (source, endpoint, version, bucket));
 CREATE TABLE IF NOT EXISTS leases (
-    name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL);
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+    token BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS agreement_stats (
     source TEXT NOT NULL, endpoint TEXT NOT NULL, version TEXT NOT NULL, bucket BIGINT NOT NULL,
     n BIGINT NOT NULL, total DOUBLE PRECISION NOT NULL, PRIMARY KEY (source, endpoint, version, bucket));
@@ -101,6 +124,13 @@ class ControlPlane(ABC):
             for statement in _SCHEMA.format(serial=self.serial).split(";"):
                 if statement.strip():
                     self._exec(cur, statement)
+            self._migrate(cur)
+
+    def _migrate(self, cur: Any) -> None:
+        """Columns added since a store was created (a control plane outlives upgrades)."""
+        columns = {r[1] for r in self._exec(cur, "PRAGMA table_info(leases)").fetchall()}
+        if "token" not in columns:
+            self._exec(cur, "ALTER TABLE leases ADD COLUMN token BIGINT NOT NULL DEFAULT 0")
 
     # --- endpoints -------------------------------------------------------------------
     def endpoints(self) -> dict[str, StoredEndpoint]:
@@ -172,13 +202,17 @@ class ControlPlane(ABC):
         return [_revision(r) for r in rows]
 
     def write_deployment(self, endpoint: str, spec: dict[str, Any], *, actor: str, action: str, reason: str,
-                         expect_revision: int | None = None, details: dict[str, Any] | None = None) -> Revision:
-        """Append a revision and its audit entry atomically.
+                         expect_revision: int | None = None, details: dict[str, Any] | None = None,
+                         rollout: RolloutUpdate | None = None, fence: Lease | None = None) -> Revision:
+        """Append a revision and its audit entry atomically, with the endpoint's rollout state when `rollout`
+        says so: a rollout and the split it routes never disagree, whatever crashes between them.
 
         With `expect_revision`, refuse (RevisionConflict) if the current revision differs;
-        expect_revision=0 means "only if the endpoint has no deployment yet".
+        expect_revision=0 means "only if the endpoint has no deployment yet". With `fence`, refuse (Fenced)
+        unless that lease is still held, by the database's clock.
         """
         with self.transaction() as cur:
+            self._check_fence(cur, fence)
             self._lock_deployments(cur)
             before = self._get(cur, endpoint, None)
             current = before.revision if before else 0
@@ -190,6 +224,8 @@ class ControlPlane(ABC):
                        (endpoint, current + 1, json.dumps(spec), actor, action, reason, now))
             self._audit(cur, actor, action, endpoint, before.spec if before else None, spec, reason,
                         {"revision": current + 1, **(details or {})})
+            if rollout is not None:
+                self._update_rollout(cur, endpoint, rollout)
         return Revision(endpoint, current + 1, spec, actor, action, reason, now)
 
     def _lock_deployments(self, cur: Any) -> None:  # noqa: B027 - a hook, empty by default
@@ -264,14 +300,32 @@ class ControlPlane(ABC):
     # --- rollouts (one per endpoint; the latest, finished or not) -----------------------
     def put_rollout(self, endpoint: str, state: dict[str, Any], audit: tuple[str, str, str, Any] | None = None,
                     ) -> None:
-        """Write the rollout's state, and an audit entry (actor, action, reason, details) in the same transaction."""
+        """Write the rollout's state unconditionally (its version still advances), with an audit entry."""
+        self.update_rollout(endpoint, lambda _stored: (state, audit))
+
+    def update_rollout(self, endpoint: str, update: RolloutUpdate, fence: Lease | None = None) -> dict[str, Any] | None:
+        """Read, change and write the rollout's state in one transaction (compare-and-set by `update`,
+        which sees what is stored now); returns the state written, or None if `update` left it."""
         with self.transaction() as cur:
-            self._exec(cur, "INSERT INTO rollouts (endpoint, state, updated_at) VALUES (?, ?, ?) "
-                            "ON CONFLICT (endpoint) DO UPDATE SET state = excluded.state, "
-                            "updated_at = excluded.updated_at", (endpoint, json.dumps(state), time.time()))
-            if audit is not None:
-                actor, action, reason, details = audit
-                self._audit(cur, actor, action, endpoint, None, None, reason, details)
+            self._check_fence(cur, fence)
+            return self._update_rollout(cur, endpoint, update)
+
+    def _update_rollout(self, cur: Any, endpoint: str, update: RolloutUpdate) -> dict[str, Any] | None:
+        row = self._exec(cur, "SELECT state FROM rollouts WHERE endpoint = ?" + self._for_update,
+                         (endpoint,)).fetchone()
+        stored = None if row is None else dict(json.loads(row[0]))
+        state, audit = update(stored)
+        if state is None:
+            return None
+        # The version every compare-and-set checks: it moves on with each write, whoever makes it.
+        state = {**state, "version": int((stored or {}).get("version", 0)) + 1}
+        self._exec(cur, "INSERT INTO rollouts (endpoint, state, updated_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT (endpoint) DO UPDATE SET state = excluded.state, "
+                        "updated_at = excluded.updated_at", (endpoint, json.dumps(state), time.time()))
+        if audit is not None:
+            actor, action, reason, details = audit
+            self._audit(cur, actor, action, endpoint, None, None, reason, details)
+        return state
 
     def get_rollout(self, endpoint: str) -> dict[str, Any] | None:
         with self.transaction() as cur:
@@ -284,17 +338,40 @@ class ControlPlane(ABC):
         return [dict(json.loads(r[0])) for r in rows]
 
     # --- leases ----------------------------------------------------------------------
-    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        """Take or renew `name` for `holder` unless someone else holds an unexpired lease."""
-        now = time.time()
+    # Expiry is judged by the database's clock, never a replica's, so clock skew cannot let two act.
+    _now_sql = "(julianday('now') - 2440587.5) * 86400.0"
+    _for_update = ""
+
+    def _db_now(self, cur: Any) -> float:
+        return float(self._exec(cur, f"SELECT {self._now_sql}").fetchone()[0])
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> Lease | None:
+        """Take or renew `name` for `holder` unless someone else holds an unexpired lease. A new holder
+        (or the same one after its lease lapsed) gets a new token, which fences off its older writes."""
         with self.transaction() as cur:
-            self._exec(cur, "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
+            now = self._db_now(cur)
+            # One conditional upsert, so two replicas racing for a free lease cannot both win.
+            self._exec(cur, "INSERT INTO leases (name, holder, expires_at, token) VALUES (?, ?, ?, 1) "
                             "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
-                            "expires_at = excluded.expires_at "
+                            "expires_at = excluded.expires_at, token = CASE WHEN leases.holder = excluded.holder "
+                            "AND leases.expires_at >= ? THEN leases.token ELSE leases.token + 1 END "
                             "WHERE leases.holder = excluded.holder OR leases.expires_at < ?",
-                       (name, holder, now + ttl_s, now))
-            row = self._exec(cur, "SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
-        return bool(row and row[0] == holder)
+                       (name, holder, now + ttl_s, now, now))
+            row = self._exec(cur, "SELECT holder, token FROM leases WHERE name = ?", (name,)).fetchone()
+        if row is None or row[0] != holder:
+            return None
+        token = int(row[1])
+        return Lease(name, holder, token)
+
+    def _check_fence(self, cur: Any, fence: Lease | None) -> None:
+        if fence is None:
+            return
+        row = self._exec(cur, "SELECT holder, expires_at, token FROM leases WHERE name = ?" + self._for_update,
+                         (fence.name,)).fetchone()
+        if row is None or row[0] != fence.holder or int(row[2]) != fence.token:
+            raise Fenced(f"lease {fence.name} is no longer held by {fence.holder} (token {fence.token})")
+        if float(row[1]) < self._db_now(cur):
+            raise Fenced(f"lease {fence.name} of {fence.holder} expired")
 
     def release_lease(self, name: str, holder: str) -> None:
         with self.transaction() as cur:
@@ -373,6 +450,12 @@ class PostgresControlPlane(ControlPlane):
                     self._conn.close()
                 self._conn = None
                 raise StoreUnavailable(f"control-plane database unreachable: {str(exc).strip()[:200]}") from exc
+
+    _now_sql = "EXTRACT(EPOCH FROM clock_timestamp())"
+    _for_update = " FOR UPDATE"
+
+    def _migrate(self, cur: Any) -> None:
+        cur.execute("ALTER TABLE leases ADD COLUMN IF NOT EXISTS token BIGINT NOT NULL DEFAULT 0")
 
     def _lock_deployments(self, cur: Any) -> None:
         # One writer at a time: revision numbers must not collide across replicas.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,6 @@ from bentos.controlplane.store import (
 SPEC_A = {"versions": [{"tag": "m:1", "weight": 100, "role": "stable"}], "sticky": False}
 SPEC_B = {"versions": [{"tag": "m:1", "weight": 90, "role": "stable"}, {"tag": "m:2", "weight": 10, "role": "canary"}],
           "sticky": True}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ControlPlane:
-    if request.param == "sqlite":
-        return SQLiteControlPlane(tmp_path / "control.db")
-    server = request.getfixturevalue("postgres")
-    # A fresh database per test keeps tests independent on the shared server.
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return PostgresControlPlane(server.url.rsplit("/", 1)[0] + f"/{name}")
 
 
 def test_revisions_and_audit(store: ControlPlane) -> None:
@@ -122,12 +107,51 @@ def test_rollout_state_and_its_audit_entry_are_written_together(store: ControlPl
     assert store.get_rollout("digits") is None and store.rollouts() == []
     store.put_rollout("digits", {"status": "running", "step": 0})
     store.put_rollout("digits", {"status": "paused", "step": 1}, audit=("bob", "rollout-pause", "why", {"step": 25}))
-    assert store.get_rollout("digits") == {"status": "paused", "step": 1} and len(store.rollouts()) == 1
+    assert store.get_rollout("digits") == {"status": "paused", "step": 1, "version": 2} and len(store.rollouts()) == 1
     entry = store.audit("digits")[0]
     assert (entry["actor"], entry["action"], entry["details"]) == ("bob", "rollout-pause", {"step": 25})
     with pytest.raises(TypeError):  # a state that cannot be stored changes nothing
         store.put_rollout("digits", {"status": object()}, audit=("bob", "x", "y", None))
-    assert store.get_rollout("digits") == {"status": "paused", "step": 1} and len(store.audit("digits")) == 1
+    assert store.get_rollout("digits") == {"status": "paused", "step": 1, "version": 2}
+    assert len(store.audit("digits")) == 1
+
+
+def test_a_lease_fences_off_its_old_holder_by_token_and_database_time(store: ControlPlane) -> None:
+    import time
+
+    from bentos.controlplane.store import Fenced
+
+    first = store.acquire_lease("rollout:digits", "w1", ttl_s=0.2)
+    assert first is not None and store.acquire_lease("rollout:digits", "w1", ttl_s=0.2) == first  # renewal
+    store.update_rollout("digits", lambda _s: ({"status": "running"}, None), fence=first)  # holder writes
+    time.sleep(0.3)
+    with pytest.raises(Fenced, match="expired"):  # a long pause: the lease lapsed, nobody took it yet
+        store.update_rollout("digits", lambda _s: ({"status": "rolled_back"}, None), fence=first)
+    second = store.acquire_lease("rollout:digits", "w2", ttl_s=30)
+    assert second is not None and second.token > first.token
+    with pytest.raises(Fenced, match="no longer held by w1"):
+        store.write_deployment("digits", SPEC_B, actor="c", action="rollout-advance", reason="stale",
+                               rollout=lambda _s: ({"status": "running"}, None), fence=first)
+    assert store.get_deployment("digits") is None and store.get_rollout("digits")["status"] == "running"
+    again = store.acquire_lease("rollout:digits", "w1", ttl_s=30)
+    assert again is None  # w2 holds it
+
+
+def test_a_deployment_and_its_rollout_state_land_together_or_not_at_all(store: ControlPlane) -> None:
+    from bentos.controlplane.store import StaleRollout
+
+    store.write_deployment("digits", SPEC_A, actor="a", action="deploy", reason="first")
+    store.write_deployment("digits", SPEC_B, actor="a", action="rollout-start", reason="go",
+                           rollout=lambda _s: ({"status": "running", "step": 0}, None))
+    assert store.get_rollout("digits") == {"status": "running", "step": 0, "version": 1}
+
+    def stale(stored: dict[str, Any] | None) -> Any:
+        raise StaleRollout("read at version 0")
+
+    with pytest.raises(StaleRollout):
+        store.write_deployment("digits", SPEC_A, actor="c", action="rollout-rollback", reason="late", rollout=stale)
+    assert store.get_deployment("digits").revision == 2  # no revision without its rollout state
+    assert store.audit("digits")[0]["action"] == "rollout-start"
 
 
 def test_unreachable_postgres_is_reported_as_unavailable() -> None:
