@@ -1,4 +1,5 @@
-"""Seeded simulations of canary analysis: power, false-rollback rate, latency regressions.
+"""Seeded simulations of canary analysis: power, false-rollback rate, latency regressions, shadow steps,
+and requests to a rollback under each way of keeping alpha over repeated looks.
 
 Synthetic traffic runs through the very `decide`/`apply` the controller uses, look by look:
 requests split by the current step's percentage, errors drawn per request, latencies from a
@@ -10,6 +11,7 @@ log-normal binned into the stats histogram. `make bench` writes docs/canary-anal
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,8 @@ class Traffic:
     median_ms: float = 20.0
     sigma: float = 0.5
     rps: float = 50.0
+    disagreement: float = 0.0  # share of the canary's answers that differ from stable's
+    fails_after: int = 0  # canary requests served well before its errors start (a late regression)
 
 
 @dataclass(frozen=True)
@@ -58,15 +62,28 @@ def simulate(policy: RolloutPolicy, traffic: Traffic, seed: int, max_looks: int 
     canary, stable = Counts(), Counts()
     for _ in range(max_looks):
         total = int(rng.poisson(traffic.rps * policy.interval_s))
-        n_canary = int(rng.binomial(total, state.percent / 100))
-        _add(canary, rng, n_canary, traffic.canary_error, traffic.median_ms * traffic.canary_slowdown, traffic.sigma)
-        _add(stable, rng, total - n_canary, traffic.stable_error, traffic.median_ms, traffic.sigma)
+        shadow = state.percent == 0  # the shadow step: the canary answers a copy of every request
+        n_canary = total if shadow else int(rng.binomial(total, state.percent / 100))
+        error = traffic.canary_error if canary.requests >= traffic.fails_after else traffic.stable_error
+        _add(canary, rng, n_canary, error, traffic.median_ms * traffic.canary_slowdown, traffic.sigma)
+        _add(stable, rng, total if shadow else total - n_canary, traffic.stable_error, traffic.median_ms,
+             traffic.sigma)
+        if shadow:
+            canary.comparisons += n_canary
+            canary.agreement_sum += n_canary - int(rng.binomial(n_canary, traffic.disagreement))
         now += policy.interval_s
         decision = decide(state, canary, stable, now)
         apply(state, decision, canary.requests, now)
         if decision.action in ("promote", "rollback"):
             return Outcome(decision.action, canary.requests, now)
     raise RuntimeError("no decision: raise max_looks")
+
+
+def outliving(policy: RolloutPolicy, traffic: Traffic, times: float = 10.0) -> RolloutPolicy:
+    """The policy with min_seconds set so the canary sees `times` its planned requests before promotion."""
+    canary_rps = sum(traffic.rps * p / 100 for p in policy.steps[:-1])
+    seconds = times * policy.planned_requests() / canary_rps
+    return policy.model_copy(update={"min_seconds": seconds})
 
 
 def run_many(policy: RolloutPolicy, traffic: Traffic, runs: int, seed0: int = 0) -> list[Outcome]:
@@ -78,32 +95,89 @@ def binomial_tolerance(alpha: float, runs: int, sigmas: float = 3.0) -> float:
     return float(sigmas * np.sqrt(alpha * (1 - alpha) / runs))
 
 
+def _rollbacks(outcomes: list[Outcome]) -> str:
+    need = sorted(o.canary_requests for o in outcomes if o.action == "rollback")
+    if not need:
+        return "-"
+    return f"{need[len(need) // 2]} / {need[math.ceil(len(need) * 0.99) - 1]} / {need[-1]}"
+
+
+def _row(name: str, outcomes: list[Outcome]) -> str:
+    rolled = sum(o.action == "rollback" for o in outcomes)
+    return f"| {name} | {len(outcomes)} | {rolled} | {len(outcomes) - rolled} | {_rollbacks(outcomes)} |"
+
+
 def report(runs: int) -> str:
     policy = RolloutPolicy(min_seconds=0)
-    bad = run_many(policy, Traffic(canary_error=0.05), 200)
-    same = run_many(policy, Traffic(canary_error=0.005), runs)
-    slow = run_many(policy, Traffic(canary_error=0.005, canary_slowdown=2.0), 200)
-    rolled = [o for o in bad if o.action == "rollback"]
-    false_rate = sum(o.action == "rollback" for o in same) / len(same)
-    need = sorted(o.canary_requests for o in rolled)
+    same_traffic = Traffic(canary_error=0.005)
+    same = run_many(policy, same_traffic, runs, seed0=10_000)
+    long_same = run_many(outliving(RolloutPolicy(), same_traffic), same_traffic, runs, seed0=20_000)
+    shadow = RolloutPolicy(steps=[0, 25, 50, 100], checks=["errors", "latency", "agreement"], min_seconds=0)
     lines = [
-        "# Canary analysis: simulated power and false-rollback rate\n",
+        "# Canary analysis: simulated power, false-rollback rate and requests to a rollback\n",
         "Made by `python bench/canary_sim.py`: seeded synthetic traffic (50 req/s, log-normal latency, median",
-        "20 ms) through the controller's own `decide`, with the default policy "
-        f"(`{policy.model_dump_json()}`; `min_seconds` 0 so time does not matter).\n",
+        "20 ms) through the controller's own `decide`, look by look, with the default policy "
+        f"(`{policy.model_dump_json()}`; `min_seconds` 0 so time does not matter) unless a row says otherwise.",
+        "Stable has 0.5 % errors throughout.\n",
+        "## How a look decides\n",
+        "Each look tests the cumulative counts since the rollout began (`bentos/controlplane/canary_analysis.py`).",
+        "Errors: a one-sided two-proportion z-test (Fisher's exact test while errors are few) that the canary's",
+        "error ratio exceeds stable's by more than `error_margin`. Latency: a one-sided Mann-Whitney U test on the",
+        "latency histograms, plus the canary's p95 exceeding stable's by `latency_ratio`. Agreement (in a shadow",
+        "step): the mean label match or cosine over at least 50 comparisons must reach `min_agreement`.",
+        "Repeated looks keep the false-rollback chance within `alpha` (split evenly between the tested checks)",
+        "in two ways, each given half of a check's alpha (`policy.sequential`: `both`):\n",
+        "- **O'Brien-Fleming alpha spending** (Lan and DeMets 1983; O'Brien and Fleming 1979): each look spends",
+        "  the increment of alpha(t) = 2 - 2 Phi(z / sqrt(t)), t the fraction of the planned canary requests",
+        "  (`min_requests` x analysed steps) seen. Most power inside the plan; once t reaches 1 nothing is left,",
+        "  so a canary held past its plan (by `min_seconds`, or a pause) could not be rolled back.",
+        "- **A mixture sequential probability ratio test** (mSPRT; Robbins 1970; Johari, Koomen, Pekelis and",
+        "  Walsh 2017): on the same estimate (error-ratio difference; P(canary slower) from the U statistic),",
+        "  approximately N(theta, V), with a N(null, tau^2) mixture over the alternative (tau 0.02 for errors,",
+        "  0.1 for latency), Lambda = sqrt(V / (V + tau^2)) exp(tau^2 (est - null)^2 / (2 V (V + tau^2))). Under",
+        "  the null Lambda is a non-negative martingale of mean 1, so by Ville's inequality (Ville 1939) it reaches",
+        "  1 / alpha with probability at most alpha, however many looks and however long the canary runs.",
+        "  The normal approximation with a plug-in variance makes this asymptotic: the rows below measure it.\n",
+        "Promotion still needs every step's minimums with no check rejecting; the union bound keeps the two",
+        "methods together within alpha.\n",
+        "References: K. K. G. Lan and D. L. DeMets, Discrete sequential boundaries for clinical trials, Biometrika",
+        "70(3), 1983. P. C. O'Brien and T. R. Fleming, A multiple testing procedure for clinical trials,",
+        "Biometrics 35(3), 1979. H. Robbins, Statistical methods related to the law of the iterated logarithm,",
+        "Ann. Math. Statist. 41(5), 1970. R. Johari, P. Koomen, L. Pekelis and D. Walsh, Peeking at A/B tests:",
+        "why it matters, and what to do about it, KDD 2017. J. Ville, Etude critique de la notion de collectif,",
+        "1939.\n",
+        "## Outcomes\n",
         "| scenario | runs | rolled back | promoted | canary requests at rollback (median / p99 / max) |",
         "|---|---|---|---|---|",
-        f"| canary 5 % errors vs stable 0.5 % | {len(bad)} | {len(rolled)} | {len(bad) - len(rolled)} | "
-        f"{need[len(need) // 2]} / {need[int(len(need) * 0.99) - 1]} / {need[-1]} |",
-        f"| equal canary (0.5 % errors, same latency) | {len(same)} | {round(false_rate * len(same))} | "
-        f"{len(same) - round(false_rate * len(same))} | - |",
-        f"| canary 2x slower (every request) | {len(slow)} | {sum(o.action == 'rollback' for o in slow)} | "
-        f"{sum(o.action == 'promote' for o in slow)} | - |",
+        _row("canary 5 % errors", run_many(policy, Traffic(canary_error=0.05), 200)),
+        _row("equal canary (0.5 % errors, same latency)", same),
+        _row("equal canary, held 10x its plan (looks every interval)", long_same),
+        _row("canary 2x slower (every request)", run_many(policy, Traffic(canary_error=0.005, canary_slowdown=2.0),
+                                                          200)),
+        _row("shadow step first, canary disagreeing on 10 % of answers",
+             run_many(shadow, Traffic(canary_error=0.005, disagreement=0.10), 200)),
+        _row("shadow step first, good canary", run_many(shadow, same_traffic, 200, seed0=40_000)),
+        _row("shadow step first, canary 5 % errors", run_many(shadow, Traffic(canary_error=0.05), 200)),
         "",
-        f"False-rollback rate {false_rate:.3f} against alpha {policy.alpha} "
-        f"(binomial tolerance over {len(same)} runs, 3 standard errors: "
-        f"{binomial_tolerance(policy.alpha, len(same)):.3f}).",
+        f"False-rollback rate {sum(o.action == 'rollback' for o in same) / len(same):.3f} "
+        f"(held 10x: {sum(o.action == 'rollback' for o in long_same) / len(long_same):.3f}) against alpha "
+        f"{policy.alpha}; binomial tolerance over {runs} runs, 3 standard errors: "
+        f"{binomial_tolerance(policy.alpha, runs):.3f}.\n",
+        "## Requests to a rollback, by method (`policy.sequential`)\n",
+        "O'Brien-Fleming spends alpha over the planned requests (`min_requests` x analysed steps); the mSPRT",
+        "is valid at any number of looks. `both` (the default) gives each half of the alpha. A late regression:",
+        "the canary serves 1,800 requests (3x its plan) well, then fails 5 % of requests, while `min_seconds`",
+        "holds it for 10x its plan.\n",
+        "| method | canary 5 % errors: rolled back / runs | requests at rollback (median / p99 / max) "
+        "| late regression: rolled back / runs | requests at rollback (median / p99 / max) |",
+        "|---|---|---|---|---|",
     ]
+    for method in ("obrien-fleming", "msprt", "both"):
+        bad = run_many(RolloutPolicy(min_seconds=0, sequential=method), Traffic(canary_error=0.05), 200)
+        late_policy = outliving(RolloutPolicy(sequential=method), same_traffic)
+        late = run_many(late_policy, Traffic(canary_error=0.05, fails_after=1800), 100, seed0=30_000)
+        lines.append(f"| {method} | {sum(o.action == 'rollback' for o in bad)} / {len(bad)} | {_rollbacks(bad)} "
+                     f"| {sum(o.action == 'rollback' for o in late)} / {len(late)} | {_rollbacks(late)} |")
     return "\n".join(lines) + "\n"
 
 

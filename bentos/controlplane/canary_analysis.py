@@ -8,11 +8,19 @@
   bucket ties with the others there; the variance has the tie correction), that canary
   latencies are stochastically larger than stable's. A rollback also needs the canary's
   chosen quantile to exceed stable's by more than the policy's ratio.
-- repeated looks: the controller tests the cumulative data at every interval. Each look
-  may spend only the increment of a Lan-DeMets O'Brien-Fleming alpha-spending function,
-  alpha(t) = 2 - 2 Phi(z_{1-alpha/2} / sqrt(t)), where t is the fraction of the planned canary
-  requests seen so far. The increments sum to alpha, so by the union bound the chance of any
-  false rollback over the whole rollout stays at most alpha (split evenly between the checks).
+- repeated looks, two ways, each with half of a check's alpha:
+  - O'Brien-Fleming: each look may spend only the increment of a Lan-DeMets alpha-spending
+    function, alpha(t) = 2 - 2 Phi(z_{1-alpha/2} / sqrt(t)), where t is the fraction of the planned
+    canary requests seen so far. Powerful within its plan, but once t reaches 1 its alpha is
+    spent: a canary that outlives the plan (held by min_seconds, say) could never be rolled back.
+  - a mixture sequential probability ratio test (mSPRT; Robbins 1970, Johari et al. 2017) on the
+    same estimate: with the estimate approximately N(theta, V) and a N(null, tau^2) mixture over
+    the alternative, Lambda = sqrt(V / (V + tau^2)) exp(tau^2 (est - null)^2 / (2 V (V + tau^2))).
+    Under the null Lambda is (asymptotically) a non-negative martingale of mean 1, so by Ville's
+    inequality P(Lambda ever reaches 1/alpha) <= alpha: valid at every look, however many, however
+    long the canary runs, with looks chosen by the data.
+  By the union bound the two together keep a check's false-rollback chance within its alpha
+  (split evenly between the checks).
 """
 
 from __future__ import annotations
@@ -89,8 +97,52 @@ def error_test(c_err: int, c_n: int, s_err: int, s_n: int, margin: float, alpha:
     return TestResult("two-proportion-z", z, p, alpha, diff, margin, p < alpha and diff > margin)
 
 
-def mann_whitney_greater(canary: list[int], stable: list[int]) -> tuple[float, float]:
-    """(z, one-sided p) that canary values are stochastically larger, from histogram counts."""
+# Mixture scales: the size of effect each sequential test is most sensitive to. An error-ratio
+# difference of a few points; for latency, how far P(canary slower than stable) sits from 1/2.
+MSPRT_TAU = {"errors": 0.02, "latency": 0.1}
+
+
+@dataclass
+class SequentialResult:
+    test: str
+    likelihood_ratio: float
+    p_value: float  # the always-valid p-value at this look: min(1, 1 / Lambda)
+    alpha: float
+    reject: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def msprt(estimate: float, null: float, variance: float, tau: float, alpha: float) -> SequentialResult:
+    """Normal-mixture SPRT of H0: theta <= null against theta > null, from an estimate and its variance."""
+    if variance <= 0 or estimate <= null or alpha <= 0:
+        return SequentialResult("msprt", 1.0, 1.0, alpha, False)
+    t2 = tau * tau
+    log_lr = 0.5 * math.log(variance / (variance + t2)) + t2 * (estimate - null) ** 2 / (2 * variance * (variance + t2))
+    lr = math.exp(min(log_lr, 700.0))
+    return SequentialResult("msprt", lr, min(1.0, 1 / lr), alpha, lr >= 1 / alpha)
+
+
+def error_msprt(c_err: int, c_n: int, s_err: int, s_n: int, margin: float, alpha: float) -> SequentialResult:
+    """mSPRT that the canary's error ratio exceeds stable's by more than `margin`."""
+    # Half an error added to each side keeps the variance positive before the first error.
+    pc, ps = (c_err + 0.5) / (c_n + 1), (s_err + 0.5) / (s_n + 1)
+    variance = pc * (1 - pc) / c_n + ps * (1 - ps) / s_n
+    return msprt(c_err / c_n - s_err / s_n, margin, variance, MSPRT_TAU["errors"], alpha)
+
+
+def latency_msprt(canary: list[int], stable: list[int], alpha: float) -> SequentialResult:
+    """mSPRT on the Mann-Whitney statistic: that P(canary latency > stable's) exceeds 1/2."""
+    n1, n2 = sum(canary), sum(stable)
+    u, var = _mann_whitney(canary, stable)
+    if var <= 0:
+        return SequentialResult("msprt", 1.0, 1.0, alpha, False)
+    return msprt(u / (n1 * n2), 0.5, var / (n1 * n2) ** 2, MSPRT_TAU["latency"], alpha)
+
+
+def _mann_whitney(canary: list[int], stable: list[int]) -> tuple[float, float]:
+    """U (canary over stable, ties counted half) and its tie-corrected variance under H0."""
     n1, n2 = sum(canary), sum(stable)
     n = n1 + n2
     u, below = 0.0, 0
@@ -98,7 +150,14 @@ def mann_whitney_greater(canary: list[int], stable: list[int]) -> tuple[float, f
         u += a * (below + b / 2)
         below += b
     ties = sum((a + b) ** 3 - (a + b) for a, b in zip(canary, stable, strict=True))
-    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
+    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
+    return u, var
+
+
+def mann_whitney_greater(canary: list[int], stable: list[int]) -> tuple[float, float]:
+    """(z, one-sided p) that canary values are stochastically larger, from histogram counts."""
+    n1, n2 = sum(canary), sum(stable)
+    u, var = _mann_whitney(canary, stable)
     if var <= 0:
         return 0.0, 1.0
     z = (u - n1 * n2 / 2) / math.sqrt(var)

@@ -15,7 +15,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bentos.controlplane.canary_analysis import error_test, latency_test, obrien_fleming_spent
+from bentos.controlplane.canary_analysis import (
+    error_msprt,
+    error_test,
+    latency_msprt,
+    latency_test,
+    obrien_fleming_spent,
+)
 from bentos.dataplane.stats import Counts, quantile
 
 Check = Literal["errors", "latency", "agreement"]
@@ -23,6 +29,7 @@ TESTED: tuple[Check, ...] = ("errors", "latency")  # hypothesis tests that share
 MIN_COMPARISONS = 50  # shadow comparisons before agreement can fail a canary
 Status = Literal["running", "paused", "promoted", "rolled_back", "aborted"]
 Action = Literal["hold", "advance", "rollback", "promote"]
+Sequential = Literal["both", "obrien-fleming", "msprt"]
 HISTORY_LIMIT = 300
 
 
@@ -44,6 +51,9 @@ class RolloutPolicy(BaseModel):
     latency_ratio: float = Field(1.5, ge=1, le=100, description="Canary quantile may be this many times stable's.")
     min_agreement: float = Field(0.95, ge=0, le=1, description="Mean shadow agreement (label match or cosine) "
                                                                 "the canary must keep; needs a first step of 0.")
+    sequential: Sequential = Field("both", description="How repeated looks keep alpha: 'obrien-fleming' (most "
+                                   "power within the plan of min_requests per step, none after it), 'msprt' "
+                                   "(valid however long the canary runs), or 'both' (half of alpha each).")
 
     @field_validator("steps")
     @classmethod
@@ -129,18 +139,29 @@ def analyze(state: RolloutState, canary: Counts, stable: Counts) -> dict[str, di
     results: dict[str, dict[str, Any]] = {}
     if "agreement" in policy.checks:
         results["agreement"] = agreement_check(canary, policy.min_agreement)
+    obf_alpha = {"both": alpha / 2, "obrien-fleming": alpha, "msprt": 0.0}[policy.sequential]
+    seq_alpha = alpha - obf_alpha
     for check in tested:
-        spent = obrien_fleming_spent(alpha, t)
+        spent = obrien_fleming_spent(obf_alpha, t) if obf_alpha else 0.0
         look_alpha = max(0.0, spent - state.spent.get(check, 0.0))
         state.spent[check] = max(spent, state.spent.get(check, 0.0))
         if canary.requests == 0 or stable.requests == 0:
             results[check] = {"test": "none", "reject": False, "note": "no traffic on one side yet"}
-        elif check == "errors":
-            results[check] = error_test(canary.errors, canary.requests, stable.errors, stable.requests,
-                                        policy.error_margin, look_alpha).as_dict()
+            continue
+        if check == "errors":
+            fixed = error_test(canary.errors, canary.requests, stable.errors, stable.requests, policy.error_margin,
+                               look_alpha).as_dict()
+            seq = error_msprt(canary.errors, canary.requests, stable.errors, stable.requests, policy.error_margin,
+                              seq_alpha)
+            seq_reject = seq.reject
         else:
-            results[check] = latency_test(canary.latency, stable.latency, policy.latency_quantile,
-                                          policy.latency_ratio, look_alpha).as_dict()
+            fixed = latency_test(canary.latency, stable.latency, policy.latency_quantile, policy.latency_ratio,
+                                 look_alpha).as_dict()
+            seq = latency_msprt(canary.latency, stable.latency, seq_alpha)
+            seq_reject = seq.reject and fixed["effect"] > policy.latency_ratio
+        fixed["reject"] = bool(look_alpha and fixed["reject"])
+        results[check] = {**fixed, "reject": fixed["reject"] or (seq_alpha > 0 and seq_reject),
+                          "sequential": {**seq.as_dict(), "reject": seq_alpha > 0 and seq_reject}}
     return results
 
 

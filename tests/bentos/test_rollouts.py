@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from bench.canary_sim import Traffic, binomial_tolerance, run_many
+from bench.canary_sim import Traffic, binomial_tolerance, outliving, run_many
 from bentos.controlplane.rollouts import RolloutPolicy, RolloutState, apply, decide
 from bentos.dataplane.stats import Counts
 
@@ -109,3 +109,45 @@ def test_a_shadow_step_checks_agreement_against_the_threshold() -> None:
     assert d.evidence["checks"]["agreement"] == {"test": "threshold", "comparisons": 120, "min_comparisons": 50,
                                                  "effect": 0.9, "threshold": 0.95, "reject": True}
     assert "errors" in d.evidence["checks"] and "latency" not in d.evidence["checks"]
+
+
+def test_false_rollbacks_stay_within_alpha_when_the_canary_runs_10x_its_plan() -> None:
+    traffic = Traffic(canary_error=0.005)
+    policy = outliving(RolloutPolicy(), traffic, times=10)
+    outcomes = run_many(policy, traffic, runs=500, seed0=20_000)
+    promoted = [o.canary_requests for o in outcomes if o.action == "promote"]
+    assert min(promoted) > 9 * policy.planned_requests()  # every promoted canary really outlived its plan
+    false_rate = sum(o.action == "rollback" for o in outcomes) / len(outcomes)
+    assert false_rate <= policy.alpha + binomial_tolerance(policy.alpha, len(outcomes))
+
+
+@pytest.mark.parametrize(("method", "caught"), [("both", 1.0), ("msprt", 1.0), ("obrien-fleming", 0.0)])
+def test_a_regression_after_the_plan_is_spent_is_caught_only_by_the_sequential_test(method: str,
+                                                                                     caught: float) -> None:
+    policy = outliving(RolloutPolicy(sequential=method), Traffic(canary_error=0.005), times=10)
+    outcomes = run_many(policy, Traffic(canary_error=0.05, fails_after=3 * policy.planned_requests()), runs=50,
+                        seed0=30_000)
+    assert sum(o.action == "rollback" for o in outcomes) / len(outcomes) == caught
+
+
+def test_power_a_canary_disagreeing_on_10_percent_of_answers_is_rolled_back() -> None:
+    policy = RolloutPolicy(steps=[0, 25, 50, 100], checks=["errors", "agreement"], min_seconds=0)
+    outcomes = run_many(policy, Traffic(canary_error=0.005, disagreement=0.10), runs=200)
+    assert sum(o.action == "rollback" for o in outcomes) >= 0.95 * len(outcomes)
+
+
+def test_a_shadow_step_passes_a_good_canary_and_rolls_back_a_bad_one() -> None:
+    policy = RolloutPolicy(steps=[0, 25, 50, 100], min_seconds=0)
+    good = run_many(policy, Traffic(canary_error=0.005), runs=100, seed0=40_000)
+    assert sum(o.action == "promote" for o in good) >= 95
+    bad = run_many(policy, Traffic(canary_error=0.05), runs=100)
+    assert sum(o.action == "rollback" for o in bad) >= 90
+
+
+def test_the_sequential_test_is_bounded_under_the_null_and_grows_with_evidence() -> None:
+    from bentos.controlplane.canary_analysis import error_msprt, msprt
+
+    assert msprt(0.01, 0.01, 1e-4, 0.02, 0.05).likelihood_ratio == 1.0  # no evidence: no rejection, ever
+    weak, strong = error_msprt(6, 200, 5, 4000, 0.01, 0.025), error_msprt(60, 1200, 25, 20000, 0.01, 0.025)
+    assert not weak.reject and strong.reject and strong.likelihood_ratio >= 1 / 0.025
+    assert strong.p_value == pytest.approx(1 / strong.likelihood_ratio)
