@@ -48,6 +48,9 @@ class ServeSettings(BaseSettings):
     # Routing
     allow_pinning: bool = Field(True, description="Honour the X-Model-Version header.")
     shadow_queue: int = Field(64, ge=1, description="Shadow requests waiting; more are dropped and counted.")
+    canary_compare_sample: float = Field(
+        0.2, ge=0, le=1, description="Share of a canary's answers also asked of stable, in the background and "
+                                     "dropped when busy, so a rollout's agreement check works in canary steps.")
 
     # Circuit breaker
     circuit_failures: int = Field(5, ge=1, description="Consecutive failures that open a version's circuit.")

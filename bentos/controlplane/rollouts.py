@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bentos.controlplane.canary_analysis import (
     error_msprt,
@@ -26,7 +26,7 @@ from bentos.dataplane.stats import Counts, quantile
 
 Check = Literal["errors", "latency", "agreement"]
 TESTED: tuple[Check, ...] = ("errors", "latency")  # hypothesis tests that share alpha
-MIN_COMPARISONS = 50  # shadow comparisons before agreement can fail a canary
+MIN_COMPARISONS = 50  # comparisons with stable (shadow step, or sampled canary answers) before agreement judges
 Status = Literal["running", "paused", "promoted", "rolled_back", "aborted"]
 Action = Literal["hold", "advance", "rollback", "promote"]
 Sequential = Literal["both", "obrien-fleming", "msprt"]
@@ -49,8 +49,9 @@ class RolloutPolicy(BaseModel):
     error_margin: float = Field(0.01, ge=0, le=1, description="Canary error ratio may exceed stable's by this.")
     latency_quantile: float = Field(0.95, gt=0.5, lt=1, description="The latency quantile compared (0.95 = p95).")
     latency_ratio: float = Field(1.5, ge=1, le=100, description="Canary quantile may be this many times stable's.")
-    min_agreement: float = Field(0.95, ge=0, le=1, description="Mean shadow agreement (label match or cosine) "
-                                                                "the canary must keep; needs a first step of 0.")
+    min_agreement: float = Field(0.95, ge=0, le=1, description="Mean agreement with stable (label match or cosine) "
+                                 "the canary must keep: compared on every request in a shadow step, on a sample "
+                                 "(SWITCHYARD_CANARY_COMPARE_SAMPLE) in canary steps.")
     sequential: Sequential = Field("both", description="How repeated looks keep alpha: 'obrien-fleming' (most "
                                    "power within the plan of min_requests per step, none after it), 'msprt' "
                                    "(valid however long the canary runs), or 'both' (half of alpha each).")
@@ -72,12 +73,6 @@ class RolloutPolicy(BaseModel):
         if len(set(checks)) != len(checks):
             raise ValueError(f"checks must not repeat, got {checks}")
         return checks
-
-    @model_validator(mode="after")
-    def _agreement_needs_a_shadow_step(self) -> RolloutPolicy:
-        if "agreement" in self.checks and self.steps[0] != 0:
-            raise ValueError("checks: 'agreement' compares the canary with stable as a shadow; start steps with 0")
-        return self
 
     def planned_requests(self) -> int:
         """Canary requests the analysed steps (all but the last) plan for: information fraction 1."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -176,6 +177,8 @@ class Endpoint:
         if router.shadows and source != "shadow":
             for shadow in router.shadows:
                 self._mirror(shadow, items, tag, outputs)
+        if route == "canary" and source == "api" and random.random() < self.settings.canary_compare_sample:
+            self._mirror(router.stable, items, tag, outputs, judged=tag)
         return Answer(outputs, tag, route, timing, total, slot.version.codec)
 
     async def _answer(self, router: Router, slot: Slot, tag: str, route: str, items: list[Any], source: str,
@@ -235,30 +238,35 @@ class Endpoint:
         return outputs, timing
 
     # --- shadow traffic ---------------------------------------------------------------
-    def _mirror(self, shadow: str, items: list[Any], primary: str, primary_out: list[Any]) -> None:
+    def _mirror(self, version: str, items: list[Any], primary: str, primary_out: list[Any],
+                judged: str | None = None) -> None:
+        """Ask `version` too, in the background, and record how far it agrees with `primary`'s answers:
+        a shadow is judged against the version that answered; a sampled canary answer (`judged`) against
+        stable. Never delays the primary; dropped and counted when the shadow queue is full."""
         if self._shadow_inflight >= self.settings.shadow_queue:
-            self.metrics.shadow_dropped.labels(self.name, shadow).inc()
+            self.metrics.shadow_dropped.labels(self.name, version).inc()
             return
         self._shadow_inflight += 1
-        self._spawn(self._shadow(shadow, items, primary, primary_out))
+        self._spawn(self._shadow(version, items, primary, primary_out, judged))
 
-    async def _shadow(self, shadow: str, items: list[Any], primary: str, primary_out: list[Any]) -> None:
+    async def _shadow(self, shadow: str, items: list[Any], primary: str, primary_out: list[Any],
+                      judged: str | None = None) -> None:
         slot = self.slots.get(shadow)
         if slot is None:
             self._shadow_inflight -= 1
             return
-        start = time.monotonic()
+        start, route = time.monotonic(), "compare" if judged else "shadow"
         try:
-            outputs, _ = await self._run(slot, items, "shadow", "shadow")
+            outputs, _ = await self._run(slot, items, route, "shadow")
             # Successes count as well as failures: a rollout's shadow step judges both.
-            self._evidence(shadow, "shadow", "shadow", True, time.monotonic() - start)
+            self._evidence(shadow, route, "shadow", True, time.monotonic() - start)
             for a, b in zip(primary_out, outputs, strict=True):
                 agreement = slot.version.codec.agreement(a, b)
-                self.metrics.shadow_agreement.labels(self.name, shadow, primary).observe(agreement)
-                self.stats.record_agreement(self.name, shadow, agreement)
+                self.metrics.shadow_agreement.labels(self.name, judged or shadow, primary).observe(agreement)
+                self.stats.record_agreement(self.name, judged or shadow, agreement)
         except Exception as exc:  # a shadow never affects the primary
-            self._evidence(shadow, "shadow", "shadow", False, time.monotonic() - start)
-            log.debug("shadow %s failed: %s", shadow, exc)
+            self._evidence(shadow, route, "shadow", False, time.monotonic() - start)
+            log.debug("%s %s failed: %s", route, shadow, exc)
         finally:
             self._shadow_inflight -= 1
 

@@ -161,3 +161,18 @@ async def test_shadow_successes_count_as_well_as_failures(digits_root: Path) -> 
     await asyncio.gather(*list(ep._background))
     assert counts(ep) == {"mlp:1": (4, 0, 0), "cnn:1": (4, 0, 0), "bad:1": (4, 4, 0)}
     await ep.stop()
+
+
+@pytest.mark.parametrize(("sample", "compared"), [(1.0, 6), (0.0, 0)])
+async def test_a_sample_of_canary_answers_is_compared_with_stable(digits_root: Path, sample: float,
+                                                                  compared: int) -> None:
+    ep = endpoint({"mlp:1": version(digits_root, "digits-mlp", "mlp:1"),
+                   "cnn:1": version(digits_root, "digits-cnn", "cnn:1")},
+                  {"mlp:1": ("stable", 0), "cnn:1": ("canary", 100)}, canary_compare_sample=sample)
+    for _ in range(3):
+        assert (await ep.handle(ROWS[:2])).route == "canary"
+    await asyncio.gather(*list(ep._background))
+    agreement = {(version_tag, n) for _e, version_tag, _b, n, _total in ep.stats.pending_agreement()}
+    assert agreement == ({("cnn:1", compared)} if compared else set())  # judged: the canary
+    assert counts(ep) == {"cnn:1": (3, 0, 0)}  # stable's background answers are not its evidence
+    await ep.stop()
