@@ -182,3 +182,18 @@ def test_bad_rollout_requests_name_the_field(client: httpx.Client, tags: dict[st
     r = _rollout(client, body={"tag": tags["mlp"], "reason": "x"})
     assert r.status_code == 422 and "already stable" in r.json()["detail"]
     assert client.post("/v1/admin/rollouts/nowhere", json={"tag": "x", "reason": "x"}, headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize(("canary", "outcome"), [("cnn", "promoted"), ("faulty", "rolled_back")])
+def test_a_shadow_step_passes_a_good_canary_and_rolls_back_a_bad_one(client: httpx.Client, server: Served,
+                                                                     tags: dict[str, str], mlp_stable: None,
+                                                                     canary: str, outcome: str) -> None:
+    policy = {"steps": [0, 50, 100], **FAST}
+    r = _rollout(client, body={"tag": tags[canary], "policy": policy, "reason": "shadow first"})
+    assert r.status_code == 200 and r.json()["percent"] == 0, r.text
+    with Traffic(server.url, [WITH_ZERO, NO_ZERO]) as traffic:
+        state = _wait_status(client, {"promoted", "rolled_back"})
+    assert state["status"] == outcome, state["history"][-2:]
+    first_look = next(h for h in state["history"] if "checks" in h)
+    assert first_look["step"] == 0 and first_look["canary"]["requests"] > 0  # shadow answers are its evidence
+    assert set(traffic.status) == {200}  # a shadow never answers, so clients never saw the bad one

@@ -27,7 +27,12 @@ class Traffic:
         with httpx.Client(base_url=self.url, timeout=30) as c:
             i = seed
             while not self._stop.is_set():
-                r = c.post("/v1/digits/predict", json={"inputs": [self.rows[i % len(self.rows)]]})
+                try:
+                    r = c.post("/v1/digits/predict", json={"inputs": [self.rows[i % len(self.rows)]]})
+                except httpx.TransportError:  # a server that was killed on purpose
+                    self.status[0] += 1
+                    self._stop.wait(0.1)
+                    continue
                 self.status[r.status_code] += 1
                 self.versions[r.headers.get("x-model-version", "?")] += 1
                 i += 1
