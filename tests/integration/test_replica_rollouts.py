@@ -4,8 +4,6 @@ lease periods, and every decision is written once."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -16,9 +14,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.conftest import AUTH, TOKEN
+from tests.integration.conftest import AUTH, start_replica
 from tests.integration.traffic import NO_ZERO, WITH_ZERO, Traffic
-from tests.servers import Postgres, Served, serve_env
+from tests.servers import Postgres, Served
 
 pytestmark = pytest.mark.integration
 LEASE_S = 5.0  # the controller's lease: max(3 x interval_s, 5 s)
@@ -31,14 +29,7 @@ class Pair:
         self.replicas = {name: self.start(name) for name in ("a", "b")}
 
     def start(self, name: str) -> Served:
-        state = self.root / name
-        state.mkdir(exist_ok=True)
-        env = serve_env(Path(os.environ["BENTOML_HOME"]), state, admin_token=TOKEN, db_url=self.db_url,
-                        default_models=json.dumps({"digits": self.tags["mlp"], "minilm": self.tags["minilm"]}))
-        env["BENTOML_CONFIG_OPTIONS"] = "services.switchyard.workers=2"
-        served = Served(env, log_dir=state)
-        served.wait_ready()
-        return served
+        return start_replica(self.tags, self.db_url, self.root, name, workers=2)
 
     def holder_of(self, worker: str) -> str:
         """Which replica a lease holder (hostname:pid) runs in."""

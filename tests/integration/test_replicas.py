@@ -5,8 +5,6 @@ The module has its own PostgreSQL server, because one test stops it (the outage)
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import threading
 import time
@@ -19,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import AUTH, TOKEN, deploy
-from tests.servers import Postgres, Served, serve_env
+from tests.integration.conftest import AUTH, deploy, start_replica
+from tests.servers import Postgres, Served
 
 pytestmark = pytest.mark.integration
 ROW = [0.0] * 20 + [16.0] * 10 + [4.0] * 34
@@ -33,14 +31,7 @@ class Replicas:
         self.b = self.start("b")
 
     def start(self, name: str) -> Served:
-        state = self.root / name
-        state.mkdir(exist_ok=True)
-        env = serve_env(Path(os.environ["BENTOML_HOME"]), state, admin_token=TOKEN, db_url=self.db_url,
-                        default_models=json.dumps({"digits": self.tags["mlp"], "minilm": self.tags["minilm"]}))
-        env["BENTOML_CONFIG_OPTIONS"] = "services.switchyard.workers=1"
-        served = Served(env, log_dir=state)
-        served.wait_ready()
-        return served
+        return start_replica(self.tags, self.db_url, self.root, name, workers=1)
 
 
 @pytest.fixture(scope="module")
