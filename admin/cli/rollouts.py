@@ -76,6 +76,9 @@ def _side(summary: dict[str, Any], check: str) -> str:
 
 def _statistic(check: dict[str, Any]) -> str:
     shown = {k: v for k, v in check.items() if k in ("effect", "threshold", "p_value", "alpha", "note")}
+    sequential = check.get("sequential") or {}
+    if "likelihood_ratio" in sequential:  # the anytime-valid test beside O'Brien-Fleming
+        shown["mSPRT LR"] = sequential["likelihood_ratio"]
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()) or "-"
 
 
