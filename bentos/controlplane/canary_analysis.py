@@ -14,7 +14,8 @@
     canary requests seen so far. Powerful within its plan, but once t reaches 1 its alpha is
     spent: a canary that outlives the plan (held by min_seconds, say) could never be rolled back.
   - a mixture sequential probability ratio test (mSPRT; Robbins 1970, Johari et al. 2017) on the
-    same estimate: with the estimate approximately N(theta, V) and a N(null, tau^2) mixture over
+    error-ratio difference, and on the share of canary requests slower than latency_ratio x stable's
+    quantile (against 1 - quantile): with the estimate approximately N(theta, V) and a N(null, tau^2) mixture over
     the alternative, Lambda = sqrt(V / (V + tau^2)) exp(tau^2 (est - null)^2 / (2 V (V + tau^2))).
     Under the null Lambda is (asymptotically) a non-negative martingale of mean 1, so by Ville's
     inequality P(Lambda ever reaches 1/alpha) <= alpha: valid at every look, however many, however
@@ -29,7 +30,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bentos.dataplane.stats import quantile
+from bentos.dataplane.stats import LATENCY_EDGES_MS, quantile
 
 
 def norm_cdf(z: float) -> float:
@@ -99,7 +100,7 @@ def error_test(c_err: int, c_n: int, s_err: int, s_n: int, margin: float, alpha:
 
 # Mixture scales: the size of effect each sequential test is most sensitive to. An error-ratio
 # difference of a few points; for latency, how far P(canary slower than stable) sits from 1/2.
-MSPRT_TAU = {"errors": 0.02, "latency": 0.1}
+MSPRT_TAU = {"errors": 0.02, "latency": 0.05}
 
 
 @dataclass
@@ -132,13 +133,19 @@ def error_msprt(c_err: int, c_n: int, s_err: int, s_n: int, margin: float, alpha
     return msprt(c_err / c_n - s_err / s_n, margin, variance, MSPRT_TAU["errors"], alpha)
 
 
-def latency_msprt(canary: list[int], stable: list[int], alpha: float) -> SequentialResult:
-    """mSPRT on the Mann-Whitney statistic: that P(canary latency > stable's) exceeds 1/2."""
-    n1, n2 = sum(canary), sum(stable)
-    u, var = _mann_whitney(canary, stable)
-    if var <= 0:
+def latency_msprt(canary: list[int], stable: list[int], q: float, ratio: float, alpha: float) -> SequentialResult:
+    """mSPRT of the policy's own criterion: that the canary's q-quantile exceeds `ratio` times stable's,
+    i.e. that more than 1 - q of canary requests are slower than ratio x stable's q-quantile. (A test of
+    'slower at all' would reject any canary a little slower than stable, given enough requests.)"""
+    stable_q = quantile(stable, q)
+    n = sum(canary)
+    if stable_q is None or n == 0:
         return SequentialResult("msprt", 1.0, 1.0, alpha, False)
-    return msprt(u / (n1 * n2), 0.5, var / (n1 * n2) ** 2, MSPRT_TAU["latency"], alpha)
+    threshold = ratio * stable_q
+    # Only buckets wholly above the threshold count as slower: the estimate leans towards keeping the canary.
+    slower = sum(count for i, count in enumerate(canary) if (LATENCY_EDGES_MS[i - 1] if i else 0.0) >= threshold)
+    share = (slower + 0.5) / (n + 1)
+    return msprt(slower / n, 1 - q, share * (1 - share) / n, MSPRT_TAU["latency"], alpha)
 
 
 def _mann_whitney(canary: list[int], stable: list[int]) -> tuple[float, float]:

@@ -157,7 +157,8 @@ def analyze(state: RolloutState, canary: Counts, stable: Counts) -> dict[str, di
         else:
             fixed = latency_test(canary.latency, stable.latency, policy.latency_quantile, policy.latency_ratio,
                                  look_alpha).as_dict()
-            seq = latency_msprt(canary.latency, stable.latency, seq_alpha)
+            seq = latency_msprt(canary.latency, stable.latency, policy.latency_quantile, policy.latency_ratio,
+                                seq_alpha)
             seq_reject = seq.reject and fixed["effect"] > policy.latency_ratio
         fixed["reject"] = bool(look_alpha and fixed["reject"])
         results[check] = {**fixed, "reject": fixed["reject"] or (seq_alpha > 0 and seq_reject),

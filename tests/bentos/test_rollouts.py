@@ -153,3 +153,11 @@ def test_the_sequential_test_is_bounded_under_the_null_and_grows_with_evidence()
     weak, strong = error_msprt(6, 200, 5, 4000, 0.01, 0.025), error_msprt(60, 1200, 25, 20000, 0.01, 0.025)
     assert not weak.reject and strong.reject and strong.likelihood_ratio >= 1 / 0.025
     assert strong.p_value == pytest.approx(1 / strong.likelihood_ratio)
+
+
+def test_a_slightly_slower_canary_held_long_is_still_promoted() -> None:
+    """The sequential latency test asks the policy's question (p95 beyond 1.5x stable's), not 'slower at
+    all': given thousands of requests, a canary 20 % slower must not be rolled back for it."""
+    traffic = Traffic(canary_error=0.005, canary_slowdown=1.2)
+    outcomes = run_many(outliving(RolloutPolicy(), traffic, times=10), traffic, runs=50, seed0=50_000)
+    assert sum(o.action == "promote" for o in outcomes) >= 48
