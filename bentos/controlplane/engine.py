@@ -45,6 +45,8 @@ STATS_RETENTION_S = 3600
 PRUNE_EVERY_FLUSHES = 60
 # A request for an endpoint this worker lacks looks in the control plane at most this often.
 REFRESH_MIN_S = 0.1
+# An idle worker skips polls while the store is unchanged (SQLite tells by its files), but not longer.
+FULL_SYNC_S = 5.0
 # A revision this worker could not load is tried again after this long (the cause may be passing).
 RETRY_FAILED_S = 5.0
 
@@ -83,6 +85,8 @@ class Engine:
         self._refresh_lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
         self._refreshed_at = 0.0
+        self._seen_stamp: Any = None
+        self._full_sync_at = 0.0
         self.rollouts: RolloutHook | None = None  # the service wires the controller in
 
     def _new_endpoint(self, config: EndpointConfig) -> Endpoint:
@@ -242,12 +246,24 @@ class Engine:
                     await self._connect()
                     if self.store is not None:
                         await self._first_contact()
-                if self.store is not None:
+                if self.store is not None and self._store_moved():
                     await self.sync()
             except StoreUnavailable as exc:
                 self.store_down(exc)
             except Exception:  # keep polling whatever happens
                 log.exception("control-plane sync failed")
+
+    def _store_moved(self) -> bool:
+        """Whether a poll must query: the store says something was written since the last look, or it
+        cannot say cheaply (Postgres), or the last full look is FULL_SYNC_S old (a safety net)."""
+        assert self.store is not None
+        stamp, now = self.store.change_stamp(), time.monotonic()
+        if stamp is not None and stamp == self._seen_stamp and not self.store_error \
+                and now - self._full_sync_at < FULL_SYNC_S:
+            return False
+        # Taken before the queries, so a write landing during them is seen at the next poll.
+        self._seen_stamp, self._full_sync_at = stamp, now
+        return True
 
     async def _flush_loop(self) -> None:
         flushes = 0

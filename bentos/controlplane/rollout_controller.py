@@ -36,6 +36,7 @@ from bentos.schemas import DeploymentSpec, VersionSpec
 log = logging.getLogger("switchyard.rollouts")
 ACTOR = "rollout-controller"
 TICK_S = 0.2
+IDLE_TICK_S = 5.0
 ACTIVE = ("running", "paused")
 
 
@@ -103,6 +104,9 @@ def transition(endpoint: str, wanted: tuple[str, ...], status: str, actor: str, 
 class RolloutController:
     def __init__(self, engine: Deployments) -> None:
         self.engine = engine
+        self._running = True  # until the first tick has looked
+        self._stamp: Any = None
+        self._ticked_at = 0.0
 
     # --- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -115,14 +119,25 @@ class RolloutController:
             except Exception:  # keep analysing whatever happens
                 log.exception("rollout tick failed")
 
+    def _worth_a_look(self, store: ControlPlane) -> bool:
+        """With no rollout running, a tick only reads the store when it changed (or every IDLE_TICK_S):
+        an idle service does no queries five times a second."""
+        stamp, now = store.change_stamp(), time.monotonic()
+        if not self._running and stamp is not None and stamp == self._stamp and now - self._ticked_at < IDLE_TICK_S:
+            return False
+        self._stamp, self._ticked_at = stamp, now
+        return True
+
     def _store(self) -> ControlPlane | None:
         return None if self.engine.store_error else self.engine.store
 
     async def tick(self) -> None:
         store = self._store()
-        if store is None:
+        if store is None or not self._worth_a_look(store):
             return
-        for raw in await asyncio.to_thread(store.rollouts):
+        rollouts = await asyncio.to_thread(store.rollouts)
+        self._running = any(raw.get("status") == "running" for raw in rollouts)
+        for raw in rollouts:
             state = RolloutState.model_validate(raw)
             if state.status != "running" or time.time() - state.last_look_at < state.policy.interval_s:
                 continue

@@ -7,7 +7,9 @@ new revision and its audit entry land together or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -377,6 +379,11 @@ class ControlPlane(ABC):
         with self.transaction() as cur:
             self._exec(cur, "DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
+    def change_stamp(self) -> Any:
+        """Something that changes whenever another writer commits, if the store can tell cheaply; None
+        when it cannot (then pollers must query). Lets idle workers skip a poll's queries."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - a hook, empty by default
         """Release connections."""
 
@@ -385,6 +392,7 @@ class SQLiteControlPlane(ControlPlane):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._local = threading.local()  # one connection per thread: opening one costs more than most queries
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
         self.init_schema()
@@ -395,10 +403,23 @@ class SQLiteControlPlane(ControlPlane):
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
     @contextmanager
     def transaction(self) -> Iterator[Any]:
         try:
-            conn = self._connect()
+            conn = self._connection()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         try:
@@ -411,9 +432,23 @@ class SQLiteControlPlane(ControlPlane):
                 raise
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
+            self._drop_connection()  # a broken or locked-out connection is not reused
             raise StoreUnavailable(f"control plane {self.path}: {exc}") from exc
-        finally:
-            conn.close()
+
+    def change_stamp(self) -> Any:
+        """In WAL mode every commit grows or rewrites the -wal file: its size and mtime (with the
+        database file's, for checkpoints) change with every write, by any process."""
+        stamp: list[tuple[int, int] | None] = []
+        for suffix in ("", "-wal"):
+            try:
+                st = os.stat(f"{self.path}{suffix}")
+                stamp.append((st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                stamp.append(None)
+        return tuple(stamp)
+
+    def close(self) -> None:
+        self._drop_connection()
 
 
 class PostgresControlPlane(ControlPlane):
