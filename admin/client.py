@@ -70,8 +70,9 @@ class AdminClient:
     def deployment(self, endpoint: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/v1/admin/deployments/{endpoint}"))
 
-    def deploy(self, endpoint: str, versions: list[dict[str, Any]], sticky: bool, reason: str) -> dict[str, Any]:
-        body = {"versions": versions, "sticky": sticky, "reason": reason}
+    def deploy(self, endpoint: str, versions: list[dict[str, Any]], sticky: bool, reason: str,
+               shadow_sample: float = 100.0) -> dict[str, Any]:
+        body = {"versions": versions, "sticky": sticky, "shadow_sample": shadow_sample, "reason": reason}
         return dict(self._call("PUT", f"/v1/admin/deployments/{endpoint}", body))
 
     def promote(self, endpoint: str, reason: str) -> dict[str, Any]:

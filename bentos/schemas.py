@@ -27,6 +27,9 @@ class DeploymentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     versions: list[VersionSpec] = Field(min_length=1, max_length=16)
     sticky: bool = False
+    shadow_sample: float = Field(100.0, ge=0, le=100, description=(
+        "Percent of requests copied to the shadow versions. Copies run only on spare capacity: one is "
+        "dropped (and counted) whenever a primary version has requests waiting."))
 
     @model_validator(mode="after")
     def _check_split(self) -> DeploymentSpec:
@@ -57,7 +60,7 @@ class DeploymentRequest(DeploymentSpec):
         None, ge=0, description="Refuse (409) unless the endpoint is still at this revision: no lost updates.")
 
     def spec(self) -> DeploymentSpec:
-        return DeploymentSpec(versions=self.versions, sticky=self.sticky)
+        return DeploymentSpec(versions=self.versions, sticky=self.sticky, shadow_sample=self.shadow_sample)
 
 
 class ActionRequest(BaseModel):

@@ -87,17 +87,19 @@ def split(stable: str, canary: str | None, weight: int | None, shadows: tuple[st
 @click.option("--weight", type=click.IntRange(1, 99), help="The canary's share in % (default 10).")
 @click.option("--shadow", multiple=True, help="A version that gets a copy of the traffic and never answers "
                                               "(repeatable).")
-@click.option("--sticky", is_flag=True, help="Keep each client (X-Client-Id) on one version.")
+@click.option("--shadow-sample", type=click.FloatRange(0, 100), default=100, show_default=True,
+              help="% of requests copied to the shadows, on spare capacity only.")
+@click.option("--sticky", is_flag=True, help="Keep each client (X-Routing-Key) on one version.")
 @reason_option
 @yes_option
 @click.pass_context
 def deploy(ctx: click.Context, endpoint: str, stable: str, canary: str | None, weight: int | None,
-           shadow: tuple[str, ...], sticky: bool, reason: str, yes: bool) -> None:
+           shadow: tuple[str, ...], shadow_sample: float, sticky: bool, reason: str, yes: bool) -> None:
     """Set an endpoint's split: every version is loaded and checked before any traffic moves."""
     versions = split(stable, canary, weight, shadow)
     shares = ", ".join(f"{v['tag']} {v['weight']}%" for v in versions)
     confirm(ctx, yes, f"deploy {shares} to {endpoint}")
-    record = call(client(ctx).deploy, endpoint, versions, sticky, reason)
+    record = call(client(ctx).deploy, endpoint, versions, sticky, reason, shadow_sample)
     emit(ctx, record, lambda out: _revision(out, record))
 
 

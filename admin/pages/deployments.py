@@ -58,13 +58,16 @@ def change_split(api: AdminClient, endpoint: str, dep: dict[str, Any]) -> None:
     shadow_tag = c2.selectbox("Shadow version (mirrored, never answers)", options, key="shadow_tag",
                               index=options.index(shadow["tag"]) if shadow and shadow["tag"] in options else 0)
     pct = st.slider("Canary traffic %", 0, 100, canary["weight"] if canary else 10, key="canary_pct")
+    sample = st.slider("Shadow sample: % of requests copied to the shadow (only on spare capacity)", 0, 100,
+                       int(dep.get("shadow_sample", 100)), key="shadow_sample", disabled=shadow_tag == NONE)
     sticky = st.toggle("Sticky routing by X-Routing-Key", value=dep["sticky"], key="sticky")
     proposed = new_split(stable, canary_tag, pct, shadow_tag)
-    st.caption(f"Proposed: {split_text(proposed)}{' · sticky' if sticky else ''}")
+    sampled = f" · shadow sample {sample} %" if shadow_tag != NONE else ""
+    st.caption(f"Proposed: {split_text(proposed)}{' · sticky' if sticky else ''}{sampled}")
     reason = confirmed("split")
     if reason:
         with guard():
-            record = api.deploy(endpoint, proposed, sticky, reason)
+            record = api.deploy(endpoint, proposed, sticky, reason, float(sample))
             st.success(f"Revision {record['revision']} is live: {split_text(record['versions'])}")
 
 

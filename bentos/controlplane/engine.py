@@ -197,13 +197,14 @@ class Engine:
         await self._sync_endpoints()
         revisions = await asyncio.to_thread(self.store.current_revisions)
         self.store_error = None
+        due = []
         for name, revision in revisions.items():
             if name not in self.endpoints:
                 continue
             self._expected[name] = revision
-            endpoint = self.endpoints[name]
-            if revision != endpoint.revision and not self._gave_up_on(name, revision):
-                await self._apply(name, revision)
+            if revision != self.endpoints[name].revision and not self._gave_up_on(name, revision):
+                due.append(self._apply(name, revision))
+        await asyncio.gather(*due)  # endpoints load side by side: start-up waits for the slowest, not the sum
         self._synced = True
 
     def _gave_up_on(self, name: str, revision: int) -> bool:
@@ -233,10 +234,10 @@ class Engine:
                  ", ".join(f"{v.tag} {v.role} {v.weight}%" for v in spec.versions))
 
     async def _preload(self, endpoint: Endpoint, spec: DeploymentSpec) -> dict[str, LoadedVersion]:
-        loaded = {}
-        for tag in endpoint.missing(spec):
-            loaded[tag] = await asyncio.to_thread(load_version, tag, self.threads, self.providers)
-        return loaded
+        missing = endpoint.missing(spec)
+        versions = await asyncio.gather(*(asyncio.to_thread(load_version, tag, self.threads, self.providers)
+                                          for tag in missing))  # side by side: ORT sessions load in C++
+        return dict(zip(missing, versions, strict=True))
 
     async def _poll_loop(self) -> None:
         while True:
@@ -408,7 +409,7 @@ class Engine:
         if len(canaries) != 1:
             raise Conflict(f"promote needs exactly one canary on {name}, found {len(canaries)}")
         versions = [VersionSpec(tag=canaries[0].tag, weight=100, role="stable"), *spec.by_role("shadow")]
-        return await self.change(name, DeploymentSpec(versions=versions, sticky=spec.sticky), actor, "promote",
+        return await self.change(name, spec.model_copy(update={"versions": versions}), actor, "promote",
                                   reason or f"promote {canaries[0].tag}", current.revision)
 
     async def rollback(self, name: str, revision: int | None, reason: str, actor: str) -> Revision:
@@ -454,7 +455,7 @@ class Engine:
         store = self.require_store()
         tags = await self.check_versions(endpoint, [v.tag for v in spec.versions])
         versions = [v.model_copy(update={"tag": t}) for v, t in zip(spec.versions, tags, strict=True)]
-        spec = DeploymentSpec(versions=versions, sticky=spec.sticky)
+        spec = spec.model_copy(update={"versions": versions})
         if rollout is None and self.rollouts is not None and not action.startswith("rollout-"):
             rollout = self.rollouts.on_manual_change(actor, action)
         async with self._write_lock:

@@ -209,25 +209,25 @@ class RolloutController:
         return self._only(state, state.canary if decision.action == "promote" else state.stable, current)
 
     # --- specs ---------------------------------------------------------------------------
-    def _kept(self, state: RolloutState, current: Revision) -> tuple[list[VersionSpec], bool]:
-        """Shadows and stickiness of the stored deployment survive the rollout's changes."""
+    def _kept(self, state: RolloutState, current: Revision) -> tuple[list[VersionSpec], dict[str, Any]]:
+        """Shadows, stickiness and the shadow sample of the stored deployment survive the rollout's changes."""
         spec = DeploymentSpec.model_validate(current.spec)
         shadows = [v for v in spec.by_role("shadow") if v.tag not in (state.canary, state.stable)]
-        return shadows, spec.sticky
+        return shadows, {"sticky": spec.sticky, "shadow_sample": spec.shadow_sample}
 
     def _split(self, state: RolloutState, percent: int, current: Revision) -> DeploymentSpec:
-        shadows, sticky = self._kept(state, current)
+        shadows, kept = self._kept(state, current)
         if percent == 0:  # the shadow step: mirrored traffic, compared with stable, never answers
             return DeploymentSpec(versions=[VersionSpec(tag=state.stable, role="stable", weight=100),
                                             VersionSpec(tag=state.canary, role="shadow", weight=0), *shadows],
-                                  sticky=sticky)
+                                  **kept)
         return DeploymentSpec(versions=[VersionSpec(tag=state.stable, role="stable", weight=100 - percent),
                                         VersionSpec(tag=state.canary, role="canary", weight=percent), *shadows],
-                              sticky=sticky)
+                              **kept)
 
     def _only(self, state: RolloutState, tag: str, current: Revision) -> DeploymentSpec:
-        shadows, sticky = self._kept(state, current)
-        return DeploymentSpec(versions=[VersionSpec(tag=tag, role="stable", weight=100), *shadows], sticky=sticky)
+        shadows, kept = self._kept(state, current)
+        return DeploymentSpec(versions=[VersionSpec(tag=tag, role="stable", weight=100), *shadows], **kept)
 
     # --- admin operations ----------------------------------------------------------------
     async def get(self, endpoint: str) -> RolloutState:

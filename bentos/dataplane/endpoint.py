@@ -174,7 +174,9 @@ class Endpoint:
         total = time.monotonic() - start
         self.metrics.request_duration.labels(self.name, tag).observe(total)
         self._evidence(tag, route, source, True, total)
-        if router.shadows and source != "shadow":
+        spec = self.spec
+        if router.shadows and source != "shadow" and spec is not None \
+                and random.random() * 100 < spec.shadow_sample:
             for shadow in router.shadows:
                 self._mirror(shadow, items, tag, outputs)
         if route == "canary" and source == "api" and random.random() < self.settings.canary_compare_sample:
@@ -243,11 +245,20 @@ class Endpoint:
         """Ask `version` too, in the background, and record how far it agrees with `primary`'s answers:
         a shadow is judged against the version that answered; a sampled canary answer (`judged`) against
         stable. Never delays the primary; dropped and counted when the shadow queue is full."""
-        if self._shadow_inflight >= self.settings.shadow_queue:
+        if self._shadow_inflight >= self.settings.shadow_queue or self._primary_busy():
             self.metrics.shadow_dropped.labels(self.name, version).inc()
             return
         self._shadow_inflight += 1
         self._spawn(self._shadow(version, items, primary, primary_out, judged))
+
+    def _primary_busy(self) -> bool:
+        """Copies run on spare capacity only: while any version answering users has requests waiting, the
+        cores are better spent on them."""
+        spec = self.spec
+        if spec is None:
+            return False
+        return any(slot.batcher.queue_depth for tag, slot in self.slots.items()
+                   if tag in {v.tag for v in spec.versions if v.role != "shadow"})
 
     async def _shadow(self, shadow: str, items: list[Any], primary: str, primary_out: list[Any],
                       judged: str | None = None) -> None:
@@ -287,7 +298,8 @@ class Endpoint:
                              "circuit": slot.circuit.state.name.lower() if slot else None,
                              "queue_depth": slot.batcher.queue_depth if slot else 0})
         return {"task": self.task.name, "route": f"/v1/{self.name}/{self.task.verb}", "revision": self.revision,
-                "sticky": bool(spec and spec.sticky), "ready": self.ready, "versions": versions,
+                "sticky": bool(spec and spec.sticky), "shadow_sample": spec.shadow_sample if spec else 100.0,
+                "ready": self.ready, "versions": versions,
                 "load_error": self.load_error}
 
     def signature(self) -> dict[str, Any] | None:

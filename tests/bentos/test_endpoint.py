@@ -176,3 +176,39 @@ async def test_a_sample_of_canary_answers_is_compared_with_stable(digits_root: P
     assert agreement == ({("cnn:1", compared)} if compared else set())  # judged: the canary
     assert counts(ep) == {"cnn:1": (3, 0, 0)}  # stable's background answers are not its evidence
     await ep.stop()
+
+
+def with_sample(ep: Endpoint, sample: float) -> None:
+    assert ep.spec is not None
+    ep.swap(ep.revision + 1, ep.spec.model_copy(update={"shadow_sample": sample}), {})
+
+
+@pytest.mark.parametrize(("sample", "copied"), [(0.0, 0), (100.0, 4)])
+async def test_the_shadow_sample_sets_how_many_requests_are_copied(digits_root: Path, sample: float,
+                                                                   copied: int) -> None:
+    ep = endpoint({"mlp:1": version(digits_root, "digits-mlp", "mlp:1"),
+                   "cnn:1": version(digits_root, "digits-cnn", "cnn:1")},
+                  {"mlp:1": ("stable", 100), "cnn:1": ("shadow", 0)})
+    with_sample(ep, sample)
+    for _ in range(4):
+        await ep.handle(ROWS[:1])
+    await asyncio.gather(*list(ep._background))
+    assert counts(ep).get("cnn:1", (0, 0, 0))[0] == copied
+    await ep.stop()
+
+
+async def test_a_shadow_copy_is_dropped_and_counted_while_users_wait(digits_root: Path) -> None:
+    ep = endpoint({"slow:1": version(digits_root, "digits-mlp", "slow:1", Slow),
+                   "cnn:1": version(digits_root, "digits-cnn", "cnn:1")},
+                  {"slow:1": ("stable", 100), "cnn:1": ("shadow", 0)})
+    dropped = get_metrics().shadow_dropped.labels("digits", "cnn:1")
+    before = dropped._value.get()
+    first = asyncio.ensure_future(ep.handle(ROWS[:1]))
+    await asyncio.sleep(0.1)  # the first request is in the model; the second one will wait behind it
+    second = asyncio.ensure_future(ep.handle(ROWS[1:2]))
+    await asyncio.sleep(0.1)
+    assert ep.slots["slow:1"].batcher.queue_depth == 1
+    ep._mirror("cnn:1", ROWS[:1], "slow:1", [np.zeros(10)])  # a copy offered now has no spare capacity
+    assert dropped._value.get() - before == 1
+    await asyncio.gather(first, second)
+    await ep.stop()

@@ -51,17 +51,22 @@ def digits_back(client: httpx.Client, tags: dict[str, str]) -> Iterator[None]:
 def test_a_canary_by_hand_deploy_promote_roll_back_and_the_audit(server: Served, tags: dict[str, str],
                                                                   digits_back: None) -> None:
     out = ok(run(server.url, "-o", "json", "deploy", "digits", "--stable", tags["mlp"], "--canary", tags["cnn"],
-                 "--weight", "10", "--reason", "cli: try the cnn", "--yes"))
+                 "--weight", "10", "--shadow", tags["cnn_int8"], "--shadow-sample", "25", "--reason",
+                 "cli: try the cnn", "--yes"))
+    assert out["shadow_sample"] == 25 and out["versions"][2] == {"tag": tags["cnn_int8"], "role": "shadow",
+                                                                  "weight": 0}
+    out["versions"] = out["versions"][:2]
     assert [(v["tag"], v["role"], v["weight"]) for v in out["versions"]] == [(tags["mlp"], "stable", 90),
                                                                                (tags["cnn"], "canary", 10)]
     deployed = out["revision"]
     text = ok(run(server.url, "status"))
     assert "digits" in text and tags["cnn"] in text and "canary" in text
     promoted = ok(run(server.url, "promote", "digits", "--reason", "cli: cnn is better", "--yes", "-o", "json"))
-    assert promoted["versions"] == [{"tag": tags["cnn"], "role": "stable", "weight": 100}]
+    assert promoted["versions"][0] == {"tag": tags["cnn"], "role": "stable", "weight": 100}
+    assert promoted["versions"][1]["role"] == "shadow" and promoted["shadow_sample"] == 25  # shadows stay
     back = ok(run(server.url, "rollback", "digits", "--revision", str(deployed), "--reason", "cli: back to 90/10",
                   "--yes", "-o", "json"))
-    assert [v["weight"] for v in back["versions"]] == [90, 10] and back["action"] == "rollback"
+    assert [v["weight"] for v in back["versions"]] == [90, 10, 0] and back["action"] == "rollback"
     history = ok(run(server.url, "history", "digits", "-o", "json"))
     assert [r["action"] for r in history[:3]] == ["rollback", "promote", "deploy"]
     audit = ok(run(server.url, "audit", "--endpoint", "digits", "--since", "10m", "-o", "json"))

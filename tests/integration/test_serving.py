@@ -178,6 +178,10 @@ def test_rejected_changes_leave_the_deployment_as_it_was(client: httpx.Client, t
              "expect_revision": before["revision"] - 1}
     r = client.put("/v1/admin/deployments/digits", json=stale, headers=AUTH)
     assert r.status_code == 409 and "reload and try again" in r.text
+    oversampled = {"versions": [{"tag": tags["mlp"], "role": "stable", "weight": 100}], "reason": "too much",
+                   "shadow_sample": 150}
+    r = client.put("/v1/admin/deployments/digits", json=oversampled, headers=AUTH)
+    assert r.status_code == 422 and "shadow_sample" in r.text and "100" in r.text, r.text
     after = client.get("/v1/admin/deployments/digits", headers=AUTH).json()
     assert after["revision"] == before["revision"] and after["versions"] == before["versions"]
 
