@@ -38,6 +38,7 @@ class ServerRun:
     ready_s: float = 0.0
     peak_rss_mb: float = 0.0
     loads: list[Load] = field(default_factory=list)
+    shadow: dict[str, float] = field(default_factory=dict)  # shadow copies answered and dropped, from /metrics
 
 
 def wait_http(url: str, timeout: float = 180, ok: tuple[int, ...] = (200,), method: str = "GET",

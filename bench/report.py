@@ -114,6 +114,10 @@ def targets(res: Results, sweep: str) -> list[str]:
     overhead = 1 - sy["rps"] / one["rps"] if sy and one else None
     row("routing overhead, 90/10 against one version", "≤ 5 %", None if overhead is None else overhead * 100,
         None if overhead is None else overhead <= 0.05, ".1f", " %")
+    shadowed = res.find("Switchyard 90-10-shadow", sweep, 64)
+    keep = shadowed["rps"] / sy["rps"] if shadowed and sy and sy["rps"] else None
+    row("90/10 plus a shadow (sample 100 %): req/s ÷ 90/10 without", "≥ 0.90", keep,
+        None if keep is None else keep >= 0.9, ".2f", "x")
     bursts = [res.find(f"Switchyard {c}", sweep, 256) for c in ("1-version", "90-10", "90-10-shadow", "90-10-sticky")]
     bad = sum(b["non2xx"] + b["socket_errors"] for b in bursts if b) if any(bursts) else None
     row("bursts: non-2xx and socket errors at 256 conns, all Switchyard configs", "0", bad,
@@ -142,6 +146,11 @@ def tables(res: Results) -> list[str]:
         lines.append("")
     lines += ["## Servers\n", "| server | start to ready s | peak RSS MB |", "|---|---|---|"]
     lines += [f"| {r.name} | {r.ready_s:.1f} | {r.peak_rss_mb:.0f} |" for r in res.runs]
+    shadowed = [r for r in res.runs if r.shadow]
+    if shadowed:
+        lines += ["", "Shadow copies over the whole run (the service's /metrics): "
+                  + "; ".join(f"{r.name}: {r.shadow['answered']:.0f} answered, {r.shadow['dropped']:.0f} dropped "
+                              "(users were waiting, or the shadow queue was full)" for r in shadowed) + "."]
     return lines
 
 
@@ -216,7 +225,7 @@ def write_report(out: Path, runs: list[ServerRun], ceilings: dict[str, dict[str,
 def replot(results: Path, sweep: str = "embed-one") -> list[str]:
     """Redraw the plots from a run's JSON (the report's numbers stay as they were)."""
     data = json.loads(results.read_text())
-    runs = [ServerRun(r["name"], r["ready_s"], r["peak_rss_mb"], r["loads"]) for r in data["runs"]]
+    runs = [ServerRun(r["name"], r["ready_s"], r["peak_rss_mb"], r["loads"], r.get("shadow", {})) for r in data["runs"]]
     return plots(Results(runs, data["ceilings"]), sweep, results.parent, results.stem)
 
 

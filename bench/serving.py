@@ -165,9 +165,25 @@ def run_switchyard(config: str, versions: dict[str, dict[str, str]], plan: Plan,
             admin_put(server.url, family, split, sticky=config.endswith("sticky"))
         time.sleep(1)
         run.loads = measure(server.url, server.proc.pid, plan, run, sticky=config.endswith("sticky"))
+        if config.endswith("shadow"):
+            run.shadow = shadow_counts(server.url)
     finally:
         server.kill()
     return run
+
+
+def shadow_counts(url: str) -> dict[str, float]:
+    """Shadow copies answered and dropped over the whole run, from the service's own /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {"answered": 0.0, "dropped": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
+        for sample in family.samples:
+            if sample.name == "switchyard_requests_total" and sample.labels.get("route") == "shadow":
+                out["answered"] += sample.value
+            elif sample.name == "switchyard_shadow_dropped_total":
+                out["dropped"] += sample.value
+    return out
 
 
 def run_peer(key: str, peer: Peer, tags: dict[str, str], plan: Plan, state: Path) -> ServerRun:

@@ -51,7 +51,7 @@ def get_metrics() -> Metrics:
                              buckets=BATCH_BUCKETS),
         cache_hits=Counter("switchyard_cache_hits_total", "Predictions served from the cache.", ev),
         fallbacks=Counter("switchyard_fallbacks_total", "Requests served by stable after a version failed.", ev),
-        shadow_dropped=Counter("switchyard_shadow_dropped_total", "Shadow requests dropped: queue full.", ev),
+        shadow_dropped=Counter("switchyard_shadow_dropped_total", "Shadow copies dropped (busy).", ev),
         shadow_agreement=Histogram("switchyard_shadow_agreement",
                                    "Agreement of shadow with primary: label match (classifiers), cosine (embeddings).",
                                    [*ev, "primary"], buckets=AGREEMENT_BUCKETS),
