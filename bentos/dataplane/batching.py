@@ -70,10 +70,16 @@ class AdaptiveBatcher:
         self._full = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._task: asyncio.Task[None] | None = None
+        self._in_flight = 0  # batches in the model now
 
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        """A batch is in the model or requests are waiting: no spare capacity for background work."""
+        return bool(self._queue) or self._in_flight > 0
 
     def start(self) -> None:
         if self._task is None:
@@ -167,6 +173,7 @@ class AdaptiveBatcher:
     async def _run(self, batch: list[_Pending]) -> None:
         rows = [row for pending in batch for row in pending.rows]
         start = time.monotonic()
+        self._in_flight += 1
         try:
             results = await self._call(rows)
         except BatchSizeMismatch as exc:
@@ -180,6 +187,8 @@ class AdaptiveBatcher:
             for pending in batch:
                 await self._run([pending])
             return
+        finally:
+            self._in_flight -= 1
         inference = time.monotonic() - start
         offset = 0
         for pending in batch:

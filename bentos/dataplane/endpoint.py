@@ -252,12 +252,12 @@ class Endpoint:
         self._spawn(self._shadow(version, items, primary, primary_out, judged))
 
     def _primary_busy(self) -> bool:
-        """Copies run on spare capacity only: while any version answering users has requests waiting, the
-        cores are better spent on them."""
+        """Copies run on spare capacity only: while a version answering users has a batch in the model or
+        requests waiting, the cores are better spent on them (a copy would compete with them for the cores)."""
         spec = self.spec
         if spec is None:
             return False
-        return any(slot.batcher.queue_depth for tag, slot in self.slots.items()
+        return any(slot.batcher.busy for tag, slot in self.slots.items()
                    if tag in {v.tag for v in spec.versions if v.role != "shadow"})
 
     async def _shadow(self, shadow: str, items: list[Any], primary: str, primary_out: list[Any],

@@ -169,9 +169,9 @@ async def test_a_sample_of_canary_answers_is_compared_with_stable(digits_root: P
     ep = endpoint({"mlp:1": version(digits_root, "digits-mlp", "mlp:1"),
                    "cnn:1": version(digits_root, "digits-cnn", "cnn:1")},
                   {"mlp:1": ("stable", 0), "cnn:1": ("canary", 100)}, canary_compare_sample=sample)
-    for _ in range(3):
+    for _ in range(3):  # one at a time: a copy waits for spare capacity, so none is dropped here
         assert (await ep.handle(ROWS[:2])).route == "canary"
-    await asyncio.gather(*list(ep._background))
+        await asyncio.gather(*list(ep._background))
     agreement = {(version_tag, n) for _e, version_tag, _b, n, _total in ep.stats.pending_agreement()}
     assert agreement == ({("cnn:1", compared)} if compared else set())  # judged: the canary
     assert counts(ep) == {"cnn:1": (3, 0, 0)}  # stable's background answers are not its evidence
@@ -192,7 +192,7 @@ async def test_the_shadow_sample_sets_how_many_requests_are_copied(digits_root: 
     with_sample(ep, sample)
     for _ in range(4):
         await ep.handle(ROWS[:1])
-    await asyncio.gather(*list(ep._background))
+        await asyncio.gather(*list(ep._background))
     assert counts(ep).get("cnn:1", (0, 0, 0))[0] == copied
     await ep.stop()
 
