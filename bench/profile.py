@@ -40,7 +40,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("routing", ("bentos/dataplane/routing", "bentos/dataplane/endpoint", "bentos/dataplane/cache")),
     ("task codec (pre/post-processing)", ("bentos/tasks/",)),
     ("Switchyard HTTP layer", ("bentos/api/",)),
-    ("BentoML and Starlette middleware", ("_bentoml_impl", "bentoml/", "starlette", "opentelemetry", "fastapi")),
+    ("BentoML access log", ("http/access.py", "logging/__init__.py", "bentoml/_internal/log.py")),
+    ("OpenTelemetry middleware", ("opentelemetry",)),
+    ("BentoML metrics middleware", ("http/instruments.py",)),
+    ("other BentoML and Starlette middleware", ("_bentoml_impl", "bentoml/", "starlette", "fastapi")),
     ("HTTP parsing and sockets (uvicorn)", ("uvicorn", "httptools", "h11")),
     ("event loop", ("asyncio", "uvloop", "concurrent/futures", "threading.py")),
 ]
