@@ -63,10 +63,12 @@ def layer_of(stack: str) -> str:
     return "other"
 
 
-def profile(workload: str, seconds: float, flame: bool, state: Path) -> dict[str, object]:
+def profile(workload: str, seconds: float, flame: bool, state: Path, access_log: bool) -> dict[str, object]:
     w = workloads()[workload]
     env = serve_env(Path(os.environ.get("BENTOML_HOME", ROOT / ".state" / "bentoml")), state / workload,
                     admin_token=TOKEN, max_batch_size="64")
+    if access_log:  # BentoML's per-request access log, off in service.py: what it costs
+        env["BENTOML_CONFIG_OPTIONS"] = "services.switchyard.logging.access.enabled=true"
     server = Served(env, log_dir=state)
     try:
         server.wait_ready()
@@ -93,7 +95,8 @@ def profile(workload: str, seconds: float, flame: bool, state: Path) -> dict[str
             counts[layer_of(stack)] += int(n)
     total = sum(counts.values()) or 1
     cpu_ms = load.cpu_s_per_1k  # server CPU seconds per 1,000 requests = ms per request
-    return {"workload": workload, "rps": round(load.rps, 1), "cpu_ms_per_request": round(cpu_ms, 3),
+    name = workload + (" with BentoML's access log on" if access_log else "")
+    return {"workload": name, "rps": round(load.rps, 1), "cpu_ms_per_request": round(cpu_ms, 3),
             "samples": total, "layers": {k: round(v / total, 4) for k, v in counts.most_common()}}
 
 
@@ -120,10 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="embed-one,digits-one")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--flame", action="store_true", help="also write a --native flame graph per workload")
+    parser.add_argument("--access-log", action="store_true", help="also profile each workload with BentoML's "
+                        "access log turned on (it is off by default)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-profile.md")
     args = parser.parse_args(argv)
     state = Path(tempfile.mkdtemp(prefix="switchyard-profile-"))
-    results = [profile(w, args.seconds, args.flame, state) for w in args.workloads.split(",")]
+    results = [profile(w, args.seconds, args.flame, state, False) for w in args.workloads.split(",")]
+    if args.access_log:
+        results += [profile(w, args.seconds, False, state, True) for w in args.workloads.split(",")]
     command = "python bench/profile.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
