@@ -109,6 +109,22 @@ def test_canary_slider_changes_the_split_and_traffic_follows(console_env: Served
     assert abs(seen[tags["cnn"]] - 180) <= 4 * math.sqrt(600 * 0.3 * 0.7), seen
 
 
+def test_a_shadow_with_a_sample_from_the_console(console_env: Served, tags: dict[str, str]) -> None:
+    with httpx.Client(base_url=console_env.url) as c:
+        deploy(c, "digits", [(tags["mlp"], "stable", 100)])
+    at = page("deployments")
+    at.selectbox(key="endpoint").set_value("digits")
+    at.selectbox(key="shadow_tag").set_value(tags["cnn"]).run()
+    at.slider(key="shadow_sample").set_value(25)
+    at.text_input(key="split_reason").input("console test: watch the CNN on a quarter")
+    at.checkbox(key="split_confirm").check()
+    at.button(key="split_go").click().run()
+    assert not at.exception and any("is live" in s.value for s in at.success), [e.value for e in at.error]
+    current = httpx.get(f"{console_env.url}/v1/admin/deployments/digits", headers=AUTH).json()
+    assert current["shadow_sample"] == 25 and {v["tag"]: v["role"] for v in current["versions"]} == \
+        {tags["mlp"]: "stable", tags["cnn"]: "shadow"}
+
+
 def test_promote_and_roll_back_from_the_console(console_env: Served, tags: dict[str, str]) -> None:
     with httpx.Client(base_url=console_env.url) as c:
         deploy(c, "digits", [(tags["mlp"], "stable", 90), (tags["cnn"], "canary", 10)])
