@@ -35,6 +35,8 @@ class Pair:
         """Which replica a lease holder (hostname:pid) runs in."""
         pid = int(worker.rsplit(":", 1)[1])
         for name, served in self.replicas.items():
+            if served.proc.poll() is not None:  # killed on purpose: its processes are gone
+                continue
             if pid in {p.pid for p in psutil.Process(served.proc.pid).children(recursive=True)} | {served.proc.pid}:
                 return name
         raise AssertionError(f"{worker} is in neither replica")
