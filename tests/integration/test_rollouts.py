@@ -194,6 +194,8 @@ def test_a_shadow_step_passes_a_good_canary_and_rolls_back_a_bad_one(client: htt
     with Traffic(server.url, [WITH_ZERO, NO_ZERO]) as traffic:
         state = _wait_status(client, {"promoted", "rolled_back"})
     assert state["status"] == outcome, state["history"][-2:]
-    first_look = next(h for h in state["history"] if "checks" in h)
-    assert first_look["step"] == 0 and first_look["canary"]["requests"] > 0  # shadow answers are its evidence
+    # The shadow answers were the canary's evidence in the shadow step (copies run on spare capacity
+    # only, so early looks may have had none yet).
+    looks = [h for h in state["history"] if "checks" in h]
+    assert any(h["step"] == 0 and h["canary"]["requests"] > 0 for h in looks), looks
     assert set(traffic.status) == {200}  # a shadow never answers, so clients never saw the bad one
