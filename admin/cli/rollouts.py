@@ -96,16 +96,19 @@ def rollout() -> None:
 @click.option("--min-requests", type=click.IntRange(1), help="Canary requests before a step may advance.")
 @click.option("--min-seconds", type=click.FloatRange(0), help="Seconds before a step may advance.")
 @click.option("--interval", type=click.FloatRange(0.2), help="Seconds between analyses.")
+@click.option("--latency-ratio", type=click.FloatRange(1, 100), help="How many times stable's p95 the canary's "
+                                                                     "may reach.")
 @click.option("--checks", help="Comma-separated: errors, latency, agreement.")
 @reason_option
 @yes_option
 @click.pass_context
 def rollout_start(ctx: click.Context, endpoint: str, tag: str, step_list: list[int], min_requests: int | None,
-                  min_seconds: float | None, interval: float | None, checks: str | None, reason: str,
-                  yes: bool) -> None:
+                  min_seconds: float | None, interval: float | None, latency_ratio: float | None,
+                  checks: str | None, reason: str, yes: bool) -> None:
     """Start rolling TAG out on ENDPOINT against its current stable version."""
     policy: dict[str, Any] = {"steps": step_list}
-    for key, value in (("min_requests", min_requests), ("min_seconds", min_seconds), ("interval_s", interval)):
+    for key, value in (("min_requests", min_requests), ("min_seconds", min_seconds), ("interval_s", interval),
+                       ("latency_ratio", latency_ratio)):
         if value is not None:
             policy[key] = value
     if checks:

@@ -87,7 +87,8 @@ def test_rollout_watch_exits_0_on_promotion_and_1_on_rollback(server: Served, ta
                                                                 rows: list[list[float]], code: int, word: str) -> None:
     started = ok(run(server.url, "rollout", "start", "digits", tags[canary], "--steps", "20,50,100",
                      "--min-requests", str(FAST["min_requests"]), "--min-seconds", "3",
-                     "--interval", str(FAST["interval_s"]), "--reason", f"cli: roll out {canary}", "--yes",
+                     "--interval", str(FAST["interval_s"]), "--latency-ratio", str(FAST["latency_ratio"]),
+                     "--reason", f"cli: roll out {canary}", "--yes",
                      "-o", "json"))
     assert started["status"] == "running" and started["percent"] == 20
     with Traffic(server.url, rows):

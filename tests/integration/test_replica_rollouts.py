@@ -20,7 +20,7 @@ from tests.servers import Postgres, Served
 
 pytestmark = pytest.mark.integration
 LEASE_S = 5.0  # the controller's lease: max(3 x interval_s, 5 s)
-POLICY = {"steps": [20, 50, 100], "min_requests": 40, "min_seconds": 4, "interval_s": 0.5}
+POLICY = {"steps": [20, 50, 100], "min_requests": 40, "min_seconds": 4, "interval_s": 0.5, "latency_ratio": 4.0}
 
 
 class Pair:

@@ -10,7 +10,10 @@ import httpx
 # Rows with zero pixels (most real digits) and rows without: the faulty version fails on the first kind.
 WITH_ZERO = [0.0] * 20 + [16.0] * 10 + [4.0] * 34
 NO_ZERO = [1.0] * 20 + [16.0] * 10 + [4.0] * 34
-FAST = {"min_requests": 60, "min_seconds": 1, "interval_s": 0.5}
+# The CNN, the "good" canary, is slower than the MLP by nature: on 2 shared cores under test load its p95
+# has reached 2x the MLP's, which the default latency_ratio (1.5) rightly rejects. These tests are about
+# errors and the controller, so they allow 4x.
+FAST = {"min_requests": 60, "min_seconds": 1, "interval_s": 0.5, "latency_ratio": 4.0}
 
 
 class Traffic:
