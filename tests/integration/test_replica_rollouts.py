@@ -108,7 +108,9 @@ def test_killing_the_lease_holders_replica_hands_the_rollout_over(pair: Pair) ->
     assert sorted(e["action"] for e in decisions) == ["rollout-advance", "rollout-promote"]  # each exactly once
     looks_written = [e["details"]["evidence"]["look"] for e in decisions]
     assert len(set(looks_written)) == len(looks_written)  # one decision per look
-    assert traffic[dead].status[200] > 0 and set(traffic["b" if dead == "a" else "a"].status) == {200}
+    survivor = traffic["b" if dead == "a" else "a"]
+    assert traffic[dead].status[200] > 0
+    assert set(survivor.status) == {200}, (survivor.status, survivor.errors, alive.log_text()[-3000:])
     assert final > 0
 
 

@@ -23,6 +23,7 @@ class Traffic:
         self.url, self.rows = url, rows
         self.status: Counter[int] = Counter()
         self.versions: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()  # transport errors by kind, to say what went wrong
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
 
@@ -32,8 +33,9 @@ class Traffic:
             while not self._stop.is_set():
                 try:
                     r = c.post("/v1/digits/predict", json={"inputs": [self.rows[i % len(self.rows)]]})
-                except httpx.TransportError:  # a server that was killed on purpose
+                except httpx.TransportError as e:  # a server that was killed on purpose
                     self.status[0] += 1
+                    self.errors[f"{type(e).__name__}: {e}"] += 1
                     self._stop.wait(0.1)
                     continue
                 self.status[r.status_code] += 1
