@@ -5,6 +5,7 @@ Modules below the HTTP surface raise these and never build responses themselves.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -61,3 +62,35 @@ class Unavailable(AdminError):
 
 class ConfigError(Exception):
     """switchyard.yaml is unreadable or invalid: start-up stops, naming the key."""
+
+
+class Unauthorized(ServingError):
+    """A missing, wrong or revoked credential."""
+
+    status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="switchyard"'})
+
+
+class Forbidden(ServingError):
+    """A known caller without the role or scope the call needs: the message names it."""
+
+    status = 403
+
+
+class RateLimited(ServingError):
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        # Retry-After is whole seconds (RFC 9110); never 0, or clients would retry at once.
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+
+
+class TooBusy(ServingError):
+    """The worker's admission limits are full: a fast 503 instead of a growing queue."""
+
+    status = 503
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})

@@ -67,3 +67,35 @@ class ActionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field("", max_length=1000)
     revision: int | None = Field(None, ge=1, description="rollback: the revision to restore (default: previous)")
+
+
+# --- API keys ------------------------------------------------------------------------
+Scope = Literal["pin"]
+
+
+class KeyLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rate: float = Field(10.0, gt=0, le=100_000, description="Requests per second (token bucket refill).")
+    burst: float = Field(20.0, ge=1, le=100_000, description="Requests allowed at once (bucket size).")
+    scopes: list[Scope] = Field(default_factory=list, max_length=4,
+                                description="'pin': may pin a version with X-Model-Version.")
+
+
+class KeyRequest(KeyLimits):
+    """POST /v1/admin/keys: the secret is in the answer, once."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$", description="Shown in metrics and the audit log.")
+    reason: str = Field(min_length=1, max_length=1000, description="Why; recorded in the audit log.")
+
+
+class KeyUpdate(BaseModel):
+    """PATCH /v1/admin/keys/{name}: only the fields given change."""
+
+    model_config = ConfigDict(extra="forbid")
+    rate: float | None = Field(None, gt=0, le=100_000)
+    burst: float | None = Field(None, ge=1, le=100_000)
+    scopes: list[Scope] | None = Field(None, max_length=4)
+    reason: str = Field(min_length=1, max_length=1000, description="Why; recorded in the audit log.")
+
+    def changes(self) -> dict[str, object]:
+        return self.model_dump(exclude={"reason"}, exclude_none=True)

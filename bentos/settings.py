@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["viewer", "operator", "admin"]
+# Each role may do what the roles before it may: viewers read, operators change splits and run rollouts,
+# admins also manage endpoints and API keys.
+ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
+
+
+class AdminToken(BaseModel):
+    """A named admin token with its role: {"token": "...", "role": "operator"}."""
+
+    token: SecretStr
+    role: Role = "admin"
+
+
+class Principal(BaseModel):
+    """Who called the admin API: the token's name (the audit actor) and its role."""
+
+    name: str
+    role: Role
+
+    def may(self, role: Role) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
 
 
 class ServeSettings(BaseSettings):
@@ -20,7 +43,20 @@ class ServeSettings(BaseSettings):
 
     # Admin API
     admin_token: SecretStr | None = Field(None, description="Bearer token for /v1/admin; its actor name is 'admin'.")
-    admin_tokens: dict[str, SecretStr] = Field(default_factory=dict, description='More tokens: {"alice": "..."}.')
+    admin_tokens: dict[str, SecretStr | AdminToken] = Field(
+        default_factory=dict, description='More named tokens, each an admin or with a role: {"alice": "...", '
+        '"bob": {"token": "...", "role": "viewer"}}; roles: viewer, operator, admin.')
+
+    # Inference access: API keys (managed through /v1/admin/keys), rate limits, admission
+    require_api_key: bool = Field(False, description="Inference needs an API key (X-API-Key or Bearer).")
+    ip_rate: float = Field(0.0, ge=0, description="Requests per second per client IP without keys; 0 = off.")
+    ip_burst: float = Field(20.0, ge=1, description="Burst per client IP.")
+    ip_table_size: int = Field(10_000, ge=1, description="Client IPs remembered (LRU) for the per-IP limit.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description='Proxies whose X-Forwarded-For is believed, e.g. ["10.0.0.0/8"].')
+    max_concurrency: int = Field(512, ge=1, description="Inference requests in flight per worker; more get 503.")
+    max_inflight_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Request bytes in flight per worker; more get 503.")
 
     # Runtime
     threads: int = Field(0, ge=0, le=256, description="ORT intra-op threads per version; 0 = cores / workers.")
@@ -69,9 +105,12 @@ class ServeSettings(BaseSettings):
     def intra_op_threads(self, cores: int) -> int:
         return self.threads or max(1, cores // self.workers)
 
-    def tokens(self) -> dict[str, str]:
-        """Token value -> actor name."""
-        named = {tok.get_secret_value(): name for name, tok in self.admin_tokens.items()}
+    def tokens(self) -> dict[str, Principal]:
+        """Token value -> who it is; SWITCHYARD_ADMIN_TOKEN is the actor "admin" with the admin role."""
+        named = {}
+        for name, tok in self.admin_tokens.items():
+            spec = tok if isinstance(tok, AdminToken) else AdminToken(token=tok)
+            named[spec.token.get_secret_value()] = Principal(name=name, role=spec.role)
         if self.admin_token is not None:
-            named[self.admin_token.get_secret_value()] = "admin"
+            named[self.admin_token.get_secret_value()] = Principal(name="admin", role="admin")
         return named

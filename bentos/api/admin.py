@@ -1,7 +1,8 @@
-"""The admin API under /v1/admin: endpoints, deployments, promote, rollback, rollouts, audit, stats, models.
+"""The admin API under /v1/admin: endpoints, deployments, promote, rollback, rollouts, audit, stats, models, keys.
 
-Every call needs `Authorization: Bearer <token>`; the token's name is the audit actor.
-Without any token configured the API is closed (403), so a fresh install is not open.
+Every call needs `Authorization: Bearer <token>`; the token's name is the audit actor and its role decides
+what it may do (viewer reads, operator changes splits and runs rollouts, admin also manages endpoints and
+keys). Without any token configured the API is closed (403), so a fresh install is not open.
 """
 
 from __future__ import annotations
@@ -20,23 +21,30 @@ from bentos.config import EndpointRequest
 from bentos.controlplane.rollout_controller import RolloutController
 from bentos.controlplane.rollouts import RolloutRequest, RolloutState
 from bentos.controlplane.store import Revision
-from bentos.errors import ServingError
-from bentos.schemas import ActionRequest, DeploymentRequest
+from bentos.errors import Forbidden, ServingError
+from bentos.schemas import ActionRequest, DeploymentRequest, KeyRequest, KeyUpdate
+from bentos.settings import Principal, Role
 
 ADMIN_BODY_LIMIT = 64 * 1024
 Handler = Callable[[Request, str], Awaitable[Response]]
 B = TypeVar("B", bound=BaseModel)
 
 
-def actor_for(request: Request, tokens: dict[str, str]) -> str | Response:
+def principal_for(request: Request, tokens: dict[str, Principal]) -> Principal | Response:
     if not tokens:
         return error(403, "the admin API is disabled: set SWITCHYARD_ADMIN_TOKEN (or SWITCHYARD_ADMIN_TOKENS)")
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and presented:
-        for token, name in tokens.items():
+        for token, who in tokens.items():
             if hmac.compare_digest(token.encode(), presented.strip().encode()):
-                return name
+                return who
     return error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": 'Bearer realm="switchyard"'})
+
+
+def require(who: Principal, role: Role) -> None:
+    if not who.may(role):
+        raise Forbidden(f"this needs the {role} role; {who.name} is a {who.role} (roles are set in "
+                        "SWITCHYARD_ADMIN_TOKENS)")
 
 
 def revision_json(record: Revision) -> dict[str, Any]:
@@ -63,18 +71,36 @@ def _controller(holder: EngineHolder) -> RolloutController:
     return controller
 
 
+def guard(holder: EngineHolder, handler: Handler, role: Role) -> Callable[[Request], Awaitable[Response]]:
+    """The route as callers see it: 401 without a known token, 403 without `role`, errors as statuses."""
+
+    async def endpoint(request: Request) -> Response:
+        who = principal_for(request, holder.get().settings.tokens())
+        if isinstance(who, Response):
+            return who
+        try:
+            require(who, role)
+            request.state.principal = who
+            return await handler(request, who.name)
+        except ServingError as exc:
+            return problem(exc)
+
+    endpoint.role = role  # type: ignore[attr-defined]  # for the OpenAPI document and the auth matrix test
+    return endpoint
+
+
 def admin_routes(holder: EngineHolder) -> list[Route]:
-    def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            engine = holder.get()
-            actor = actor_for(request, engine.settings.tokens())
-            if isinstance(actor, Response):
-                return actor
-            try:
-                return await handler(request, actor)
-            except ServingError as exc:
-                return problem(exc)
-        return endpoint
+    def viewer(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        return guard(holder, handler, "viewer")
+
+    def operator(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        return guard(holder, handler, "operator")
+
+    def admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        return guard(holder, handler, "admin")
+
+    async def whoami(request: Request, actor: str) -> Response:
+        return json_response(request.state.principal.model_dump())
 
     async def models(request: Request, actor: str) -> Response:
         return json_response(await holder.get().models(request.query_params.get("task")))
@@ -143,24 +169,54 @@ def admin_routes(holder: EngineHolder) -> list[Route]:
         return json_response(await holder.get().version_stats(float(window)))
 
     return [
-        Route("/v1/admin/rollouts/{endpoint}", guarded(rollout), methods=["GET"]),
-        Route("/v1/admin/rollouts/{endpoint}", guarded(with_body(RolloutRequest, start_rollout)), methods=["POST"]),
-        Route("/v1/admin/rollouts/{endpoint}/{action:str}", guarded(with_body(ActionRequest, rollout_action)),
+        Route("/v1/admin/whoami", viewer(whoami), methods=["GET"]),
+        Route("/v1/admin/rollouts/{endpoint}", viewer(rollout), methods=["GET"]),
+        Route("/v1/admin/rollouts/{endpoint}", operator(with_body(RolloutRequest, start_rollout)), methods=["POST"]),
+        Route("/v1/admin/rollouts/{endpoint}/{action:str}", operator(with_body(ActionRequest, rollout_action)),
               methods=["POST"]),
-        Route("/v1/admin/models", guarded(models), methods=["GET"]),
-        Route("/v1/admin/endpoints", guarded(endpoints), methods=["GET"]),
-        Route("/v1/admin/endpoints", guarded(with_body(EndpointRequest, create_endpoint)), methods=["POST"]),
-        Route("/v1/admin/endpoints/{endpoint}", guarded(one_endpoint), methods=["GET"]),
-        Route("/v1/admin/endpoints/{endpoint}", guarded(delete_endpoint), methods=["DELETE"]),
-        Route("/v1/admin/deployments", guarded(deployments), methods=["GET"]),
-        Route("/v1/admin/deployments/{endpoint}", guarded(deployment), methods=["GET"]),
-        Route("/v1/admin/deployments/{endpoint}", guarded(with_body(DeploymentRequest, deploy)), methods=["PUT"]),
-        Route("/v1/admin/deployments/{endpoint}/promote", guarded(with_body(ActionRequest, promote)),
+        Route("/v1/admin/models", viewer(models), methods=["GET"]),
+        Route("/v1/admin/endpoints", viewer(endpoints), methods=["GET"]),
+        Route("/v1/admin/endpoints", admin(with_body(EndpointRequest, create_endpoint)), methods=["POST"]),
+        Route("/v1/admin/endpoints/{endpoint}", viewer(one_endpoint), methods=["GET"]),
+        Route("/v1/admin/endpoints/{endpoint}", admin(delete_endpoint), methods=["DELETE"]),
+        Route("/v1/admin/deployments", viewer(deployments), methods=["GET"]),
+        Route("/v1/admin/deployments/{endpoint}", viewer(deployment), methods=["GET"]),
+        Route("/v1/admin/deployments/{endpoint}", operator(with_body(DeploymentRequest, deploy)), methods=["PUT"]),
+        Route("/v1/admin/deployments/{endpoint}/promote", operator(with_body(ActionRequest, promote)),
               methods=["POST"]),
-        Route("/v1/admin/deployments/{endpoint}/rollback", guarded(with_body(ActionRequest, rollback)),
+        Route("/v1/admin/deployments/{endpoint}/rollback", operator(with_body(ActionRequest, rollback)),
               methods=["POST"]),
-        Route("/v1/admin/audit", guarded(audit), methods=["GET"]),
-        Route("/v1/admin/stats", guarded(stats), methods=["GET"]),
+        Route("/v1/admin/audit", viewer(audit), methods=["GET"]),
+        Route("/v1/admin/stats", viewer(stats), methods=["GET"]),
+        *key_routes(holder, admin),
+    ]
+
+
+def key_routes(holder: EngineHolder, admin: Callable[[Handler], Callable[[Request], Awaitable[Response]]]
+               ) -> list[Route]:
+    """Inference API keys: admins create (the secret is shown once), list, change limits and revoke."""
+
+    async def keys(request: Request, actor: str) -> Response:
+        return json_response(await holder.get().keys())
+
+    async def create(request: Request, actor: str, body: KeyRequest) -> Response:
+        return json_response(await holder.get().create_key(body, actor), 201)
+
+    async def update(request: Request, actor: str, body: KeyUpdate) -> Response:
+        return json_response(await holder.get().update_key(request.path_params["name"], body, actor))
+
+    async def revoke(request: Request, actor: str) -> Response:
+        reason = request.query_params.get("reason", "")
+        if not reason.strip():
+            return error(422, "reason: give a reason (?reason=...); it goes into the audit log")
+        change = KeyUpdate(reason=reason[:1000])
+        return json_response(await holder.get().update_key(request.path_params["name"], change, actor, revoke=True))
+
+    return [
+        Route("/v1/admin/keys", admin(keys), methods=["GET"]),
+        Route("/v1/admin/keys", admin(with_body(KeyRequest, create)), methods=["POST"]),
+        Route("/v1/admin/keys/{name}", admin(with_body(KeyUpdate, update)), methods=["PATCH"]),
+        Route("/v1/admin/keys/{name}", admin(revoke), methods=["DELETE"]),
     ]
 
 

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bentos.controlplane.engine import Engine
+from bentos.dataplane.access import Caller
 from bentos.dataplane.batching import Overloaded
 from bentos.dataplane.endpoint import Answer, Endpoint, ModelFailure, NoDeployment
 from bentos.dataplane.routing import UnknownPin
@@ -143,26 +144,42 @@ def _latency(answer: Answer) -> dict[str, float]:
             "total": round(answer.total_s * 1000, 3)}
 
 
+def admit(engine: Engine, request: Request) -> tuple[Caller, str | None]:
+    """The caller (401 without a needed key, 429 over a rate) and the version it may pin (403 if none)."""
+    caller = engine.gate.admit(request.headers, request.client.host if request.client else None)
+    return caller, engine.gate.pin_for(caller, request.headers.get("x-model-version"))
+
+
+def declared_size(request: Request, limit: int) -> int:
+    """What admission reserves: the declared length, or the limit for a body sent without one."""
+    declared = request.headers.get("content-length", "")
+    return min(int(declared), limit) if declared.isdigit() else limit
+
+
 async def infer(holder: EngineHolder, request: Request) -> Response:
-    """POST /v1/{endpoint}/{verb}: validate, route, batch, answer."""
+    """POST /v1/{endpoint}/{verb}: admit, validate, route, batch, answer."""
     engine = holder.get()
     name, verb = request.path_params["endpoint"], request.path_params["verb"]
+    caller = None
     try:
+        caller, pin = admit(engine, request)
         endpoint = await engine.serving_endpoint(name)
-        task = endpoint.task
-        if verb != task.verb:
-            raise NotFound(f"{name} is a {task.name} endpoint: POST /v1/{name}/{task.verb}")
-        options: dict[str, Any] = {}
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            items = await multipart_items(request, endpoint)
-        else:
-            parsed = await parse(request, endpoint.request_model, endpoint.limits.max_body_bytes)
-            if isinstance(parsed, Response):
-                return parsed
-            items, options = task.items(parsed), task.options(parsed)
-        answer = await endpoint.handle(items, request.headers.get("x-routing-key"),
-                                       request.headers.get("x-model-version"), "api")
+        with engine.admission.hold(declared_size(request, endpoint.limits.max_body_bytes)):
+            task = endpoint.task
+            if verb != task.verb:
+                raise NotFound(f"{name} is a {task.name} endpoint: POST /v1/{name}/{task.verb}")
+            options: dict[str, Any] = {}
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                items = await multipart_items(request, endpoint)
+            else:
+                parsed = await parse(request, endpoint.request_model, endpoint.limits.max_body_bytes)
+                if isinstance(parsed, Response):
+                    return parsed
+                items, options = task.items(parsed), task.options(parsed)
+            answer = await endpoint.handle(items, request.headers.get("x-routing-key"), pin, "api",
+                                           api_key=caller.key)
     except (ServingError, UnknownPin, Overloaded, NoDeployment, ModelFailure) as exc:
+        engine.metrics.denied_if(exc, caller.key if caller else "")
         return problem(exc)
     body = {**task.render(answer.codec, answer.outputs, options), "model_version": answer.version,
             "route": answer.route, "latency_ms": _latency(answer)}

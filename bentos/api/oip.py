@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bentos.api.app import EngineHolder, json_response, read_body, status_of
+from bentos.api.app import EngineHolder, declared_size, json_response, read_body, status_of
 from bentos.dataplane.batching import Overloaded
 from bentos.dataplane.endpoint import Endpoint, ModelFailure, NoDeployment
 from bentos.dataplane.routing import UnknownPin
@@ -176,19 +176,26 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
 
     async def infer(request: Request) -> Response:
         engine = holder.get()
+        caller = None
         try:
+            # A version in the path is a pin, with the same rules as X-Model-Version.
+            caller = engine.gate.admit(request.headers, request.client.host if request.client else None)
+            version = engine.gate.pin_for(caller, request.path_params.get("version"))
             endpoint = await engine.serving_endpoint(request.path_params["model"])
-            body = await read_body(request, endpoint.limits.max_body_bytes, "limits.max_body_bytes")
-            parsed, binary = _parse(body, request.headers.get(HEADER))
-            codec = _codec(endpoint)
-            pin = await _pin(engine, endpoint, request.path_params.get("version"))
-            tensors = _inputs(parsed, codec, binary)
-            items = codec.from_oip(tensors)
-            if len(items) > endpoint.limits.max_rows:
-                raise InvalidInput("inputs", f"at most {endpoint.limits.max_rows} rows (limits.max_rows)")
-            answer = await endpoint.handle(items, request.headers.get("x-routing-key"), pin, "api")
+            with engine.admission.hold(declared_size(request, endpoint.limits.max_body_bytes)):
+                body = await read_body(request, endpoint.limits.max_body_bytes, "limits.max_body_bytes")
+                parsed, binary = _parse(body, request.headers.get(HEADER))
+                codec = _codec(endpoint)
+                pin = await _pin(engine, endpoint, version)
+                tensors = _inputs(parsed, codec, binary)
+                items = codec.from_oip(tensors)
+                if len(items) > endpoint.limits.max_rows:
+                    raise InvalidInput("inputs", f"at most {endpoint.limits.max_rows} rows (limits.max_rows)")
+                answer = await endpoint.handle(items, request.headers.get("x-routing-key"), pin, "api",
+                                               api_key=caller.key)
             outputs, raw = encode_outputs(answer.codec.to_oip(answer.outputs), parsed)
         except (ServingError, UnknownPin, Overloaded, NoDeployment, ModelFailure, BodyTooLarge) as exc:
+            engine.metrics.denied_if(exc, caller.key if caller else "")
             return oip_problem(exc)
         head = json.dumps({"model_name": endpoint.name, "model_version": answer.version,
                            **({"id": parsed.id} if parsed.id is not None else {}), "outputs": outputs}).encode()

@@ -19,21 +19,24 @@ from bentos.controlplane.store import (
     ControlPlane,
     EndpointBusy,
     EndpointExists,
+    KeyExists,
     Lease,
     Revision,
     RevisionConflict,
     RolloutUpdate,
     StoredEndpoint,
+    StoredKey,
     StoreUnavailable,
     open_store,
 )
+from bentos.dataplane.access import AccessGate, Admission, LiveKey, digest, new_secret
 from bentos.dataplane.catalog import check_version, list_versions, pick_default
 from bentos.dataplane.endpoint import Endpoint
 from bentos.dataplane.metrics import get_metrics
 from bentos.dataplane.runtime import LoadedVersion, VersionLoadError, load_version, resolve_tag
 from bentos.dataplane.stats import StatsRecorder, bucket_of, summarize
 from bentos.errors import Conflict, InvalidChange, NotFound, Unavailable
-from bentos.schemas import DeploymentRequest, DeploymentSpec, VersionSpec
+from bentos.schemas import DeploymentRequest, DeploymentSpec, KeyRequest, KeyUpdate, VersionSpec
 from bentos.settings import ServeSettings
 from bentos.tasks import load_plugins
 
@@ -88,6 +91,8 @@ class Engine:
         self._seen_stamp: Any = None
         self._full_sync_at = 0.0
         self.rollouts: RolloutHook | None = None  # the service wires the controller in
+        self.gate = AccessGate(settings)
+        self.admission = Admission(settings.max_concurrency, settings.max_inflight_bytes)
 
     def _new_endpoint(self, config: EndpointConfig) -> Endpoint:
         return Endpoint(config, self.settings, self.metrics, self.stats)
@@ -195,6 +200,7 @@ class Engine:
     async def _sync(self) -> None:
         assert self.store is not None
         await self._sync_endpoints()
+        await self._sync_keys()
         revisions = await asyncio.to_thread(self.store.current_revisions)
         self.store_error = None
         due = []
@@ -206,6 +212,12 @@ class Engine:
                 due.append(self._apply(name, revision))
         await asyncio.gather(*due)  # endpoints load side by side: start-up waits for the slowest, not the sum
         self._synced = True
+
+    async def _sync_keys(self) -> None:
+        assert self.store is not None
+        keys = await asyncio.to_thread(self.store.api_keys)
+        self.gate.set_keys([(k.digest, LiveKey(k.name, k.rate, k.burst, frozenset(k.scopes)))
+                            for k in keys if k.revoked_at is None])
 
     def _gave_up_on(self, name: str, revision: int) -> bool:
         failed = self._failed.get(name)
@@ -504,6 +516,36 @@ class Engine:
         await self.flush_stats()
         rows = await self.store_call(self.require_store().read_stats, bucket_of(time.time() - window_s))
         return {"window_s": window_s, "endpoints": summarize(rows)}
+
+    # --- API keys ------------------------------------------------------------------------
+    async def keys(self) -> list[dict[str, Any]]:
+        return [k.public() for k in await self.store_call(self.require_store().api_keys)]
+
+    async def create_key(self, request: KeyRequest, actor: str) -> dict[str, Any]:
+        """A new key; its secret is returned here and never again (the store keeps its digest)."""
+        secret = new_secret()
+        key = StoredKey(request.name, digest(secret), request.rate, request.burst, list(request.scopes),
+                        time.time(), actor, None)
+        try:
+            await self.store_call(self.require_store().create_key, key, reason=request.reason)
+        except KeyExists as exc:
+            raise Conflict(str(exc)) from None
+        await self._resync_keys()
+        return {**key.public(), "secret": secret}
+
+    async def update_key(self, name: str, request: KeyUpdate, actor: str, revoke: bool = False) -> dict[str, Any]:
+        try:
+            key = await self.store_call(self.require_store().update_key, name, request.changes(), actor=actor,
+                                        reason=request.reason, revoke=revoke)
+        except KeyError:
+            raise NotFound(f"no live API key named {name!r}") from None
+        await self._resync_keys()
+        return dict(key.public())
+
+    async def _resync_keys(self) -> None:
+        """This worker sees its own change at once; the others at their next poll."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._sync_keys()
 
     async def models(self, task: str | None = None) -> list[dict[str, Any]]:
         return await asyncio.to_thread(list_versions, task)

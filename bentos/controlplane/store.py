@@ -67,6 +67,29 @@ class StoredEndpoint:
     created_at: float
 
 
+class KeyExists(RuntimeError):
+    """An API key of that name is live."""
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """An API key as the control plane keeps it: never the secret, only its SHA-256."""
+
+    name: str
+    digest: str
+    rate: float
+    burst: float
+    scopes: list[str]
+    created_at: float
+    created_by: str
+    revoked_at: float | None
+
+    def public(self) -> dict[str, Any]:
+        return {"name": self.name, "rate": self.rate, "burst": self.burst, "scopes": self.scopes,
+                "created_at": self.created_at, "created_by": self.created_by, "revoked_at": self.revoked_at,
+                "active": self.revoked_at is None}
+
+
 @dataclass(frozen=True)
 class Revision:
     endpoint: str
@@ -100,7 +123,14 @@ CREATE TABLE IF NOT EXISTS rollouts (
     endpoint TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS endpoints (
     name TEXT PRIMARY KEY, config TEXT NOT NULL, source TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    name TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE, rate DOUBLE PRECISION NOT NULL,
+    burst DOUBLE PRECISION NOT NULL, scopes TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+    created_by TEXT NOT NULL, revoked_at DOUBLE PRECISION);
 """
+KEY_COLUMNS = "name, digest, rate, burst, scopes, created_at, created_by, revoked_at"
+# Key changes are audited under this endpoint name (the audit log's endpoint column is not null).
+KEYS_AUDIT = "(api-keys)"
 
 
 class ControlPlane(ABC):
@@ -178,6 +208,47 @@ class ControlPlane(ABC):
 
     def _lock_endpoints(self, cur: Any) -> None:  # noqa: B027 - a hook, empty by default
         """Serialize endpoint writers (SQLite's BEGIN IMMEDIATE already does)."""
+
+    # --- API keys ------------------------------------------------------------------
+    def api_keys(self) -> list[StoredKey]:
+        with self.transaction() as cur:
+            rows = self._exec(cur, f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY name").fetchall()
+        return [_key(r) for r in rows]
+
+    def create_key(self, key: StoredKey, *, reason: str) -> StoredKey:
+        """A new key, or a new secret for a revoked name; refused (KeyExists) while the name is live."""
+        with self.transaction() as cur:
+            self._lock_keys(cur)
+            row = self._exec(cur, f"SELECT {KEY_COLUMNS} FROM api_keys WHERE name = ?", (key.name,)).fetchone()
+            if row is not None and row[7] is None:
+                raise KeyExists(f"an API key named {key.name!r} is live: revoke it first or pick another name")
+            if row is not None:
+                self._exec(cur, "DELETE FROM api_keys WHERE name = ?", (key.name,))
+            self._exec(cur, f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (key.name, key.digest, key.rate, key.burst, json.dumps(key.scopes), key.created_at,
+                        key.created_by, None))
+            self._audit(cur, key.created_by, "key-create", KEYS_AUDIT, None, key.public(), reason,
+                        {"key": key.name})
+        return key
+
+    def update_key(self, name: str, changes: dict[str, Any], *, actor: str, reason: str,
+                   revoke: bool = False) -> StoredKey:
+        """Change a live key's rate, burst or scopes, or revoke it (KeyError if there is no live key)."""
+        with self.transaction() as cur:
+            self._lock_keys(cur)
+            row = self._exec(cur, f"SELECT {KEY_COLUMNS} FROM api_keys WHERE name = ?", (name,)).fetchone()
+            if row is None or row[7] is not None:
+                raise KeyError(name)
+            before = _key(row)
+            after = StoredKey(**{**before.__dict__, **changes, "revoked_at": time.time() if revoke else None})
+            self._exec(cur, "UPDATE api_keys SET rate = ?, burst = ?, scopes = ?, revoked_at = ? WHERE name = ?",
+                       (after.rate, after.burst, json.dumps(after.scopes), after.revoked_at, name))
+            self._audit(cur, actor, "key-revoke" if revoke else "key-update", KEYS_AUDIT, before.public(),
+                        after.public(), reason, {"key": name})
+        return after
+
+    def _lock_keys(self, cur: Any) -> None:  # noqa: B027 - a hook, empty by default
+        """Serialize key writers (SQLite's BEGIN IMMEDIATE already does)."""
 
     # --- deployments ---------------------------------------------------------------
     def current_revisions(self) -> dict[str, int]:
@@ -499,6 +570,9 @@ class PostgresControlPlane(ControlPlane):
     def _lock_endpoints(self, cur: Any) -> None:
         cur.execute("LOCK TABLE endpoints IN SHARE ROW EXCLUSIVE MODE")
 
+    def _lock_keys(self, cur: Any) -> None:
+        cur.execute("LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE")
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -513,6 +587,12 @@ def open_store(state_dir: Path, db_url: str | None) -> ControlPlane:
 def _revision(row: tuple[Any, ...]) -> Revision:
     endpoint, revision, spec, actor, action, reason, created_at = row
     return Revision(endpoint, int(revision), json.loads(spec), actor, action, reason, float(created_at))
+
+
+def _key(row: tuple[Any, ...]) -> StoredKey:
+    name, digest, rate, burst, scopes, created_at, created_by, revoked_at = row
+    return StoredKey(name, digest, float(rate), float(burst), json.loads(scopes), float(created_at), created_by,
+                     None if revoked_at is None else float(revoked_at))
 
 
 def _dump(value: Any) -> str | None:

@@ -148,7 +148,7 @@ class Endpoint:
 
     # --- the request path -------------------------------------------------------------
     async def handle(self, items: list[Any], routing_key: str | None = None, pin: str | None = None,
-                     source: str = "api") -> Answer:
+                     source: str = "api", api_key: str = "") -> Answer:
         router = self.router
         if router is None:
             raise NoDeployment(f"endpoint {self.name} has no deployed model yet: build one with "
@@ -167,7 +167,8 @@ class Endpoint:
         probe = slot if route == "canary" else None  # a half-open breaker's probe, settled on every path below
         try:
             slot.version.codec.check(items, self.limits)  # a 422 before anything is queued
-            outputs, timing, tag, route, slot = await self._answer(router, slot, tag, route, items, source, start)
+            outputs, timing, tag, route, slot = await self._answer(router, slot, tag, route, items, source,
+                                                                   start, api_key)
         finally:
             if probe is not None:
                 probe.circuit.release()
@@ -184,12 +185,12 @@ class Endpoint:
         return Answer(outputs, tag, route, timing, total, slot.version.codec)
 
     async def _answer(self, router: Router, slot: Slot, tag: str, route: str, items: list[Any], source: str,
-                      start: float) -> tuple[list[Any], Timing, str, str, Slot]:
+                      start: float, api_key: str = "") -> tuple[list[Any], Timing, str, str, Slot]:
         """Run on the chosen version; a canary that fails or is overloaded is the canary's error, and stable
         answers instead (503 only when stable has no room either)."""
         while True:  # at most twice
             try:
-                outputs, timing = await self._run(slot, items, route, source)
+                outputs, timing = await self._run(slot, items, route, source, api_key)
                 return outputs, timing, tag, route, slot
             except Exception as exc:
                 self._evidence(tag, route, source, False, time.monotonic() - start, fallback=route == "canary")
@@ -207,19 +208,21 @@ class Endpoint:
         if (source == "api" and route in ("stable", "canary")) or route == "shadow":
             self.stats.record(self.name, tag, ok, latency_s, fallback=fallback)
 
-    async def _run(self, slot: Slot, items: list[Any], route: str, source: str) -> tuple[list[Any], Timing]:
+    async def _run(self, slot: Slot, items: list[Any], route: str, source: str,
+                   api_key: str = "") -> tuple[list[Any], Timing]:
+        """`api_key` is the caller's key name, a metrics label ("" without one)."""
         tag = slot.version.tag
         key = input_key(tag, items) if self.cache.size else ""
         cached = self.cache.get(key) if key else None
         if cached is not None:
             self.metrics.cache_hits.labels(self.name, tag).inc()
-            self.metrics.requests.labels(self.name, tag, route, "ok", source).inc()
+            self.metrics.requests.labels(self.name, tag, route, "ok", source, api_key).inc()
             return cached, Timing(0.0, 0.0, 0)
         deadline = time.monotonic() + self.settings.request_timeout_s
         try:
             outputs, timing = await slot.batcher.submit(items, deadline, slot.version.codec.bucket(items))
         except Overloaded:
-            self.metrics.requests.labels(self.name, tag, route, "overloaded", source).inc()
+            self.metrics.requests.labels(self.name, tag, route, "overloaded", source, api_key).inc()
             raise
         except Exception as exc:
             was_open = slot.circuit.state is State.OPEN
@@ -227,11 +230,11 @@ class Endpoint:
             if slot.circuit.state is State.OPEN and not was_open:
                 log.warning("%s %s: circuit opened after: %s", self.name, tag, str(exc)[:300])
             self.metrics.circuit_state.labels(self.name, tag).set(slot.circuit.state.value)
-            self.metrics.requests.labels(self.name, tag, route, "error", source).inc()
+            self.metrics.requests.labels(self.name, tag, route, "error", source, api_key).inc()
             raise
         slot.circuit.record(True)
         self.metrics.circuit_state.labels(self.name, tag).set(slot.circuit.state.value)
-        self.metrics.requests.labels(self.name, tag, route, "ok", source).inc()
+        self.metrics.requests.labels(self.name, tag, route, "ok", source, api_key).inc()
         self.metrics.queue_wait.labels(self.name, tag).observe(timing.queue_s)
         self.metrics.inference_duration.labels(self.name, tag).observe(timing.inference_s)
         self.metrics.batch_size.labels(self.name, tag).observe(timing.batch_rows)

@@ -30,6 +30,13 @@ class Metrics:
     circuit_state: Any
     version_role: Any
     ready: Any
+    denied: Any
+
+    def denied_if(self, exc: Exception, key: str) -> None:
+        """Count requests refused before the model (auth, rate, admission), by key name and status."""
+        status = getattr(exc, "status", 0)
+        if status in (401, 403, 429) or type(exc).__name__ == "TooBusy":
+            self.denied.labels(key, str(status)).inc()
 
 
 @cache
@@ -40,7 +47,7 @@ def get_metrics() -> Metrics:
     ev = ["endpoint", "version"]
     return Metrics(
         requests=Counter("switchyard_requests_total", "Requests by version, route and outcome.",
-                         [*ev, "route", "outcome", "source"]),
+                         [*ev, "route", "outcome", "source", "key"]),
         request_duration=Histogram("switchyard_request_duration_seconds", "End-to-end time in the model path.",
                                    ev, buckets=LATENCY_BUCKETS),
         inference_duration=Histogram("switchyard_inference_duration_seconds", "Model time of the request's batch.",
@@ -61,4 +68,6 @@ def get_metrics() -> Metrics:
         version_role=Gauge("switchyard_version_role", "1 if the version serves in this role.", [*ev, "role"],
                            multiprocess_mode="livemax"),
         ready=Gauge("switchyard_ready", "1 when every endpoint serves its deployment.", multiprocess_mode="livemin"),
+        denied=Counter("switchyard_denied_total", "Requests refused before the model: 401/403 (key), 429 "
+                       "(rate), 503 (admission), by API key name.", ["key", "status"]),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -9,14 +10,18 @@ from typing import Any
 import pytest
 
 from bentos.controlplane.store import (
+    KEYS_AUDIT,
     ControlPlane,
     EndpointBusy,
     EndpointExists,
+    KeyExists,
     PostgresControlPlane,
     RevisionConflict,
     SQLiteControlPlane,
+    StoredKey,
     StoreUnavailable,
 )
+from bentos.dataplane.access import digest
 
 SPEC_A = {"versions": [{"tag": "m:1", "weight": 100, "role": "stable"}], "sticky": False}
 SPEC_B = {"versions": [{"tag": "m:1", "weight": 90, "role": "stable"}, {"tag": "m:2", "weight": 10, "role": "canary"}],
@@ -202,3 +207,24 @@ def test_endpoints_are_created_once_deleted_whole_and_audited(store: ControlPlan
     actions = [a["action"] for a in store.audit("shop")]
     assert actions[0] == "endpoint-delete" and "endpoint-create" in actions
     assert store.audit("shop")[0]["details"]["last_deployment"] == SPEC_A
+
+
+def test_api_keys_keep_only_a_digest_are_audited_and_a_live_name_is_not_reused(store: ControlPlane) -> None:
+    key = StoredKey("shop", digest("sy_secret-1"), 5.0, 10.0, ["pin"], 1.0, "alice", None)
+    store.create_key(key, reason="new client")
+    with pytest.raises(KeyExists):
+        store.create_key(StoredKey("shop", digest("sy_secret-2"), 1.0, 1.0, [], 2.0, "bob", None), reason="again")
+    (kept,) = store.api_keys()
+    assert kept.digest == digest("sy_secret-1") and kept.scopes == ["pin"] and kept.revoked_at is None
+    changed = store.update_key("shop", {"rate": 50.0}, actor="bob", reason="bigger")
+    assert (changed.rate, changed.burst) == (50.0, 10.0)
+    store.update_key("shop", {}, actor="carol", reason="leaked", revoke=True)
+    with pytest.raises(KeyError):
+        store.update_key("shop", {"rate": 1.0}, actor="bob", reason="too late")
+    assert store.api_keys()[0].revoked_at is not None
+    store.create_key(StoredKey("shop", digest("sy_secret-3"), 1.0, 1.0, [], 3.0, "bob", None), reason="reissue")
+    assert [k.digest for k in store.api_keys()] == [digest("sy_secret-3")]
+    entries = store.audit(KEYS_AUDIT)
+    assert [e["action"] for e in entries] == ["key-create", "key-revoke", "key-update", "key-create"]
+    assert [e["actor"] for e in entries] == ["bob", "carol", "bob", "alice"]
+    assert "sy_secret" not in json.dumps(entries)

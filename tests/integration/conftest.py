@@ -44,9 +44,10 @@ def tags(digits_root: Path, minilm_root: Path) -> dict[str, str]:
     }
 
 
-def _serve(tags: dict[str, str], state: Path, workers: int) -> Iterator[Served]:
+def serve_with(tags: dict[str, str], state: Path, workers: int, **settings: str) -> Iterator[Served]:
+    """A server on the session's versions; `settings` are more SWITCHYARD_* values, by lower-case name."""
     env = serve_env(Path(os.environ["BENTOML_HOME"]), state, admin_token=TOKEN,
-                    default_models=json.dumps({"digits": tags["mlp"], "minilm": tags["minilm"]}))
+                    default_models=json.dumps({"digits": tags["mlp"], "minilm": tags["minilm"]}), **settings)
     env["BENTOML_CONFIG_OPTIONS"] = f"services.switchyard.workers={workers}"
     served = Served(env, log_dir=state)
     try:
@@ -59,13 +60,13 @@ def _serve(tags: dict[str, str], state: Path, workers: int) -> Iterator[Served]:
 @pytest.fixture(scope="session")
 def server(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Two workers, so control-plane changes must reach a worker that did not make them."""
-    yield from _serve(tags, tmp_path_factory.mktemp("state"), workers=2)
+    yield from serve_with(tags, tmp_path_factory.mktemp("state"), workers=2)
 
 
 @pytest.fixture(scope="session")
 def single_worker(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One worker, the default: Gradio keeps its sessions in one process."""
-    yield from _serve(tags, tmp_path_factory.mktemp("state-1w"), workers=1)
+    yield from serve_with(tags, tmp_path_factory.mktemp("state-1w"), workers=1)
 
 
 @pytest.fixture

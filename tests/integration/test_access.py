@@ -1,0 +1,195 @@
+"""Who may do what, on a real `bentoml serve`: the admin API's roles route by route, API keys with their
+rates, and key changes reaching every worker."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from bentos.api.admin import admin_routes
+from bentos.api.app import EngineHolder
+from tests.integration.conftest import AUTH, serve_with
+from tests.servers import Served
+
+pytestmark = pytest.mark.integration
+
+PEOPLE = {"vic": ("vic-token", "viewer"), "olga": ("olga-token", "operator"), "ada": ("ada-token", "admin")}
+ROW = {"inputs": [[0.0] * 64]}
+
+# The role each admin route needs. Every route the service has must be listed: a new route without an
+# entry here fails test_every_admin_route_is_in_the_matrix.
+MATRIX: dict[tuple[str, str], str] = {
+    ("GET", "/v1/admin/whoami"): "viewer",
+    ("GET", "/v1/admin/models"): "viewer",
+    ("GET", "/v1/admin/endpoints"): "viewer",
+    ("POST", "/v1/admin/endpoints"): "admin",
+    ("GET", "/v1/admin/endpoints/{endpoint}"): "viewer",
+    ("DELETE", "/v1/admin/endpoints/{endpoint}"): "admin",
+    ("GET", "/v1/admin/deployments"): "viewer",
+    ("GET", "/v1/admin/deployments/{endpoint}"): "viewer",
+    ("PUT", "/v1/admin/deployments/{endpoint}"): "operator",
+    ("POST", "/v1/admin/deployments/{endpoint}/promote"): "operator",
+    ("POST", "/v1/admin/deployments/{endpoint}/rollback"): "operator",
+    ("GET", "/v1/admin/rollouts/{endpoint}"): "viewer",
+    ("POST", "/v1/admin/rollouts/{endpoint}"): "operator",
+    ("POST", "/v1/admin/rollouts/{endpoint}/{action:str}"): "operator",
+    ("GET", "/v1/admin/audit"): "viewer",
+    ("GET", "/v1/admin/stats"): "viewer",
+    ("GET", "/v1/admin/keys"): "admin",
+    ("POST", "/v1/admin/keys"): "admin",
+    ("PATCH", "/v1/admin/keys/{name}"): "admin",
+    ("DELETE", "/v1/admin/keys/{name}"): "admin",
+}
+RANK = ["viewer", "operator", "admin"]
+# A bucket of 1 loses the fraction of a token that accrues between two attempts; 5 is a realistic burst.
+BURST = 5
+
+
+def call(tags: dict[str, str], method: str, path: str) -> tuple[str, str, dict[str, Any] | None]:
+    """A concrete request for the route: path parameters filled and a body the route accepts."""
+    url = (path.replace("{endpoint}", "digits").replace("{action:str}", "pause").replace("{name}", "nobody")
+           + ("?reason=matrix" if method == "DELETE" else ""))
+    if method == "DELETE" and "endpoints" in path:
+        url = url.replace("digits", "no-such-endpoint")
+    bodies: dict[str, dict[str, Any]] = {
+        "/v1/admin/endpoints": {"name": "matrix", "task": "tensor", "reason": "matrix"},
+        "/v1/admin/deployments/{endpoint}": {"versions": [{"tag": tags["mlp"], "role": "stable", "weight": 100}],
+                                             "reason": "matrix"},
+        "/v1/admin/rollouts/{endpoint}": {"tag": tags["cnn"], "reason": "matrix"},
+        "/v1/admin/keys": {"name": "matrix", "rate": 1, "reason": "matrix"},
+        "/v1/admin/keys/{name}": {"rate": 2, "reason": "matrix"},
+    }
+    body = bodies.get(path, {"reason": "matrix"}) if method in ("POST", "PUT", "PATCH") else None
+    return method, url, body
+
+
+@pytest.fixture(scope="module")
+def secured(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One worker with keys required, and a token per role."""
+    tokens = {name: {"token": tok, "role": role} for name, (tok, role) in PEOPLE.items()}
+    yield from serve_with(tags, tmp_path_factory.mktemp("state-secured"), 1, admin_tokens=json.dumps(tokens),
+                          require_api_key="true")
+
+
+def test_every_admin_route_is_in_the_matrix() -> None:
+    routes = {(method, route.path): route.endpoint.role  # type: ignore[attr-defined]
+              for route in admin_routes(EngineHolder()) for method in (route.methods or []) if method != "HEAD"}
+    assert routes == MATRIX
+
+
+def test_each_route_answers_each_role_as_the_matrix_says(secured: Served, tags: dict[str, str]) -> None:
+    who = {"nobody": None, "wrong": "not-a-token", **{name: tok for name, (tok, _) in PEOPLE.items()}}
+    seen: dict[tuple[str, str], dict[str, int]] = {}
+    with httpx.Client(base_url=secured.url, timeout=60) as c:
+        for (method, path), needed in MATRIX.items():
+            method, url, body = call(tags, method, path)
+            for name, token in who.items():
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                r = c.request(method, url, json=body, headers=headers)
+                seen.setdefault((method, path), {})[name] = r.status_code
+                if token is None or name == "wrong":
+                    assert r.status_code == 401, (method, url, name, r.text)
+                    continue
+                role = PEOPLE[name][1]
+                if RANK.index(role) < RANK.index(needed):
+                    assert r.status_code == 403, (method, url, name, r.text)
+                    assert f"needs the {needed} role" in r.json()["detail"] and f"{name} is a {role}" in r.json()[
+                        "detail"]
+                else:
+                    assert r.status_code not in (401, 403) and r.status_code < 500, (method, url, name, r.text)
+                    if method == "GET":  # a read works, except the rollout that never was
+                        assert r.status_code == (404 if "rollouts" in path else 200), (url, r.text)
+    print(json.dumps({f"{m} {p}": s for (m, p), s in seen.items()}, indent=1))
+    with httpx.Client(base_url=secured.url, timeout=60) as c:
+        me = c.get("/v1/admin/whoami", headers={"Authorization": "Bearer olga-token"}).json()
+        assert me == {"name": "olga", "role": "operator"}
+        audit = c.get("/v1/admin/audit", params={"endpoint": "digits"}, headers=AUTH).json()
+        assert {"olga", "ada"} <= {e["actor"] for e in audit if e["action"] == "deploy"}  # the real actor
+
+
+def create_key(c: httpx.Client, name: str, **limits: Any) -> str:
+    r = c.post("/v1/admin/keys", json={"name": name, "reason": "test", **limits}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    return str(r.json()["secret"])
+
+
+def hammer(url: str, secret: str, seconds: float, threads: int) -> tuple[Counter[int], int, list[str]]:
+    """Post as fast as `threads` clients can for `seconds`: statuses, 200s, and 429s' Retry-After values."""
+    statuses: Counter[int] = Counter()
+    retry_after: list[str] = []
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def run() -> None:
+        with httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": secret}) as c:
+            while time.monotonic() < end:
+                r = c.post("/v1/digits/predict", json=ROW)
+                with lock:
+                    statuses[r.status_code] += 1
+                    if r.status_code == 429:
+                        retry_after.append(r.headers.get("retry-after", ""))
+
+    pool = [threading.Thread(target=run) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return statuses, statuses[200], retry_after
+
+
+def test_two_keys_each_get_their_rate_and_the_rest_429_with_retry_after(secured: Served) -> None:
+    with httpx.Client(base_url=secured.url, timeout=60) as c:
+        slow, fast = create_key(c, "slow", rate=5, burst=BURST), create_key(c, "fast", rate=50, burst=BURST)
+        listed = c.get("/v1/admin/keys", headers=AUTH).text
+        assert slow not in listed and fast not in listed and '"slow"' in listed
+        assert c.post("/v1/digits/predict", json=ROW).status_code == 401  # keys are required here
+        assert c.post("/v1/digits/predict", json=ROW, headers={"X-API-Key": "sy_nope"}).status_code == 401
+    results: dict[str, Any] = {}
+    runners = [threading.Thread(target=lambda n=n, s=s: results.__setitem__(n, hammer(secured.url, s, 10.0, 3)))
+               for n, s in (("slow", slow), ("fast", fast))]
+    for t in runners:
+        t.start()
+    for t in runners:
+        t.join()
+    for name, rate in (("slow", 5), ("fast", 50)):
+        statuses, ok, retry_after = results[name]
+        print(f"{name}: {dict(statuses)}; {ok / 10:.1f} req/s served at a rate of {rate}/s")
+        assert set(statuses) <= {200, 429}, statuses  # nothing else fails
+        assert abs(ok - BURST - rate * 10) <= 0.1 * rate * 10, (name, ok)  # a full bucket, then the rate
+        assert statuses[429] > 0 and all(v.isdigit() and int(v) >= 1 for v in retry_after), Counter(retry_after)
+    metrics = httpx.get(f"{secured.url}/metrics", timeout=30).text
+    counted = [line for line in metrics.splitlines() if line.startswith("switchyard_requests_total")]
+    assert any('key="fast"' in line for line in counted) and any('key="slow"' in line for line in counted), counted
+    assert fast not in metrics and slow not in metrics
+
+
+def test_a_key_and_its_revocation_reach_every_worker_within_a_second(server: Served) -> None:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        secret = create_key(c, "spread", rate=1000, burst=1000)
+    start = time.monotonic()
+
+    def all_workers(expect: int) -> float:
+        """When a round of fresh connections (spread over both workers) began that all answered `expect`:
+        by then every worker had the change, give or take the round's own length."""
+        while time.monotonic() - start < 5:
+            began = time.monotonic()
+            codes = {httpx.post(f"{server.url}/v1/digits/predict", json=ROW, headers={"X-API-Key": secret},
+                                timeout=30).status_code for _ in range(8)}
+            if codes == {expect}:
+                return began - start
+        raise AssertionError(f"not every worker answered {expect} within 5 s")
+
+    taken = all_workers(200)
+    r = httpx.delete(f"{server.url}/v1/admin/keys/spread", params={"reason": "leaked"}, headers=AUTH, timeout=30)
+    assert r.status_code == 200 and r.json()["active"] is False
+    start = time.monotonic()
+    revoked = all_workers(401)
+    print(f"key live everywhere after {taken:.2f} s, revoked everywhere after {revoked:.2f} s")
+    assert taken < 1.0 and revoked < 1.0
