@@ -23,9 +23,11 @@ class AdminClient:
     environment variables for the console, flags for the command line."""
 
     def __init__(self, settings: ConsoleSettings, url_hint: str = "SWITCHYARD_SERVICE_URL",
-                 token_hint: str = "SWITCHYARD_ADMIN_TOKEN") -> None:
+                 token_hint: str = "SWITCHYARD_ADMIN_TOKEN", token: str | None = None) -> None:
+        """`token`, when given, is a signed-in person's own; else the settings' token."""
         self.settings, self.url_hint, self.token_hint = settings, url_hint, token_hint
-        token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+        if token is None:
+            token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         self._http = httpx.Client(base_url=settings.service_url.rstrip("/"), timeout=settings.timeout_s,
                                   headers={"Authorization": f"Bearer {token}"} if token else {})
 
@@ -40,11 +42,30 @@ class AdminClient:
         r = self._send(method, path, body)
         if r.status_code == 401:
             raise ConsoleError(f"The service refused the admin token: check {self.token_hint}.", 401)
+        if r.status_code == 403 and "role" in r.text:
+            raise ConsoleError(_explain(r), 403)
         if r.status_code == 403:
             raise ConsoleError("The service's admin API is disabled: start it with SWITCHYARD_ADMIN_TOKEN set.", 403)
         if r.status_code >= 400:
             raise ConsoleError(_explain(r), r.status_code)
         return r.json() if "json" in r.headers.get("content-type", "") else r.text
+
+    def whoami(self) -> dict[str, Any]:
+        """The token's name and role: {"name": "olga", "role": "operator"}."""
+        return dict(self._call("GET", "/v1/admin/whoami"))
+
+    def keys(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/admin/keys"))
+
+    def create_key(self, name: str, rate: float, burst: float, scopes: list[str], reason: str) -> dict[str, Any]:
+        body = {"name": name, "rate": rate, "burst": burst, "scopes": scopes, "reason": reason}
+        return dict(self._call("POST", "/v1/admin/keys", body))
+
+    def update_key(self, name: str, changes: dict[str, Any], reason: str) -> dict[str, Any]:
+        return dict(self._call("PATCH", f"/v1/admin/keys/{quote(name)}", {**changes, "reason": reason}))
+
+    def revoke_key(self, name: str, reason: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/v1/admin/keys/{quote(name)}?reason={quote(reason)}"))
 
     def health(self) -> dict[str, Any]:
         return dict(self._send("GET", "/v1/health").json())

@@ -17,8 +17,58 @@ def settings() -> ConsoleSettings:
     return ConsoleSettings()
 
 
+ROLES = ("viewer", "operator", "admin")
+
+
 def client() -> AdminClient:
-    return AdminClient(settings())
+    """A client with the signed-in person's own token (kept only in this browser session)."""
+    return AdminClient(settings(), token=st.session_state.get("token"))
+
+
+def sign_in() -> bool:
+    """Whether someone is signed in; otherwise show the sign-in form. A console started with
+    SWITCHYARD_ADMIN_TOKEN (`make serve`, on 127.0.0.1) signs its one user in with that token."""
+    if "who" in st.session_state:
+        return True
+    if settings().admin_token is not None:
+        with guard():
+            st.session_state["who"] = client().whoami()
+            return True
+        return False
+    st.title("Sign in to Switchyard")
+    with st.form("sign_in"):
+        token = st.text_input("Your admin token", type="password", key="sign_in_token",
+                              help="Your own token from SWITCHYARD_ADMIN_TOKENS; your name goes into the audit log.")
+        if st.form_submit_button("Sign in", type="primary") and token.strip():
+            with guard():
+                st.session_state["who"] = AdminClient(settings(), token=token.strip()).whoami()
+                st.session_state["token"] = token.strip()
+                st.rerun()
+    return False
+
+
+def who() -> dict[str, str]:
+    """The signed-in person; asked of the service once per session (a page may run without app.py)."""
+    if "who" not in st.session_state:
+        try:
+            st.session_state["who"] = client().whoami()
+        except ConsoleError:
+            return {"name": "?", "role": "viewer"}  # the page shows the service's error itself
+    return dict(st.session_state["who"])
+
+
+def may(role: str) -> bool:
+    """Whether the signed-in person's role covers `role`: the console hides what it does not."""
+    return ROLES.index(who()["role"]) >= ROLES.index(role)
+
+
+def sign_out_button() -> None:
+    me = who()
+    st.sidebar.caption(f"Signed in as **{me['name']}** ({me['role']})")
+    if "token" in st.session_state and st.sidebar.button("Sign out", key="sign_out"):
+        for key in ("token", "who"):
+            st.session_state.pop(key, None)
+        st.rerun()
 
 
 def history() -> History:

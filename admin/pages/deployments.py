@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from admin.client import AdminClient
-from admin.common import client, guard, split_rows, split_text
+from admin.common import client, guard, may, split_rows, split_text
 
 NONE = "(none)"
 
@@ -113,6 +113,9 @@ with guard():
     st.markdown(f"**{dep['task']}** · `POST {dep['route']}` · **revision {dep['revision']}**"
                 f"{' · sticky' if dep['sticky'] else ''}")
     st.dataframe(pd.DataFrame(split_rows(dep["versions"])), hide_index=True)
-    change_split(api, endpoint, dep)
-    promote(api, endpoint, dep)
-    rollback(api, endpoint, dep)
+    if may("operator"):
+        change_split(api, endpoint, dep)
+        promote(api, endpoint, dep)
+        rollback(api, endpoint, dep)
+    else:
+        st.caption("Changing the split, promoting and rolling back need the operator role.")

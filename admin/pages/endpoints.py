@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from admin.common import client, guard
+from admin.common import client, guard, may
 
 TASKS = ["image-classification", "text-classification", "text-embedding", "tensor"]
 
@@ -24,6 +24,9 @@ with guard():
     api = client()
     endpoints = api.endpoints()
     st.dataframe(pd.DataFrame(rows(endpoints)), hide_index=True, width="stretch")
+    if not may("admin"):
+        st.caption("Creating and deleting endpoints needs the admin role.")
+        st.stop()
 
     st.subheader("Create an endpoint")
     # Outside the form, so that the list of versions follows the task at once.

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from admin.client import AdminClient
-from admin.common import client, guard
+from admin.common import client, guard, may
 
 st.title("Rollouts")
 
@@ -120,8 +120,11 @@ with guard():
             st.dataframe(evidence_table(state["latest"]), hide_index=True)
         st.subheader("Decisions")
         st.dataframe(history_table(state), hide_index=True)
-        controls(api, endpoint, state)
-    if state is None or state["status"] not in ("running", "paused"):
+        if may("operator"):
+            controls(api, endpoint, state)
+    if not may("operator"):
+        st.caption("Starting, pausing, resuming and aborting rollouts need the operator role.")
+    elif state is None or state["status"] not in ("running", "paused"):
         stable = next((v["tag"] for v in api.deployment(endpoint)["versions"] if v["role"] == "stable"), None)
         start_form(api, endpoint, stable)
     if st.button("Refresh", key="rollout_refresh"):

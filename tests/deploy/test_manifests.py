@@ -107,6 +107,7 @@ def test_service_pdb_hpa_and_console_select_the_right_pods(base: list[dict[str, 
     assert by_kind(base, "PodDisruptionBudget", "switchyard")["spec"]["minAvailable"] < hpa["minReplicas"]
     console = container(by_kind(base, "Deployment", "switchyard-console"), "console")
     assert env_map(console)["SWITCHYARD_SERVICE_URL"] == "http://switchyard:3000"
+    assert "SWITCHYARD_ADMIN_TOKEN" not in env_map(console)  # a shared console signs each person in
 
 
 def test_postgres_example_is_a_statefulset_with_storage() -> None:

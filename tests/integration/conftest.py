@@ -21,6 +21,8 @@ from tests.servers import Served, serve_env
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# People with their own tokens and roles (SWITCHYARD_ADMIN_TOKENS) on the single-worker server.
+PEOPLE = {"vic": ("vic-token", "viewer"), "olga": ("olga-token", "operator"), "ada": ("ada-token", "admin")}
 
 
 def _build(root: Path, key: str, variant: str) -> str:
@@ -66,7 +68,8 @@ def server(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
 @pytest.fixture(scope="session")
 def single_worker(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One worker, the default: Gradio keeps its sessions in one process."""
-    yield from serve_with(tags, tmp_path_factory.mktemp("state-1w"), workers=1)
+    people = {name: {"token": tok, "role": role} for name, (tok, role) in PEOPLE.items()}
+    yield from serve_with(tags, tmp_path_factory.mktemp("state-1w"), workers=1, admin_tokens=json.dumps(people))
 
 
 @pytest.fixture

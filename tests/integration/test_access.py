@@ -15,12 +15,11 @@ import pytest
 
 from bentos.api.admin import admin_routes
 from bentos.api.app import EngineHolder
-from tests.integration.conftest import AUTH, serve_with
+from tests.integration.conftest import AUTH, PEOPLE, serve_with
 from tests.servers import Served
 
 pytestmark = pytest.mark.integration
 
-PEOPLE = {"vic": ("vic-token", "viewer"), "olga": ("olga-token", "operator"), "ada": ("ada-token", "admin")}
 ROW = {"inputs": [[0.0] * 64]}
 
 # The role each admin route needs. Every route the service has must be listed: a new route without an

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from models.families.digits import splits
 from tests.conftest import ROOT
-from tests.integration.conftest import AUTH, TOKEN, deploy
+from tests.integration.conftest import AUTH, PEOPLE, TOKEN, deploy
 from tests.servers import Served, free_port
 
 pytestmark = pytest.mark.integration
@@ -233,11 +234,12 @@ def not_blank(png: Path) -> bool:
         return bool(ImageStat.Stat(img.convert("L")).stddev[0] > 15 and png.stat().st_size > 20_000)
 
 
-@pytest.fixture
-def streamlit_app(single_worker: Served, tmp_path: Path) -> Iterator[str]:
+def start_console(service_url: str, token: str | None) -> tuple[subprocess.Popen[bytes], str]:
+    """`streamlit run admin/app.py` on a free port; with `token` its one user is signed in (as `make serve`)."""
     port = free_port()
-    env = {**os.environ, "SWITCHYARD_SERVICE_URL": single_worker.url, "SWITCHYARD_ADMIN_TOKEN": TOKEN,
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    env = {k: v for k, v in os.environ.items() if k != "SWITCHYARD_ADMIN_TOKEN"}
+    env.update(SWITCHYARD_SERVICE_URL=service_url, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
+               **({"SWITCHYARD_ADMIN_TOKEN": token} if token else {}))
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "admin" / "app.py"),
                              "--server.headless", "true", "--server.address", "127.0.0.1",
                              "--server.port", str(port), "--client.toolbarMode", "minimal"],
@@ -250,9 +252,35 @@ def streamlit_app(single_worker: Served, tmp_path: Path) -> Iterator[str]:
                 break
         except httpx.HTTPError:
             time.sleep(0.3)
+    return proc, url
+
+
+@pytest.fixture
+def streamlit_app(single_worker: Served) -> Iterator[str]:
+    proc, url = start_console(single_worker.url, TOKEN)
     yield url
     proc.terminate()
     proc.wait(20)
+
+
+@pytest.fixture
+def shared_console(single_worker: Served) -> Iterator[str]:
+    """A console with no token of its own: everyone signs in."""
+    proc, url = start_console(single_worker.url, None)
+    yield url
+    proc.terminate()
+    proc.wait(20)
+
+
+def canary_in_browser(pg: Any, tag: str, reason: str) -> None:
+    """On the Deployments page: `tag` as a 10 % canary, with a reason and the confirmation."""
+    pg.get_by_label("Canary version").click()
+    pg.get_by_role("option", name=tag).click()
+    pg.get_by_label("Reason (recorded in the audit log)").first.fill(reason)
+    pg.get_by_label("Reason (recorded in the audit log)").first.press("Enter")
+    pg.get_by_text("I confirm this change").first.click()
+    pg.get_by_role("button", name="Apply").click()
+    pg.get_by_text("is live").wait_for(timeout=30_000)
 
 
 def test_browser_changes_the_split_and_every_page_renders(streamlit_app: str, single_worker: Served,
@@ -269,13 +297,7 @@ def test_browser_changes_the_split_and_every_page_renders(streamlit_app: str, si
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.goto(f"{streamlit_app}/deployments", wait_until="networkidle", timeout=60_000)
         pg.get_by_text("Change the split").wait_for(timeout=30_000)
-        pg.get_by_label("Canary version").click()
-        pg.get_by_role("option", name=tags["cnn"]).click()
-        pg.get_by_label("Reason (recorded in the audit log)").first.fill("browser: 10 % to the CNN")
-        pg.get_by_label("Reason (recorded in the audit log)").first.press("Enter")
-        pg.get_by_text("I confirm this change").first.click()
-        pg.get_by_role("button", name="Apply").click()
-        pg.get_by_text("is live").wait_for(timeout=30_000)
+        canary_in_browser(pg, tags["cnn"], "browser: 10 % to the CNN")
         current = httpx.get(f"{single_worker.url}/v1/admin/deployments/digits", headers=AUTH).json()
         assert {v["tag"]: v["weight"] for v in current["versions"]} == {tags["mlp"]: 90, tags["cnn"]: 10}
         assert pg.get_by_role("button", name="Deploy").count() == 0  # Streamlit's cloud button is hidden
@@ -385,3 +407,54 @@ def test_rollouts_page_starts_shows_evidence_pauses_and_aborts(console_env: Serv
     assert any("aborted" in s.value for s in at.success)
     current = httpx.get(f"{console_env.url}/v1/admin/deployments/digits", headers=AUTH).json()
     assert [(v["tag"], v["weight"]) for v in current["versions"]] == [(tags["mlp"], 100)]
+
+
+def test_people_sign_in_viewers_see_no_change_buttons_and_an_operators_change_is_theirs(
+        shared_console: str, single_worker: Served, tags: dict[str, str]) -> None:
+    """A console without a token of its own: each person signs in with theirs, in their own session."""
+    from playwright.sync_api import Page, sync_playwright
+
+    from tests.integration.test_playground import CHROMIUM_FLAGS
+
+    def sign_in(pg: Page, token: str) -> None:
+        pg.goto(shared_console, wait_until="networkidle", timeout=60_000)
+        pg.get_by_role("heading", name="Sign in to Switchyard").wait_for(timeout=30_000)
+        pg.get_by_label("Your admin token", exact=True).fill(token)
+        pg.get_by_role("button", name="Sign in").click()
+        pg.get_by_text("Signed in as").wait_for(timeout=30_000)
+
+    def open_page(pg: Page, title: str) -> None:  # the sidebar keeps the session; a reload would not
+        pg.get_by_role("link", name=title).first.click()
+        pg.get_by_role("heading", name=title).first.wait_for(timeout=30_000)
+        pg.wait_for_timeout(1500)
+
+    with httpx.Client(base_url=single_worker.url) as c:
+        deploy(c, "digits", [(tags["mlp"], "stable", 100)], reason="before sign-in test")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        viewer = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        viewer.goto(shared_console, wait_until="networkidle", timeout=60_000)
+        viewer.get_by_label("Your admin token", exact=True).fill("wrong")
+        viewer.get_by_role("button", name="Sign in").click()
+        viewer.get_by_text("refused the admin token").wait_for(timeout=30_000)
+        sign_in(viewer, PEOPLE["vic"][0])
+        assert viewer.get_by_text("Signed in as vic (viewer)").count() == 1
+        assert viewer.get_by_role("link", name="API keys").count() == 0
+        open_page(viewer, "Deployments")
+        assert viewer.get_by_text("need the operator role").count() == 1
+        assert viewer.get_by_role("button", name="Apply").count() == 0
+        assert viewer.get_by_role("button", name="Promote").count() == 0
+        viewer.screenshot(path=str(ARTIFACTS / "console-signed-in-viewer.png"), full_page=True)
+        open_page(viewer, "Endpoints")
+        assert viewer.get_by_role("button", name="Create").count() == 0
+
+        operator = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        sign_in(operator, PEOPLE["olga"][0])
+        open_page(operator, "Deployments")
+        canary_in_browser(operator, tags["cnn"], "olga: 10 % to the CNN")
+        operator.screenshot(path=str(ARTIFACTS / "console-signed-in-operator.png"), full_page=True)
+        browser.close()
+    audit = httpx.get(f"{single_worker.url}/v1/admin/audit", params={"endpoint": "digits", "limit": 1},
+                      headers=AUTH).json()
+    assert audit[0]["actor"] == "olga" and audit[0]["reason"] == "olga: 10 % to the CNN"
