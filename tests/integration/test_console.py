@@ -234,7 +234,7 @@ def not_blank(png: Path) -> bool:
         return bool(ImageStat.Stat(img.convert("L")).stddev[0] > 15 and png.stat().st_size > 20_000)
 
 
-def start_console(service_url: str, token: str | None) -> tuple[subprocess.Popen[bytes], str]:
+def start_console(service_url: str, token: str | None) -> Iterator[str]:
     """`streamlit run admin/app.py` on a free port; with `token` its one user is signed in (as `make serve`)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "SWITCHYARD_ADMIN_TOKEN"}
@@ -252,24 +252,20 @@ def start_console(service_url: str, token: str | None) -> tuple[subprocess.Popen
                 break
         except httpx.HTTPError:
             time.sleep(0.3)
-    return proc, url
+    yield url
+    proc.terminate()
+    proc.wait(20)
 
 
 @pytest.fixture
 def streamlit_app(single_worker: Served) -> Iterator[str]:
-    proc, url = start_console(single_worker.url, TOKEN)
-    yield url
-    proc.terminate()
-    proc.wait(20)
+    yield from start_console(single_worker.url, TOKEN)
 
 
 @pytest.fixture
 def shared_console(single_worker: Served) -> Iterator[str]:
     """A console with no token of its own: everyone signs in."""
-    proc, url = start_console(single_worker.url, None)
-    yield url
-    proc.terminate()
-    proc.wait(20)
+    yield from start_console(single_worker.url, None)
 
 
 def canary_in_browser(pg: Any, tag: str, reason: str) -> None:
