@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bentos.errors import ConfigError
+from bentos.schemas import TAG_PATTERN
 from bentos.tasks import get_task
 
 NAME = re.compile(r"^[a-z0-9-]{1,40}$")
@@ -50,7 +51,7 @@ class EndpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="[a-z0-9-]{1,40}; the URL is /v1/{name}/{verb}.")
     task: str = Field(description="A task type: image-classification, text-classification, text-embedding, tensor.")
-    model: str | None = Field(None, max_length=200, description=(
+    model: str | None = Field(None, max_length=200, pattern=TAG_PATTERN, description=(
         "What the first deployment serves: a tag, a model name, or a model key or family (its best validated "
         "variant). Unset: the best validated version of this task."))
     limits: EndpointLimits = Field(default_factory=EndpointLimits)

@@ -10,13 +10,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["stable", "canary", "shadow"]
+# A stored version as BentoML names it: `name` or `name:version`, no empty part, one colon at most.
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[A-Za-z0-9][A-Za-z0-9._-]*)?$"
 
 # --- admin API ---------------------------------------------------------------------
 
 
 class VersionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tag: str = Field(min_length=1, max_length=200)
+    tag: str = Field(min_length=1, max_length=200, pattern=TAG_PATTERN)
     weight: int = Field(ge=0, le=100, strict=True)
     role: Role
 

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bentos.api.app import EngineHolder, error, json_response, parse, problem
+from bentos.api.app import EngineHolder, ascii_int, error, json_response, parse, problem
 from bentos.config import EndpointRequest
 from bentos.controlplane.rollout_controller import RolloutController
 from bentos.controlplane.rollouts import RolloutRequest, RolloutState
@@ -230,6 +230,7 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    value = ascii_int(raw)
+    if value is None or not low <= value <= high:
         return error(422, f"{name}: must be an integer from {low} to {high}, got {raw!r}")
-    return int(raw)
+    return value

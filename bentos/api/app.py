@@ -89,16 +89,31 @@ def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return out
 
 
+MAX_ERRORS = 20
+
+
 def invalid(exc: ValidationError) -> Response:
+    """422 with the first MAX_ERRORS errors and a count of the rest: a body of 64 x 64 bad cells must not
+    answer with 4,096 entries."""
     errors = validation_errors(exc)
     head = errors[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return error(422, f"{head['field']}: {head['message']}{more}", errors)
+    body: dict[str, Any] = {"detail": f"{head['field']}: {head['message']}{more}", "errors": errors[:MAX_ERRORS]}
+    if len(errors) > MAX_ERRORS:
+        body["more_errors"] = len(errors) - MAX_ERRORS
+    return json_response(body, 422)
+
+
+def ascii_int(raw: str | None) -> int | None:
+    """A plain non-negative decimal, or None: str.isdigit() also takes "²" and "١٢", which int() rejects or reads."""
+    if raw and len(raw) <= 18 and raw.isascii() and raw.isdigit():
+        return int(raw)
+    return None
 
 
 async def read_body(request: Request, limit: int, setting: str = "SWITCHYARD_MAX_BODY_BYTES") -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = ascii_int(request.headers.get("content-length"))
+    if declared is not None and declared > limit:
         raise BodyTooLarge(limit, setting)
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -125,8 +140,8 @@ async def parse(request: Request, model: type[B], limit: int, setting: str = "SW
 async def multipart_items(request: Request, endpoint: Endpoint) -> list[Any]:
     """`image` files of a multipart upload, as raw bytes items (image tasks)."""
     limit = endpoint.limits.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = ascii_int(request.headers.get("content-length"))
+    if declared is not None and declared > limit:
         raise BodyTooLarge(limit, "limits.max_body_bytes")
     async with request.form(max_files=endpoint.limits.max_rows, max_part_size=limit) as form:
         files = [f for f in form.getlist("image") if hasattr(f, "read")]
@@ -152,8 +167,8 @@ def admit(engine: Engine, request: Request) -> tuple[Caller, str | None]:
 
 def declared_size(request: Request, limit: int) -> int:
     """What admission reserves: the declared length, or the limit for a body sent without one."""
-    declared = request.headers.get("content-length", "")
-    return min(int(declared), limit) if declared.isdigit() else limit
+    declared = ascii_int(request.headers.get("content-length"))
+    return limit if declared is None else min(declared, limit)
 
 
 async def infer(holder: EngineHolder, request: Request) -> Response:

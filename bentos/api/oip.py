@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bentos.api.app import EngineHolder, declared_size, json_response, read_body, status_of
+from bentos.api.app import EngineHolder, ascii_int, declared_size, json_response, read_body, status_of
 from bentos.dataplane.batching import Overloaded
 from bentos.dataplane.endpoint import Endpoint, ModelFailure, NoDeployment
 from bentos.dataplane.routing import UnknownPin
@@ -219,9 +219,10 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
 def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
     split = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        declared = ascii_int(header_length)
+        if declared is None or declared > len(body):
             raise OipError(f"Inference-Header-Content-Length {header_length!r} does not fit a {len(body)}-byte body")
-        split = int(header_length)
+        split = declared
     try:
         return InferRequest.model_validate_json(body[:split] or b"{}"), body[split:]
     except ValidationError as exc:

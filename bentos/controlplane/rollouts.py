@@ -23,6 +23,7 @@ from bentos.controlplane.canary_analysis import (
     obrien_fleming_spent,
 )
 from bentos.dataplane.stats import Counts, quantile
+from bentos.schemas import TAG_PATTERN
 
 Check = Literal["errors", "latency", "agreement"]
 TESTED: tuple[Check, ...] = ("errors", "latency")  # hypothesis tests that share alpha
@@ -82,7 +83,8 @@ class RolloutPolicy(BaseModel):
 class RolloutRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tag: str = Field(min_length=1, max_length=200, description="The canary: a full tag, model name or variant.")
+    tag: str = Field(min_length=1, max_length=200, pattern=TAG_PATTERN,
+                     description="The canary: a full tag, model name or variant.")
     policy: RolloutPolicy = Field(default_factory=RolloutPolicy)
     reason: str = Field(min_length=1, max_length=1000, description="Why; recorded in the audit log.")
 

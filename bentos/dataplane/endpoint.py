@@ -197,7 +197,10 @@ class Endpoint:
                 if route != "canary":
                     if isinstance(exc, Overloaded):
                         raise
-                    raise ModelFailure(f"{tag} failed: {exc}") from exc
+                    # The runtime's own words name internals (node names, shapes, paths): logged, not sent.
+                    log.warning("%s %s failed on a request: %s", self.name, tag, str(exc)[:1000])
+                    raise ModelFailure(f"{tag} could not answer this request; the server log has the "
+                                       "model's error") from exc
                 self.metrics.fallbacks.labels(self.name, tag).inc()
                 tag, route, slot = router.stable, "fallback", self.slots[router.stable]
 

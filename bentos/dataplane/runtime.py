@@ -99,8 +99,10 @@ def resolve_tag(tag: str) -> Any:
 
     try:
         return bentoml.models.get(tag)
-    except (bentoml.exceptions.NotFound, ValueError):
+    except bentoml.exceptions.NotFound:
         raise VersionLoadError(f"model {tag!r} is not in the model store") from None
+    except (bentoml.exceptions.BentoMLException, ValueError) as exc:  # a malformed tag, e.g. "x:"
+        raise VersionLoadError(f"{tag!r} is not a valid tag: {exc}") from None
 
 
 def load_version(tag: str, threads: int, providers: tuple[str, ...] = ()) -> LoadedVersion:

@@ -86,8 +86,9 @@ async def test_failing_canary_falls_back_to_stable(digits_root: Path) -> None:
     answers = [await ep.handle(ROWS[:1]) for _ in range(6)]
     assert all(a.version == "mlp:1" and a.route == "fallback" for a in answers)
     assert ep.slots["bad:1"].circuit.state.name == "OPEN"  # later requests skip it without trying
-    with pytest.raises(ModelFailure):
+    with pytest.raises(ModelFailure) as failure:
         await ep.handle(ROWS[:1], pin="bad:1")  # a pinned request gets no silent substitute
+    assert "session raises" not in str(failure.value)  # the runtime's words are logged, not sent
     await ep.stop()
 
 
