@@ -61,6 +61,7 @@ def with_body(model: type[B], handler: Callable[[Request, str, B], Awaitable[Res
             return body
         return await handler(request, actor, body)
 
+    parsed.body = model  # type: ignore[attr-defined]  # for the OpenAPI document
     return parsed
 
 
@@ -86,6 +87,7 @@ def guard(holder: EngineHolder, handler: Handler, role: Role) -> Callable[[Reque
             return problem(exc)
 
     endpoint.role = role  # type: ignore[attr-defined]  # for the OpenAPI document and the auth matrix test
+    endpoint.body = getattr(handler, "body", None)  # type: ignore[attr-defined]
     return endpoint
 
 

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bentos.api.openapi import document
 from bentos.controlplane.engine import Engine
 from bentos.dataplane.access import Caller
 from bentos.dataplane.batching import Overloaded
@@ -201,30 +202,6 @@ async def infer(holder: EngineHolder, request: Request) -> Response:
     return json_response(body, headers=_answer_headers(answer))
 
 
-ERRORS = {"404": {"description": "no such endpoint, or a pin to a version it does not serve"},
-          "413": {"description": "body too large"}, "422": {"description": "invalid input: field and limit"},
-          "503": {"description": "overloaded or no model deployed; see Retry-After"}}
-LATENCY = {"type": "object", "properties": {k: {"type": "number"} for k in ("queue", "inference", "total")}}
-
-
-def openapi(engine: Engine) -> dict[str, Any]:
-    """Built from the endpoints as they are now: each endpoint's task gives its schemas."""
-    paths: dict[str, Any] = {}
-    for name, endpoint in sorted(engine.endpoints.items()):
-        task = endpoint.task
-        response = {"type": "object", "required": [task.result_field, "model_version", "route", "latency_ms"],
-                    "properties": {task.result_field: {"type": "array", "items": task.result_schema()}
-                                   if task.result_field != "outputs" else task.result_schema(),
-                                   "model_version": {"type": "string"},
-                                   "route": {"enum": ["stable", "canary", "pinned", "fallback"]},
-                                   "latency_ms": LATENCY}}
-        paths[f"/v1/{name}/{task.verb}"] = {"post": {
-            "summary": endpoint.config.description or f"{task.summary} ({name})", "tags": [task.name],
-            "requestBody": {"content": {"application/json": {"schema": endpoint.request_model.model_json_schema()}}},
-            "responses": {"200": {"content": {"application/json": {"schema": response}}}, **ERRORS}}}
-    return {"openapi": "3.1.0", "info": {"title": "Switchyard", "version": "1"}, "paths": paths}
-
-
 def create_app(holder: EngineHolder, extra_routes: list[Any] | None = None) -> Starlette:
     """The app is built at import; the engine is bound when the service starts."""
 
@@ -232,7 +209,7 @@ def create_app(holder: EngineHolder, extra_routes: list[Any] | None = None) -> S
         return await infer(holder, request)
 
     async def spec(request: Request) -> Response:
-        return json_response(openapi(holder.get()))
+        return json_response(document(holder.get(), request.app.routes))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
