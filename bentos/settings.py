@@ -38,6 +38,9 @@ class ServeSettings(BaseSettings):
     state_dir: Path = Field(Path(".state/control"), description="SQLite control plane (WAL) lives here.")
     db_url: SecretStr | None = Field(None, description="postgresql://... to share the control plane.")
     poll_interval_s: float = Field(0.25, gt=0, le=10, description="How often workers look for a new revision.")
+    db_timeout_s: float = Field(5.0, gt=0, le=300, description=(
+        "A control-plane call that takes longer is given up (503 for admin calls); also Postgres's "
+        "statement_timeout and, capped at 10 s, its connect timeout."))
     default_models: dict[str, str] = Field(
         default_factory=dict, description='Override the first-start choice, e.g. {"digits": "digits-cnn-fp32"}.')
 

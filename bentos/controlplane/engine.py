@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from bentos.config import EndpointConfig, config_path, load_config
+from bentos.controlplane.offline import LastKnown
 from bentos.controlplane.store import (
     ControlPlane,
     EndpointBusy,
@@ -52,6 +55,8 @@ REFRESH_MIN_S = 0.1
 FULL_SYNC_S = 5.0
 # A revision this worker could not load is tried again after this long (the cause may be passing).
 RETRY_FAILED_S = 5.0
+# Reconnecting to an unreachable control plane backs off up to this interval.
+RECONNECT_MAX_S = 5.0
 
 
 class RolloutHook(Protocol):
@@ -91,6 +96,8 @@ class Engine:
         self._seen_stamp: Any = None
         self._full_sync_at = 0.0
         self.rollouts: RolloutHook | None = None  # the service wires the controller in
+        self.last_known = LastKnown(settings.state_dir)
+        self._db_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="control-plane")
         self.gate = AccessGate(settings)
         self.admission = Admission(settings.max_concurrency, settings.max_inflight_bytes)
 
@@ -103,6 +110,8 @@ class Engine:
         if self.store is not None:
             await self._first_contact()
             await self.sync()
+        else:
+            await self._serve_offline()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._poll_loop()), loop.create_task(self._flush_loop())]
         if self.rollouts is not None:
@@ -130,9 +139,9 @@ class Engine:
 
     async def _connect(self) -> None:
         try:
-            self.store = await asyncio.to_thread(open_store, self.settings.state_dir,
-                                                 self.settings.db_url.get_secret_value()
-                                                 if self.settings.db_url else None)
+            self.store = await self.db(open_store, self.settings.state_dir,
+                                       self.settings.db_url.get_secret_value() if self.settings.db_url else None,
+                                       self.settings.db_timeout_s)
             self.store_error = None
         except StoreUnavailable as exc:
             self.store_down(exc)
@@ -146,13 +155,13 @@ class Engine:
     async def _ensure_declared(self) -> None:
         """Endpoints from switchyard.yaml go into the control plane, so every replica serves them."""
         assert self.store is not None
-        stored = await asyncio.to_thread(self.store.endpoints)
+        stored = await self.db(self.store.endpoints)
         for name, config in self.declared.items():
             have = stored.get(name)
             if have is not None and have.config == config.model_dump(mode="json"):
                 continue
             with contextlib.suppress(EndpointExists):  # another worker or replica got there first
-                await asyncio.to_thread(self.store.put_endpoint, name, config.model_dump(mode="json"), source="config",
+                await self.db(self.store.put_endpoint, name, config.model_dump(mode="json"), source="config",
                                         actor=SYSTEM_ACTOR, action="endpoint-config",
                                         reason=f"declared in {config_path(self.settings.config)}",
                                         create_only=have is None)
@@ -160,7 +169,7 @@ class Engine:
     async def _sync_endpoints(self) -> None:
         """Add, replace and retire endpoints to match the control plane (no restart)."""
         assert self.store is not None
-        stored: dict[str, StoredEndpoint] = await asyncio.to_thread(self.store.endpoints)
+        stored: dict[str, StoredEndpoint] = await self.db(self.store.endpoints)
         for name, entry in stored.items():
             current = self.endpoints.get(name)
             if current is not None and current.config.model_dump(mode="json") == entry.config:
@@ -201,7 +210,7 @@ class Engine:
         assert self.store is not None
         await self._sync_endpoints()
         await self._sync_keys()
-        revisions = await asyncio.to_thread(self.store.current_revisions)
+        revisions = await self.db(self.store.current_revisions)
         self.store_error = None
         due = []
         for name, revision in revisions.items():
@@ -212,10 +221,12 @@ class Engine:
                 due.append(self._apply(name, revision))
         await asyncio.gather(*due)  # endpoints load side by side: start-up waits for the slowest, not the sum
         self._synced = True
+        if due:
+            self._remember()
 
     async def _sync_keys(self) -> None:
         assert self.store is not None
-        keys = await asyncio.to_thread(self.store.api_keys)
+        keys = await self.db(self.store.api_keys)
         self.gate.set_keys([(k.digest, LiveKey(k.name, k.rate, k.burst, frozenset(k.scopes)))
                             for k in keys if k.revoked_at is None])
 
@@ -225,7 +236,7 @@ class Engine:
 
     async def _apply(self, name: str, revision: int) -> None:
         assert self.store is not None
-        record = await asyncio.to_thread(self.store.get_deployment, name, revision)
+        record = await self.db(self.store.get_deployment, name, revision)
         if record is None:
             return
         spec = DeploymentSpec.model_validate(record.spec)
@@ -252,12 +263,17 @@ class Engine:
         return dict(zip(missing, versions, strict=True))
 
     async def _poll_loop(self) -> None:
+        backoff = self.settings.poll_interval_s
         while True:
-            await asyncio.sleep(self.settings.poll_interval_s)
+            await asyncio.sleep(self.settings.poll_interval_s if self.store is not None else backoff)
             try:
                 if self.store is None:
+                    # Reconnect with exponential backoff: a database that is down is not hammered by
+                    # every worker of every replica four times a second.
+                    backoff = min(RECONNECT_MAX_S, backoff * 2)
                     await self._connect()
                     if self.store is not None:
+                        backoff = self.settings.poll_interval_s
                         await self._first_contact()
                 if self.store is not None and self._store_moved():
                     await self.sync()
@@ -293,7 +309,7 @@ class Engine:
         if self.store is None:
             return
         try:
-            await asyncio.to_thread(self.store.prune_stats, bucket_of(time.time() - STATS_RETENTION_S))
+            await self.db(self.store.prune_stats, bucket_of(time.time() - STATS_RETENTION_S))
         except StoreUnavailable as exc:
             self.store_down(exc)
 
@@ -302,14 +318,14 @@ class Engine:
         if not (rows or agreement) or self.store is None:
             return
         try:
-            await asyncio.to_thread(self.store.write_stats, self.worker_id, rows, agreement)
+            await self.db(self.store.write_stats, self.worker_id, rows, agreement)
             self.stats.flushed(rows)
         except StoreUnavailable as exc:
             self.store_down(exc)
 
     async def _ensure_defaults(self) -> None:
         assert self.store is not None
-        existing = await asyncio.to_thread(self.store.current_revisions)
+        existing = await self.db(self.store.current_revisions)
         for name, endpoint in list(self.endpoints.items()):
             if name not in existing:
                 await self._first_deployment(endpoint)
@@ -317,6 +333,17 @@ class Engine:
     async def _first_deployment(self, endpoint: Endpoint) -> Revision | None:
         """Deploy the endpoint's configured model, or its task's best validated version, at 100 %."""
         assert self.store is not None
+        spec = await self._default_spec(endpoint)
+        if spec is None:
+            return None
+        with contextlib.suppress(RevisionConflict):  # another worker or replica got there first
+            record: Revision = await self.db(
+                self.store.write_deployment, endpoint.name, spec.model_dump(), actor=SYSTEM_ACTOR, action="default",
+                reason="first start: the configured or best validated version", expect_revision=0)
+            return record
+        return None
+
+    async def _default_spec(self, endpoint: Endpoint) -> DeploymentSpec | None:
         config = endpoint.config
         try:
             tag = await asyncio.to_thread(pick_default, config.task, config.model,
@@ -331,13 +358,36 @@ class Engine:
             log.warning("no validated %s model for endpoint %s in the store; build or import one "
                         "(`python -m models build --all`, `python -m models import`)", config.task, config.name)
             return None
-        spec = DeploymentSpec(versions=[VersionSpec(tag=tag, weight=100, role="stable")])
-        with contextlib.suppress(RevisionConflict):  # another worker or replica got there first
-            return await asyncio.to_thread(self.store.write_deployment, config.name, spec.model_dump(),
-                                           actor=SYSTEM_ACTOR, action="default",
-                                           reason="first start: the configured or best validated version",
-                                           expect_revision=0)
-        return None
+        return DeploymentSpec(versions=[VersionSpec(tag=tag, weight=100, role="stable")])
+
+    # --- without the control plane -------------------------------------------------------
+    async def _serve_offline(self) -> None:
+        """Started while the control plane is unreachable: serve what this host last applied, or the
+        configured defaults, and say so on /v1/health; the poll loop catches up once it is back."""
+        known = self.last_known.read()
+        for name, config in known["endpoints"].items():
+            if name not in self.endpoints:
+                with contextlib.suppress(ValueError):
+                    self.endpoints[name] = self._new_endpoint(EndpointConfig.model_validate(config))
+        for name, endpoint in self.endpoints.items():
+            cached = known["deployments"].get(name)
+            spec = DeploymentSpec.model_validate(cached["spec"]) if cached else await self._default_spec(endpoint)
+            if spec is None:
+                continue
+            try:
+                endpoint.swap(cached["revision"] if cached else 0, spec, await self._preload(endpoint, spec))
+                self._expected[name] = endpoint.revision
+            except VersionLoadError as exc:
+                endpoint.load_error = f"offline start: {exc}"
+        self._synced = True
+        log.warning("control plane unreachable at start: serving %s from %s", ", ".join(self._expected) or "nothing",
+                    "the last known deployments" if known["deployments"] else "the configured defaults")
+
+    def _remember(self) -> None:
+        """What this worker serves now, for a start without the control plane."""
+        self.last_known.write({n: e.config.model_dump(mode="json") for n, e in self.endpoints.items()},
+                              {n: {"revision": e.revision, "spec": e.spec.model_dump()}
+                               for n, e in self.endpoints.items() if e.spec is not None})
 
     # --- admin operations --------------------------------------------------------------
     async def serving_endpoint(self, name: str) -> Endpoint:
@@ -484,11 +534,23 @@ class Engine:
                 raise Conflict(f"{exc}; reload and try again") from None
             self._expected[name] = record.revision
             endpoint.swap(record.revision, spec, loaded)
+            self._remember()
         return record
+
+    async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A control-plane call on the store's own threads, given up after SWITCHYARD_DB_TIMEOUT_S: a hung
+        database (a stopped server still accepts TCP) must not hang an admin call, nor take threads that
+        anything else needs. The thread itself returns when the database does."""
+        call = asyncio.get_running_loop().run_in_executor(self._db_pool, functools.partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(call, self.settings.db_timeout_s)
+        except TimeoutError:
+            raise StoreUnavailable(f"the database did not answer within {self.settings.db_timeout_s:g} s "
+                                   "(SWITCHYARD_DB_TIMEOUT_S)") from None
 
     async def store_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await self.db(fn, *args, **kwargs)
         except StoreUnavailable as exc:
             self.store_down(exc)
             raise Unavailable(f"control plane unavailable, change refused: {exc}") from None

@@ -55,6 +55,8 @@ class Deployments(Protocol):
 
     async def store_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any: ...
 
+    async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any: ...
+
     async def flush_stats(self) -> None: ...
 
     async def current(self, name: str) -> Revision: ...
@@ -135,18 +137,18 @@ class RolloutController:
         store = self._store()
         if store is None or not self._worth_a_look(store):
             return
-        rollouts = await asyncio.to_thread(store.rollouts)
+        rollouts = await self.engine.db(store.rollouts)
         self._running = any(raw.get("status") == "running" for raw in rollouts)
         for raw in rollouts:
             state = RolloutState.model_validate(raw)
             if state.status != "running" or time.time() - state.last_look_at < state.policy.interval_s:
                 continue
             ttl = max(3 * state.policy.interval_s, 5.0)
-            lease = await asyncio.to_thread(store.acquire_lease, f"rollout:{state.endpoint}",
+            lease = await self.engine.db(store.acquire_lease, f"rollout:{state.endpoint}",
                                             self.engine.worker_id, ttl)
             if lease is None:
                 continue  # another worker or replica holds this endpoint's lease
-            fresh = await asyncio.to_thread(store.get_rollout, state.endpoint)  # it may have looked just now
+            fresh = await self.engine.db(store.get_rollout, state.endpoint)  # it may have looked just now
             if fresh is None:
                 continue
             state = RolloutState.model_validate(fresh)
@@ -162,11 +164,11 @@ class RolloutController:
             return None
         await self.engine.flush_stats()
         since = bucket_of(state.started_at)
-        rows = await asyncio.to_thread(store.read_stats, since, state.endpoint)
+        rows = await self.engine.db(store.read_stats, since, state.endpoint)
         merged = merge(rows)
         canary = merged.get((state.endpoint, state.canary), Counts())
         stable = merged.get((state.endpoint, state.stable), Counts())
-        canary.comparisons, canary.agreement_sum = (await asyncio.to_thread(store.read_agreement, since,
+        canary.comparisons, canary.agreement_sum = (await self.engine.db(store.read_agreement, since,
                                                                             state.endpoint)).get(state.canary, (0, 0.0))
         now = time.time()
         decision = decide(state, canary, stable, now)

@@ -153,10 +153,14 @@ class ControlPlane(ABC):
 
     def init_schema(self) -> None:
         with self.transaction() as cur:
+            self._schema_lock(cur)
             for statement in _SCHEMA.format(serial=self.serial).split(";"):
                 if statement.strip():
                     self._exec(cur, statement)
             self._migrate(cur)
+
+    def _schema_lock(self, cur: Any) -> None:  # noqa: B027 - a hook, empty by default
+        """Serialize first boots (SQLite's BEGIN IMMEDIATE already does)."""
 
     def _migrate(self, cur: Any) -> None:
         """Columns added since a store was created (a control plane outlives upgrades)."""
@@ -525,9 +529,9 @@ class SQLiteControlPlane(ControlPlane):
 class PostgresControlPlane(ControlPlane):
     serial = "BIGSERIAL"
 
-    def __init__(self, url: str, connect_timeout_s: float = 3.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
         self.url = url
-        self.connect_timeout_s = connect_timeout_s
+        self.timeout_s = timeout_s
         self._conn: Any = None
         self._lock = threading.Lock()
         self.init_schema()
@@ -539,29 +543,42 @@ class PostgresControlPlane(ControlPlane):
         import psycopg
 
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.url, connect_timeout=int(self.connect_timeout_s))
+            # statement_timeout: the server gives up a statement stuck on a lock; connect_timeout: a server
+            # that does not answer. A server that is stopped outright is the caller's timeout (Engine.db).
+            self._conn = psycopg.connect(self.url, connect_timeout=max(1, min(10, round(self.timeout_s))),
+                                         options=f"-c statement_timeout={int(self.timeout_s * 1000)}")
         return self._conn
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
         import psycopg
 
-        with self._lock:
-            try:
-                conn = self._connection()
-                with conn.transaction(), conn.cursor() as cur:
-                    yield cur
-            except psycopg.OperationalError as exc:
-                if self._conn is not None:
-                    self._conn.close()
-                self._conn = None
-                raise StoreUnavailable(f"control-plane database unreachable: {str(exc).strip()[:200]}") from exc
+        # One connection, one transaction at a time. A call stuck on a hung database holds it: later calls
+        # give up after the timeout instead of queueing behind it for ever.
+        if not self._lock.acquire(timeout=self.timeout_s):
+            raise StoreUnavailable("control-plane database busy: an earlier call has not returned (is it hung?)")
+        try:
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cur:
+                yield cur
+        except psycopg.OperationalError as exc:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+            raise StoreUnavailable(f"control-plane database unreachable: {str(exc).strip()[:200]}") from exc
+        finally:
+            self._lock.release()
 
     _now_sql = "EXTRACT(EPOCH FROM clock_timestamp())"
     _for_update = " FOR UPDATE"
 
     def _migrate(self, cur: Any) -> None:
         cur.execute("ALTER TABLE leases ADD COLUMN IF NOT EXISTS token BIGINT NOT NULL DEFAULT 0")
+
+    def _schema_lock(self, cur: Any) -> None:
+        # Two replicas creating the tables at once can collide in the catalog (a unique violation on
+        # pg_type): the first boot takes a transaction-scoped advisory lock, the other waits for it.
+        cur.execute("SELECT pg_advisory_xact_lock(7294317)")
 
     def _lock_deployments(self, cur: Any) -> None:
         # One writer at a time: revision numbers must not collide across replicas.
@@ -578,9 +595,9 @@ class PostgresControlPlane(ControlPlane):
             self._conn.close()
 
 
-def open_store(state_dir: Path, db_url: str | None) -> ControlPlane:
+def open_store(state_dir: Path, db_url: str | None, timeout_s: float = 5.0) -> ControlPlane:
     if db_url:
-        return PostgresControlPlane(db_url)
+        return PostgresControlPlane(db_url, timeout_s)
     return SQLiteControlPlane(state_dir / "control.db")
 
 

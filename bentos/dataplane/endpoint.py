@@ -110,6 +110,7 @@ class Endpoint:
         self.spec, self.router, self.slots, self.revision = spec, Router(spec, variants), slots, revision
         self.load_error = None
         self._export_roles(spec)
+        self.metrics.applied_revision.labels(self.name).set(revision)
         for slot in retired:
             self._spawn(slot.drain_and_stop())
 

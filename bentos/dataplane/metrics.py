@@ -31,6 +31,7 @@ class Metrics:
     version_role: Any
     ready: Any
     denied: Any
+    applied_revision: Any
 
     def denied_if(self, exc: Exception, key: str) -> None:
         """Count requests refused before the model (auth, rate, admission), by key name and status."""
@@ -70,4 +71,7 @@ def get_metrics() -> Metrics:
         ready=Gauge("switchyard_ready", "1 when every endpoint serves its deployment.", multiprocess_mode="livemin"),
         denied=Counter("switchyard_denied_total", "Requests refused before the model: 401/403 (key), 429 "
                        "(rate), 503 (admission), by API key name.", ["key", "status"]),
+        # One series per live worker (pid label): replicas, or workers, that disagree for long are stuck.
+        applied_revision=Gauge("switchyard_applied_revision", "The deployment revision this worker serves.",
+                               ["endpoint"], multiprocess_mode="liveall"),
     )

@@ -44,6 +44,9 @@ class Engine:
     async def store_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
 
+    async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
     async def flush_stats(self) -> None:
         return None
 

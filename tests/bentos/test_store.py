@@ -163,7 +163,7 @@ def test_unreachable_postgres_is_reported_as_unavailable() -> None:
     from tests.servers import free_port
 
     with pytest.raises(StoreUnavailable, match="unreachable"):
-        PostgresControlPlane(f"postgresql://nobody@127.0.0.1:{free_port()}/x", connect_timeout_s=1)
+        PostgresControlPlane(f"postgresql://nobody@127.0.0.1:{free_port()}/x", timeout_s=1)
 
 
 def test_sqlite_uses_wal(tmp_path: Path) -> None:

@@ -189,7 +189,7 @@ def test_alerts_cover_canary_slo_circuit_and_readiness() -> None:
     rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "alerts.yml").read_text())
     exprs = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
     assert {"SwitchyardCanaryErrorRatioAboveStable", "SwitchyardP99AboveSLO", "SwitchyardCircuitOpen",
-            "SwitchyardNotReady"} == exprs.keys()
+            "SwitchyardNotReady", "SwitchyardRevisionsDisagree"} == exprs.keys()
     known = _metric_names() | {"up"}
     for alert, expr in exprs.items():
         used = set(re.findall(r"\b(switchyard[:_][a-z0-9_:]+|up)\b", expr))

@@ -85,12 +85,13 @@ def deploy(client: httpx.Client, endpoint: str, versions: list[tuple[str, str, i
     return client.put(f"/v1/admin/deployments/{endpoint}", json=body, headers=AUTH)
 
 
-def start_replica(tags: dict[str, str], db_url: str, root: Path, name: str, workers: int) -> Served:
+def start_replica(tags: dict[str, str], db_url: str, root: Path, name: str, workers: int,
+                  **settings: str) -> Served:
     """One `bentoml serve` replica on a shared PostgreSQL control plane, with state of its own under root/name."""
     state = root / name
     state.mkdir(exist_ok=True)
     env = serve_env(Path(os.environ["BENTOML_HOME"]), state, admin_token=TOKEN, db_url=db_url,
-                    default_models=json.dumps({"digits": tags["mlp"], "minilm": tags["minilm"]}))
+                    default_models=json.dumps({"digits": tags["mlp"], "minilm": tags["minilm"]}), **settings)
     env["BENTOML_CONFIG_OPTIONS"] = f"services.switchyard.workers={workers}"
     served = Served(env, log_dir=state)
     served.wait_ready()
