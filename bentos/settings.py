@@ -84,6 +84,9 @@ class ServeSettings(BaseSettings):
     config: str | None = Field(None, description="The endpoints file; default ./switchyard.yaml when present.")
     task_modules: list[str] = Field(default_factory=list, description='Plug-in task modules, e.g. ["my_tasks"].')
 
+    # Playground
+    playground: bool = Field(True, description="Serve the Gradio playground at /playground; false: 404 there.")
+
     # Routing
     allow_pinning: bool = Field(True, description="Honour the X-Model-Version header.")
     shadow_queue: int = Field(64, ge=1, description="Shadow requests waiting; more are dropped and counted.")

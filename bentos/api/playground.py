@@ -45,6 +45,8 @@ def build_playground(holder: EngineHolder) -> Any:
             if mode == "pinned":
                 if not pinned:
                     raise fail("Choose a version to pin, or switch to routed mode.")
+                if engine.settings.require_api_key:  # pinning is for keys with the pin scope then
+                    raise fail("Pinned mode is off while API keys are required (SWITCHYARD_REQUIRE_API_KEY).")
                 pin = await engine.preview(name, pinned)
             return await engine.endpoint(name).handle(items, (key or "").strip() or None, pin, "playground")
         except ServingError as exc:
@@ -112,8 +114,41 @@ def build_playground(holder: EngineHolder) -> Any:
             gr.Button().click(compare_api, [a_name, a_body, a_key, a_pin], [c_table, c_text], api_name="compare")
             gr.Button().click(about, None, about_out, api_name="about")
 
+    # A bounded queue: a flood of playground clicks gets "queue full", not memory; uploads are capped before
+    # they are written (per-endpoint pixel and byte limits are checked before decoding, in the task).
+    demo.queue(max_size=PLAYGROUND_QUEUE, default_concurrency_limit=2)
     quiet_queue(demo)
-    return gr.mount_gradio_app(FastAPI(docs_url=None, redoc_url=None, openapi_url=None), demo, path="/playground")
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    # A middleware, not a wrapper: BentoML runs the FastAPI app's lifespan, which starts Gradio's queue.
+    app.add_middleware(Switchable, holder=holder)
+    return gr.mount_gradio_app(app, demo, path="/playground", max_file_size=PLAYGROUND_MAX_UPLOAD)
+
+
+PLAYGROUND_QUEUE = 64
+PLAYGROUND_MAX_UPLOAD = 32 * 1024 * 1024
+
+
+class Switchable:
+    """The playground app, answering 404 at /playground when SWITCHYARD_PLAYGROUND is false (read when
+    the service starts, like every setting: the app itself is built at import)."""
+
+    def __init__(self, app: Any, holder: EngineHolder) -> None:
+        self.app, self.holder = app, holder
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        engine = self.holder.engine
+        if scope["type"] in ("http", "websocket") and engine is not None and not engine.settings.playground \
+                and scope.get("path", "").startswith("/playground"):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            body = b'{"detail":"the playground is off (SWITCHYARD_PLAYGROUND=false)"}'
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
 
 
 # Gradio's queue polls every 1 ms while it is empty (its default off Windows, where it is 50 ms):

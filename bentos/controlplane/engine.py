@@ -33,7 +33,7 @@ from bentos.controlplane.store import (
     open_store,
 )
 from bentos.dataplane.access import AccessGate, Admission, LiveKey, digest, new_secret
-from bentos.dataplane.catalog import check_version, list_versions, pick_default
+from bentos.dataplane.catalog import check_version, is_validated, list_versions, pick_default
 from bentos.dataplane.endpoint import Endpoint
 from bentos.dataplane.metrics import get_metrics
 from bentos.dataplane.runtime import LoadedVersion, VersionLoadError, load_version, resolve_tag
@@ -88,6 +88,7 @@ class Engine:
         self._synced = False
         self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
+        self._preview_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._unservable: set[str] = set()
         self._refresh_lock = asyncio.Lock()
@@ -556,10 +557,19 @@ class Engine:
             raise Unavailable(f"control plane unavailable, change refused: {exc}") from None
 
     async def preview(self, name: str, tag: str) -> str:
-        """Load a stored version for pinned use only (the playground); returns its full tag."""
+        """Load a stored, validated version for pinned use only (playground and OIP pins); its full tag.
+        One load at a time: visitors pinning at once must not load a model each."""
         endpoint = await self.known_endpoint(name)
         (full,) = await self.check_versions(endpoint, [tag], "tag")
-        if full not in endpoint.slots and full not in endpoint.previews:
+        if full in endpoint.slots or full in endpoint.previews:
+            return full
+        async with self._preview_lock:
+            if full in endpoint.previews:
+                return full
+            if not await asyncio.to_thread(is_validated, full):
+                raise InvalidChange(f"tag: {full} did not pass its accuracy gate; only validated versions can "
+                                    "be pinned as previews (deploy it to serve it anyway)")
+            endpoint.preview_room(time.monotonic())  # 503 before a load when every slot is in use
             try:
                 endpoint.add_preview(await asyncio.to_thread(load_version, full, self.threads, self.providers))
             except VersionLoadError as exc:

@@ -108,3 +108,8 @@ def check_version(tag: str, task: str, endpoint: str, signature: dict[str, Any] 
         raise VersionLoadError(f"{model.tag} has signature {signature_text(have)}; endpoint {endpoint} expects "
                                f"{signature_text(signature)}")
     return str(model.tag)
+
+
+def is_validated(tag: str) -> bool:
+    """Whether the version passed its accuracy gate when it was registered."""
+    return bool(resolve_tag(tag).info.metadata.get("metrics", {}).get("validation_passed"))

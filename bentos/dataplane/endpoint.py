@@ -22,11 +22,16 @@ from bentos.dataplane.metrics import Metrics
 from bentos.dataplane.routing import Router
 from bentos.dataplane.runtime import LoadedVersion
 from bentos.dataplane.stats import StatsRecorder
+from bentos.errors import TooBusy
 from bentos.schemas import DeploymentSpec
 from bentos.settings import ServeSettings
 from bentos.tasks import Codec, Limits, Task, get_task
 
 log = logging.getLogger("switchyard.endpoint")
+# Pinned previews (stored versions loaded for pins only): at most this many per endpoint, and one is
+# evicted only after this long unused, so that previews cannot thrash (load, evict, load again).
+PREVIEW_SLOTS = 4
+PREVIEW_MIN_IDLE_S = 60.0
 
 
 class ModelFailure(RuntimeError):
@@ -93,6 +98,7 @@ class Endpoint:
         self.load_error: str | None = None
         # Versions from the store tried by pin only (the playground); never in the split.
         self.previews: dict[str, Slot] = {}
+        self._preview_used: dict[str, float] = {}  # tag -> when a request last used it
         self._roles: set[tuple[str, str]] = set()
         self._shadow_inflight = 0
         self._background: set[asyncio.Task[Any]] = set()
@@ -122,13 +128,28 @@ class Endpoint:
             self.metrics.version_role.labels(self.name, tag, role).set(1)
         self._roles = live
 
-    def add_preview(self, version: LoadedVersion, keep: int = 4) -> None:
+    def preview_room(self, now: float) -> str | None:
+        """Which preview to evict for a new one: none while there is room; the least recently used one
+        if it has been idle PREVIEW_MIN_IDLE_S. Raises when every preview is in use, so that visitors
+        pinning more versions than there are slots get a 503 instead of loading and evicting in turn."""
+        if len(self.previews) < PREVIEW_SLOTS:
+            return None
+        tag = min(self._preview_used, key=self._preview_used.__getitem__)
+        if now - self._preview_used[tag] < PREVIEW_MIN_IDLE_S:
+            raise TooBusy(f"all {PREVIEW_SLOTS} pinned-preview slots of {self.name} were used in the last "
+                          f"{PREVIEW_MIN_IDLE_S:g} s; pin a live version, or try again later")
+        return tag
+
+    def add_preview(self, version: LoadedVersion) -> None:
         if version.tag in self.slots or version.tag in self.previews:
             return
+        now = time.monotonic()
+        evict = self.preview_room(now)
+        if evict is not None:
+            self._preview_used.pop(evict)
+            self._spawn(self.previews.pop(evict).drain_and_stop())
         self.previews[version.tag] = Slot(version, self.settings, self.policy)
-        while len(self.previews) > keep:
-            oldest = next(iter(self.previews))
-            self._spawn(self.previews.pop(oldest).drain_and_stop())
+        self._preview_used[version.tag] = now
 
     async def drain(self) -> None:
         """Retire the whole endpoint: queued requests finish first."""
@@ -158,6 +179,7 @@ class Endpoint:
         pin = pin if self.settings.allow_pinning else None
         if pin and pin in self.previews:
             tag, route, slot = pin, "pinned", self.previews[pin]
+            self._preview_used[pin] = start
         else:
             choice = router.choose(routing_key, pin)
             tag, route = choice.tag, choice.route

@@ -258,12 +258,13 @@ class ImageClassification(Task):
         with gr.Row():
             with gr.Column():
                 source = gr.Radio(["example", "sketch", "upload"], value="example" if kit.examples else "upload",
-                                  label="Input")
+                                  label="Input", interactive=True)
                 names = [name for name, _, _ in kit.examples]
                 example = gr.Dropdown(names, value=names[0] if names else None, label="Example",
-                                      visible=bool(names))
+                                      visible=bool(names), interactive=True)
                 sketch = gr.Sketchpad(type="numpy", image_mode="RGBA", canvas_size=(280, 280), label="Draw")
-                upload = gr.Image(type="numpy", label="Upload an image")
+                # A path, not pixels: Gradio would decode the upload before our limits could look at it.
+                upload = gr.Image(type="filepath", image_mode=None, label="Upload an image")
             with gr.Column():
                 label = gr.Label(num_top_classes=10, label="Confidence")
 
@@ -273,10 +274,13 @@ class ImageClassification(Task):
                 if not match:
                     raise ValueError("pick an example from the list")
                 return [match[0]]
-            picture = drawn.get("composite") if (src == "sketch" and drawn is not None) else uploaded
+            if src == "upload":
+                if not uploaded:
+                    raise ValueError("no image uploaded")
+                return [kit.image_file(uploaded)]
+            picture = drawn.get("composite") if drawn is not None else None
             if picture is None:
-                raise ValueError("the sketchpad is empty: draw something first" if src == "sketch"
-                                 else "no image uploaded")
+                raise ValueError("the sketchpad is empty: draw something first")
             return [kit.png(picture)]
 
         def render(items: list[Any], results: list[dict[str, Any]]) -> tuple[Any, ...]:

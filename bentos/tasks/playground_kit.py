@@ -7,6 +7,7 @@ mode, the routing key, the answer's version, route and latency, and a generic co
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,23 @@ class Kit:
         Image.fromarray(arr).save(out, format="PNG")
         return out.getvalue()
 
+    def image_file(self, path: str) -> bytes:
+        """An uploaded image's bytes, refused before anything decodes it when the file or its pixel count
+        (read from the header) is over the endpoint's limits: a 50-megapixel PNG is a clear error, not a
+        stalled or killed worker."""
+        from PIL import Image
+
+        limits, size = self.limits(), Path(path).stat().st_size
+        if size > limits.max_body_bytes:
+            raise ValueError(f"the file is {size:,} bytes; the limit is {limits.max_body_bytes:,} "
+                             "(limits.max_body_bytes)")
+        with Image.open(path) as img:  # reads the header only
+            width, height = img.size
+        if width * height > limits.max_image_pixels:
+            raise ValueError(f"the image is {width}x{height}, {width * height / 1e6:.1f} megapixels; the limit is "
+                             f"{limits.max_image_pixels / 1e6:.1f} (limits.max_image_pixels)")
+        return Path(path).read_bytes()
+
     def lines(self, text: str, low: int, high: int) -> list[str]:
         lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
         if not low <= len(lines) <= high:
@@ -105,10 +123,11 @@ class Kit:
               render: Callable[[list[Any], list[Any]], tuple[Any, ...]]) -> None:
         gr, name = self.gr, self.endpoint.name
         with gr.Row():
-            mode = gr.Radio(["routed", "pinned"], value="routed", label="Mode")
+            # interactive=True: inside gr.render, Gradio 6 otherwise shows inputs of these events disabled.
+            mode = gr.Radio(["routed", "pinned"], value="routed", label="Mode", interactive=True)
             key = gr.Textbox(label="Routing key (routed mode)", placeholder="user-42")
             pin = gr.Dropdown(self.choices, value=self.choices[0] if self.choices else None,
-                              label="Version (pinned mode)", allow_custom_value=True)
+                              label="Version (pinned mode)", allow_custom_value=True, interactive=True)
         go = gr.Button("Run", variant="primary", elem_id=f"run-{name}")
         info = gr.Markdown(elem_id=f"answer-{name}")
         details = gr.JSON(label="Response", visible=False)
@@ -121,27 +140,29 @@ class Kit:
 
         async def run(*values: Any) -> tuple[Any, ...]:
             *given, how, routing_key, pinned = values
-            items = items_of(tuple(given))
+            # Encoding inputs and plotting results are CPU work: off the event loop that serves the API.
+            items = await asyncio.to_thread(items_of, tuple(given))
             answer = await self.ask(name, items, how, routing_key, pinned)
             results = answer.codec.decode(answer.outputs)
+            shown = await asyncio.to_thread(render, items, results)
             text = f"### Answered by `{answer.version}`\n\n{answer.route} · {latency(answer)}"
-            return (*render(items, results), text, {"results": results, "model_version": answer.version,
-                                                    "route": answer.route})
+            return (*shown, text, {"results": results, "model_version": answer.version, "route": answer.route})
 
         go.click(run, [*inputs, mode, key, pin], [*outputs, info, details])
         with gr.Accordion("Compare two versions on this input", open=False):
             with gr.Row():
                 a = gr.Dropdown(self.choices, value=self.choices[0] if self.choices else None, label="Version A",
-                                allow_custom_value=True)
+                                allow_custom_value=True, interactive=True)
                 b = gr.Dropdown(self.choices, value=self.choices[-1] if self.choices else None, label="Version B",
-                                allow_custom_value=True)
+                                allow_custom_value=True, interactive=True)
             compare_go = gr.Button("Compare")
             verdict = gr.Markdown()
             table = gr.Dataframe(headers=["input", "A", "B", "agreement"], label="Per input")
 
         async def compare(*values: Any) -> tuple[Any, ...]:
             *given, left_tag, right_tag = values
-            rows, text = await compare_versions(self.ask, name, items_of(tuple(given)), left_tag, right_tag)
+            items = await asyncio.to_thread(items_of, tuple(given))
+            rows, text = await compare_versions(self.ask, name, items, left_tag, right_tag)
             return text, rows
 
         compare_go.click(compare, [*inputs, a, b], [verdict, table])

@@ -15,6 +15,7 @@ from bentos.dataplane.endpoint import Endpoint, ModelFailure
 from bentos.dataplane.metrics import get_metrics
 from bentos.dataplane.runtime import LoadedVersion, load_session
 from bentos.dataplane.stats import StatsRecorder
+from bentos.errors import TooBusy
 from bentos.schemas import DeploymentSpec
 from bentos.settings import ServeSettings
 from bentos.tasks.image_classification import ImageCodec
@@ -212,4 +213,21 @@ async def test_a_shadow_copy_is_dropped_and_counted_while_users_wait(digits_root
     ep._mirror("cnn:1", ROWS[:1], "slow:1", [np.zeros(10)])  # a copy offered now has no spare capacity
     assert dropped._value.get() - before == 1
     await asyncio.gather(first, second)
+    await ep.stop()
+
+
+async def test_previews_are_bounded_and_an_lru_one_goes_only_after_it_idled(digits_root: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from bentos.dataplane import endpoint as module
+
+    ep = endpoint({"mlp:1": version(digits_root, "digits-mlp", "mlp:1")}, {"mlp:1": ("stable", 100)})
+    monkeypatch.setattr(module, "PREVIEW_MIN_IDLE_S", 0.3)
+    for i in range(module.PREVIEW_SLOTS):
+        ep.add_preview(version(digits_root, "digits-mlp", f"p:{i}"))
+    with pytest.raises(TooBusy, match="preview slots"):  # all were used just now: no thrashing
+        ep.add_preview(version(digits_root, "digits-mlp", "p:new"))
+    await asyncio.sleep(0.4)
+    await ep.handle(ROWS[:1], pin="p:0")  # p:0 is used again; p:1 is now the least recently used
+    ep.add_preview(version(digits_root, "digits-mlp", "p:new"))
+    assert set(ep.previews) == {"p:0", "p:2", "p:3", "p:new"}
     await ep.stop()

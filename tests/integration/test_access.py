@@ -71,10 +71,10 @@ def call(tags: dict[str, str], method: str, path: str) -> tuple[str, str, dict[s
 
 @pytest.fixture(scope="module")
 def secured(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One worker with keys required, and a token per role."""
+    """One worker with keys required, a token per role, and no playground."""
     tokens = {name: {"token": tok, "role": role} for name, (tok, role) in PEOPLE.items()}
     yield from serve_with(tags, tmp_path_factory.mktemp("state-secured"), 1, admin_tokens=json.dumps(tokens),
-                          require_api_key="true")
+                          require_api_key="true", playground="false")
 
 
 def test_every_admin_route_is_in_the_matrix() -> None:
@@ -192,3 +192,11 @@ def test_a_key_and_its_revocation_reach_every_worker_within_a_second(server: Ser
     revoked = all_workers(401)
     print(f"key live everywhere after {taken:.2f} s, revoked everywhere after {revoked:.2f} s")
     assert taken < 1.0 and revoked < 1.0
+
+
+def test_the_playground_can_be_switched_off_and_the_api_still_serves(secured: Served) -> None:
+    r = httpx.get(f"{secured.url}/playground/", timeout=30)
+    assert r.status_code == 404 and "SWITCHYARD_PLAYGROUND" in r.text
+    with httpx.Client(base_url=secured.url, timeout=60) as c:
+        secret = create_key(c, "after-playground")
+        assert c.post("/v1/digits/predict", json=ROW, headers={"X-API-Key": secret}).status_code == 200

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +127,48 @@ def test_a_browser_can_predict_from_the_playground(server: Served) -> None:
 
 def test_the_screenshot_directory_is_ignored_by_git() -> None:
     assert "test-artifacts/" in Path(ROOT / ".gitignore").read_text()
+
+
+def api_latencies(url: str, seconds: float) -> list[float]:
+    """One client's request latencies for `seconds`, sequential, as an interactive API user sees them."""
+    out: list[float] = []
+    end = time.monotonic() + seconds
+    with httpx.Client(base_url=url, timeout=30) as c:
+        while time.monotonic() < end:
+            began = time.monotonic()
+            assert c.post("/v1/digits/predict", json={"inputs": [X_TEST[0].tolist()]}).status_code == 200
+            out.append(time.monotonic() - began)
+    return out
+
+
+def test_a_50_megapixel_upload_is_refused_clearly_and_api_latency_holds(server: Served, tmp_path: Path) -> None:
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    big = tmp_path / "big.png"
+    Image.new("L", (7072, 7072), 0).save(big)  # 50 megapixels, a 50 kB file: the bomb is in the decoding
+    normal = api_latencies(server.url, 3.0)
+    during: list[float] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(f"{server.url}/playground/", wait_until="networkidle", timeout=60_000)
+        page.get_by_role("tab", name="digits", exact=True).click()
+        page.locator("input[type=radio][value=upload]").check()
+        upload = page.locator(".block", has_text="Upload an image").locator("input[type=file]").first
+        loader = threading.Thread(target=lambda: during.extend(api_latencies(server.url, 6.0)))
+        loader.start()
+        upload.set_input_files(str(big))
+        page.wait_for_timeout(1000)
+        page.locator("#run-digits").click()
+        refusal = page.get_by_text("megapixels", exact=False).first
+        refusal.wait_for(timeout=30_000)
+        message = refusal.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "playground-refused.png"), full_page=True)
+        loader.join()
+        browser.close()
+    p50 = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    print(f"refusal: {message!r}; API p50 {p50(normal) * 1000:.1f} ms before, {p50(during) * 1000:.1f} ms during")
+    assert "50.0 megapixels" in message and "limits.max_image_pixels" in message
+    assert p50(during) <= 2 * p50(normal) + 0.002  # + 2 ms: a p50 of a millisecond or two is mostly noise
+    assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200
