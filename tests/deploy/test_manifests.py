@@ -213,3 +213,47 @@ def test_grafana_dashboard_has_a_panel_per_signal_on_real_metrics() -> None:
     assert f"./grafana/dashboards:{provider['providers'][0]['options']['path']}:ro" in mounts
     datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
     assert {p["datasource"]["uid"] for p in dash["panels"]} == {datasource["datasources"][0]["uid"]}
+
+
+def test_pods_run_hardened_and_serving_drains_before_it_stops(base: list[dict[str, Any]]) -> None:
+    for name, c_name in (("switchyard", "switchyard"), ("switchyard-console", "console")):
+        pod = by_kind(base, "Deployment", name)["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        ctx = container(by_kind(base, "Deployment", name), c_name)["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"]["drop"] == ["ALL"]
+    console = container(by_kind(base, "Deployment", "switchyard-console"), "console")
+    assert console["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {m["mountPath"] for m in console["volumeMounts"]} == {"/tmp"} and env_map(console)["HOME"] == "/tmp"
+    serving = by_kind(base, "Deployment", "switchyard")
+    c = container(serving, "switchyard")
+    assert c["lifecycle"]["preStop"]["exec"]["command"][-1].startswith("sleep")
+    drain = int(c["lifecycle"]["preStop"]["exec"]["command"][-1].split()[1])
+    assert serving["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain + 20
+    assert env_map(c)["SWITCHYARD_PLAYGROUND"] == "false"
+
+
+def test_the_network_policy_and_public_ingress_example_pass_the_strict_schemas() -> None:
+    docs = list(yaml.safe_load_all((K8S / "networkpolicy.example.yaml").read_text()))
+    assert sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs) == [
+        "Ingress/switchyard-public", "NetworkPolicy/switchyard", "NetworkPolicy/switchyard-console"]
+    validate_schema(docs)
+    paths = [p["path"] for rule in by_kind(docs, "Ingress", "switchyard-public")["spec"]["rules"]
+             for p in rule["http"]["paths"]]
+    assert not any(p.startswith(("/v1/admin", "/playground")) for p in paths)
+    postgres = {d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+                for d in render(K8S / "postgres") if d["kind"] == "StatefulSet"}
+    egress = by_kind(docs, "NetworkPolicy", "switchyard")["spec"]["egress"][0]["to"][0]["podSelector"]
+    assert egress["matchLabels"]["app.kubernetes.io/name"] in postgres
+
+
+def test_compose_has_no_default_passwords_and_keeps_admin_ports_local() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert ":?" in services["switchyard-a"]["environment"]["SWITCHYARD_DB_URL"]
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and ":?" in grafana["GF_SECURITY_ADMIN_PASSWORD"]
+    assert not any("enable-lifecycle" in arg for arg in services["prometheus"]["command"])
+    for name in ("console", "prometheus", "grafana"):
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
