@@ -57,6 +57,7 @@ class EndpointConfig(BaseModel):
     limits: EndpointLimits = Field(default_factory=EndpointLimits)
     signature: SignatureDecl | None = Field(None, description="Declared inputs; versions must match it.")
     description: str = Field("", max_length=500)
+    redact_payloads: bool = Field(False, description="The payload log keeps only hashes of this endpoint's inputs.")
 
     @field_validator("name")
     @classmethod

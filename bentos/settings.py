@@ -31,6 +31,15 @@ class Principal(BaseModel):
         return ROLES.index(self.role) >= ROLES.index(role)
 
 
+class PayloadLogSettings(BaseModel):
+    """SWITCHYARD_PAYLOAD_LOG, JSON: {"sample": 0.05, "dir": "/var/log/switchyard"} and optional bounds."""
+
+    sample: float = Field(gt=0, le=1, description="Share of requests logged.")
+    dir: Path = Field(description="Where the JSON Lines files go (created if missing).")
+    max_file_mb: float = Field(16, gt=0, le=4096, description="A file is rotated past this size.")
+    max_total_mb: float = Field(256, gt=0, le=1_000_000, description="All files together stay under this.")
+
+
 class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
 
@@ -83,6 +92,10 @@ class ServeSettings(BaseSettings):
     # Endpoints and task types
     config: str | None = Field(None, description="The endpoints file; default ./switchyard.yaml when present.")
     task_modules: list[str] = Field(default_factory=list, description='Plug-in task modules, e.g. ["my_tasks"].')
+
+    # Monitoring
+    payload_log: PayloadLogSettings | None = Field(None, description=(
+        'Sampled request/response logging, JSON: {"sample": 0.05, "dir": "/var/log/switchyard"}; off when unset.'))
 
     # Playground
     playground: bool = Field(True, description="Serve the Gradio playground at /playground; false: 404 there.")

@@ -164,6 +164,13 @@ def admin_routes(holder: EngineHolder) -> list[Route]:
             return limit
         return json_response(await holder.get().audit(request.query_params.get("endpoint"), limit))
 
+    async def payloads(request: Request, actor: str) -> Response:
+        limit = _int_param(request, "limit", 50, 1, 1000)
+        if isinstance(limit, Response):
+            return limit
+        q = request.query_params
+        return json_response(await holder.get().payloads_tail(q.get("endpoint"), q.get("version"), limit))
+
     async def stats(request: Request, actor: str) -> Response:
         window = _int_param(request, "window", 60, 5, 86_400)
         if isinstance(window, Response):
@@ -190,6 +197,8 @@ def admin_routes(holder: EngineHolder) -> list[Route]:
               methods=["POST"]),
         Route("/v1/admin/audit", viewer(audit), methods=["GET"]),
         Route("/v1/admin/stats", viewer(stats), methods=["GET"]),
+        # Payloads are what users sent: operators and admins only.
+        Route("/v1/admin/payloads", operator(payloads), methods=["GET"]),
         *key_routes(holder, admin),
     ]
 

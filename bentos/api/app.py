@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -25,8 +26,10 @@ from bentos.controlplane.engine import Engine
 from bentos.dataplane.access import Caller
 from bentos.dataplane.batching import Overloaded
 from bentos.dataplane.endpoint import Answer, Endpoint, ModelFailure, NoDeployment
+from bentos.dataplane.payloads import entry
 from bentos.dataplane.routing import UnknownPin
 from bentos.errors import BodyTooLarge, InvalidInput, NotFound, ServingError
+from bentos.request_context import RequestIds, request_id
 
 Handler = Callable[[Request], Awaitable[Response]]
 B = TypeVar("B", bound=BaseModel)
@@ -51,7 +54,9 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def error(status: int, detail: str, errors: list[dict[str, Any]] | None = None,
           headers: dict[str, str] | None = None) -> Response:
-    return json_response({"detail": detail, **({"errors": errors} if errors else {})}, status, headers)
+    """An error body: the message, the field errors, and the request id to quote in a report."""
+    body = {"detail": detail, **({"errors": errors} if errors else {}), "request_id": request_id()}
+    return json_response(body, status, headers)
 
 
 def status_of(exc: Exception) -> tuple[int, str, dict[str, str]]:
@@ -99,7 +104,8 @@ def invalid(exc: ValidationError) -> Response:
     errors = validation_errors(exc)
     head = errors[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    body: dict[str, Any] = {"detail": f"{head['field']}: {head['message']}{more}", "errors": errors[:MAX_ERRORS]}
+    body: dict[str, Any] = {"detail": f"{head['field']}: {head['message']}{more}", "errors": errors[:MAX_ERRORS],
+                            "request_id": request_id()}
     if len(errors) > MAX_ERRORS:
         body["more_errors"] = len(errors) - MAX_ERRORS
     return json_response(body, 422)
@@ -199,6 +205,9 @@ async def infer(holder: EngineHolder, request: Request) -> Response:
         return problem(exc)
     body = {**task.render(answer.codec, answer.outputs, options), "model_version": answer.version,
             "route": answer.route, "latency_ms": _latency(answer)}
+    if engine.payloads is not None and engine.payloads.sampled():
+        engine.payloads.put(entry(name, endpoint.config.redact_payloads, answer.version, answer.route,
+                                  answer.total_s * 1000, caller.key, "v1", items, body[task.result_field]))
     return json_response(body, headers=_answer_headers(answer))
 
 
@@ -223,4 +232,4 @@ def create_app(holder: EngineHolder, extra_routes: list[Any] | None = None) -> S
     # Fixed routes first: the generic one below would otherwise take /v1/admin/...
     routes = [Route("/v1/openapi.json", spec, methods=["GET"]), *(extra_routes or []),
               Route("/v1/{endpoint}/{verb}", predict, methods=["POST"])]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIds)])

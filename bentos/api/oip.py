@@ -23,8 +23,10 @@ from starlette.routing import Route
 from bentos.api.app import EngineHolder, ascii_int, declared_size, json_response, read_body, status_of
 from bentos.dataplane.batching import Overloaded
 from bentos.dataplane.endpoint import Endpoint, ModelFailure, NoDeployment
+from bentos.dataplane.payloads import entry
 from bentos.dataplane.routing import UnknownPin
 from bentos.errors import BodyTooLarge, InvalidInput, NotFound, ServingError
+from bentos.request_context import request_id
 from bentos.tasks.base import OIP_DTYPES, Codec, oip_datatype
 
 HEADER = "inference-header-content-length"
@@ -58,7 +60,7 @@ class InferRequest(BaseModel):
 
 
 def fail(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return json_response({"error": message}, status, headers)
+    return json_response({"error": message, "request_id": request_id()}, status, headers)
 
 
 def oip_problem(exc: Exception) -> Response:
@@ -194,6 +196,10 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
                 answer = await endpoint.handle(items, request.headers.get("x-routing-key"), pin, "api",
                                                api_key=caller.key)
             outputs, raw = encode_outputs(answer.codec.to_oip(answer.outputs), parsed)
+            if engine.payloads is not None and engine.payloads.sampled():
+                engine.payloads.put(entry(endpoint.name, endpoint.config.redact_payloads, answer.version,
+                                          answer.route, answer.total_s * 1000, caller.key, "v2", items,
+                                          answer.codec.to_oip(answer.outputs)))
         except (ServingError, UnknownPin, Overloaded, NoDeployment, ModelFailure, BodyTooLarge) as exc:
             engine.metrics.denied_if(exc, caller.key if caller else "")
             return oip_problem(exc)

@@ -20,7 +20,7 @@ from bentos.schemas import TAG_PATTERN
 REF = "#/components/schemas/{model}"
 PROBLEM = {"type": "object", "required": ["detail"], "properties": {
     "detail": {"type": "string"}, "errors": {"type": "array", "items": {"type": "object"}, "maxItems": 20},
-    "more_errors": {"type": "integer"}}}
+    "more_errors": {"type": "integer"}, "request_id": {"type": "string"}}}
 # OIP errors carry "error"; its readiness routes answer 503 with their usual body, so both fit.
 OIP_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
 LATENCY = {"type": "object", "properties": {k: {"type": "number"} for k in ("queue", "inference", "total")}}
@@ -46,6 +46,10 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10_000}}],
     ("GET", "/v1/admin/stats"): [
         {"name": "window", "in": "query", "schema": {"type": "integer", "minimum": 5, "maximum": 86_400}}],
+    ("GET", "/v1/admin/payloads"): [
+        {"name": "endpoint", "in": "query", "schema": {"type": "string"}},
+        {"name": "version", "in": "query", "schema": {"type": "string"}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
     ("DELETE", "/v1/admin/endpoints/{endpoint}"): [
         {"name": "reason", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}}],
     ("DELETE", "/v1/admin/keys/{name}"): [
@@ -70,6 +74,7 @@ SUMMARY: dict[tuple[str, str], str] = {
     ("POST", "/v1/admin/rollouts/{endpoint}/{action}"): "Pause, resume or abort the rollout",
     ("GET", "/v1/admin/audit"): "The audit log, newest first",
     ("GET", "/v1/admin/stats"): "Per-version counts and latency from every worker",
+    ("GET", "/v1/admin/payloads"): "The newest logged requests and answers on this host (payload log)",
     ("GET", "/v1/admin/keys"): "API keys (never their secrets)",
     ("POST", "/v1/admin/keys"): "Create an API key; its secret is in this answer only",
     ("PATCH", "/v1/admin/keys/{name}"): "Change a key's rate, burst or scopes",

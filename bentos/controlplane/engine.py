@@ -36,6 +36,7 @@ from bentos.dataplane.access import AccessGate, Admission, LiveKey, digest, new_
 from bentos.dataplane.catalog import check_version, is_validated, list_versions, pick_default
 from bentos.dataplane.endpoint import Endpoint
 from bentos.dataplane.metrics import get_metrics
+from bentos.dataplane.payloads import PayloadLog, tail
 from bentos.dataplane.runtime import LoadedVersion, VersionLoadError, load_version, resolve_tag
 from bentos.dataplane.stats import StatsRecorder, bucket_of, summarize
 from bentos.errors import Conflict, InvalidChange, NotFound, Unavailable
@@ -100,6 +101,7 @@ class Engine:
         self.last_known = LastKnown(settings.state_dir)
         self._db_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="control-plane")
         self.gate = AccessGate(settings)
+        self.payloads = PayloadLog(settings.payload_log) if settings.payload_log else None
         self.admission = Admission(settings.max_concurrency, settings.max_inflight_bytes)
 
     def _new_endpoint(self, config: EndpointConfig) -> Endpoint:
@@ -132,6 +134,8 @@ class Engine:
             await endpoint.stop()
         if self.store is not None:
             self.store.close()
+        if self.payloads is not None:
+            self.payloads.close()
 
     @property
     def ready(self) -> bool:
@@ -588,6 +592,13 @@ class Engine:
         await self.flush_stats()
         rows = await self.store_call(self.require_store().read_stats, bucket_of(time.time() - window_s))
         return {"window_s": window_s, "endpoints": summarize(rows)}
+
+    async def payloads_tail(self, endpoint: str | None, version: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest logged exchanges on this host (every worker's files), newest first."""
+        if self.payloads is None:
+            raise NotFound("payload logging is off: set SWITCHYARD_PAYLOAD_LOG, e.g. "
+                           '{"sample": 0.05, "dir": "/var/log/switchyard"}')
+        return await asyncio.to_thread(tail, self.payloads.dir, endpoint, version, limit)
 
     # --- API keys ------------------------------------------------------------------------
     async def keys(self) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from bentos.dataplane.routing import Router
 from bentos.dataplane.runtime import LoadedVersion
 from bentos.dataplane.stats import StatsRecorder
 from bentos.errors import TooBusy
+from bentos.request_context import request_id
 from bentos.schemas import DeploymentSpec
 from bentos.settings import ServeSettings
 from bentos.tasks import Codec, Limits, Task, get_task
@@ -221,7 +222,8 @@ class Endpoint:
                     if isinstance(exc, Overloaded):
                         raise
                     # The runtime's own words name internals (node names, shapes, paths): logged, not sent.
-                    log.warning("%s %s failed on a request: %s", self.name, tag, str(exc)[:1000])
+                    log.warning("%s %s failed on request %s: %s", self.name, tag, request_id() or "-",
+                                str(exc)[:1000])
                     raise ModelFailure(f"{tag} could not answer this request; the server log has the "
                                        "model's error") from exc
                 self.metrics.fallbacks.labels(self.name, tag).inc()

@@ -1,0 +1,84 @@
+"""Request ids and the payload log on a real `bentoml serve`: 10,000 requests through the log keep it
+rotated and within its bound, a redacting endpoint leaves no raw input on disk, and an operator reads
+the newest entries back by request id."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.harness import wrk
+from tests.integration.conftest import AUTH, serve_with
+from tests.servers import Served
+
+pytestmark = pytest.mark.integration
+BOUND_MB, FILE_MB = 0.5, 0.05
+ROW = [0.0] * 20 + [16.0] * 10 + [4.0] * 34
+
+
+@pytest.fixture(scope="module")
+def logged(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Path]]:
+    where = tmp_path_factory.mktemp("payloads")
+    setting = {"sample": 1.0, "dir": str(where), "max_file_mb": FILE_MB, "max_total_mb": BOUND_MB}
+    for served in serve_with(tags, tmp_path_factory.mktemp("state-logged"), 1, payload_log=json.dumps(setting)):
+        yield served, where
+
+
+def test_every_answer_carries_a_request_id_and_a_callers_own_is_kept(logged: tuple[Served, Path]) -> None:
+    served, _ = logged
+    with httpx.Client(base_url=served.url, timeout=30) as c:
+        mine = c.post("/v1/digits/predict", json={"inputs": [ROW]}, headers={"X-Request-ID": "trace-me-1"})
+        made = c.post("/v1/digits/predict", json={"inputs": [ROW]}, headers={"X-Request-ID": "bad id; <script>"})
+        failed = c.post("/v1/digits/predict", json={"inputs": [[99.0] * 64]})
+        admin = c.get("/v1/admin/whoami", headers=AUTH)
+    assert mine.headers["x-request-id"] == "trace-me-1"
+    assert len(made.headers["x-request-id"]) == 32  # replaced, not echoed
+    assert failed.status_code == 422 and failed.json()["request_id"] == failed.headers["x-request-id"]
+    assert admin.headers["x-request-id"]
+
+
+def test_payload_log_rotates_stays_bounded_and_is_read_back(logged: tuple[Served, Path]) -> None:
+    served, where = logged
+    body = json.dumps({"inputs": [ROW]})
+    load = wrk(f"{served.url}/v1/digits/predict", [body], connections=16, seconds=10, pid=served.proc.pid,
+               rows_per_request=1)
+    assert load.requests >= 10_000 and load.non2xx == 0, load
+    r = httpx.post(f"{served.url}/v1/digits/predict", json={"inputs": [ROW]}, headers={"X-Request-ID": "find-me"},
+                   timeout=30)
+    files = list(where.glob("payloads-*.jsonl"))
+    total = sum(p.stat().st_size for p in files)
+    print(f"{load.requests} requests; {len(files)} files, {total / 2**20:.2f} MB on disk (bound {BOUND_MB} MB)")
+    assert len(files) > 2 and total <= BOUND_MB * 2**20 + 4096
+    newest = []
+    for _ in range(50):  # the writer thread flushes within moments
+        newest = httpx.get(f"{served.url}/v1/admin/payloads", params={"endpoint": "digits", "limit": 3},
+                           headers=AUTH, timeout=30).json()
+        if newest and newest[0]["request_id"] == "find-me":
+            break
+    assert newest[0]["request_id"] == "find-me" and newest[0]["version"] == r.headers["x-model-version"]
+    assert newest[0]["inputs"] == [ROW] and newest[0]["outputs"][0]["label"] == r.json()["predictions"][0]["label"]
+
+
+def test_a_redacting_endpoint_leaves_no_raw_input_on_disk(logged: tuple[Served, Path],
+                                                           tags: dict[str, str]) -> None:
+    served, where = logged
+    with httpx.Client(base_url=served.url, timeout=60) as c:
+        made = c.post("/v1/admin/endpoints", headers=AUTH, json={
+            "name": "private-digits", "task": "image-classification", "model": tags["mlp"],
+            "redact_payloads": True, "reason": "patients' scans"})
+        assert made.status_code == 201, made.text
+        marked = [13.4375] * 64  # a value no other test sends
+        for _ in range(20):
+            assert c.post("/v1/private-digits/predict", json={"inputs": [marked]}).status_code == 200
+        logged_entries = []
+        for _ in range(50):
+            logged_entries = c.get("/v1/admin/payloads", params={"endpoint": "private-digits", "limit": 20},
+                                   headers=AUTH).json()
+            if len(logged_entries) == 20:
+                break
+    assert len(logged_entries) == 20 and all(set(i) == {"sha256"} for e in logged_entries for i in e["inputs"])
+    assert "13.4375" not in "".join(p.read_text() for p in where.glob("payloads-*.jsonl"))
