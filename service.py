@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bentoml
+from bentoml._internal.configuration.containers import BentoMLContainer  # its tracer provider (1.4)
 
 from bentos.api.admin import admin_routes
 from bentos.api.app import EngineHolder, create_app
@@ -11,6 +12,7 @@ from bentos.api.oip import oip_routes
 from bentos.api.playground import build_playground
 from bentos.controlplane.engine import Engine
 from bentos.controlplane.rollout_controller import RolloutController
+from bentos.dataplane.tracing import use_provider
 from bentos.settings import ServeSettings
 
 holder = EngineHolder()
@@ -29,6 +31,7 @@ class Switchyard:
 
     def __init__(self) -> None:
         # Settings and switchyard.yaml are read here, when a worker starts, never at import time.
+        use_provider(BentoMLContainer.tracer_provider.get())  # BentoML's `tracing` config, for our spans too
         self.engine = Engine(ServeSettings())
         self.engine.rollouts = RolloutController(self.engine)
         holder.engine = self.engine

@@ -22,6 +22,7 @@ from bentos.dataplane.metrics import Metrics
 from bentos.dataplane.routing import Router
 from bentos.dataplane.runtime import LoadedVersion
 from bentos.dataplane.stats import StatsRecorder
+from bentos.dataplane.tracing import batch_spans, now_ns, recording, span
 from bentos.errors import TooBusy
 from bentos.request_context import request_id
 from bentos.schemas import DeploymentSpec
@@ -172,6 +173,16 @@ class Endpoint:
     # --- the request path -------------------------------------------------------------
     async def handle(self, items: list[Any], routing_key: str | None = None, pin: str | None = None,
                      source: str = "api", api_key: str = "") -> Answer:
+        """Route, batch and answer `items`; one `switchyard.request` span when tracing is on."""
+        with span("request", endpoint=self.name, source=source, rows=len(items)) as current:
+            answer = await self._handle(items, routing_key, pin, source, api_key)
+            if current is not None:
+                current.set_attribute("switchyard.version", answer.version)
+                current.set_attribute("switchyard.route", answer.route)
+            return answer
+
+    async def _handle(self, items: list[Any], routing_key: str | None, pin: str | None, source: str,
+                      api_key: str) -> Answer:
         router = self.router
         if router is None:
             raise NoDeployment(f"endpoint {self.name} has no deployed model yet: build one with "
@@ -182,7 +193,8 @@ class Endpoint:
             tag, route, slot = pin, "pinned", self.previews[pin]
             self._preview_used[pin] = start
         else:
-            choice = router.choose(routing_key, pin)
+            with span("route", endpoint=self.name):
+                choice = router.choose(routing_key, pin)
             tag, route = choice.tag, choice.route
             slot = self.slots[tag]
         if route == "canary" and not slot.circuit.allow():
@@ -247,6 +259,7 @@ class Endpoint:
             self.metrics.requests.labels(self.name, tag, route, "ok", source, api_key).inc()
             return cached, Timing(0.0, 0.0, 0)
         deadline = time.monotonic() + self.settings.request_timeout_s
+        began = now_ns()
         try:
             outputs, timing = await slot.batcher.submit(items, deadline, slot.version.codec.bucket(items))
         except Overloaded:
@@ -261,6 +274,9 @@ class Endpoint:
             self.metrics.requests.labels(self.name, tag, route, "error", source, api_key).inc()
             raise
         slot.circuit.record(True)
+        if recording():
+            batch_spans(began, timing.queue_s, timing.inference_s, endpoint=self.name, version=tag, route=route,
+                        batch_rows=timing.batch_rows)
         self.metrics.circuit_state.labels(self.name, tag).set(slot.circuit.state.value)
         self.metrics.requests.labels(self.name, tag, route, "ok", source, api_key).inc()
         self.metrics.queue_wait.labels(self.name, tag).observe(timing.queue_s)
@@ -299,7 +315,8 @@ class Endpoint:
             return
         start, route = time.monotonic(), "compare" if judged else "shadow"
         try:
-            outputs, _ = await self._run(slot, items, route, "shadow")
+            with span(route, endpoint=self.name, version=shadow, primary=primary):
+                outputs, _ = await self._run(slot, items, route, "shadow")
             # Successes count as well as failures: a rollout's shadow step judges both.
             self._evidence(shadow, route, "shadow", True, time.monotonic() - start)
             for a, b in zip(primary_out, outputs, strict=True):

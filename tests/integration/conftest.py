@@ -46,11 +46,13 @@ def tags(digits_root: Path, minilm_root: Path) -> dict[str, str]:
     }
 
 
-def serve_with(tags: dict[str, str], state: Path, workers: int, **settings: str) -> Iterator[Served]:
-    """A server on the session's versions; `settings` are more SWITCHYARD_* values, by lower-case name."""
+def serve_with(tags: dict[str, str], state: Path, workers: int, bentoml_options: str = "",
+               **settings: str) -> Iterator[Served]:
+    """A server on the session's versions; `settings` are more SWITCHYARD_* values, by lower-case name, and
+    `bentoml_options` more BENTOML_CONFIG_OPTIONS."""
     env = serve_env(Path(os.environ["BENTOML_HOME"]), state, admin_token=TOKEN,
                     default_models=json.dumps({"digits": tags["mlp"], "minilm": tags["minilm"]}), **settings)
-    env["BENTOML_CONFIG_OPTIONS"] = f"services.switchyard.workers={workers}"
+    env["BENTOML_CONFIG_OPTIONS"] = f"services.switchyard.workers={workers} {bentoml_options}".strip()
     served = Served(env, log_dir=state)
     try:
         served.wait_ready()

@@ -1,0 +1,55 @@
+"""OpenTelemetry spans for a request's way through Switchyard: route, queue wait, inference (with the
+batch it ran in) and shadow copies, under BentoML's own HTTP span.
+
+Only the API is used here; BentoML sets up the SDK and exporter from its `tracing` configuration
+(README: Monitoring) and the service hands its provider over (`use_provider`): BentoML keeps it to
+itself instead of making it the global one. Without it the tracer is a no-op, and `recording()` lets
+callers skip even that.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import trace
+
+_tracer: Any = trace.get_tracer("switchyard")
+
+
+def use_provider(provider: Any) -> None:
+    """Make spans with `provider` (BentoML's), so they reach its exporter under its HTTP spans."""
+    global _tracer
+    _tracer = provider.get_tracer("switchyard")
+
+
+def recording() -> bool:
+    return trace.get_current_span().is_recording()
+
+
+@contextmanager
+def span(name: str, **attributes: Any) -> Iterator[Any]:
+    """A child span of the current one, named switchyard.<name>; nothing at all when nothing records
+    (the hot path then pays one context lookup)."""
+    if not recording():
+        yield None
+        return
+    with _tracer.start_as_current_span(f"switchyard.{name}",
+                                      attributes={f"switchyard.{k}": v for k, v in attributes.items()}) as s:
+        yield s
+
+
+def batch_spans(began_ns: int, queue_s: float, inference_s: float, **attributes: Any) -> None:
+    """Queue wait and inference as two spans, timed after the fact: the batch ran on another thread,
+    for several requests at once, so the batcher cannot hold a span per request."""
+    attrs = {f"switchyard.{k}": v for k, v in attributes.items()}
+    queued_until = began_ns + int(queue_s * 1e9)
+    _tracer.start_span("switchyard.queue", start_time=began_ns, attributes=attrs).end(end_time=queued_until)
+    _tracer.start_span("switchyard.inference", start_time=queued_until, attributes=attrs).end(
+        end_time=queued_until + int(inference_s * 1e9))
+
+
+def now_ns() -> int:
+    return time.time_ns()

@@ -1,0 +1,57 @@
+"""One request produces the expected OpenTelemetry span tree, exported by BentoML's OTLP exporter to a
+receiver that decodes the protocol as a collector does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.integration.conftest import serve_with
+from tests.otlp import OtlpReceiver
+from tests.servers import Served
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def traced(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, OtlpReceiver]]:
+    receiver = OtlpReceiver()
+    tracing = "services.switchyard.tracing"
+    options = (f"{tracing}.exporter_type=otlp {tracing}.sample_rate=1.0 {tracing}.otlp.protocol=http "
+               f"{tracing}.otlp.endpoint={receiver.url}")
+    for served in serve_with(tags, tmp_path_factory.mktemp("state-traced"), 1, bentoml_options=options):
+        yield served, receiver
+    receiver.close()
+
+
+def test_one_request_gives_route_queue_and_inference_spans_under_the_http_span(
+        traced: tuple[Served, OtlpReceiver], tags: dict[str, str]) -> None:
+    served, receiver = traced
+    r = httpx.post(f"{served.url}/v1/digits/predict", json={"inputs": [[0.0] * 64]}, timeout=30)
+    assert r.status_code == 200
+    tree: list[dict] = []
+    end = time.monotonic() + 30
+    while time.monotonic() < end:  # the SDK exports in batches, every few seconds
+        ours = [s for s in receiver.spans if s["name"] == "switchyard.request"]
+        if ours:
+            trace_id = ours[-1]["trace_id"]
+            tree = [s for s in receiver.spans if s["trace_id"] == trace_id]
+            if {"switchyard.route", "switchyard.queue", "switchyard.inference"} <= {s["name"] for s in tree}:
+                break
+        time.sleep(0.5)
+    names = {s["name"]: s for s in tree}
+    print(sorted((s["name"], s["parent_id"][:6], s["span_id"][:6]) for s in tree))
+    request = names["switchyard.request"]
+    assert request["attributes"]["switchyard.version"] == r.headers["x-model-version"] == tags["mlp"]
+    assert request["attributes"]["switchyard.route"] == "stable"
+    for child in ("switchyard.route", "switchyard.queue", "switchyard.inference"):
+        assert names[child]["parent_id"] == request["span_id"], child
+    inference = names["switchyard.inference"]
+    assert inference["attributes"]["switchyard.version"] == tags["mlp"]
+    assert inference["attributes"]["switchyard.batch_rows"] >= 1
+    assert names["switchyard.queue"]["end"] <= inference["start"] + 1000
+    http = [s for s in tree if s["span_id"] == request["parent_id"]]
+    assert http, "switchyard.request has no parent: BentoML's HTTP span is missing"
