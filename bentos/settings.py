@@ -94,6 +94,8 @@ class ServeSettings(BaseSettings):
     task_modules: list[str] = Field(default_factory=list, description='Plug-in task modules, e.g. ["my_tasks"].')
 
     # Monitoring
+    drift_sample: float = Field(0.05, ge=0, le=1, description=(
+        "Share of answered API requests added to their version's live drift profile; 0 turns drift off."))
     payload_log: PayloadLogSettings | None = Field(None, description=(
         'Sampled request/response logging, JSON: {"sample": 0.05, "dir": "/var/log/switchyard"}; off when unset.'))
 

@@ -75,6 +75,26 @@ def artifacts_for(builder: Builder, md: ModelDir, variant: str) -> dict[str, Pat
     return files
 
 
+REFERENCE_ROWS = 1000
+
+
+def drift_reference(builder: Builder, model: Path) -> dict[str, Any]:
+    """The version's drift reference: its validation inputs' watched features and its own predictions
+    on them, binned as serving bins live traffic (bentos/dataplane/drift.py)."""
+    import onnxruntime as ort
+
+    from bentos.dataplane.drift import reference_profile
+
+    codec, items = builder.codec(), builder.eval_items()[:REFERENCE_ROWS]
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    rows: list[Any] = []
+    for i in range(0, len(items), 64):
+        feed = codec.encode(items[i:i + 64])
+        rows += codec.split(feed, session.run(codec.output_names, feed))
+    predicted = codec.predicted_classes(rows)
+    return reference_profile(codec.drift_features(items), *(predicted or (None, None)))
+
+
 def register(builder: Builder, md: ModelDir, variant: str, force: bool = False) -> str:
     import bentoml
 
@@ -110,6 +130,7 @@ def register(builder: Builder, md: ModelDir, variant: str, force: bool = False) 
     }
     if "batch_invariance_min_cosine" in metrics:
         metadata["batch_invariance_min_cosine"] = metrics["batch_invariance_min_cosine"]
+    metadata["drift_reference"] = drift_reference(builder, files[MODEL_FILE])
     labels = {"task": builder.task, "family": builder.family, "model": builder.key, "variant": variant,
               "stage": "candidate"}
     with bentoml.models.create(model_name(builder.key, variant), labels=labels,

@@ -164,6 +164,9 @@ def admin_routes(holder: EngineHolder) -> list[Route]:
             return limit
         return json_response(await holder.get().audit(request.query_params.get("endpoint"), limit))
 
+    async def drift(request: Request, actor: str) -> Response:
+        return json_response(await holder.get().drift(request.query_params.get("endpoint")))
+
     async def payloads(request: Request, actor: str) -> Response:
         limit = _int_param(request, "limit", 50, 1, 1000)
         if isinstance(limit, Response):
@@ -197,6 +200,7 @@ def admin_routes(holder: EngineHolder) -> list[Route]:
               methods=["POST"]),
         Route("/v1/admin/audit", viewer(audit), methods=["GET"]),
         Route("/v1/admin/stats", viewer(stats), methods=["GET"]),
+        Route("/v1/admin/drift", viewer(drift), methods=["GET"]),
         # Payloads are what users sent: operators and admins only.
         Route("/v1/admin/payloads", operator(payloads), methods=["GET"]),
         *key_routes(holder, admin),

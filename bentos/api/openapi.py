@@ -46,6 +46,7 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10_000}}],
     ("GET", "/v1/admin/stats"): [
         {"name": "window", "in": "query", "schema": {"type": "integer", "minimum": 5, "maximum": 86_400}}],
+    ("GET", "/v1/admin/drift"): [{"name": "endpoint", "in": "query", "schema": {"type": "string"}}],
     ("GET", "/v1/admin/payloads"): [
         {"name": "endpoint", "in": "query", "schema": {"type": "string"}},
         {"name": "version", "in": "query", "schema": {"type": "string"}},
@@ -74,6 +75,7 @@ SUMMARY: dict[tuple[str, str], str] = {
     ("POST", "/v1/admin/rollouts/{endpoint}/{action}"): "Pause, resume or abort the rollout",
     ("GET", "/v1/admin/audit"): "The audit log, newest first",
     ("GET", "/v1/admin/stats"): "Per-version counts and latency from every worker",
+    ("GET", "/v1/admin/drift"): "Input and prediction drift per version (PSI, KS, the worst features)",
     ("GET", "/v1/admin/payloads"): "The newest logged requests and answers on this host (payload log)",
     ("GET", "/v1/admin/keys"): "API keys (never their secrets)",
     ("POST", "/v1/admin/keys"): "Create an API key; its secret is in this answer only",

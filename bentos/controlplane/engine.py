@@ -304,6 +304,10 @@ class Engine:
         while True:
             await asyncio.sleep(self.settings.stats_flush_s)
             self.metrics.ready.set(1 if self.ready else 0)
+            for endpoint in self.endpoints.values():
+                if endpoint.drift.changed:
+                    endpoint.drift.changed = False
+                    endpoint.export_drift()
             await self.flush_stats()
             flushes += 1
             if flushes % PRUNE_EVERY_FLUSHES == 0:
@@ -592,6 +596,16 @@ class Engine:
         await self.flush_stats()
         rows = await self.store_call(self.require_store().read_stats, bucket_of(time.time() - window_s))
         return {"window_s": window_s, "endpoints": summarize(rows)}
+
+    async def drift(self, name: str | None) -> dict[str, Any]:
+        """Each endpoint's watched versions: rows seen, PSI and KS per feature, the worst features, and
+        prediction drift; from this worker's samples."""
+        names = [name] if name else sorted(self.endpoints)
+        out = {}
+        for endpoint_name in names:
+            endpoint = await self.known_endpoint(endpoint_name)
+            out[endpoint_name] = endpoint.export_drift()
+        return out
 
     async def payloads_tail(self, endpoint: str | None, version: str | None, limit: int) -> list[dict[str, Any]]:
         """The newest logged exchanges on this host (every worker's files), newest first."""

@@ -18,6 +18,7 @@ from bentos.config import EndpointConfig
 from bentos.dataplane.batching import AdaptiveBatcher, Overloaded, Timing
 from bentos.dataplane.cache import PredictionCache, input_key
 from bentos.dataplane.circuit import CircuitBreaker, CircuitPolicy, State
+from bentos.dataplane.drift import DriftMonitor
 from bentos.dataplane.metrics import Metrics
 from bentos.dataplane.routing import Router
 from bentos.dataplane.runtime import LoadedVersion
@@ -99,6 +100,7 @@ class Endpoint:
         self.slots: dict[str, Slot] = {}
         self.load_error: str | None = None
         # Versions from the store tried by pin only (the playground); never in the split.
+        self.drift = DriftMonitor(settings.drift_sample)
         self.previews: dict[str, Slot] = {}
         self._preview_used: dict[str, float] = {}  # tag -> when a request last used it
         self._roles: set[tuple[str, str]] = set()
@@ -117,6 +119,9 @@ class Endpoint:
         variants = {tag: slot.version.variant for tag, slot in slots.items()}
         self.spec, self.router, self.slots, self.revision = spec, Router(spec, variants), slots, revision
         self.load_error = None
+        for tag, slot in slots.items():
+            self.drift.watch(tag, slot.version.metadata.get("drift_reference"))
+        self.drift.forget(set(slots))
         self._export_roles(spec)
         self.metrics.applied_revision.labels(self.name).set(revision)
         for slot in retired:
@@ -216,6 +221,8 @@ class Endpoint:
                 and random.random() * 100 < spec.shadow_sample:
             for shadow in router.shadows:
                 self._mirror(shadow, items, tag, outputs)
+        if source == "api" and self.drift.wants(tag):
+            self._spawn(self._watch_drift(slot.version.codec, tag, items, outputs))
         if route == "canary" and source == "api" and random.random() < self.settings.canary_compare_sample:
             self._mirror(router.stable, items, tag, outputs, judged=tag)
         return Answer(outputs, tag, route, timing, total, slot.version.codec)
@@ -328,6 +335,28 @@ class Endpoint:
             log.debug("%s %s failed: %s", route, shadow, exc)
         finally:
             self._shadow_inflight -= 1
+
+    async def _watch_drift(self, codec: Codec, tag: str, items: list[Any], outputs: list[Any]) -> None:
+        """Add a sampled request to its version's live profile; the features are computed on a thread
+        (an image would be decoded again), and the counts are added back on the event loop."""
+        try:
+            features = await asyncio.to_thread(codec.drift_features, items)
+            predicted = codec.predicted_classes(outputs)
+        except Exception as exc:  # drift never fails a request
+            log.debug("drift features for %s: %s", tag, exc)
+            return
+        if tag in self.drift.live:
+            self.drift.observe(tag, features, predicted[0] if predicted else None)
+
+    def export_drift(self) -> dict[str, dict[str, Any]]:
+        """Each watched version's drift report, also set on the Prometheus gauges."""
+        reports = self.drift.reports()
+        for tag, report in reports.items():
+            for feature, scores in report["features"].items():
+                self.metrics.drift_score.labels(self.name, tag, feature).set(scores["psi"])
+            if report["prediction_drift"] is not None:
+                self.metrics.prediction_drift.labels(self.name, tag).set(report["prediction_drift"])
+        return reports
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -32,6 +32,8 @@ class Metrics:
     ready: Any
     denied: Any
     applied_revision: Any
+    drift_score: Any
+    prediction_drift: Any
 
     def denied_if(self, exc: Exception, key: str) -> None:
         """Count requests refused before the model (auth, rate, admission), by key name and status."""
@@ -72,6 +74,10 @@ def get_metrics() -> Metrics:
         denied=Counter("switchyard_denied_total", "Requests refused before the model: 401/403 (key), 429 "
                        "(rate), 503 (admission), by API key name.", ["key", "status"]),
         # One series per live worker (pid label): replicas, or workers, that disagree for long are stuck.
+        drift_score=Gauge("switchyard_drift_score", "PSI of a watched input feature: live traffic against the "
+                          "version's validation data.", [*ev, "feature"], multiprocess_mode="livemax"),
+        prediction_drift=Gauge("switchyard_prediction_drift", "PSI of the predicted class mix against the "
+                               "version's validation predictions.", ev, multiprocess_mode="livemax"),
         applied_revision=Gauge("switchyard_applied_revision", "The deployment revision this worker serves.",
                                ["endpoint"], multiprocess_mode="liveall"),
     )

@@ -59,6 +59,9 @@ def row_shape(spec: dict[str, Any]) -> list[int | str]:
     return list(spec["shape"][1:])
 
 
+DRIFT_ELEMENTS = 64  # inputs up to this many values a row are watched element by element
+
+
 class Codec(ABC):
     """One stored version's pre- and post-processing, built from its metadata."""
 
@@ -96,6 +99,25 @@ class Codec(ABC):
     def bucket(self, items: list[Any]) -> int:
         """Items with equal buckets batch together (length classes, shapes)."""
         return 0
+
+    # --- drift: what is watched ---------------------------------------------------------------
+    def drift_features(self, items: list[Any]) -> dict[str, np.ndarray]:
+        """Per-item numbers whose distribution is watched for input drift: each element of a small input
+        (up to 64 values a row, e.g. 8x8 pixels), or a row's mean and spread for larger ones."""
+        out: dict[str, np.ndarray] = {}
+        for name, arr in self.encode(items).items():
+            if arr.dtype == object:
+                continue
+            rows = arr.reshape(len(items), -1).astype(np.float64)
+            if rows.shape[1] <= DRIFT_ELEMENTS:
+                out.update({f"{name}[{i}]": rows[:, i] for i in range(rows.shape[1])})
+            else:
+                out[f"{name}.mean"], out[f"{name}.std"] = rows.mean(axis=1), rows.std(axis=1)
+        return out
+
+    def predicted_classes(self, rows: list[Any]) -> tuple[np.ndarray, int] | None:
+        """The class each result row predicts, and how many classes there are; None when not a classifier."""
+        return None
 
     @abstractmethod
     def encode(self, items: list[Any]) -> Feed: ...

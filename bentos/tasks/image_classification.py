@@ -156,6 +156,10 @@ class ImageCodec(Codec):
         out = outputs[0]
         return list(_softmax(out) if self.preprocess.get("output") == "logits" else out)
 
+    def predicted_classes(self, rows: list[Any]) -> tuple[np.ndarray, int] | None:
+        probabilities = np.asarray(rows)
+        return probabilities.argmax(axis=1), probabilities.shape[1]
+
     def decode(self, rows: list[Any], **options: Any) -> list[dict[str, Any]]:
         labels, top_k = self.labels, options.get("top_k")
         out = []

@@ -52,6 +52,15 @@ class TextCodec(Codec):
     def token_lengths(self, texts: list[str]) -> list[int]:
         return [sum(e.attention_mask) for e in self._tok.encode_batch(list(texts))]
 
+    def drift_features(self, items: list[Any]) -> dict[str, np.ndarray]:
+        """Text drifts in length and vocabulary: tokens per text, and the share of them the tokenizer
+        does not know (another language, other symbols)."""
+        unknown = self._tok.token_to_id(str(self.preprocess.get("unk_token", "[UNK]")))
+        encodings = self._tok.encode_batch([str(t) for t in items])
+        tokens = np.array([sum(e.attention_mask) for e in encodings], np.float64)
+        unk = np.array([sum(1 for i in e.ids if i == unknown) for e in encodings], np.float64)
+        return {"tokens": tokens, "unknown_share": unk / np.maximum(tokens, 1)}
+
     def encode(self, items: list[Any]) -> Feed:
         encodings = self._tok.encode_batch([str(t) for t in items])
         columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],

@@ -34,6 +34,10 @@ class LabelCodec(TextCodec):
         logits = outputs[0].astype(np.float32, copy=False)
         return list(1 / (1 + np.exp(-logits)) if self.multi_label else _softmax(logits))
 
+    def predicted_classes(self, rows: list[Any]) -> tuple[np.ndarray, int] | None:
+        probabilities = np.asarray(rows)
+        return probabilities.argmax(axis=1), probabilities.shape[1]
+
     def decode(self, rows: list[Any], **options: Any) -> list[dict[str, Any]]:
         labels = self.labels() or [str(i) for i in range(len(rows[0]))]
         threshold = float(self.preprocess.get("threshold", 0.5))

@@ -189,7 +189,7 @@ def test_alerts_cover_canary_slo_circuit_and_readiness() -> None:
     rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "alerts.yml").read_text())
     exprs = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
     assert {"SwitchyardCanaryErrorRatioAboveStable", "SwitchyardP99AboveSLO", "SwitchyardCircuitOpen",
-            "SwitchyardNotReady", "SwitchyardRevisionsDisagree"} == exprs.keys()
+            "SwitchyardNotReady", "SwitchyardRevisionsDisagree", "SwitchyardInputDrift"} == exprs.keys()
     known = _metric_names() | {"up"}
     for alert, expr in exprs.items():
         used = set(re.findall(r"\b(switchyard[:_][a-z0-9_:]+|up)\b", expr))
@@ -201,7 +201,8 @@ def test_grafana_dashboard_has_a_panel_per_signal_on_real_metrics() -> None:
     text = json.dumps(dash)
     for metric in ("switchyard_requests_total", "switchyard_request_duration_seconds_bucket",
                    "switchyard_batch_size_sum", "switchyard_queue_wait_seconds_bucket", "switchyard_cache_hits_total",
-                   "switchyard_fallbacks_total", "switchyard_shadow_agreement_sum"):
+                   "switchyard_fallbacks_total", "switchyard_shadow_agreement_sum", "switchyard_prediction_drift",
+                   "switchyard:drift_score:max"):
         assert metric in text, f"no panel reads {metric}"
     known = _metric_names()
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]

@@ -42,6 +42,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("GET", "/v1/admin/audit"): "viewer",
     ("GET", "/v1/admin/stats"): "viewer",
     ("GET", "/v1/admin/payloads"): "operator",
+    ("GET", "/v1/admin/drift"): "viewer",
     ("GET", "/v1/admin/keys"): "admin",
     ("POST", "/v1/admin/keys"): "admin",
     ("PATCH", "/v1/admin/keys/{name}"): "admin",
