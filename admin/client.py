@@ -67,6 +67,11 @@ class AdminClient:
     def revoke_key(self, name: str, reason: str) -> dict[str, Any]:
         return dict(self._call("DELETE", f"/v1/admin/keys/{quote(name)}?reason={quote(reason)}"))
 
+    def drift(self, endpoint: str, feature: str | None = None) -> dict[str, Any]:
+        """Per watched version: rows, PSI/KS per feature, the worst ones, prediction drift (and `feature`'s bins)."""
+        query = f"?endpoint={quote(endpoint)}" + (f"&feature={quote(feature)}" if feature else "")
+        return dict(dict(self._call("GET", f"/v1/admin/drift{query}")).get(endpoint) or {})
+
     def health(self) -> dict[str, Any]:
         return dict(self._send("GET", "/v1/health").json())
 

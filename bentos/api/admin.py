@@ -165,7 +165,8 @@ def admin_routes(holder: EngineHolder) -> list[Route]:
         return json_response(await holder.get().audit(request.query_params.get("endpoint"), limit))
 
     async def drift(request: Request, actor: str) -> Response:
-        return json_response(await holder.get().drift(request.query_params.get("endpoint")))
+        q = request.query_params
+        return json_response(await holder.get().drift(q.get("endpoint"), q.get("feature")))
 
     async def payloads(request: Request, actor: str) -> Response:
         limit = _int_param(request, "limit", 50, 1, 1000)

@@ -46,7 +46,8 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10_000}}],
     ("GET", "/v1/admin/stats"): [
         {"name": "window", "in": "query", "schema": {"type": "integer", "minimum": 5, "maximum": 86_400}}],
-    ("GET", "/v1/admin/drift"): [{"name": "endpoint", "in": "query", "schema": {"type": "string"}}],
+    ("GET", "/v1/admin/drift"): [{"name": "endpoint", "in": "query", "schema": {"type": "string"}},
+                                 {"name": "feature", "in": "query", "schema": {"type": "string"}}],
     ("GET", "/v1/admin/payloads"): [
         {"name": "endpoint", "in": "query", "schema": {"type": "string"}},
         {"name": "version", "in": "query", "schema": {"type": "string"}},

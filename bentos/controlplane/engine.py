@@ -597,14 +597,14 @@ class Engine:
         rows = await self.store_call(self.require_store().read_stats, bucket_of(time.time() - window_s))
         return {"window_s": window_s, "endpoints": summarize(rows)}
 
-    async def drift(self, name: str | None) -> dict[str, Any]:
+    async def drift(self, name: str | None, feature: str | None = None) -> dict[str, Any]:
         """Each endpoint's watched versions: rows seen, PSI and KS per feature, the worst features, and
         prediction drift; from this worker's samples."""
         names = [name] if name else sorted(self.endpoints)
         out = {}
         for endpoint_name in names:
             endpoint = await self.known_endpoint(endpoint_name)
-            out[endpoint_name] = endpoint.export_drift()
+            out[endpoint_name] = endpoint.export_drift(feature)
         return out
 
     async def payloads_tail(self, endpoint: str | None, version: str | None, limit: int) -> list[dict[str, Any]]:

@@ -86,6 +86,14 @@ class LiveProfile:
                 self.classes /= 2
             self.rows /= 2
 
+    def histogram(self, feature: str) -> dict[str, Any] | None:
+        """One feature's bins: their edges, the reference shares and the live shares, to draw side by side."""
+        ref = self.reference["features"].get(feature)
+        if ref is None:
+            return None
+        return {"feature": feature, "edges": ref["edges"], "reference": ref["shares"],
+                "live": [round(float(x), 6) for x in shares(self.counts[feature])]}
+
     def report(self, worst: int = 5) -> dict[str, Any]:
         """Per feature PSI and KS, the worst ones named, and prediction drift; None scores below MIN_ROWS."""
         if self.rows < MIN_ROWS:
@@ -125,5 +133,9 @@ class DriftMonitor:
         self.live[tag].add(features, classes)
         self.changed = True
 
-    def reports(self) -> dict[str, dict[str, Any]]:
-        return {tag: profile.report() for tag, profile in self.live.items()}
+    def reports(self, feature: str | None = None) -> dict[str, dict[str, Any]]:
+        out = {tag: profile.report() for tag, profile in self.live.items()}
+        if feature:
+            for tag, profile in self.live.items():
+                out[tag]["histogram"] = profile.histogram(feature)
+        return out

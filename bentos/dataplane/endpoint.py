@@ -348,9 +348,9 @@ class Endpoint:
         if tag in self.drift.live:
             self.drift.observe(tag, features, predicted[0] if predicted else None)
 
-    def export_drift(self) -> dict[str, dict[str, Any]]:
-        """Each watched version's drift report, also set on the Prometheus gauges."""
-        reports = self.drift.reports()
+    def export_drift(self, feature: str | None = None) -> dict[str, dict[str, Any]]:
+        """Each watched version's drift report (with `feature`'s bins), also set on the Prometheus gauges."""
+        reports = self.drift.reports(feature)
         for tag, report in reports.items():
             for feature, scores in report["features"].items():
                 self.metrics.drift_score.labels(self.name, tag, feature).set(scores["psi"])

@@ -23,7 +23,7 @@ from tests.integration.conftest import AUTH, PEOPLE, TOKEN, deploy
 from tests.servers import Served, free_port
 
 pytestmark = pytest.mark.integration
-PAGES = ROOT / "admin" / "pages"
+PAGES = ROOT / "admin" / "views"  # not pages/: Streamlit would serve a pages/ dir directly, around app.py
 ARTIFACTS = ROOT / "test-artifacts"
 ROWS = splits()["test"][0]
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from models.families.digits import splits
-from tests.integration.conftest import AUTH, serve_with
+from tests.integration.conftest import AUTH, TOKEN, serve_with
 from tests.servers import Served
 
 pytestmark = pytest.mark.integration
@@ -51,3 +51,36 @@ def test_in_distribution_stays_under_the_threshold_and_inverted_digits_cross_it(
     assert crossed_at is not None and crossed_at <= 500
     assert after["prediction_drift"] > before["prediction_drift"]
     assert 'switchyard_drift_score{' in metrics and "switchyard_prediction_drift{" in metrics
+
+
+def test_the_monitoring_page_shows_the_drift_its_features_and_their_bins(watched: Served, tmp_path: Any) -> None:
+    """Looked at in Chromium, with a screenshot (test-artifacts/console-monitoring.png)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.test_console import ARTIFACTS, start_console
+    from tests.integration.test_playground import CHROMIUM_FLAGS
+
+    rows = splits()["val"][0]
+    if (drift(watched)["score"] or 0) <= THRESHOLD:  # run alone: make the drift this page should show
+        with httpx.Client(base_url=watched.url, timeout=30) as c:
+            for row in rows[:150]:
+                c.post("/v1/digits/predict", json={"inputs": [(16.0 - row).tolist()]})
+    console = start_console(watched.url, TOKEN)
+    url = next(console)
+    try:
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "console-monitoring.png"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.goto(f"{url}/monitoring", wait_until="networkidle", timeout=60_000)
+            page.get_by_text("Features drifting most").wait_for(timeout=30_000)
+            page.get_by_text("validation data against live traffic").first.wait_for(timeout=30_000)
+            page.get_by_text("drifting:").first.wait_for(timeout=30_000)
+            page.wait_for_timeout(2000)
+            page.screenshot(path=str(shot), full_page=True)
+            assert page.locator("[data-testid='stException']").count() == 0
+            browser.close()
+        assert shot.stat().st_size > 20_000
+    finally:
+        console.close()

@@ -1,0 +1,80 @@
+"""Monitoring: per version, input drift over time, the features drifting most, and a chosen feature's
+live distribution against the version's validation data. A pure client of GET /v1/admin/drift."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from admin.common import client, guard, settings
+from admin.metrics import series_name
+
+THRESHOLD = 0.25  # the alert's PSI line (deploy/prometheus/rules/alerts.yml)
+
+st.title("Monitoring")
+conf = settings()
+st.caption(f"Drift of each version's traffic against its validation data (PSI; {THRESHOLD} alerts), from the "
+           "sampled share of requests (SWITCHYARD_DRIFT_SAMPLE). Refreshing every "
+           f"{conf.refresh_s:g} s.")
+
+
+def bins(histogram: dict[str, Any]) -> pd.DataFrame:
+    edges = histogram["edges"]
+    names = [f"< {edges[0]:g}"] + [f"{a:g} to {b:g}" for a, b in itertools.pairwise(edges)] \
+        + [f">= {edges[-1]:g}"] if edges else ["all"]
+    names = [f"{i + 1}: {name}" for i, name in enumerate(names)]  # the chart sorts bins by name
+    return pd.DataFrame({"validation data": histogram["reference"], "live": histogram["live"]},
+                        index=pd.Index(names, name="bin"))
+
+
+with guard():
+    api = client()
+    endpoints = [e["name"] for e in api.endpoints()]
+    endpoint = st.selectbox("Endpoint", endpoints, key="mon_endpoint")
+
+
+@st.fragment(run_every=conf.refresh_s)
+def monitoring() -> None:
+    with guard():
+        versions = client().drift(endpoint)
+        if not versions:
+            st.info("No version of this endpoint is watched: versions registered before drift existed, or "
+                    "imported without validation data, have no reference profile.")
+            return
+        trail = st.session_state.setdefault("drift_trail", [])
+        now = pd.Timestamp(time.time(), unit="s")
+        for tag, report in versions.items():
+            trail.append({"time": now, "version": tag, "series": series_name(endpoint, tag),
+                          "input drift": report["score"], "prediction drift": report["prediction_drift"]})
+        del trail[:-600]
+        cols = st.columns(len(versions))
+        for col, (tag, report) in zip(cols, versions.items(), strict=True):
+            score = report["score"]
+            col.metric(tag, "collecting" if score is None else f"PSI {score:.3f}",
+                       help=f"{report['rows']} sampled rows")
+            if score is not None and score > THRESHOLD:
+                col.error(f"drifting: {report['worst'][0]['feature']} PSI {report['worst'][0]['psi']:.2f}")
+        history = pd.DataFrame([t for t in trail if t["version"] in versions])
+        st.subheader("Drift over time")
+        st.line_chart(history.pivot_table(index="time", columns="series", values="input drift"), height=220)
+        st.subheader("Features drifting most")
+        st.dataframe(pd.DataFrame([{"version": tag, **w} for tag, r in versions.items() for w in r["worst"]]),
+                     hide_index=True)
+        features = sorted({f for r in versions.values() for f in r["features"]}) or \
+            sorted({w["feature"] for r in versions.values() for w in r["worst"]})
+        if not features:
+            return
+        worst = next((r["worst"][0]["feature"] for r in versions.values() if r["worst"]), features[0])
+        feature = st.selectbox("Feature", features, index=features.index(worst), key="mon_feature")
+        detailed = client().drift(endpoint, feature)
+        for tag, report in detailed.items():
+            if report.get("histogram"):
+                st.markdown(f"**{tag}**: `{feature}`, validation data against live traffic")
+                st.bar_chart(bins(report["histogram"]), height=220, stack=False)
+
+
+monitoring()
