@@ -1,4 +1,5 @@
-"""A registered digits version whose ONNX session raises on real traffic.
+"""Registered digits versions that misbehave: one whose ONNX session raises on real traffic, one whose
+predictions drift (register_biased).
 
 The graph reshapes its input to 65 columns whenever a zero pixel is present, which
 fails at run time. The warm-up input has no zeros, so the version loads and warms
@@ -54,6 +55,36 @@ def register_faulty(src: Path, name: str = "digits-faulty-fp32") -> str:
                                                               "metrics": {"validation_passed": False}}) as model:
         root = Path(model.path)
         faulty_graph(src, root / "model.onnx")
+        (root / "schema.json").write_text(json.dumps(SIGNATURE))
+        model.info.metadata["sha256"] = {"model.onnx": sha256_file(root / "model.onnx")}
+    return str(model.tag)
+
+
+def biased_graph(src: Path, dest: Path, favourite: int = 3) -> None:
+    """The same model with 1.0 added to one class's probability: it never fails and answers fast,
+    but predicts that class for nearly every input (a canary whose predictions drift)."""
+    model = onnx.load(str(src))
+    graph = model.graph
+    out = graph.output[0].name
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == out:
+                node.output[i] = "unbiased"
+    bias = [0.0] * 10
+    bias[favourite] = 1.0
+    graph.initializer.append(helper.make_tensor("bias", TensorProto.FLOAT, [10], bias))
+    graph.node.append(helper.make_node("Add", ["unbiased", "bias"], [out]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dest))
+
+
+def register_biased(src: Path, name: str = "digits-biased-fp32") -> str:
+    labels = {"task": "image-classification", "family": "digits", "model": "digits-biased", "variant": "biased",
+              "stage": "candidate"}
+    with bentoml.models.create(name, labels=labels, metadata={"schema": SIGNATURE, "preprocess": PREPROCESS,
+                                                              "metrics": {"validation_passed": False}}) as model:
+        root = Path(model.path)
+        biased_graph(src, root / "model.onnx")
         (root / "schema.json").write_text(json.dumps(SIGNATURE))
         model.info.metadata["sha256"] = {"model.onnx": sha256_file(root / "model.onnx")}
     return str(model.tag)

@@ -98,7 +98,7 @@ def rollout() -> None:
 @click.option("--interval", type=click.FloatRange(0.2), help="Seconds between analyses.")
 @click.option("--latency-ratio", type=click.FloatRange(1, 100), help="How many times stable's p95 the canary's "
                                                                      "may reach.")
-@click.option("--checks", help="Comma-separated: errors, latency, agreement.")
+@click.option("--checks", help="Comma-separated: errors, latency, agreement, drift.")
 @reason_option
 @yes_option
 @click.pass_context

@@ -84,8 +84,10 @@ def start_form(api: AdminClient, endpoint: str, stable: str | None) -> None:
         alpha = c2.number_input("Alpha (false-rollback budget)", 0.001, 0.49, 0.05, format="%.3f")
         margin = c3.number_input("Error margin", 0.0, 1.0, 0.01, format="%.3f")
         ratio = c1.number_input("Latency ratio (p95)", 1.0, 100.0, 1.5)
-        checks = c2.multiselect("Checks (agreement: every request in a shadow step, a sample in canary steps)",
-                                ["errors", "latency", "agreement"], ["errors", "latency"], key="rollout_checks")
+        checks = c2.multiselect("Checks (agreement: every request in a shadow step, a sample in canary steps; "
+                                "drift: the predicted-class mix against stable's)",
+                                ["errors", "latency", "agreement", "drift"], ["errors", "latency"],
+                                key="rollout_checks")
         min_agreement = c3.number_input("Min agreement with stable", 0.0, 1.0, 0.95, format="%.3f",
                                         key="rollout_min_agreement")
         reason = st.text_input("Reason (recorded in the audit log)", key="start_reason")

@@ -324,10 +324,11 @@ class Engine:
 
     async def flush_stats(self) -> None:
         rows, agreement = self.stats.pending_rows(), self.stats.pending_agreement()
-        if not (rows or agreement) or self.store is None:
+        classes = self.stats.pending_classes()
+        if not (rows or agreement or classes) or self.store is None:
             return
         try:
-            await self.db(self.store.write_stats, self.worker_id, rows, agreement)
+            await self.db(self.store.write_stats, self.worker_id, rows, agreement, classes)
             self.stats.flushed(rows)
         except StoreUnavailable as exc:
             self.store_down(exc)

@@ -170,6 +170,9 @@ class RolloutController:
         stable = merged.get((state.endpoint, state.stable), Counts())
         canary.comparisons, canary.agreement_sum = (await self.engine.db(store.read_agreement, since,
                                                                             state.endpoint)).get(state.canary, (0, 0.0))
+        if "drift" in state.policy.checks:
+            classes = await self.engine.db(store.read_classes, since, state.endpoint)
+            canary.classes, stable.classes = classes.get(state.canary, []), classes.get(state.stable, [])
         now = time.time()
         decision = decide(state, canary, stable, now)
         decision.evidence["controller"] = self.engine.worker_id

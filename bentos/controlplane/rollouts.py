@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bentos.controlplane.canary_analysis import (
@@ -22,10 +23,11 @@ from bentos.controlplane.canary_analysis import (
     latency_test,
     obrien_fleming_spent,
 )
-from bentos.dataplane.stats import Counts, quantile
+from bentos.dataplane.drift import psi
+from bentos.dataplane.stats import Counts, add_counts, quantile
 from bentos.schemas import TAG_PATTERN
 
-Check = Literal["errors", "latency", "agreement"]
+Check = Literal["errors", "latency", "agreement", "drift"]
 TESTED: tuple[Check, ...] = ("errors", "latency")  # hypothesis tests that share alpha
 MIN_COMPARISONS = 50  # comparisons with stable (shadow step, or sampled canary answers) before agreement judges
 Status = Literal["running", "paused", "promoted", "rolled_back", "aborted"]
@@ -53,6 +55,9 @@ class RolloutPolicy(BaseModel):
     min_agreement: float = Field(0.95, ge=0, le=1, description="Mean agreement with stable (label match or cosine) "
                                  "the canary must keep: compared on every request in a shadow step, on a sample "
                                  "(SWITCHYARD_CANARY_COMPARE_SAMPLE) in canary steps.")
+    max_prediction_drift: float = Field(0.2, gt=0, le=10, description=(
+        "drift check: the largest PSI allowed between the canary's predicted-class mix and stable's on the same "
+        "(split-routed) traffic; classifiers only."))
     sequential: Sequential = Field("both", description="How repeated looks keep alpha: 'obrien-fleming' (most "
                                    "power within the plan of min_requests per step, none after it), 'msprt' "
                                    "(valid however long the canary runs), or 'both' (half of alpha each).")
@@ -136,6 +141,8 @@ def analyze(state: RolloutState, canary: Counts, stable: Counts) -> dict[str, di
     results: dict[str, dict[str, Any]] = {}
     if "agreement" in policy.checks:
         results["agreement"] = agreement_check(canary, policy.min_agreement)
+    if "drift" in policy.checks:
+        results["drift"] = drift_check(canary, stable, policy.max_prediction_drift)
     obf_alpha = {"both": alpha / 2, "obrien-fleming": alpha, "msprt": 0.0}[policy.sequential]
     seq_alpha = alpha - obf_alpha
     for check in tested:
@@ -176,6 +183,23 @@ def agreement_check(canary: Counts, threshold: float) -> dict[str, Any]:
     return {"test": "threshold", "comparisons": n, "min_comparisons": MIN_COMPARISONS,
             "effect": None if mean is None else float(f"{mean:.6g}"), "threshold": threshold,
             "reject": bool(enough and mean is not None and mean < threshold)}
+
+
+def drift_check(canary: Counts, stable: Counts, threshold: float) -> dict[str, Any]:
+    """A threshold on the PSI between the two versions' predicted-class mixes, once each side has
+    MIN_COMPARISONS predictions: a canary can be right as often as stable and still answer differently."""
+    n_canary, n_stable = sum(canary.classes), sum(stable.classes)
+    enough = n_canary >= MIN_COMPARISONS and n_stable >= MIN_COMPARISONS
+    size = max(len(canary.classes), len(stable.classes))
+    effect = None
+    if enough and size:
+        pad = [0] * size
+        live = np.array(add_counts(canary.classes, pad), float)
+        ref = np.array(add_counts(stable.classes, pad), float)
+        effect = psi(live, ref / ref.sum())
+    return {"test": "threshold", "predictions": [n_canary, n_stable], "min_predictions": MIN_COMPARISONS,
+            "effect": None if effect is None else float(f"{effect:.6g}"), "threshold": threshold,
+            "reject": bool(effect is not None and effect > threshold)}
 
 
 def decide(state: RolloutState, canary: Counts, stable: Counts, now: float) -> Decision:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bentos.dataplane.stats import add_counts
+
 
 class StoreUnavailable(RuntimeError):
     """The control-plane database cannot be reached; serving goes on from the last known state."""
@@ -119,6 +121,9 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE TABLE IF NOT EXISTS agreement_stats (
     source TEXT NOT NULL, endpoint TEXT NOT NULL, version TEXT NOT NULL, bucket BIGINT NOT NULL,
     n BIGINT NOT NULL, total DOUBLE PRECISION NOT NULL, PRIMARY KEY (source, endpoint, version, bucket));
+CREATE TABLE IF NOT EXISTS class_stats (
+    source TEXT NOT NULL, endpoint TEXT NOT NULL, version TEXT NOT NULL, bucket BIGINT NOT NULL,
+    counts TEXT NOT NULL, PRIMARY KEY (source, endpoint, version, bucket));
 CREATE TABLE IF NOT EXISTS rollouts (
     endpoint TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -333,12 +338,18 @@ class ControlPlane(ABC):
 
     # --- shared per-version stats ------------------------------------------------------
     def write_stats(self, source: str, rows: list[tuple[str, str, int, int, int, int, list[int]]],
-                    agreement: list[tuple[str, str, int, int, float]] | None = None) -> None:
-        """Upsert this worker's cumulative counts per (endpoint, version, time bucket), and its
-        shadow comparisons (count and sum of agreement) in the same transaction."""
-        if not rows and not agreement:
+                    agreement: list[tuple[str, str, int, int, float]] | None = None,
+                    classes: list[tuple[str, str, int, list[int]]] | None = None) -> None:
+        """Upsert this worker's cumulative counts per (endpoint, version, time bucket), its shadow
+        comparisons (count and sum of agreement) and its predicted-class counts in the same transaction."""
+        if not rows and not agreement and not classes:
             return
         with self.transaction() as cur:
+            for endpoint, version, bucket, counts in classes or []:
+                self._exec(cur, "INSERT INTO class_stats (source, endpoint, version, bucket, counts) "
+                                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, endpoint, version, bucket) "
+                                "DO UPDATE SET counts = excluded.counts",
+                           (source, endpoint, version, bucket, json.dumps(counts)))
             for endpoint, version, bucket, n, total in agreement or []:
                 self._exec(cur, "INSERT INTO agreement_stats (source, endpoint, version, bucket, n, total) "
                                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (source, endpoint, version, bucket) "
@@ -369,10 +380,21 @@ class ControlPlane(ABC):
                               (since_bucket, endpoint)).fetchall()
         return {version: (int(n), float(total)) for version, n, total in rows}
 
+    def read_classes(self, since_bucket: int, endpoint: str) -> dict[str, list[int]]:
+        """Version -> predictions per class since a bucket, summed over workers and buckets."""
+        with self.transaction() as cur:
+            rows = self._exec(cur, "SELECT version, counts FROM class_stats WHERE bucket >= ? AND endpoint = ?",
+                              (since_bucket, endpoint)).fetchall()
+        out: dict[str, list[int]] = {}
+        for version, counts in rows:
+            out[version] = add_counts(out.get(version, []), json.loads(counts))
+        return out
+
     def prune_stats(self, before_bucket: int) -> None:
         with self.transaction() as cur:
             self._exec(cur, "DELETE FROM version_stats WHERE bucket < ?", (before_bucket,))
             self._exec(cur, "DELETE FROM agreement_stats WHERE bucket < ?", (before_bucket,))
+            self._exec(cur, "DELETE FROM class_stats WHERE bucket < ?", (before_bucket,))
 
     # --- rollouts (one per endpoint; the latest, finished or not) -----------------------
     def put_rollout(self, endpoint: str, state: dict[str, Any], audit: tuple[str, str, str, Any] | None = None,

@@ -221,6 +221,10 @@ class Endpoint:
                 and random.random() * 100 < spec.shadow_sample:
             for shadow in router.shadows:
                 self._mirror(shadow, items, tag, outputs)
+        if source == "api" and route in ("stable", "canary"):  # the drift check's evidence: the same traffic
+            predicted = slot.version.codec.predicted_classes(outputs)
+            if predicted is not None:
+                self.stats.record_classes(self.name, tag, predicted[0].tolist(), predicted[1])
         if source == "api" and self.drift.wants(tag):
             self._spawn(self._watch_drift(slot.version.codec, tag, items, outputs))
         if route == "canary" and source == "api" and random.random() < self.settings.canary_compare_sample:

@@ -29,6 +29,7 @@ class Counts:
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES_MS) + 1))
     comparisons: int = 0  # shadow comparisons with the primary, and the sum of their agreement
     agreement_sum: float = 0.0
+    classes: list[int] = field(default_factory=list)  # predictions per class (classifiers), for the drift check
 
     def add(self, other: Counts) -> None:
         self.requests += other.requests
@@ -37,6 +38,12 @@ class Counts:
         self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
         self.comparisons += other.comparisons
         self.agreement_sum += other.agreement_sum
+        self.classes = add_counts(self.classes, other.classes)
+
+
+def add_counts(a: list[int], b: list[int]) -> list[int]:
+    longer, shorter = (a, b) if len(a) >= len(b) else (b, a)
+    return [x + (shorter[i] if i < len(shorter) else 0) for i, x in enumerate(longer)]
 
 
 def quantile(hist: list[int], q: float) -> float | None:
@@ -55,6 +62,7 @@ def quantile(hist: list[int], q: float) -> float | None:
 
 
 AgreementRow = tuple[str, str, int, int, float]
+ClassRow = tuple[str, str, int, list[int]]
 
 
 class StatsRecorder:
@@ -72,6 +80,21 @@ class StatsRecorder:
         """Written with pending_rows' rows (same dirty keys), so `flushed(rows)` clears both."""
         return [(e, v, b, c.comparisons, c.agreement_sum)
                 for (e, v, b), c in ((k, self._buckets[k]) for k in self._dirty) if c.comparisons]
+
+    def record_classes(self, endpoint: str, version: str, classes: list[int], n_classes: int) -> None:
+        """Predicted classes of split-routed answers: the drift check compares canary's mix with stable's."""
+        key = (endpoint, version, bucket_of(time.time()))
+        counts = self._buckets[key]
+        if len(counts.classes) < n_classes:
+            counts.classes += [0] * (n_classes - len(counts.classes))
+        for c in classes:
+            counts.classes[c] += 1
+        self._dirty.add(key)
+
+    def pending_classes(self) -> list[ClassRow]:
+        """Written with pending_rows' rows (same dirty keys), so `flushed(rows)` clears both."""
+        return [(e, v, b, list(c.classes))
+                for (e, v, b), c in ((k, self._buckets[k]) for k in self._dirty) if c.classes]
 
     def record(self, endpoint: str, version: str, ok: bool, latency_s: float, fallback: bool = False) -> None:
         key = (endpoint, version, bucket_of(time.time()))

@@ -161,3 +161,15 @@ def test_a_slightly_slower_canary_held_long_is_still_promoted() -> None:
     traffic = Traffic(canary_error=0.005, canary_slowdown=1.2)
     outcomes = run_many(outliving(RolloutPolicy(), traffic, times=10), traffic, runs=50, seed0=50_000)
     assert sum(o.action == "promote" for o in outcomes) >= 48
+
+
+def test_the_drift_check_compares_the_class_mixes_once_both_sides_have_enough() -> None:
+    from bentos.controlplane.rollouts import drift_check
+    from bentos.dataplane.stats import Counts
+
+    same = drift_check(Counts(classes=[30, 30, 40]), Counts(classes=[300, 290, 410]), 0.2)
+    skewed = drift_check(Counts(classes=[5, 5, 90]), Counts(classes=[300, 290, 410]), 0.2)
+    early = drift_check(Counts(classes=[0, 0, 20]), Counts(classes=[300, 290, 410]), 0.2)
+    assert same["reject"] is False and same["effect"] < 0.05
+    assert skewed["reject"] is True and skewed["effect"] > 0.2
+    assert early["reject"] is False and early["effect"] is None  # 20 predictions: too few to judge

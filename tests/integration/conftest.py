@@ -16,7 +16,7 @@ from models.registry import register
 from models.settings import BuildSettings
 from models.validate import validate
 from models.workdir import ModelDir
-from tests.faulty import register_faulty
+from tests.faulty import register_biased, register_faulty
 from tests.servers import Served, serve_env
 
 TOKEN = "test-admin-token"
@@ -42,6 +42,7 @@ def tags(digits_root: Path, minilm_root: Path) -> dict[str, str]:
         "cnn": _build(digits_root, "digits-cnn", "fp32"),
         "cnn_int8": _build(digits_root, "digits-cnn", "int8-static"),
         "faulty": register_faulty(digits_root / "digits-mlp" / "export" / "model.onnx"),
+        "biased": register_biased(digits_root / "digits-mlp" / "export" / "model.onnx"),
         "minilm": _build(minilm_root, "minilm", "int8-static"),
     }
 

@@ -199,3 +199,22 @@ def test_a_shadow_step_passes_a_good_canary_and_rolls_back_a_bad_one(client: htt
     looks = [h for h in state["history"] if "checks" in h]
     assert any(h["step"] == 0 and h["canary"]["requests"] > 0 for h in looks), looks
     assert set(traffic.status) == {200}  # a shadow never answers, so clients never saw the bad one
+
+
+def test_a_canary_whose_predictions_drift_is_rolled_back_by_the_drift_check(
+        client: httpx.Client, server: Served, tags: dict[str, str], mlp_stable: None) -> None:
+    """It never fails and answers as fast as stable, so errors and latency pass it; its class mix does not."""
+    began = time.time()
+    policy = {"steps": [20, 50, 100], **FAST, "checks": ["errors", "drift"], "max_prediction_drift": 0.2}
+    r = _rollout(client, body={"tag": tags["biased"], "policy": policy, "reason": "a drifting canary"})
+    assert r.status_code == 200, r.text
+    with Traffic(server.url, [WITH_ZERO, NO_ZERO, NO_ZERO]) as traffic:
+        state = _wait_status(client, {"promoted", "rolled_back"})
+    print("drift rollback:", _timeline(state, began))
+    assert state["status"] == "rolled_back", state["history"][-2:]
+    assert set(traffic.status) == {200}
+    rollback = _audit(client, began)[-1]
+    checks = rollback["details"]["evidence"]["checks"]
+    assert rollback["action"] == "rollout-rollback" and checks["drift"]["reject"] is True
+    assert checks["errors"]["reject"] is False and checks["drift"]["effect"] > 0.2
+    assert [(v["tag"], v["role"], v["weight"]) for v in _live(client)] == [(tags["mlp"], "stable", 100)]
