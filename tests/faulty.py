@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import bentoml
@@ -49,15 +50,20 @@ def faulty_graph(src: Path, dest: Path) -> None:
 
 
 def register_faulty(src: Path, name: str = "digits-faulty-fp32") -> str:
-    labels = {"task": "image-classification", "family": "digits", "model": "digits-faulty", "variant": "faulty",
+    return register_graph(src, name, "digits-faulty", "faulty", faulty_graph)
+
+
+def register_graph(src: Path, name: str, model: str, variant: str, rewrite: Callable[[Path, Path], None]) -> str:
+    """Store `rewrite`(src) as an unvalidated digits version: signature, preprocessing and hashes as usual."""
+    labels = {"task": "image-classification", "family": "digits", "model": model, "variant": variant,
               "stage": "candidate"}
     with bentoml.models.create(name, labels=labels, metadata={"schema": SIGNATURE, "preprocess": PREPROCESS,
-                                                              "metrics": {"validation_passed": False}}) as model:
-        root = Path(model.path)
-        faulty_graph(src, root / "model.onnx")
+                                                              "metrics": {"validation_passed": False}}) as stored:
+        root = Path(stored.path)
+        rewrite(src, root / "model.onnx")
         (root / "schema.json").write_text(json.dumps(SIGNATURE))
-        model.info.metadata["sha256"] = {"model.onnx": sha256_file(root / "model.onnx")}
-    return str(model.tag)
+        stored.info.metadata["sha256"] = {"model.onnx": sha256_file(root / "model.onnx")}
+    return str(stored.tag)
 
 
 def biased_graph(src: Path, dest: Path, favourite: int = 3) -> None:
@@ -79,15 +85,7 @@ def biased_graph(src: Path, dest: Path, favourite: int = 3) -> None:
 
 
 def register_biased(src: Path, name: str = "digits-biased-fp32") -> str:
-    labels = {"task": "image-classification", "family": "digits", "model": "digits-biased", "variant": "biased",
-              "stage": "candidate"}
-    with bentoml.models.create(name, labels=labels, metadata={"schema": SIGNATURE, "preprocess": PREPROCESS,
-                                                              "metrics": {"validation_passed": False}}) as model:
-        root = Path(model.path)
-        biased_graph(src, root / "model.onnx")
-        (root / "schema.json").write_text(json.dumps(SIGNATURE))
-        model.info.metadata["sha256"] = {"model.onnx": sha256_file(root / "model.onnx")}
-    return str(model.tag)
+    return register_graph(src, name, "digits-biased", "biased", biased_graph)
 
 
 def register_copy(tag: str, name: str) -> tuple[str, Path]:
