@@ -92,7 +92,8 @@ def drift_reference(builder: Builder, model: Path) -> dict[str, Any]:
         feed = codec.encode(items[i:i + 64])
         rows += codec.split(feed, session.run(codec.output_names, feed))
     predicted = codec.predicted_classes(rows)
-    return reference_profile(codec.drift_features(items), *(predicted or (None, None)))
+    features = {**codec.drift_features(items), **codec.output_features(rows)}
+    return reference_profile(features, *(predicted or (None, None)))
 
 
 def register(builder: Builder, md: ModelDir, variant: str, force: bool = False) -> str:

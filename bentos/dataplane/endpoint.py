@@ -345,6 +345,7 @@ class Endpoint:
         (an image would be decoded again), and the counts are added back on the event loop."""
         try:
             features = await asyncio.to_thread(codec.drift_features, items)
+            features.update(codec.output_features(outputs))
             predicted = codec.predicted_classes(outputs)
         except Exception as exc:  # drift never fails a request
             log.debug("drift features for %s: %s", tag, exc)

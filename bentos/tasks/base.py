@@ -119,6 +119,10 @@ class Codec(ABC):
         """The class each result row predicts, and how many classes there are; None when not a classifier."""
         return None
 
+    def output_features(self, rows: list[Any]) -> dict[str, np.ndarray]:
+        """Per-row numbers of the answers watched for drift where there are no classes (embeddings)."""
+        return {}
+
     @abstractmethod
     def encode(self, items: list[Any]) -> Feed: ...
 

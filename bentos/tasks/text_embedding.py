@@ -20,6 +20,9 @@ MIN_SENTENCES, MAX_SENTENCES = 2, 10
 DEFAULT_SENTENCES = ("A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell.")
 
 
+PROJECTIONS, PROJECTION_SEED = 4, 20_261_124
+
+
 class EmbeddingCodec(TextCodec):
     oip_output: ClassVar[str | None] = "embeddings"
 
@@ -35,6 +38,15 @@ class EmbeddingCodec(TextCodec):
         if self.preprocess.get("normalize", False):
             out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return list(out)
+
+    def output_features(self, rows: list[Any]) -> dict[str, np.ndarray]:
+        """An embedding drifts in length (unless normalized) and direction: its norm, and its projections
+        on four fixed random directions (the same seed at registration and at serving)."""
+        vectors = np.asarray(rows, np.float64)
+        directions = np.random.default_rng(PROJECTION_SEED).normal(size=(vectors.shape[1], PROJECTIONS))
+        projected = vectors @ (directions / np.linalg.norm(directions, axis=0))
+        return {"output.norm": np.linalg.norm(vectors, axis=1),
+                **{f"output.projection[{i}]": projected[:, i] for i in range(PROJECTIONS)}}
 
     def decode(self, rows: list[Any], **options: Any) -> list[list[float]]:
         return [row.tolist() for row in rows]
