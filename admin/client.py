@@ -72,6 +72,11 @@ class AdminClient:
         query = f"?endpoint={quote(endpoint)}" + (f"&feature={quote(feature)}" if feature else "")
         return dict(dict(self._call("GET", f"/v1/admin/drift{query}")).get(endpoint) or {})
 
+    def payloads(self, endpoint: str, version: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest logged exchanges (payload log), newest first; operators and admins."""
+        query = f"?endpoint={quote(endpoint)}&limit={limit}" + (f"&version={quote(version)}" if version else "")
+        return list(self._call("GET", f"/v1/admin/payloads{query}"))
+
     def health(self) -> dict[str, Any]:
         return dict(self._send("GET", "/v1/health").json())
 

@@ -4,13 +4,15 @@ live distribution against the version's validation data. A pure client of GET /v
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from admin.common import client, guard, settings
+from admin.client import ConsoleError
+from admin.common import client, guard, may, settings
 from admin.metrics import series_name
 
 THRESHOLD = 0.25  # the alert's PSI line (deploy/prometheus/rules/alerts.yml)
@@ -78,3 +80,27 @@ def monitoring() -> None:
 
 
 monitoring()
+
+
+def payload_log() -> None:
+    """What each version was asked and answered lately: the canary's answers next to stable's."""
+    st.subheader("Payload log")
+    if not may("operator"):
+        st.caption("Logged requests and answers are shown to operators and admins.")
+        return
+    try:
+        entries = client().payloads(endpoint, limit=50)
+    except ConsoleError as exc:
+        st.caption(f"{exc} (the payload log is off unless SWITCHYARD_PAYLOAD_LOG is set)")
+        return
+    if not entries:
+        st.caption("Nothing logged yet for this endpoint.")
+        return
+    st.dataframe(pd.DataFrame([{"time": pd.Timestamp(e["ts"], unit="s"), "version": e["version"], "route": e["route"],
+                                "latency ms": e["latency_ms"], "request id": e["request_id"], "key": e["key"],
+                                "inputs": json.dumps(e["inputs"])[:120], "outputs": json.dumps(e["outputs"])[:120]}
+                               for e in entries]), hide_index=True, width="stretch")
+
+
+with guard():
+    payload_log()

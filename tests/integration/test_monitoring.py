@@ -5,6 +5,7 @@ the newest entries back by request id."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import httpx
 import pytest
 
 from bench.harness import wrk
-from tests.integration.conftest import AUTH, serve_with
+from tests.conftest import ROOT
+from tests.integration.conftest import AUTH, TOKEN, serve_with
 from tests.servers import Served
 
 pytestmark = pytest.mark.integration
@@ -82,3 +84,23 @@ def test_a_redacting_endpoint_leaves_no_raw_input_on_disk(logged: tuple[Served, 
                 break
     assert len(logged_entries) == 20 and all(set(i) == {"sha256"} for e in logged_entries for i in e["inputs"])
     assert "13.4375" not in "".join(p.read_text() for p in where.glob("payloads-*.jsonl"))
+
+
+def test_the_monitoring_page_lists_the_newest_payloads_for_operators(logged: tuple[Served, Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    served, _ = logged
+    httpx.post(f"{served.url}/v1/digits/predict", json={"inputs": [ROW]}, headers={"X-Request-ID": "on-the-page"},
+               timeout=30)
+    monkeypatch.setenv("SWITCHYARD_SERVICE_URL", served.url)
+    monkeypatch.setenv("SWITCHYARD_ADMIN_TOKEN", TOKEN)
+    for _ in range(20):
+        at = AppTest.from_file(str(ROOT / "admin" / "views" / "monitoring.py"), default_timeout=60)
+        at.run()
+        assert not at.exception, at.exception
+        tables = [t.value for t in at.dataframe if "request id" in t.value.columns]
+        if tables and "on-the-page" in set(tables[0]["request id"]):
+            break
+        time.sleep(0.5)
+    assert tables and "on-the-page" in set(tables[0]["request id"])
