@@ -305,6 +305,7 @@ class Engine:
             await asyncio.sleep(self.settings.stats_flush_s)
             self.metrics.ready.set(1 if self.ready else 0)
             for endpoint in self.endpoints.values():
+                await endpoint.absorb_drift()
                 if endpoint.drift.changed:
                     endpoint.drift.changed = False
                     endpoint.export_drift()
@@ -605,6 +606,7 @@ class Engine:
         out = {}
         for endpoint_name in names:
             endpoint = await self.known_endpoint(endpoint_name)
+            await endpoint.absorb_drift()
             out[endpoint_name] = endpoint.export_drift(feature)
         return out
 

@@ -111,6 +111,9 @@ class LiveProfile:
                 "live_classes": None if self.classes is None else [round(float(s), 4) for s in shares(self.classes)]}
 
 
+HOLD_MAX = 2000  # sampled requests held between two absorptions; more are dropped
+
+
 class DriftMonitor:
     """One endpoint's live profiles, by version; only versions with a stored reference are watched."""
 
@@ -118,6 +121,16 @@ class DriftMonitor:
         self.sample = sample
         self.live: dict[str, LiveProfile] = {}
         self.changed = False  # rows were added since the last export: an idle service computes nothing
+        self._held: list[tuple[str, Any, list[Any], list[Any]]] = []
+
+    def hold(self, tag: str, codec: Any, items: list[Any], outputs: list[Any]) -> None:
+        """Keep a sampled request for the next absorption (the request path does nothing else)."""
+        if len(self._held) < HOLD_MAX:
+            self._held.append((tag, codec, items, outputs))
+
+    def take(self) -> list[tuple[str, Any, list[Any], list[Any]]]:
+        held, self._held = self._held, []
+        return held
 
     def watch(self, tag: str, reference: dict[str, Any] | None) -> None:
         if reference and reference.get("features") and tag not in self.live:
@@ -139,3 +152,19 @@ class DriftMonitor:
             for tag, profile in self.live.items():
                 out[tag]["histogram"] = profile.histogram(feature)
         return out
+
+
+def features_of(held: list[tuple[str, Any, list[Any], list[Any]]]) -> list[tuple[str, dict[str, np.ndarray],
+                                                                                np.ndarray | None]]:
+    """Per version, the watched features and predicted classes of its held requests, computed together."""
+    by_tag: dict[str, tuple[Any, list[Any], list[Any]]] = {}
+    for tag, codec, items, outputs in held:
+        _, all_items, all_outputs = by_tag.setdefault(tag, (codec, [], []))
+        all_items += items
+        all_outputs += outputs
+    out = []
+    for tag, (codec, items, outputs) in by_tag.items():
+        features = {**codec.drift_features(items), **codec.output_features(outputs)}
+        predicted = codec.predicted_classes(outputs)
+        out.append((tag, features, predicted[0] if predicted else None))
+    return out

@@ -18,7 +18,7 @@ from bentos.config import EndpointConfig
 from bentos.dataplane.batching import AdaptiveBatcher, Overloaded, Timing
 from bentos.dataplane.cache import PredictionCache, input_key
 from bentos.dataplane.circuit import CircuitBreaker, CircuitPolicy, State
-from bentos.dataplane.drift import DriftMonitor
+from bentos.dataplane.drift import DriftMonitor, features_of
 from bentos.dataplane.metrics import Metrics
 from bentos.dataplane.routing import Router
 from bentos.dataplane.runtime import LoadedVersion
@@ -226,7 +226,7 @@ class Endpoint:
             if predicted is not None:
                 self.stats.record_classes(self.name, tag, predicted[0].tolist(), predicted[1])
         if source == "api" and self.drift.wants(tag):
-            self._spawn(self._watch_drift(slot.version.codec, tag, items, outputs))
+            self.drift.hold(tag, slot.version.codec, items, outputs)
         if route == "canary" and source == "api" and random.random() < self.settings.canary_compare_sample:
             self._mirror(router.stable, items, tag, outputs, judged=tag)
         return Answer(outputs, tag, route, timing, total, slot.version.codec)
@@ -340,18 +340,21 @@ class Endpoint:
         finally:
             self._shadow_inflight -= 1
 
-    async def _watch_drift(self, codec: Codec, tag: str, items: list[Any], outputs: list[Any]) -> None:
-        """Add a sampled request to its version's live profile; the features are computed on a thread
-        (an image would be decoded again), and the counts are added back on the event loop."""
-        try:
-            features = await asyncio.to_thread(codec.drift_features, items)
-            features.update(codec.output_features(outputs))
-            predicted = codec.predicted_classes(outputs)
-        except Exception as exc:  # drift never fails a request
-            log.debug("drift features for %s: %s", tag, exc)
+    async def absorb_drift(self) -> None:
+        """Add the sampled requests held since the last call to their versions' live profiles: features
+        for all of them in one call per version, on a thread (images would be decoded again, texts
+        tokenized), so that the request path only keeps a reference."""
+        held = self.drift.take()
+        if not held:
             return
-        if tag in self.drift.live:
-            self.drift.observe(tag, features, predicted[0] if predicted else None)
+        try:
+            observed = await asyncio.to_thread(features_of, held)
+        except Exception as exc:  # drift never fails serving
+            log.warning("drift features for %s: %s", self.name, exc)
+            return
+        for tag, features, classes in observed:
+            if tag in self.drift.live:
+                self.drift.observe(tag, features, classes)
 
     def export_drift(self, feature: str | None = None) -> dict[str, dict[str, Any]]:
         """Each watched version's drift report (with `feature`'s bins), also set on the Prometheus gauges."""
