@@ -71,6 +71,8 @@ class AdaptiveBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0  # batches in the model now
+        self._running: list[_Pending] = []  # the requests of those batches
+        self._stopped = False
 
     @property
     def queue_depth(self) -> int:
@@ -86,18 +88,24 @@ class AdaptiveBatcher:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
 
     async def stop(self) -> None:
+        """Stop now: every request still here, queued or in a batch in the model, gets an answer (an
+        Overloaded error) instead of waiting for ever. Drain first (`Slot.drain_and_stop`) to avoid that."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        for pending in self._queue:
+        for pending in [*self._queue, *self._running]:
             if not pending.future.done():
                 pending.future.set_exception(QueueFull(f"{self.name} is shutting down"))
         self._queue.clear()
+        self._running.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, rows: list[Any], deadline: float, bucket: int = 0) -> tuple[list[Any], Timing]:
         """Queue one request's rows; returns one result per row and the request's timing."""
+        if self._stopped:
+            raise QueueFull(f"{self.name} is shutting down")
         if len(self._queue) >= self.max_queue:
             raise QueueFull(f"{self.name}: {self.max_queue} requests already queued (SWITCHYARD_MAX_QUEUE)")
         self.start()
@@ -174,8 +182,12 @@ class AdaptiveBatcher:
         rows = [row for pending in batch for row in pending.rows]
         start = time.monotonic()
         self._in_flight += 1
+        self._running += batch
         try:
             results = await self._call(rows)
+        except asyncio.CancelledError:  # stopped with this batch in the model: answer, then stop
+            _fail(batch, QueueFull(f"{self.name} is shutting down"))
+            raise
         except BatchSizeMismatch as exc:
             _fail(batch, exc)
             return
@@ -189,6 +201,7 @@ class AdaptiveBatcher:
             return
         finally:
             self._in_flight -= 1
+            self._running = [p for p in self._running if p not in batch]
         inference = time.monotonic() - start
         offset = 0
         for pending in batch:

@@ -66,9 +66,9 @@ class Slot:
         self.circuit = CircuitBreaker(policy)
 
     async def drain_and_stop(self, grace_s: float = 30.0) -> None:
-        """Let queued requests finish before the version goes away."""
+        """Let queued requests, and the batch in the model, finish before the version goes away."""
         end = time.monotonic() + grace_s
-        while self.batcher.queue_depth and time.monotonic() < end:
+        while self.batcher.busy and time.monotonic() < end:
             await asyncio.sleep(0.05)
         await self.batcher.stop()
 

@@ -188,3 +188,40 @@ async def test_busy_while_a_batch_is_in_the_model_or_requests_wait() -> None:
     await asyncio.gather(first, second)
     assert not b.busy
     await b.stop()
+
+
+async def test_stopping_with_a_batch_in_the_model_answers_its_requests_instead_of_hanging() -> None:
+    """A retired version's batcher was stopped while a batch ran: its requests waited for ever (a client
+    saw a 30 s timeout in CI). Now they get an Overloaded error, and later submissions too."""
+    model = Model()
+    model.gate.clear()
+    b = AdaptiveBatcher(model, max_batch_size=8, max_queue=16)
+    first = asyncio.ensure_future(b.submit(["a"], deadline()))
+    await asyncio.to_thread(model.started.wait, 10)  # "a" is in the model
+    queued = asyncio.ensure_future(b.submit(["b"], deadline()))
+    await asyncio.sleep(0)
+    await b.stop()
+    model.gate.set()
+    for request in (first, queued):
+        with pytest.raises(QueueFull, match="shutting down"):
+            await asyncio.wait_for(request, 5)
+    with pytest.raises(QueueFull, match="shutting down"):
+        await b.submit(["c"], deadline())
+
+
+async def test_draining_waits_for_the_batch_in_the_model() -> None:
+    from bentos.dataplane.endpoint import Slot
+
+    model = Model()
+    model.gate.clear()
+    b = AdaptiveBatcher(model, max_batch_size=8, max_queue=16)
+    request = asyncio.ensure_future(b.submit(["a"], deadline()))
+    await asyncio.to_thread(model.started.wait, 10)
+    slot = Slot.__new__(Slot)
+    slot.batcher = b
+    drain = asyncio.ensure_future(slot.drain_and_stop(grace_s=30))
+    await asyncio.sleep(0.2)
+    assert not drain.done()  # the batch is still in the model
+    model.gate.set()
+    assert (await asyncio.wait_for(request, 5))[0] == ["out:a"]
+    await asyncio.wait_for(drain, 5)
