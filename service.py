@@ -22,7 +22,7 @@ playground = build_playground(holder)  # Gradio, mounted at /playground
 
 @bentoml.asgi_app(playground, path="/")
 @bentoml.asgi_app(app, path="/")
-# BentoML's access log cost 14 % of the server's CPU on one-row digits requests (docs/benchmarks-profile.md);
+# BentoML's access log cost 9 % of the server's CPU on one-row digits requests (docs/benchmarks-profile.md);
 # Switchyard's own per-version metrics cover what it reported. Turn it
 # back on at serve time: BENTOML_CONFIG_OPTIONS="services.switchyard.logging.access.enabled=true".
 @bentoml.service(name="switchyard", traffic={"timeout": 60}, workers=1, logging={"access": {"enabled": False}})
