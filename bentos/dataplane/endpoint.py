@@ -221,7 +221,8 @@ class Endpoint:
                 and random.random() * 100 < spec.shadow_sample:
             for shadow in router.shadows:
                 self._mirror(shadow, items, tag, outputs)
-        if source == "api" and route in ("stable", "canary"):  # the drift check's evidence: the same traffic
+        # The drift check's evidence: predicted classes of the same traffic, only while a canary shares it.
+        if source == "api" and route in ("stable", "canary") and router.spec.by_role("canary"):
             predicted = slot.version.codec.predicted_classes(outputs)
             if predicted is not None:
                 self.stats.record_classes(self.name, tag, predicted[0].tolist(), predicted[1])
