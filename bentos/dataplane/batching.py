@@ -71,7 +71,6 @@ class AdaptiveBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0  # batches in the model now
-        self._running: list[_Pending] = []  # the requests of those batches
         self._stopped = False
 
     @property
@@ -95,11 +94,10 @@ class AdaptiveBatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        for pending in [*self._queue, *self._running]:
+        for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_exception(QueueFull(f"{self.name} is shutting down"))
         self._queue.clear()
-        self._running.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, rows: list[Any], deadline: float, bucket: int = 0) -> tuple[list[Any], Timing]:
@@ -126,7 +124,11 @@ class AdaptiveBatcher:
             if not self._queue:
                 self._has_items.clear()
             if batch:
-                await self._run(batch)
+                try:
+                    await self._run(batch)
+                except asyncio.CancelledError:  # stopped with this batch in the model (or being retried)
+                    _fail(batch, QueueFull(f"{self.name} is shutting down"))
+                    raise
 
     async def _wait_for_fuller_batch(self) -> None:
         """Wait up to max_wait_s, waking early once a full batch is queued."""
@@ -182,12 +184,8 @@ class AdaptiveBatcher:
         rows = [row for pending in batch for row in pending.rows]
         start = time.monotonic()
         self._in_flight += 1
-        self._running += batch
         try:
             results = await self._call(rows)
-        except asyncio.CancelledError:  # stopped with this batch in the model: answer, then stop
-            _fail(batch, QueueFull(f"{self.name} is shutting down"))
-            raise
         except BatchSizeMismatch as exc:
             _fail(batch, exc)
             return
@@ -201,7 +199,6 @@ class AdaptiveBatcher:
             return
         finally:
             self._in_flight -= 1
-            self._running = [p for p in self._running if p not in batch]
         inference = time.monotonic() - start
         offset = 0
         for pending in batch:

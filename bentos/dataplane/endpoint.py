@@ -179,6 +179,8 @@ class Endpoint:
     async def handle(self, items: list[Any], routing_key: str | None = None, pin: str | None = None,
                      source: str = "api", api_key: str = "") -> Answer:
         """Route, batch and answer `items`; one `switchyard.request` span when tracing is on."""
+        if not recording():  # the common case: no span objects on the hot path
+            return await self._handle(items, routing_key, pin, source, api_key)
         with span("request", endpoint=self.name, source=source, rows=len(items)) as current:
             answer = await self._handle(items, routing_key, pin, source, api_key)
             if current is not None:
