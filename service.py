@@ -7,6 +7,7 @@ from bentoml._internal.configuration.containers import BentoMLContainer  # its t
 
 from bentos.api.admin import admin_routes
 from bentos.api.app import EngineHolder, create_app
+from bentos.api.fast_lane import fast_lane
 from bentos.api.health import health_routes
 from bentos.api.oip import oip_routes
 from bentos.api.playground import build_playground
@@ -38,3 +39,6 @@ class Switchyard:
 
     def __is_ready__(self) -> bool:
         return self.engine.ready
+
+
+Switchyard = fast_lane(Switchyard, app)  # /v1 and /v2 straight to `app` (bentos/api/fast_lane.py)

@@ -30,6 +30,7 @@ class Load:
     requests: int
     cpu_s_per_1k: float
     cdf_ms: list[tuple[float, float]] = field(default_factory=list)
+    cpu_pct: float = 0.0  # the server's whole process tree, % of one core over the window
 
 
 @dataclass
@@ -39,6 +40,15 @@ class ServerRun:
     peak_rss_mb: float = 0.0
     loads: list[Load] = field(default_factory=list)
     shadow: dict[str, float] = field(default_factory=dict)  # shadow copies answered and dropped, from /metrics
+    repeats: list[float] = field(default_factory=list)  # rows/s of the headline point measured again
+
+
+def baseline_tree(rev: str, state: Path) -> Path:
+    """A checkout of an earlier commit, to serve the same store with that commit's code."""
+    tree = state / f"baseline-{rev}"
+    subprocess.run(["git", "-C", str(BENCH.parent), "worktree", "add", "--detach", str(tree), rev], check=True,
+                   capture_output=True)
+    return tree
 
 
 def wait_http(url: str, timeout: float = 180, ok: tuple[int, ...] = (200,), method: str = "GET",
@@ -115,4 +125,5 @@ def wrk(url: str, bodies: list[str], connections: int, seconds: float, pid: int,
     ok = s["requests"] - s["non2xx"]
     return Load(connections, rps, ok * rows_per_request / (s["duration_us"] / 1e6), s["p50_us"] / 1000,
                 s["p90_us"] / 1000, s["p99_us"] / 1000, s["non2xx"], s["socket_errors"], s["requests"],
-                cpu / max(1, s["requests"]) * 1000, [(p, us / 1000) for p, us in s["cdf_us"]])
+                cpu / max(1, s["requests"]) * 1000, [(p, us / 1000) for p, us in s["cdf_us"]],
+                100 * cpu / (s["duration_us"] / 1e6))

@@ -25,8 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import cpu_seconds, rss_mb  # noqa: E402
-from bench.serving import baseline_tree  # noqa: E402
+from bench.harness import baseline_tree, cpu_seconds, rss_mb  # noqa: E402
 from tests.servers import Served, serve_env  # noqa: E402
 
 

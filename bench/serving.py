@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from bench.harness import ServerRun, rss_mb, settle, wrk  # noqa: E402
+from bench.harness import ServerRun, baseline_tree, rss_mb, settle, wrk  # noqa: E402
+from bench.idle import measure as idle_measure  # noqa: E402
 from bench.peers import PEERS, Peer, start_peer, stop_peer  # noqa: E402
 from bench.report import write_report  # noqa: E402
 from bentos.dataplane.catalog import list_versions  # noqa: E402
@@ -135,18 +136,9 @@ def split_for(config: str, v: dict[str, str]) -> list[tuple[str, str, int]]:
     return split
 
 
-def baseline_tree(rev: str, state: Path) -> Path:
-    """A checkout of an earlier commit, to serve the same store with that commit's code."""
-    import subprocess
-
-    tree = state / f"baseline-{rev}"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True,
-                   capture_output=True)
-    return tree
-
-
 def run_switchyard(config: str, versions: dict[str, dict[str, str]], plan: Plan, state: Path,
-                   code: Path = ROOT, label: str = "") -> ServerRun:
+                   code: Path = ROOT, label: str = "", repeats: int = 0) -> ServerRun:
+    """`repeats`: more rounds of the sweep workload at 64 connections, for the spread of the headline row."""
     env = serve_env(Path(os.environ.get("BENTOML_HOME", ROOT / ".state" / "bentoml")), state / f"{config}{label}",
                     admin_token=TOKEN, max_batch_size="64",
                     default_models=json.dumps({f: v["stable"] for f, v in versions.items()}))
@@ -165,6 +157,12 @@ def run_switchyard(config: str, versions: dict[str, dict[str, str]], plan: Plan,
             admin_put(server.url, family, split, sticky=config.endswith("sticky"))
         time.sleep(1)
         run.loads = measure(server.url, server.proc.pid, plan, run, sticky=config.endswith("sticky"))
+        w = plan.loads.get(plan.sweep)
+        for _ in range(repeats if w else 0):
+            settle(server.proc.pid)
+            again = wrk(server.url + PATHS[w["endpoint"]], w["bodies"], 64, plan.seconds, server.proc.pid, w["rows"],
+                        cpus=plan.wrk_cpus)
+            run.repeats.append(again.rows_per_s)
         if config.endswith("shadow"):
             run.shadow = shadow_counts(server.url)
     finally:
@@ -247,11 +245,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "default: picked from the store")
     parser.add_argument("--pin", action="store_true", help="taskset: server on core 0, wrk on core 1")
     parser.add_argument("--baseline", metavar="REV", help="also run the Switchyard configs at this git commit")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="more rounds of Switchyard 90-10 on the sweep workload at 64 conns (its spread)")
+    parser.add_argument("--idle", type=float, default=30.0,
+                        help="seconds of idle CPU measured on the default deployment (0: skip)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seconds, args.warmup, args.connections, args.other_connections = 1.0, 0.0, "4", "4"
         args.workloads, args.sweep, args.configs = "embed-one,digits-one", "embed-one", "1-version,90-10"
+        args.repeats, args.idle = 1, 0.0
     return args
 
 
@@ -278,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = baseline_tree(args.baseline, state) if args.baseline else None
     try:
         for config in configs:  # interleaved, so that drift in the machine hits both alike
-            runs.append(run_switchyard(config, versions, plan, state))
+            runs.append(run_switchyard(config, versions, plan, state, repeats=args.repeats if config == "90-10" else 0))
             if baseline is not None:
                 runs.append(run_switchyard(config, versions, plan, state, baseline, f"@{args.baseline}"))
     finally:
@@ -286,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             import subprocess
 
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
-    write_report(args.out, runs, ceilings, versions, plan, skipped, sys.argv[1:] if argv is None else argv)
+    # The default deployment as `make serve` runs it: idle CPU, start to ready, peak RSS.
+    idle = idle_measure(ROOT, state / "idle", args.idle, 10.0) if args.idle else None
+    write_report(args.out, runs, ceilings, versions, plan, skipped, sys.argv[1:] if argv is None else argv, idle)
     return 0
 
 

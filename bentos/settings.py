@@ -82,6 +82,8 @@ class ServeSettings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="Extra wait for a fuller batch; 0 = never wait.")
     max_queue: int = Field(1024, ge=1, description="Queued requests per version before 503.")
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline for a request to get a model slot.")
+    fast_lane: bool = Field(True, description=(
+        "Send /v1 and /v2 requests to Switchyard's app directly, around BentoML's middleware (README: Performance)."))
 
     # Input limits
     max_rows: int = Field(64, ge=1, le=4096, description="Rows or texts per request (endpoints may set their own).")

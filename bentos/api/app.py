@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -150,11 +152,21 @@ async def multipart_items(request: Request, endpoint: Endpoint) -> list[Any]:
     declared = ascii_int(request.headers.get("content-length"))
     if declared is not None and declared > limit:
         raise BodyTooLarge(limit, "limits.max_body_bytes")
-    async with request.form(max_files=endpoint.limits.max_rows, max_part_size=limit) as form:
+    try:
+        form = await request.form(max_files=endpoint.limits.max_rows, max_part_size=limit)
+    except (HTTPException, MultiPartException) as exc:  # a malformed body or too many files: the caller's fault
+        # (Starlette raises the one under a router that put "app" in the scope, the other without)
+        detail = str(exc.detail if isinstance(exc, HTTPException) else exc.message)
+        if "files" in detail.lower():
+            raise InvalidInput("image", detail, {"max_rows": endpoint.limits.max_rows}) from exc
+        raise ServingError(f"content-type: {detail}", field="content-type") from exc
+    try:
         files = [f for f in form.getlist("image") if hasattr(f, "read")]
         if not files:
             raise InvalidInput("image", "upload one or more files in the multipart field 'image'")
         return [await f.read() for f in files]
+    finally:
+        await form.close()
 
 
 def _answer_headers(answer: Answer) -> dict[str, str]:
@@ -211,7 +223,47 @@ async def infer(holder: EngineHolder, request: Request) -> Response:
     return json_response(body, headers=_answer_headers(answer))
 
 
-def create_app(holder: EngineHolder, extra_routes: list[Any] | None = None) -> Starlette:
+class ServingApp(Starlette):
+    """Starlette, plus the one hot route as its own ASGI handler (`lane`), for the fast lane to call without
+    the router's pass over every route and Starlette's two exception layers (bentos/api/fast_lane.py)."""
+
+    def __init__(self, hot: Handler, hot_path: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hot = RequestIds(ServerErrors(hot))
+        # /v1/<name>/... names that fixed routes take (admin, health, ...): never the generic route's.
+        self.reserved = {r.path.split("/")[2] for r in self.routes
+                         if isinstance(r, Route) and r.path.startswith("/v1/") and r.path != hot_path}
+
+    def lane(self, scope: dict[str, Any]) -> Any:
+        """The handler for POST /v1/{endpoint}/{verb}, with path_params set; None for any other request."""
+        if scope["method"] != "POST":
+            return None
+        parts = scope["path"].split("/")  # ["", "v1", endpoint, verb]
+        if len(parts) != 4 or parts[1] != "v1" or parts[2] in self.reserved or not parts[2] or not parts[3]:
+            return None
+        scope["path_params"] = {"endpoint": parts[2], "verb": parts[3]}
+        return self.hot
+
+
+class ServerErrors:
+    """ASGI: an unexpected error is a plain 500 (when nothing was sent yet) and is raised on for the server
+    to log; what Starlette's ServerErrorMiddleware does, for the hot route's own lane."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            response = await self.handler(Request(scope, receive))
+        except HTTPException as exc:  # as Starlette's router answers it
+            response = Response(exc.detail, exc.status_code, exc.headers, media_type="text/plain")
+        except Exception:
+            await Response("Internal Server Error", 500, media_type="text/plain")(scope, receive, send)
+            raise
+        await response(scope, receive, send)
+
+
+def create_app(holder: EngineHolder, extra_routes: list[Any] | None = None) -> ServingApp:
     """The app is built at import; the engine is bound when the service starts."""
 
     async def predict(request: Request) -> Response:
@@ -230,6 +282,7 @@ def create_app(holder: EngineHolder, extra_routes: list[Any] | None = None) -> S
             await engine.stop()
 
     # Fixed routes first: the generic one below would otherwise take /v1/admin/...
+    hot_path = "/v1/{endpoint}/{verb}"
     routes = [Route("/v1/openapi.json", spec, methods=["GET"]), *(extra_routes or []),
-              Route("/v1/{endpoint}/{verb}", predict, methods=["POST"])]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIds)])
+              Route(hot_path, predict, methods=["POST"])]
+    return ServingApp(predict, hot_path, routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIds)])

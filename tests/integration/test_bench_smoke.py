@@ -35,10 +35,11 @@ def test_smoke_run_measures_every_installed_server(tags: dict[str, str], digits_
     for name, run in runs.items():
         assert {load["workload"] for load in run["loads"]} == {"embed-one", "digits-one"}, name
         for load in run["loads"]:
-            assert load["requests"] > 0 and load["cdf_ms"], (name, load)
+            assert load["requests"] > 0 and load["cdf_ms"] and load["cpu_pct"] > 0, (name, load)
             if not name.startswith("stock"):  # stock BentoML may shed with 503 by design
                 assert load["non2xx"] == 0 and load["rows_per_s"] > 0, (name, load)
         assert run["ready_s"] > 0 and run["peak_rss_mb"] > 0
+    assert len(runs["Switchyard 90-10"]["repeats"]) == 1 and runs["Switchyard 90-10"]["repeats"][0] > 0
     report = out.read_text()
     assert "## Targets" in report and "| Switchyard 90-10 | 4 |" in report
     assert (tmp_path / "benchmarks-throughput.png").stat().st_size > 1000

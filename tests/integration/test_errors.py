@@ -54,3 +54,16 @@ def test_a_malformed_pin_is_a_4xx_on_both_protocols(server: Served, pin: str) ->
     oip = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
     r = httpx.post(f"{server.url}/v2/models/digits/versions/{pin}/infer", json=oip, timeout=60)
     assert 400 <= r.status_code < 500, r.text
+
+
+def test_a_malformed_or_overfull_multipart_upload_is_a_4xx_naming_the_field(server: Served) -> None:
+    # Schemathesis found this one: multipart/form-data without a boundary.
+    r = httpx.post(f"{server.url}/v1/digits/predict", content=b'{"inputs": null}',
+                   headers={"Content-Type": "multipart/form-data"}, timeout=60)
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "content-type", r.text
+    n = 64 + 1  # one file over SWITCHYARD_MAX_ROWS's default, which the test server keeps
+    files = [("image", (f"{i}.png", b"not a png", "image/png")) for i in range(n)]
+    r = httpx.post(f"{server.url}/v1/digits/predict", files=files, timeout=60)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "image", r.text
+    assert r.json()["errors"][0]["limit"] == {"max_rows": n - 1}
+    assert httpx.get(f"{server.url}/v1/health", timeout=30).status_code == 200

@@ -1,0 +1,117 @@
+"""Switchyard's own routes, straight from the HTTP server: the way around BentoML's middleware chain.
+
+BentoML puts every request through its error handler, metrics, OpenTelemetry, a timeout that starts a
+task per request, its request context, its exception handler and its router before a mounted app sees
+it: about 0.4 ms of the 0.89 ms of server CPU a one-row digits request costs (docs/benchmarks-profile.md).
+Switchyard's app already does that work for its own routes (request ids, per-version metrics, spans,
+admission, deadlines), so requests for /v1/... and /v2/... go to it directly, under the same overall
+timeout BentoML would have applied. Everything else (BentoML's /metrics and probes, the playground)
+takes BentoML's way, as does every request when a BentoML feature that must see them is on: its access
+log, CORS, tracing (its HTTP span is the parent of ours), or any middleware this module does not know.
+`SWITCHYARD_FAST_LANE=false` turns it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from _bentoml_sdk.service.factory import Service  # to_asgi: what the worker hands to uvicorn (1.4)
+
+from bentos.settings import ServeSettings
+
+log = logging.getLogger("switchyard.fast_lane")
+
+# BentoML middleware whose work Switchyard's app does itself for its routes (by class name: where
+# they live moves between BentoML releases). The OpenTelemetry one is only replaceable without tracing.
+REPLACED = {"RunnerTrafficMetricsMiddleware", "OpenTelemetryMiddleware", "TimeoutMiddleware", "ContextMiddleware"}
+PREFIXES = ("/v1/", "/v2/")
+
+
+def ours(path: str) -> bool:
+    return path.startswith(PREFIXES) or path == "/v2"
+
+
+class FastLane:
+    """ASGI: HTTP requests for Switchyard's paths to `app` (a ServingApp; its hot route to its own lane),
+    everything else (lifespan too) to `full`."""
+
+    def __init__(self, full: Any, app: Any, timeout_s: float | None) -> None:
+        self.full, self.app, self.timeout_s = full, app, timeout_s
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and ours(scope["path"]):
+            await self.direct(scope, receive, send, self.app.lane(scope) or self.app)
+        else:
+            await self.full(scope, receive, send)
+
+    async def direct(self, scope: dict[str, Any], receive: Any, send: Any, app: Any) -> None:
+        """BentoML's timeout, kept: a request still unanswered after `traffic.timeout` gets 504. One timer on
+        the request's own task, where BentoML starts a second task per request."""
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.timeout_s) as deadline:
+                await app(scope, receive, tracked)
+        except TimeoutError:
+            if started or not deadline.expired():
+                raise
+            body = orjson.dumps({"detail": f"not answered in {self.timeout_s:g} s (BentoML traffic.timeout)"})
+            await send({"type": "http.response.start", "status": 504,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+
+def why_not(full: Any) -> str | None:
+    """Why BentoML's chain must see Switchyard's requests, or None when the fast lane is safe."""
+    from bentoml._internal.configuration.containers import BentoMLContainer  # read after inject_config
+
+    names = [m.cls.__name__ for m in getattr(full, "user_middleware", [])]
+    unknown = [n for n in names if n not in REPLACED]
+    if unknown:
+        return f"BentoML middleware {', '.join(unknown)} is on"
+    if BentoMLContainer.tracing.exporter_type.get():
+        return "BentoML tracing is on"
+    if not names:
+        return "the BentoML app is not the one this module knows"
+    return None
+
+
+def timeout_of(full: Any) -> float | None:
+    return next((m.kwargs.get("timeout") for m in full.user_middleware if m.cls.__name__ == "TimeoutMiddleware"),
+                None)
+
+
+class FastLaneService(Service):  # type: ignore[misc]
+    """A BentoML service whose worker app sends Switchyard's paths down the fast lane."""
+
+    __slots__ = ()
+    switchyard_app: Any = None  # the mounted app; a class attribute, since Service's slots are fixed
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        full = super().to_asgi(is_main)
+        if not ServeSettings().fast_lane:
+            log.info("fast lane off (SWITCHYARD_FAST_LANE=false): every request takes BentoML's middleware")
+            return full
+        reason = why_not(full)
+        if reason:
+            log.warning("fast lane off: %s, so Switchyard's requests take BentoML's middleware too (README: "
+                        "Performance)", reason)
+            return full
+        return FastLane(full, type(self).switchyard_app, timeout_of(full))
+
+
+def fast_lane(service: Any, app: Any) -> Any:
+    """`service` (a bentoml.service), its worker serving `app`'s paths directly. Changes its class only:
+    BentoML's Service is slotted, and to_asgi is where the worker gets the app it runs."""
+    FastLaneService.switchyard_app = app
+    service.__class__ = FastLaneService
+    return service
