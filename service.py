@@ -7,10 +7,10 @@ from bentoml._internal.configuration.containers import BentoMLContainer  # its t
 
 from bentos.api.admin import admin_routes
 from bentos.api.app import EngineHolder, create_app
-from bentos.api.fast_lane import fast_lane
 from bentos.api.health import health_routes
 from bentos.api.oip import oip_routes
 from bentos.api.playground import build_playground
+from bentos.api.worker import in_worker
 from bentos.controlplane.engine import Engine
 from bentos.controlplane.rollout_controller import RolloutController
 from bentos.dataplane.tracing import use_provider
@@ -18,10 +18,8 @@ from bentos.settings import ServeSettings
 
 holder = EngineHolder()
 app = create_app(holder, [*health_routes(holder), *admin_routes(holder), *oip_routes(holder)])
-playground = build_playground(holder)  # Gradio, mounted at /playground
 
 
-@bentoml.asgi_app(playground, path="/")
 @bentoml.asgi_app(app, path="/")
 # BentoML's access log cost 9 % of the server's CPU on one-row digits requests (docs/benchmarks-profile.md);
 # Switchyard's own per-version metrics cover what it reported. Turn it
@@ -41,4 +39,6 @@ class Switchyard:
         return self.engine.ready
 
 
-Switchyard = fast_lane(Switchyard, app)  # /v1 and /v2 straight to `app` (bentos/api/fast_lane.py)
+# In each worker: /v1 and /v2 straight to `app` (the fast lane), and the Gradio playground at /playground,
+# built there and not in BentoML's supervisor, which imports this file too (bentos/api/worker.py).
+Switchyard = in_worker(Switchyard, app, late_mounts=[(lambda: build_playground(holder), "/")])

@@ -160,6 +160,9 @@ def targets(res: Results, sweep: str, idle: dict[str, Any] | None = None) -> lis
     row("× stock BentoML (1000 ms)", "≈ 1.45x", r, at_least(r, 1.45), ".2f", "x")
     r = ratio(sy, lit[1] if lit else None)
     row(f"× LitServe ({lit[0] if lit else 'n/a'})", "≈ 1.5x", r, at_least(r, 1.5), ".2f", "x")
+    r = ratio(sy, res.find("Switchyard 90-10-2threads", sweep, 64))
+    row("90/10: two one-thread batches in flight (the default) ÷ one two-thread batch", "> 1x", r,
+        None if r is None else r > 1, ".2f", "x")
     overhead = 1 - sy["rps"] / one["rps"] if sy and one else None
     row("routing overhead, 90/10 against one version", "≤ 5 %", None if overhead is None else overhead * 100,
         None if overhead is None else overhead <= 0.05, ".1f", " %")
@@ -172,8 +175,10 @@ def tables(res: Results) -> list[str]:
              "| workload | " + " | ".join(f"batch {b}" for b in BATCHES) + " | batch-1 p50 ms |",
              "|---|---|---|---|---|---|"]
     for name, c in res.ceilings.items():
-        lines.append(f"| {name} | " + " | ".join(f"{c[b]:.0f}" for b in BATCHES) + f" | {c['b1_p50_ms']:.2f} |")
-    lines.append("")
+        lines.append(f"| {name} | " + " | ".join(f"{c[b]:.0f}{'†' if c.get(f'{b}_mode') == 2 else ''}"
+                                             for b in BATCHES) + f" | {c['b1_p50_ms']:.2f} |")
+    lines += ["", "Each cell is the better of one batch at a time on two ORT threads and two batches at once on one "
+              "thread each (†: the second was better).", ""]
     workloads = list(dict.fromkeys(load["workload"] for run in res.runs for load in run.loads))
     for name in workloads:
         best = res.best_ceiling(name)

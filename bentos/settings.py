@@ -71,7 +71,10 @@ class ServeSettings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Request bytes in flight per worker; more get 503.")
 
     # Runtime
-    threads: int = Field(0, ge=0, le=256, description="ORT intra-op threads per version; 0 = cores / workers.")
+    threads: int = Field(0, ge=0, le=256, description=(
+        "ORT intra-op threads per batch; 0 = this worker's cores / batches_in_flight."))
+    batches_in_flight: int = Field(0, ge=0, le=64, description=(
+        "Batches per version in the model at once, a thread each; 0 = this worker's cores / threads."))
     workers: int = Field(1, ge=1, le=64, description="Workers sharing the machine (for the thread default).")
     providers: list[str] = Field(
         default_factory=list, description='ORT execution providers that must be present, in order, e.g. '
@@ -125,8 +128,15 @@ class ServeSettings(BaseSettings):
     # Stats shared through the control plane (for /v1/admin/stats and canary analysis)
     stats_flush_s: float = Field(1.0, gt=0, description="How often a worker writes its per-version stats.")
 
-    def intra_op_threads(self, cores: int) -> int:
-        return self.threads or max(1, cores // self.workers)
+    def parallelism(self, cores: int) -> tuple[int, int]:
+        """(batches in flight per version, intra-op threads per batch) for this worker's share of the cores.
+        By default two batches of half the cores each: on 2 cores, two one-thread batches served more
+        requests/s than one two-thread batch, at a lower batch-1 latency (ORT's threads do not spin between
+        runs here, so a second thread pays a wake-up on every run; docs/benchmarks.md, "2-thread" rows)."""
+        share = max(1, cores // self.workers)
+        # Two at most by default: more is unmeasured, and each extra batch trades latency for throughput.
+        in_flight = self.batches_in_flight or max(1, min(2, share // (self.threads or 1)))
+        return in_flight, self.threads or max(1, share // in_flight)
 
     def tokens(self) -> dict[str, Principal]:
         """Token value -> who it is; SWITCHYARD_ADMIN_TOKEN is the actor "admin" with the admin role."""

@@ -18,7 +18,6 @@ import logging
 from typing import Any
 
 import orjson
-from _bentoml_sdk.service.factory import Service  # to_asgi: what the worker hands to uvicorn (1.4)
 
 from bentos.settings import ServeSettings
 
@@ -90,28 +89,14 @@ def timeout_of(full: Any) -> float | None:
                 None)
 
 
-class FastLaneService(Service):  # type: ignore[misc]
-    """A BentoML service whose worker app sends Switchyard's paths down the fast lane."""
-
-    __slots__ = ()
-    switchyard_app: Any = None  # the mounted app; a class attribute, since Service's slots are fixed
-
-    def to_asgi(self, is_main: bool = True) -> Any:
-        full = super().to_asgi(is_main)
-        if not ServeSettings().fast_lane:
-            log.info("fast lane off (SWITCHYARD_FAST_LANE=false): every request takes BentoML's middleware")
-            return full
-        reason = why_not(full)
-        if reason:
-            log.warning("fast lane off: %s, so Switchyard's requests take BentoML's middleware too (README: "
-                        "Performance)", reason)
-            return full
-        return FastLane(full, type(self).switchyard_app, timeout_of(full))
-
-
-def fast_lane(service: Any, app: Any) -> Any:
-    """`service` (a bentoml.service), its worker serving `app`'s paths directly. Changes its class only:
-    BentoML's Service is slotted, and to_asgi is where the worker gets the app it runs."""
-    FastLaneService.switchyard_app = app
-    service.__class__ = FastLaneService
-    return service
+def with_fast_lane(full: Any, app: Any) -> Any:
+    """The worker's ASGI app: `full` (BentoML's), with `app`'s paths on the fast lane where that is safe."""
+    if not ServeSettings().fast_lane:
+        log.info("fast lane off (SWITCHYARD_FAST_LANE=false): every request takes BentoML's middleware")
+        return full
+    reason = why_not(full)
+    if reason:
+        log.warning("fast lane off: %s, so Switchyard's requests take BentoML's middleware too (README: "
+                    "Performance)", reason)
+        return full
+    return FastLane(full, app, timeout_of(full))

@@ -37,7 +37,7 @@ from bentos.dataplane.catalog import check_version, is_validated, list_versions,
 from bentos.dataplane.endpoint import Endpoint
 from bentos.dataplane.metrics import get_metrics
 from bentos.dataplane.payloads import PayloadLog, tail
-from bentos.dataplane.runtime import LoadedVersion, VersionLoadError, load_version, resolve_tag
+from bentos.dataplane.runtime import LoadedVersion, VersionLoadError, available_cores, load_version, resolve_tag
 from bentos.dataplane.stats import StatsRecorder, bucket_of, summarize
 from bentos.errors import Conflict, InvalidChange, NotFound, Unavailable
 from bentos.schemas import DeploymentRequest, DeploymentSpec, KeyRequest, KeyUpdate, VersionSpec
@@ -74,7 +74,7 @@ class Engine:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.threads = settings.intra_op_threads(os.cpu_count() or 1)
+        self.threads = settings.parallelism(available_cores())[1]  # per batch; Slot takes the batch count
         self.providers = tuple(settings.providers)
         self.metrics = get_metrics()
         self.stats = StatsRecorder()

@@ -58,7 +58,9 @@ class _Pending:
 
 class AdaptiveBatcher:
     def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_queue: int, max_wait_s: float = 0.0,
-                 name: str = "batcher") -> None:
+                 name: str = "batcher", in_flight: int = 1) -> None:
+        """`in_flight`: batches in the model at once, each on its own thread (the session must allow
+        concurrent runs, as ONNX Runtime's does)."""
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -68,8 +70,10 @@ class AdaptiveBatcher:
         self._queued_rows = 0
         self._has_items = asyncio.Event()
         self._full = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.in_flight = in_flight
+        self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=name)
         self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()  # batches handed to the model, not yet answered
         self._in_flight = 0  # batches in the model now
         self._stopped = False
 
@@ -90,10 +94,11 @@ class AdaptiveBatcher:
         """Stop now: every request still here, queued or in a batch in the model, gets an answer (an
         Overloaded error) instead of waiting for ever. Drain first (`Slot.drain_and_stop`) to avoid that."""
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [*([self._task] if self._task is not None else []), *self._running]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
         for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_exception(QueueFull(f"{self.name} is shutting down"))
@@ -118,17 +123,25 @@ class AdaptiveBatcher:
     async def _loop(self) -> None:
         while True:
             await self._has_items.wait()
+            # The next batch forms only when the model can take it: requests that arrive meanwhile join it.
+            while len(self._running) >= self.in_flight:
+                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
             if self.max_wait_s > 0:
                 await self._wait_for_fuller_batch()
             batch = self._take_batch()
             if not self._queue:
                 self._has_items.clear()
             if batch:
-                try:
-                    await self._run(batch)
-                except asyncio.CancelledError:  # stopped with this batch in the model (or being retried)
-                    _fail(batch, QueueFull(f"{self.name} is shutting down"))
-                    raise
+                task = asyncio.get_running_loop().create_task(self._answer(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    async def _answer(self, batch: list[_Pending]) -> None:
+        try:
+            await self._run(batch)
+        except asyncio.CancelledError:  # stopped with this batch in the model (or being retried)
+            _fail(batch, QueueFull(f"{self.name} is shutting down"))
+            raise
 
     async def _wait_for_fuller_batch(self) -> None:
         """Wait up to max_wait_s, waking early once a full batch is queued."""

@@ -21,7 +21,7 @@ from bentos.dataplane.circuit import CircuitBreaker, CircuitPolicy, State
 from bentos.dataplane.drift import DriftMonitor, features_of
 from bentos.dataplane.metrics import Metrics
 from bentos.dataplane.routing import Router
-from bentos.dataplane.runtime import LoadedVersion
+from bentos.dataplane.runtime import LoadedVersion, available_cores
 from bentos.dataplane.stats import StatsRecorder
 from bentos.dataplane.tracing import batch_spans, now_ns, recording, span
 from bentos.errors import TooBusy
@@ -62,7 +62,8 @@ class Slot:
         self.version = version
         self.batcher = AdaptiveBatcher(version.run, max_batch_size=settings.max_batch_size,
                                        max_queue=settings.max_queue, max_wait_s=settings.max_wait_ms / 1000,
-                                       name=f"batch-{version.tag}")
+                                       name=f"batch-{version.tag}",
+                                       in_flight=settings.parallelism(available_cores())[0])
         self.circuit = CircuitBreaker(policy)
 
     async def drain_and_stop(self, grace_s: float = 30.0) -> None:

@@ -29,7 +29,20 @@ def task_of(labels: dict[str, str]) -> str | None:
 
 def default_threads(workers: int = 1) -> int:
     """Intra-op threads so that workers x threads stays within the machine's cores."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    return max(1, available_cores() // max(1, workers))
+
+
+def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a Kubernetes
+    `limits.cpu`), which os.cpu_count() ignores: a pod limited to 2 CPUs on a 64-core node has 2."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))  # 1.5 CPUs: 2 threads
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 def pick_providers(cpu_only: bool = False, required: tuple[str, ...] = ()) -> list[str]:

@@ -225,3 +225,39 @@ async def test_draining_waits_for_the_batch_in_the_model() -> None:
     model.gate.set()
     assert (await asyncio.wait_for(request, 5))[0] == ["out:a"]
     await asyncio.wait_for(drain, 5)
+
+
+class Pair:
+    """A model that finishes a batch only once two batches are in it at the same time."""
+
+    def __init__(self) -> None:
+        self.barrier = threading.Barrier(2, timeout=10)
+        self.batches: list[list[Any]] = []
+
+    def __call__(self, rows: list[Any]) -> list[Any]:
+        self.barrier.wait()  # BrokenBarrierError after 10 s unless a second batch runs beside this one
+        self.batches.append(list(rows))
+        return [f"out:{r}" for r in rows]
+
+
+async def test_two_batches_in_flight_run_at_once_and_the_next_forms_from_what_waited() -> None:
+    model = Pair()
+    b = AdaptiveBatcher(model, max_batch_size=8, max_queue=16, in_flight=2)
+    first = asyncio.ensure_future(b.submit(["a"], deadline()))
+    await asyncio.sleep(0.05)  # "a" is in the model alone
+    second = asyncio.ensure_future(b.submit(["b"], deadline()))
+    assert [r[0] for r in await asyncio.wait_for(asyncio.gather(first, second), 15)] == [["out:a"], ["out:b"]]
+    await b.stop()
+
+
+async def test_stopping_answers_every_batch_in_flight() -> None:
+    model = Model()
+    model.gate.clear()
+    b = AdaptiveBatcher(model, max_batch_size=1, max_queue=16, in_flight=2)
+    requests = [asyncio.ensure_future(b.submit([x], deadline())) for x in "abc"]
+    await asyncio.sleep(0.1)  # a and b in the model, c queued
+    await b.stop()
+    model.gate.set()
+    for request in requests:
+        with pytest.raises(QueueFull, match="shutting down"):
+            await asyncio.wait_for(request, 5)

@@ -14,7 +14,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bentos.api.app import ServerErrors, ServingApp
-from bentos.api.fast_lane import FastLane, FastLaneService, fast_lane, why_not
+from bentos.api.fast_lane import FastLane, why_not
+from bentos.api.worker import WorkerService, in_worker
 
 
 async def hot(request: Request) -> Response:
@@ -142,15 +143,23 @@ def test_it_stays_off_when_bentoml_middleware_it_does_not_replace_is_on() -> Non
     assert reason is not None and "AccessLogMiddleware" in reason
 
 
-def test_a_service_with_the_fast_lane_hands_the_worker_a_fast_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_service_mounts_its_late_apps_once_and_hands_the_worker_a_fast_lane(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     @bentoml.service(name="lane_probe", logging={"access": {"enabled": False}})  # as service.py has it
     class Probe:
         pass
 
+    built: list[Starlette] = []
+
+    def build() -> Starlette:
+        built.append(Starlette())
+        return built[-1]
+
     app = serving_app()
-    probe = fast_lane(Probe, app)
-    assert isinstance(probe, FastLaneService) and probe.name == "lane_probe"
-    built = probe.to_asgi()
-    assert isinstance(built, FastLane) and built.app is app and built.timeout_s == 60
+    probe = in_worker(Probe, app, late_mounts=[(build, "/")])
+    assert isinstance(probe, WorkerService) and probe.name == "lane_probe" and built == []  # not at import
+    lane = probe.to_asgi()
+    assert isinstance(lane, FastLane) and lane.app is app and lane.timeout_s == 60
+    assert [m for m, _, _ in probe.mount_apps] == built and len(built) == 1
     monkeypatch.setenv("SWITCHYARD_FAST_LANE", "false")
-    assert isinstance(probe.to_asgi(), Starlette)
+    assert isinstance(probe.to_asgi(), Starlette) and len(built) == 1
