@@ -8,6 +8,7 @@ and, with the server's CPU per request measured in the same window, its CPU per 
 
     python bench/profile.py                  # embed-one and digits-one; writes docs/benchmarks-profile.md
     python bench/profile.py --flame          # also an SVG flame graph per workload in docs/
+    python bench/profile.py --access-log --without-fast-lane   # what BentoML's access log and middleware cost
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def py_spy() -> str:
 
 
 def layer_of(stack: str) -> str:
-    frames = stack.split(";")
+    # py-spy's first frames name the process and thread: "process 123:\"... _bentoml_impl.worker ...\"" would
+    # otherwise charge a native thread's samples (ORT's own pool) to BentoML.
+    frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
     for frame in reversed(frames):
         for name, needles in LAYERS:
             if any(n in frame for n in needles):
@@ -63,10 +66,11 @@ def layer_of(stack: str) -> str:
     return "other"
 
 
-def profile(workload: str, seconds: float, flame: bool, state: Path, access_log: bool) -> dict[str, object]:
+def profile(workload: str, seconds: float, flame: bool, state: Path, access_log: bool,
+            fast_lane: bool = True) -> dict[str, object]:
     w = workloads()[workload]
     env = serve_env(Path(os.environ.get("BENTOML_HOME", ROOT / ".state" / "bentoml")), state / workload,
-                    admin_token=TOKEN, max_batch_size="64")
+                    admin_token=TOKEN, max_batch_size="64", fast_lane=str(fast_lane).lower())
     if access_log:  # BentoML's per-request access log, off in service.py: what it costs
         env["BENTOML_CONFIG_OPTIONS"] = "services.switchyard.logging.access.enabled=true"
     server = Served(env, log_dir=state)
@@ -95,7 +99,8 @@ def profile(workload: str, seconds: float, flame: bool, state: Path, access_log:
             counts[layer_of(stack)] += int(n)
     total = sum(counts.values()) or 1
     cpu_ms = load.cpu_s_per_1k  # server CPU seconds per 1,000 requests = ms per request
-    name = workload + (" with BentoML's access log on" if access_log else "")
+    name = workload + (" with BentoML's access log on" if access_log else "") + \
+        ("" if fast_lane else " through BentoML's middleware (SWITCHYARD_FAST_LANE=false)")
     return {"workload": name, "rps": round(load.rps, 1), "cpu_ms_per_request": round(cpu_ms, 3),
             "samples": total, "layers": {k: round(v / total, 4) for k, v in counts.most_common()}}
 
@@ -106,7 +111,10 @@ def report(results: list[dict[str, object]], command: str) -> str:
              "process of the service (one worker, the default models at 100 %) while wrk loads it at 64 "
              "connections on the same 2 cores. A sample is charged to the innermost frame of a known layer "
              "(`bench/profile.py`, LAYERS); ms per request is the layer's share of the server's CPU per "
-             "request, measured in the same window.\n"]
+             "request, measured in the same window. By default Switchyard's requests take the fast lane, "
+             "around BentoML's middleware (README: How serving works); the sections marked "
+             "`SWITCHYARD_FAST_LANE=false` go through it, as do those with the access log on (the lane steps "
+             "aside for it). Samples without a Python frame (native threads, ORT's own) count as \"other\".\n"]
     for r in results:
         layers = r["layers"]
         assert isinstance(layers, dict)
@@ -125,12 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flame", action="store_true", help="also write a --native flame graph per workload")
     parser.add_argument("--access-log", action="store_true", help="also profile each workload with BentoML's "
                         "access log turned on (it is off by default)")
+    parser.add_argument("--without-fast-lane", action="store_true", help="also profile each workload with "
+                        "SWITCHYARD_FAST_LANE=false: what BentoML's middleware chain costs")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-profile.md")
     args = parser.parse_args(argv)
     state = Path(tempfile.mkdtemp(prefix="switchyard-profile-"))
     results = [profile(w, args.seconds, args.flame, state, False) for w in args.workloads.split(",")]
     if args.access_log:
         results += [profile(w, args.seconds, False, state, True) for w in args.workloads.split(",")]
+    if args.without_fast_lane:
+        results += [profile(w, args.seconds, False, state, False, fast_lane=False) for w in args.workloads.split(",")]
     command = "python bench/profile.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "profile.json").write_text(json.dumps(results, indent=2) + "\n")

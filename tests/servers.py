@@ -115,7 +115,11 @@ class Served:
         for worker in workers:
             with contextlib.suppress(psutil.NoSuchProcess):
                 worker.send_signal(signal.SIGKILL if sig == signal.SIGKILL else signal.SIGTERM)
-        psutil.wait_procs(workers, timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        for worker in alive:  # still in a graceful shutdown (a client kept a stream open): not our problem to wait
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+        psutil.wait_procs(alive, timeout=10)
         self._log.close()
 
 

@@ -164,19 +164,17 @@ class AdaptiveBatcher:
                 pending.future.set_exception(DeadlineExceeded(f"{self.name}: deadline passed while queued"))
         if not self._queue:
             return []
-        # The oldest request always goes first, so no length class starves; the rest of
-        # the batch comes from its own length class, then from neighbouring ones.
+        # The oldest request always goes first, so no length class starves; the rest of the batch
+        # comes from its own length class only: filling it from the neighbouring classes too padded
+        # rows up to twice their length, and cost 20 % of the requests/s on mixed-length text.
         head = self._queue[0]
         batch, rows = [head], len(head.rows)
-        for distance in (0, 1):
-            for pending in list(self._queue)[1:]:
-                if rows >= self.max_batch_size:
-                    break
-                if pending in batch or abs(pending.bucket - head.bucket) != distance:
-                    continue
-                if rows + len(pending.rows) <= self.max_batch_size:
-                    batch.append(pending)
-                    rows += len(pending.rows)
+        for pending in list(self._queue)[1:]:
+            if rows >= self.max_batch_size:
+                break
+            if pending.bucket == head.bucket and rows + len(pending.rows) <= self.max_batch_size:
+                batch.append(pending)
+                rows += len(pending.rows)
         for pending in batch:
             self._remove(pending)
         if self._queued_rows < self.max_batch_size:

@@ -140,12 +140,13 @@ async def test_length_buckets_group_similar_inputs_and_oldest_goes_first() -> No
     batcher = AdaptiveBatcher(model, max_batch_size=3, max_queue=100)
     blocker = asyncio.ensure_future(batcher.submit(["x"], deadline()))
     await asyncio.to_thread(model.started.wait, 5)
-    lengths = [60, 5, 58, 6, 61, 4]  # tokens; arrival order
+    lengths = [60, 5, 58, 12, 6, 61, 7]  # tokens; arrival order
     reqs = [asyncio.ensure_future(batcher.submit([f"len{n}"], deadline(), length_bucket(n))) for n in lengths]
     await asyncio.sleep(0.05)
     model.gate.set()
     await asyncio.gather(blocker, *reqs)
-    assert model.batches[1:] == [["len60", "len58", "len61"], ["len5", "len6", "len4"]]
+    # 12 tokens is the next class up from 5-7: it waits for a batch of its own rather than pad them to 12.
+    assert model.batches[1:] == [["len60", "len58", "len61"], ["len5", "len6", "len7"], ["len12"]]
     await batcher.stop()
 
 
