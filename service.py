@@ -21,9 +21,9 @@ app = create_app(holder, [*health_routes(holder), *admin_routes(holder), *oip_ro
 
 
 @bentoml.asgi_app(app, path="/")
-# BentoML's access log cost 9 % of the server's CPU on one-row digits requests (docs/benchmarks-profile.md);
-# Switchyard's own per-version metrics cover what it reported. Turn it
-# back on at serve time: BENTOML_CONFIG_OPTIONS="services.switchyard.logging.access.enabled=true".
+# BentoML's access log is off: Switchyard's per-version metrics cover what it reported, and since it must see
+# every request, turning it on also takes the fast lane away (docs/benchmarks-profile.md). Turn it back on
+# at serve time: BENTOML_CONFIG_OPTIONS="services.switchyard.logging.access.enabled=true".
 @bentoml.service(name="switchyard", traffic={"timeout": 60}, workers=1, logging={"access": {"enabled": False}})
 class Switchyard:
     """Serves every endpoint's live model versions; endpoints and deployments come from the control plane."""
