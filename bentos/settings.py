@@ -132,7 +132,7 @@ class ServeSettings(BaseSettings):
         """(batches in flight per version, intra-op threads per batch) for this worker's share of the cores.
         By default two batches of half the cores each: on 2 cores, two one-thread batches served more
         requests/s than one two-thread batch, at a lower batch-1 latency (ORT's threads do not spin between
-        runs here, so a second thread pays a wake-up on every run; docs/benchmarks.md, "2-thread" rows)."""
+        runs here, so a second thread pays a wake-up on every run; docs/benchmarks.md, "90-10-2threads" rows)."""
         share = max(1, cores // self.workers)
         # Two at most by default: more is unmeasured, and each extra batch trades latency for throughput.
         in_flight = self.batches_in_flight or max(1, min(2, share // (self.threads or 1)))
