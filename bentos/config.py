@@ -18,8 +18,10 @@ from bentos.schemas import TAG_PATTERN
 from bentos.tasks import get_task
 
 NAME = re.compile(r"^[a-z0-9-]{1,40}$")
-# Path segments under /v1 that are not endpoints.
-RESERVED = frozenset({"admin", "health", "openapi.json"})
+# Path segments under /v1 that are not endpoints: the fixed routes' (the app refuses to start with one
+# missing), and the OpenAI-compatible API's (/v1/chat/completions, /v1/completions, /v1/models) before
+# its routes land, so that no endpoint created now takes them later.
+RESERVED = frozenset({"admin", "health", "openapi.json", "chat", "completions", "models"})
 DEFAULT_FILE = "switchyard.yaml"
 
 

@@ -1,18 +1,37 @@
-"""Every error the service answers with, and its HTTP status; `bentos.api.app.problem` maps them.
+"""Every error the service answers with, each of one `kind`; the protocols map kinds to answers in
+`bentos.api.problems`, one table each.
 
-Modules below the HTTP surface raise these and never build responses themselves.
+Modules below the protocol adapters raise these and never build responses themselves. A kind says
+what went wrong from the caller's side, not which module noticed: the REST, OIP, SSE, OpenAI and
+gRPC tables all read it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args
+
+Kind = Literal[
+    "malformed",  # the body or a header cannot be read at all (bad JSON, multipart without a boundary)
+    "invalid",  # well-formed, but a field breaks its type or limit: names the field and the limit
+    "too_large",
+    "unauthenticated",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "rate_limited",
+    "overloaded",  # queue, admission, KV budget, memory budget: retry later
+    "deadline",  # the call's deadline passed before the model could take it
+    "unavailable",  # no deployment yet, the control plane is away
+    "model_failure",
+]
+KINDS: tuple[Kind, ...] = get_args(Kind)
 
 
 class ServingError(Exception):
-    """An error with an HTTP status and a message worded for the caller."""
+    """An error with a kind and a message worded for the caller."""
 
-    status = 400
+    kind: ClassVar[Kind] = "malformed"
 
     def __init__(self, message: str, *, field: str | None = None, limit: dict[str, Any] | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -23,17 +42,34 @@ class ServingError(Exception):
         self.headers = headers or {}
 
 
+def retry_after(seconds: float) -> dict[str, str]:
+    # Retry-After is whole seconds (RFC 9110); never 0, or clients would retry at once.
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
 class InvalidInput(ServingError):
     """A request item the model cannot take: names the field and, where there is one, the limit."""
 
-    status = 422
+    kind = "invalid"
 
     def __init__(self, field: str, message: str, limit: dict[str, Any] | None = None) -> None:
         super().__init__(f"{field}: {message}", field=field, limit=limit)
 
 
+class InvalidFields(ServingError):
+    """A body whose fields break their types or limits: every field error, the first in the message."""
+
+    kind = "invalid"
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        head = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"{head['field']}: {head['message']}{more}", field=head["field"], limit=head.get("limit"))
+        self.errors = errors
+
+
 class BodyTooLarge(ServingError):
-    status = 413
+    kind = "too_large"
 
     def __init__(self, limit: int, setting: str) -> None:
         super().__init__(f"body: request body exceeds {limit} bytes ({setting})", field="body",
@@ -45,19 +81,19 @@ class AdminError(ServingError):
 
 
 class InvalidChange(AdminError):
-    status = 422
+    kind = "invalid"
 
 
 class NotFound(AdminError):
-    status = 404
+    kind = "not_found"
 
 
 class Conflict(AdminError):
-    status = 409
+    kind = "conflict"
 
 
 class Unavailable(AdminError):
-    status = 503
+    kind = "unavailable"
 
 
 class ConfigError(Exception):
@@ -67,7 +103,7 @@ class ConfigError(Exception):
 class Unauthorized(ServingError):
     """A missing, wrong or revoked credential."""
 
-    status = 401
+    kind = "unauthenticated"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="switchyard"'})
@@ -76,21 +112,62 @@ class Unauthorized(ServingError):
 class Forbidden(ServingError):
     """A known caller without the role or scope the call needs: the message names it."""
 
-    status = 403
+    kind = "forbidden"
 
 
 class RateLimited(ServingError):
-    status = 429
+    kind = "rate_limited"
 
     def __init__(self, message: str, retry_after_s: float) -> None:
-        # Retry-After is whole seconds (RFC 9110); never 0, or clients would retry at once.
-        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+        super().__init__(message, headers=retry_after(retry_after_s))
 
 
 class TooBusy(ServingError):
     """The worker's admission limits are full: a fast 503 instead of a growing queue."""
 
-    status = 503
+    kind = "overloaded"
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Retry-After": "1"})
+        super().__init__(message, headers=retry_after(1))
+
+
+class Overloaded(ServingError):
+    """The request could not get a model slot in time; the client should retry later."""
+
+    kind: ClassVar[Kind] = "overloaded"
+    retry_after_s = 1
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"overloaded, retry later: {detail}", headers=retry_after(self.retry_after_s))
+
+
+class QueueFull(Overloaded):
+    pass
+
+
+class DeadlineExceeded(Overloaded):
+    kind = "deadline"
+
+
+class NoDeployment(ServingError):
+    """The endpoint has no live version yet."""
+
+    kind = "unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers=retry_after(5))
+
+
+class ModelFailure(ServingError):
+    """The model raised on valid input and no fallback could serve the request."""
+
+    kind = "model_failure"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"model failure: {detail}")
+
+
+class UnknownPin(ServingError):
+    """A pin (X-Model-Version, an OIP version path) names no version of this endpoint."""
+
+    kind = "not_found"

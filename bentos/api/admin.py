@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bentos.api.app import EngineHolder, ascii_int, error, json_response, parse, problem
+from bentos.api.app import EngineHolder, ascii_int, parse
+from bentos.api.problems import error, json_response, problem
 from bentos.config import EndpointRequest
 from bentos.controlplane.rollout_controller import RolloutController
 from bentos.controlplane.rollouts import RolloutRequest, RolloutState
@@ -57,8 +58,6 @@ def with_body(model: type[B], handler: Callable[[Request, str, B], Awaitable[Res
 
     async def parsed(request: Request, actor: str) -> Response:
         body = await parse(request, model, ADMIN_BODY_LIMIT, "the admin API's limit", empty=b"{}")
-        if isinstance(body, Response):
-            return body
         return await handler(request, actor, body)
 
     parsed.body = model  # type: ignore[attr-defined]  # for the OpenAPI document

@@ -10,10 +10,11 @@ pydantic models. Every error is mapped to a status here, in `problem`.
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,17 +25,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bentos.api.openapi import document
+from bentos.api.problems import first_error, json_response, problem, validation_errors
+from bentos.config import RESERVED
 from bentos.controlplane.engine import Engine
-from bentos.dataplane.access import Caller
-from bentos.dataplane.batching import Overloaded
-from bentos.dataplane.endpoint import Answer, Endpoint, ModelFailure, NoDeployment
-from bentos.dataplane.payloads import entry
-from bentos.dataplane.routing import UnknownPin
-from bentos.errors import BodyTooLarge, InvalidInput, NotFound, ServingError
-from bentos.request_context import RequestIds, request_id
+from bentos.dataplane.call import CallMeta, Protocol
+from bentos.dataplane.endpoint import Answer, Endpoint
+from bentos.dataplane.serving import Serving
+from bentos.errors import BodyTooLarge, InvalidFields, InvalidInput, NotFound, ServingError
+from bentos.request_context import RequestIds
 
 Handler = Callable[[Request], Awaitable[Response]]
 B = TypeVar("B", bound=BaseModel)
+__all__ = ["EngineHolder", "ServerErrors", "ServingApp", "create_app", "first_error", "json_response", "problem"]
 
 
 class EngineHolder:
@@ -48,69 +50,9 @@ class EngineHolder:
             raise RuntimeError("the Switchyard service has not started its engine")
         return self.engine
 
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
-
-
-def error(status: int, detail: str, errors: list[dict[str, Any]] | None = None,
-          headers: dict[str, str] | None = None) -> Response:
-    """An error body: the message, the field errors, and the request id to quote in a report."""
-    body = {"detail": detail, **({"errors": errors} if errors else {}), "request_id": request_id()}
-    return json_response(body, status, headers)
-
-
-def status_of(exc: Exception) -> tuple[int, str, dict[str, str]]:
-    """The one place errors become HTTP statuses: (status, message, headers)."""
-    if isinstance(exc, ServingError):
-        return exc.status, exc.message, exc.headers
-    if isinstance(exc, UnknownPin):
-        return 404, str(exc), {}
-    if isinstance(exc, Overloaded):
-        return 503, f"overloaded, retry later: {exc}", {"Retry-After": str(exc.retry_after_s)}
-    if isinstance(exc, NoDeployment):
-        return 503, str(exc), {"Retry-After": "5"}
-    if isinstance(exc, ModelFailure):
-        return 500, f"model failure: {exc}", {}
-    raise exc
-
-
-def problem(exc: Exception) -> Response:
-    status, message, headers = status_of(exc)
-    errors = None
-    if isinstance(exc, ServingError) and exc.field:
-        errors = [{"field": exc.field, "message": message, "type": type(exc).__name__,
-                   **({"limit": exc.limit} if exc.limit else {})}]
-    return error(status, message, errors, headers)
-
-
-def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """Pydantic errors as {field, message, limit}: the field path and the limit it broke."""
-    out = []
-    for e in exc.errors(include_url=False):
-        item: dict[str, Any] = {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"],
-                                "type": e["type"]}
-        if e.get("ctx"):
-            item["limit"] = {k: v for k, v in e["ctx"].items() if isinstance(v, (int, float, str))}
-        out.append(item)
-    return out
-
-
-MAX_ERRORS = 20
-
-
-def invalid(exc: ValidationError) -> Response:
-    """422 with the first MAX_ERRORS errors and a count of the rest: a body of 64 x 64 bad cells must not
-    answer with 4,096 entries."""
-    errors = validation_errors(exc)
-    head = errors[0]
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    body: dict[str, Any] = {"detail": f"{head['field']}: {head['message']}{more}", "errors": errors[:MAX_ERRORS],
-                            "request_id": request_id()}
-    if len(errors) > MAX_ERRORS:
-        body["more_errors"] = len(errors) - MAX_ERRORS
-    return json_response(body, 422)
+    def serving(self) -> Serving:
+        """The data plane's one serving path: all a protocol adapter needs to answer a request."""
+        return self.get().serving
 
 
 def ascii_int(raw: str | None) -> int | None:
@@ -118,6 +60,32 @@ def ascii_int(raw: str | None) -> int | None:
     if raw and len(raw) <= 18 and raw.isascii() and raw.isdigit():
         return int(raw)
     return None
+
+
+MAX_TIMEOUT_S = 3600.0
+
+
+def deadline_of(raw: str | None) -> float | None:
+    """X-Request-Timeout (seconds) as a deadline on the monotonic clock; None without the header."""
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT_S:  # also refuses nan and inf
+        raise InvalidInput("x-request-timeout", f"must be seconds, more than 0 and at most {MAX_TIMEOUT_S:g}; "
+                           f"got {raw[:40]!r}", {"max_s": MAX_TIMEOUT_S})
+    return time.monotonic() + seconds
+
+
+def http_meta(request: Request, endpoint: str, protocol: Protocol, pin: str | None,
+              stored_pins: bool = False) -> CallMeta:
+    """A call as HTTP delivered it: headers are the credentials (lower-case keys, as gRPC metadata's)."""
+    headers = request.headers
+    return CallMeta(endpoint, headers, request.client.host if request.client else None, pin,
+                    headers.get("x-routing-key"), "api", protocol, ascii_int(headers.get("content-length")),
+                    deadline_of(headers.get("x-request-timeout")), stored_pins)
 
 
 async def read_body(request: Request, limit: int, setting: str = "SWITCHYARD_MAX_BODY_BYTES") -> bytes:
@@ -134,16 +102,13 @@ async def read_body(request: Request, limit: int, setting: str = "SWITCHYARD_MAX
 
 
 async def parse(request: Request, model: type[B], limit: int, setting: str = "SWITCHYARD_MAX_BODY_BYTES",
-                empty: bytes = b"null") -> B | Response:
+                empty: bytes = b"null") -> B:
     """The body as `model`: 413 over the limit, 422 naming the field; the one parser for every route."""
-    try:
-        body = await read_body(request, limit, setting)
-    except BodyTooLarge as exc:
-        return problem(exc)
+    body = await read_body(request, limit, setting)
     try:
         return model.model_validate_json(body or empty)
     except ValidationError as exc:
-        return invalid(exc)
+        raise InvalidFields(validation_errors(exc)) from None
 
 
 async def multipart_items(request: Request, endpoint: Endpoint) -> list[Any]:
@@ -169,6 +134,14 @@ async def multipart_items(request: Request, endpoint: Endpoint) -> list[Any]:
         await form.close()
 
 
+async def request_items(request: Request, endpoint: Endpoint) -> tuple[list[Any], dict[str, Any]]:
+    """The request's items and the task's options: a multipart upload, or a JSON body of the task's model."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await multipart_items(request, endpoint), {}
+    parsed = await parse(request, endpoint.request_model, endpoint.limits.max_body_bytes)
+    return endpoint.task.items(parsed), endpoint.task.options(parsed)
+
+
 def _answer_headers(answer: Answer) -> dict[str, str]:
     return {"X-Model-Version": answer.version, "X-Route": answer.route}
 
@@ -178,48 +151,20 @@ def _latency(answer: Answer) -> dict[str, float]:
             "total": round(answer.total_s * 1000, 3)}
 
 
-def admit(engine: Engine, request: Request) -> tuple[Caller, str | None]:
-    """The caller (401 without a needed key, 429 over a rate) and the version it may pin (403 if none)."""
-    caller = engine.gate.admit(request.headers, request.client.host if request.client else None)
-    return caller, engine.gate.pin_for(caller, request.headers.get("x-model-version"))
-
-
-def declared_size(request: Request, limit: int) -> int:
-    """What admission reserves: the declared length, or the limit for a body sent without one."""
-    declared = ascii_int(request.headers.get("content-length"))
-    return limit if declared is None else min(declared, limit)
-
-
-async def infer(holder: EngineHolder, request: Request) -> Response:
-    """POST /v1/{endpoint}/{verb}: admit, validate, route, batch, answer."""
-    engine = holder.get()
+async def infer(serving: Serving, request: Request) -> Response:
+    """POST /v1/{endpoint}/{verb}: parse the request, ask the serving path, render the answer."""
     name, verb = request.path_params["endpoint"], request.path_params["verb"]
-    caller = None
     try:
-        caller, pin = admit(engine, request)
-        endpoint = await engine.serving_endpoint(name)
-        with engine.admission.hold(declared_size(request, endpoint.limits.max_body_bytes)):
-            task = endpoint.task
+        async with serving.admit(http_meta(request, name, "rest", request.headers.get("x-model-version"))) as ticket:
+            task = ticket.endpoint.task
             if verb != task.verb:
                 raise NotFound(f"{name} is a {task.name} endpoint: POST /v1/{name}/{task.verb}")
-            options: dict[str, Any] = {}
-            if request.headers.get("content-type", "").startswith("multipart/form-data"):
-                items = await multipart_items(request, endpoint)
-            else:
-                parsed = await parse(request, endpoint.request_model, endpoint.limits.max_body_bytes)
-                if isinstance(parsed, Response):
-                    return parsed
-                items, options = task.items(parsed), task.options(parsed)
-            answer = await endpoint.handle(items, request.headers.get("x-routing-key"), pin, "api",
-                                           api_key=caller.key)
-    except (ServingError, UnknownPin, Overloaded, NoDeployment, ModelFailure) as exc:
-        engine.metrics.denied_if(exc, caller.key if caller else "")
+            items, options = await request_items(request, ticket.endpoint)
+            answer = await ticket.infer(items, options)
+    except ServingError as exc:
         return problem(exc)
     body = {**task.render(answer.codec, answer.outputs, options), "model_version": answer.version,
             "route": answer.route, "latency_ms": _latency(answer)}
-    if engine.payloads is not None and engine.payloads.sampled():
-        engine.payloads.put(entry(name, endpoint.config.redact_payloads, answer.version, answer.route,
-                                  answer.total_s * 1000, caller.key, "v1", items, body[task.result_field]))
     return json_response(body, headers=_answer_headers(answer))
 
 
@@ -230,9 +175,13 @@ class ServingApp(Starlette):
     def __init__(self, hot: Handler, hot_path: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hot = RequestIds(ServerErrors(hot))
-        # /v1/<name>/... names that fixed routes take (admin, health, ...): never the generic route's.
-        self.reserved = {r.path.split("/")[2] for r in self.routes
-                         if isinstance(r, Route) and r.path.startswith("/v1/") and r.path != hot_path}
+        # /v1/<name>/... names that fixed routes take (admin, health, ...), now or once their routes land:
+        # never the generic route's, and no endpoint may be named so (config.RESERVED).
+        taken = {r.path.split("/")[2] for r in self.routes
+                 if isinstance(r, Route) and r.path.startswith("/v1/") and r.path != hot_path}
+        if taken - RESERVED:
+            raise RuntimeError(f"/v1 routes {sorted(taken - RESERVED)} must be in bentos.config.RESERVED")
+        self.reserved = RESERVED
 
     def lane(self, scope: dict[str, Any]) -> Any:
         """The handler for POST /v1/{endpoint}/{verb}, with path_params set; None for any other request."""
@@ -267,7 +216,7 @@ def create_app(holder: EngineHolder, extra_routes: list[Any] | None = None) -> S
     """The app is built at import; the engine is bound when the service starts."""
 
     async def predict(request: Request) -> Response:
-        return await infer(holder, request)
+        return await infer(holder.serving(), request)
 
     async def spec(request: Request) -> Response:
         return json_response(document(holder.get(), request.app.routes))

@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bentos.api.app import EngineHolder, json_response
+from bentos.api.app import EngineHolder
+from bentos.api.problems import json_response
 
 
 def health_routes(holder: EngineHolder) -> list[Route]:

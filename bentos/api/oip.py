@@ -8,7 +8,6 @@ outputs go back in binary when the client asks, as tritonclient does by default.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import struct
@@ -20,13 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bentos.api.app import EngineHolder, ascii_int, declared_size, json_response, read_body, status_of
-from bentos.dataplane.batching import Overloaded
-from bentos.dataplane.endpoint import Endpoint, ModelFailure, NoDeployment
-from bentos.dataplane.payloads import entry
-from bentos.dataplane.routing import UnknownPin
-from bentos.errors import BodyTooLarge, InvalidInput, NotFound, ServingError
-from bentos.request_context import request_id
+from bentos.api.app import EngineHolder, ascii_int, http_meta, read_body
+from bentos.api.problems import first_error, json_response, oip_problem
+from bentos.dataplane.endpoint import Endpoint
+from bentos.errors import InvalidInput, NoDeployment, ServingError
 from bentos.tasks.base import OIP_DTYPES, Codec, oip_datatype
 
 HEADER = "inference-header-content-length"
@@ -57,15 +53,6 @@ class InferRequest(BaseModel):
     inputs: list[TensorIn] = Field(min_length=1, max_length=64)
     outputs: list[OutputRequest] | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-def fail(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return json_response({"error": message, "request_id": request_id()}, status, headers)
-
-
-def oip_problem(exc: Exception) -> Response:
-    status, message, headers = status_of(exc)
-    return fail(400 if status == 422 else status, message, headers)
 
 
 def _shape(spec: dict[str, Any]) -> list[int]:
@@ -160,9 +147,9 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
 
     async def metadata(request: Request) -> Response:
         try:
-            endpoint = await holder.get().serving_endpoint(request.path_params["model"])
+            endpoint = holder.serving().endpoint(request.path_params["model"])
             codec = _codec(endpoint)
-        except (NotFound, NoDeployment) as exc:
+        except ServingError as exc:
             return oip_problem(exc)
         versions = [v.tag for v in endpoint.spec.versions] if endpoint.spec else []
         return json_response({"name": endpoint.name, "versions": versions, "platform": "onnxruntime_onnx",
@@ -171,37 +158,27 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
 
     async def model_ready(request: Request) -> Response:
         try:
-            endpoint = await holder.get().serving_endpoint(request.path_params["model"])
-        except NotFound as exc:
+            endpoint = holder.serving().endpoint(request.path_params["model"])
+        except ServingError as exc:
             return oip_problem(exc)
         return json_response({"name": endpoint.name, "ready": endpoint.ready}, 200 if endpoint.ready else 503)
 
     async def infer(request: Request) -> Response:
-        engine = holder.get()
-        caller = None
+        # A version in the path is a pin, with the same rules as X-Model-Version, and may name a stored version.
+        name = request.path_params["model"]
         try:
-            # A version in the path is a pin, with the same rules as X-Model-Version.
-            caller = engine.gate.admit(request.headers, request.client.host if request.client else None)
-            version = engine.gate.pin_for(caller, request.path_params.get("version"))
-            endpoint = await engine.serving_endpoint(request.path_params["model"])
-            with engine.admission.hold(declared_size(request, endpoint.limits.max_body_bytes)):
+            meta = http_meta(request, name, "oip", request.path_params.get("version"), stored_pins=True)
+            async with holder.serving().admit(meta) as ticket:
+                endpoint = ticket.endpoint
                 body = await read_body(request, endpoint.limits.max_body_bytes, "limits.max_body_bytes")
                 parsed, binary = _parse(body, request.headers.get(HEADER))
                 codec = _codec(endpoint)
-                pin = await _pin(engine, endpoint, version)
-                tensors = _inputs(parsed, codec, binary)
-                items = codec.from_oip(tensors)
+                items = codec.from_oip(_inputs(parsed, codec, binary))
                 if len(items) > endpoint.limits.max_rows:
                     raise InvalidInput("inputs", f"at most {endpoint.limits.max_rows} rows (limits.max_rows)")
-                answer = await endpoint.handle(items, request.headers.get("x-routing-key"), pin, "api",
-                                               api_key=caller.key)
+                answer = await ticket.infer(items)
             outputs, raw = encode_outputs(answer.codec.to_oip(answer.outputs), parsed)
-            if engine.payloads is not None and engine.payloads.sampled():
-                engine.payloads.put(entry(endpoint.name, endpoint.config.redact_payloads, answer.version,
-                                          answer.route, answer.total_s * 1000, caller.key, "v2", items,
-                                          answer.codec.to_oip(answer.outputs)))
-        except (ServingError, UnknownPin, Overloaded, NoDeployment, ModelFailure, BodyTooLarge) as exc:
-            engine.metrics.denied_if(exc, caller.key if caller else "")
+        except ServingError as exc:
             return oip_problem(exc)
         head = json.dumps({"model_name": endpoint.name, "model_version": answer.version,
                            **({"id": parsed.id} if parsed.id is not None else {}), "outputs": outputs}).encode()
@@ -232,8 +209,7 @@ def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]
     try:
         return InferRequest.model_validate_json(body[:split] or b"{}"), body[split:]
     except ValidationError as exc:
-        e = exc.errors(include_url=False)[0]
-        raise OipError(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}") from None
+        raise OipError(first_error(exc)) from None
 
 
 def _inputs(request: InferRequest, codec: Codec, binary: bytes) -> dict[str, np.ndarray]:
@@ -252,25 +228,3 @@ def _inputs(request: InferRequest, codec: Codec, binary: bytes) -> dict[str, np.
     if len(batch) != 1 or 0 in batch:
         raise OipError("every input needs the same, non-zero first dimension (the batch)")
     return tensors
-
-
-async def _pin(engine: Any, endpoint: Endpoint, version: str | None) -> str | None:
-    """A full tag for /versions/{version}: a live tag, its version part, or a stored version (loaded for pins).
-    The store's current deployment is consulted too: this worker may not have applied the newest revision yet."""
-    if not version:
-        return None
-    if match := _matching(version, [*endpoint.slots, *endpoint.previews]):
-        return match
-    with contextlib.suppress(ServingError):
-        current = await engine.current(endpoint.name)
-        if match := _matching(version, [v["tag"] for v in current.spec["versions"]]):
-            version = match
-    try:
-        return str(await engine.preview(endpoint.name, version))
-    except ServingError as exc:
-        raise NotFound(f"model {endpoint.name} has no version {version!r}: {exc.message}") from None
-
-
-def _matching(version: str, tags: list[str]) -> str | None:
-    """The tag that is `version`, or whose version part is (Triton clients send only the version)."""
-    return next((tag for tag in tags if version in (tag, tag.split(":")[-1])), None)

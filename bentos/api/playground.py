@@ -17,10 +17,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from bentos.api.app import EngineHolder
-from bentos.dataplane.batching import Overloaded
+from bentos.api.problems import first_error, playground_message
+from bentos.dataplane.call import CallMeta
 from bentos.dataplane.catalog import list_versions
-from bentos.dataplane.endpoint import Answer, ModelFailure, NoDeployment
-from bentos.dataplane.routing import UnknownPin
+from bentos.dataplane.endpoint import Answer
 from bentos.errors import ServingError
 from bentos.tasks.playground_kit import Kit, compare_versions, latency
 
@@ -39,32 +39,25 @@ def build_playground(holder: EngineHolder) -> Any:
         return live + [t for t in stored if t not in live]
 
     async def ask(name: str, items: list[Any], mode: str, key: str | None, pinned: str | None) -> Answer:
-        engine = holder.get()
+        """Through the service's own serving path, as any protocol: the gate, admission, routing, pins."""
+        if mode == "pinned" and not pinned:
+            raise fail("Choose a version to pin, or switch to routed mode.")
+        meta = CallMeta(name, pin=pinned if mode == "pinned" else None, routing_key=(key or "").strip() or None,
+                        source="playground", protocol="playground", stored_pins=True)
         try:
-            pin = None
-            if mode == "pinned":
-                if not pinned:
-                    raise fail("Choose a version to pin, or switch to routed mode.")
-                if engine.settings.require_api_key:  # pinning is for keys with the pin scope then
-                    raise fail("Pinned mode is off while API keys are required (SWITCHYARD_REQUIRE_API_KEY).")
-                pin = await engine.preview(name, pinned)
-            return await engine.endpoint(name).handle(items, (key or "").strip() or None, pin, "playground")
+            async with holder.serving().admit(meta) as ticket:
+                return await ticket.infer(items)
         except ServingError as exc:
-            raise fail(exc.message) from None
-        except (UnknownPin, NoDeployment, ModelFailure) as exc:
-            raise fail(str(exc)) from None
-        except Overloaded:
-            raise fail("The service is busy right now; try again in a moment.") from None
+            raise fail(playground_message(exc)) from None
 
     def parse(name: str, body: str) -> tuple[list[Any], dict[str, Any]]:
         """A request body in the endpoint's REST form, as items and options."""
         try:
-            endpoint = holder.get().endpoint(name)
+            endpoint = holder.serving().endpoint(name)
             parsed = endpoint.request_model.model_validate_json(body or "null")
             return endpoint.task.items(parsed), endpoint.task.options(parsed)
         except ValidationError as exc:
-            e = exc.errors(include_url=False)[0]
-            raise fail(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}") from None
+            raise fail(first_error(exc)) from None
         except ServingError as exc:
             raise fail(exc.message) from None
 

@@ -38,8 +38,9 @@ from bentos.dataplane.endpoint import Endpoint
 from bentos.dataplane.metrics import get_metrics
 from bentos.dataplane.payloads import PayloadLog, tail
 from bentos.dataplane.runtime import LoadedVersion, VersionLoadError, available_cores, load_version, resolve_tag
+from bentos.dataplane.serving import Serving
 from bentos.dataplane.stats import StatsRecorder, bucket_of, summarize
-from bentos.errors import Conflict, InvalidChange, NotFound, Unavailable
+from bentos.errors import Conflict, InvalidChange, NotFound, ServingError, Unavailable
 from bentos.schemas import DeploymentRequest, DeploymentSpec, KeyRequest, KeyUpdate, VersionSpec
 from bentos.settings import ServeSettings
 from bentos.tasks import load_plugins
@@ -92,7 +93,6 @@ class Engine:
         self._preview_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._unservable: set[str] = set()
-        self._refresh_lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
         self._refreshed_at = 0.0
         self._seen_stamp: Any = None
@@ -103,6 +103,9 @@ class Engine:
         self.gate = AccessGate(settings)
         self.payloads = PayloadLog(settings.payload_log) if settings.payload_log else None
         self.admission = Admission(settings.max_concurrency, settings.max_inflight_bytes)
+        self._nudged = asyncio.Event()
+        # The data plane's serving path; requests never go through the engine itself.
+        self.serving = Serving(self, self.gate, self.admission, self.metrics, self.payloads, settings)
 
     def _new_endpoint(self, config: EndpointConfig) -> Endpoint:
         return Endpoint(config, self.settings, self.metrics, self.stats)
@@ -270,7 +273,10 @@ class Engine:
     async def _poll_loop(self) -> None:
         backoff = self.settings.poll_interval_s
         while True:
-            await asyncio.sleep(self.settings.poll_interval_s if self.store is not None else backoff)
+            if self.store is not None:
+                await self._wait_for_poll()
+            else:
+                await asyncio.sleep(backoff)
             try:
                 if self.store is None:
                     # Reconnect with exponential backoff: a database that is down is not hammered by
@@ -286,6 +292,20 @@ class Engine:
                 self.store_down(exc)
             except Exception:  # keep polling whatever happens
                 log.exception("control-plane sync failed")
+
+    async def _wait_for_poll(self) -> None:
+        """The poll interval, or less when a request nudged (an endpoint unknown or not ready here), but no
+        sooner than REFRESH_MIN_S after the last look: a flood of unknown names costs one look per 0.1 s."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._nudged.wait(), self.settings.poll_interval_s)
+        await asyncio.sleep(max(0.0, self._refreshed_at + REFRESH_MIN_S - time.monotonic()))
+        self._nudged.clear()
+        self._refreshed_at = time.monotonic()
+
+    def nudge(self) -> None:
+        """Look at the control plane at the next chance instead of the next poll (Registry, for serving)."""
+        if not self._nudged.is_set():
+            self._nudged.set()
 
     def _store_moved(self) -> bool:
         """Whether a poll must query: the store says something was written since the last look, or it
@@ -401,18 +421,6 @@ class Engine:
                                for n, e in self.endpoints.items() if e.spec is not None})
 
     # --- admin operations --------------------------------------------------------------
-    async def serving_endpoint(self, name: str) -> Endpoint:
-        """The endpoint for a request: one this worker has not seen yet (created through another
-        worker a moment ago) is looked up in the control plane at once instead of waiting for the poll."""
-        endpoint = self.endpoints.get(name)
-        if (endpoint is None or not endpoint.ready) and self.store is not None and not self.store_error:
-            async with self._refresh_lock:  # one look at a time; callers behind it reuse its result
-                if time.monotonic() - self._refreshed_at > REFRESH_MIN_S:
-                    self._refreshed_at = time.monotonic()
-                    with contextlib.suppress(StoreUnavailable):
-                        await self.sync()
-        return self.endpoint(name)
-
     async def known_endpoint(self, name: str) -> Endpoint:
         """For admin calls: an endpoint created through another worker a moment ago is looked up at once,
         never refused as unknown because this worker's poll has not come round yet."""
@@ -566,11 +574,17 @@ class Engine:
             self.store_down(exc)
             raise Unavailable(f"control plane unavailable, change refused: {exc}") from None
 
-    async def preview(self, name: str, tag: str) -> str:
-        """Load a stored, validated version for pinned use only (playground and OIP pins); its full tag.
-        One load at a time: visitors pinning at once must not load a model each."""
-        endpoint = await self.known_endpoint(name)
-        (full,) = await self.check_versions(endpoint, [tag], "tag")
+    async def preview(self, name: str, version: str) -> str:
+        """Load a stored, validated version for pinned use only (playground and OIP pins); its full tag. A
+        bare version (Triton clients send only that) is looked up among the stored versions of the
+        endpoint's task. Never waits on the control plane: this runs inside a request (Registry). One load
+        at a time: visitors pinning at once must not load a model each."""
+        endpoint = self.endpoint(name)
+        try:
+            tag = version if ":" in version else await asyncio.to_thread(_stored_tag, endpoint.task.name, version)
+            (full,) = await self.check_versions(endpoint, [tag], "tag")
+        except ServingError as exc:
+            raise NotFound(f"model {name} has no version {version!r}: {exc.message}") from None
         if full in endpoint.slots or full in endpoint.previews:
             return full
         async with self._preview_lock:
@@ -655,3 +669,8 @@ class Engine:
                 "control_plane": {"ok": self.store is not None and self.store_error is None,
                                   "error": self.store_error},
                 "endpoints": {name: e.health() for name, e in self.endpoints.items()}}
+
+
+def _stored_tag(task: str, version: str) -> str:
+    """The stored tag of `task` whose version part is `version`, or `version` itself when none is."""
+    return next((v["tag"] for v in list_versions(task) if v["tag"].split(":")[-1] == version), version)

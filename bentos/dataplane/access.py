@@ -173,16 +173,23 @@ class Admission:
         self.max_requests, self.max_bytes = max_requests, max_bytes
         self.requests = self.bytes = 0
 
-    @contextmanager
-    def hold(self, nbytes: int) -> Iterator[None]:
+    def take(self, nbytes: int) -> None:
+        """Reserve one request and `nbytes`, or raise TooBusy; `give` returns them."""
         if self.requests >= self.max_requests:
             raise TooBusy(f"{self.requests} requests in flight in this worker (SWITCHYARD_MAX_CONCURRENCY)")
         if self.bytes + nbytes > self.max_bytes and self.requests:
             raise TooBusy(f"{self.bytes} request bytes in flight in this worker (SWITCHYARD_MAX_INFLIGHT_BYTES)")
         self.requests += 1
         self.bytes += nbytes
+
+    def give(self, nbytes: int) -> None:
+        self.requests -= 1
+        self.bytes -= nbytes
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        self.take(nbytes)
         try:
             yield
         finally:
-            self.requests -= 1
-            self.bytes -= nbytes
+            self.give(nbytes)

@@ -17,21 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from bentos.errors import DeadlineExceeded, QueueFull
+
+__all__ = ["AdaptiveBatcher", "BatchSizeMismatch", "DeadlineExceeded", "QueueFull", "Timing"]
+
 RunBatch = Callable[[list[Any]], Sequence[Any]]
-
-
-class Overloaded(Exception):
-    """The request could not get a model slot in time; the client should retry later."""
-
-    retry_after_s = 1
-
-
-class QueueFull(Overloaded):
-    pass
-
-
-class DeadlineExceeded(Overloaded):
-    pass
 
 
 class BatchSizeMismatch(RuntimeError):
@@ -79,6 +69,7 @@ class AdaptiveBatcher:
 
     @property
     def queue_depth(self) -> int:
+        """Requests waiting for a batch."""
         return len(self._queue)
 
     @property
@@ -92,7 +83,7 @@ class AdaptiveBatcher:
 
     async def stop(self) -> None:
         """Stop now: every request still here, queued or in a batch in the model, gets an answer (an
-        Overloaded error) instead of waiting for ever. Drain first (`Slot.drain_and_stop`) to avoid that."""
+        Overloaded error) instead of waiting for ever. `drain_and_stop` lets them finish first."""
         self._stopped = True
         tasks = [*([self._task] if self._task is not None else []), *self._running]
         for task in tasks:
@@ -104,6 +95,13 @@ class AdaptiveBatcher:
                 pending.future.set_exception(QueueFull(f"{self.name} is shutting down"))
         self._queue.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def drain_and_stop(self, grace_s: float = 30.0) -> None:
+        """Let queued requests, and the batch in the model, finish (up to `grace_s`), then stop."""
+        end = time.monotonic() + grace_s
+        while self.busy and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        await self.stop()
 
     async def submit(self, rows: list[Any], deadline: float, bucket: int = 0) -> tuple[list[Any], Timing]:
         """Queue one request's rows; returns one result per row and the request's timing."""
@@ -158,7 +156,9 @@ class AdaptiveBatcher:
 
     def _take_batch(self) -> list[_Pending]:
         now = time.monotonic()
-        for pending in [p for p in self._queue if p.deadline <= now]:
+        # A request whose caller is gone (its task was cancelled: a disconnect, a timeout, a cancelled
+        # RPC) has a cancelled future: its rows would cost model time for an answer nobody reads.
+        for pending in [p for p in self._queue if p.deadline <= now or p.future.done()]:
             self._remove(pending)
             if not pending.future.done():
                 pending.future.set_exception(DeadlineExceeded(f"{self.name}: deadline passed while queued"))

@@ -15,16 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from bentos.config import EndpointConfig
-from bentos.dataplane.batching import AdaptiveBatcher, Overloaded, Timing
+from bentos.dataplane.batching import AdaptiveBatcher, Timing
 from bentos.dataplane.cache import PredictionCache, input_key
+from bentos.dataplane.call import Call, Labels
 from bentos.dataplane.circuit import CircuitBreaker, CircuitPolicy, State
 from bentos.dataplane.drift import DriftMonitor, features_of
 from bentos.dataplane.metrics import Metrics
 from bentos.dataplane.routing import Router
 from bentos.dataplane.runtime import LoadedVersion, available_cores
+from bentos.dataplane.slot_queue import ForwardQueue, SlotQueue
 from bentos.dataplane.stats import StatsRecorder
 from bentos.dataplane.tracing import batch_spans, now_ns, recording, span
-from bentos.errors import TooBusy
+from bentos.errors import ModelFailure, NoDeployment, NotFound, Overloaded, ServingError, TooBusy
 from bentos.request_context import request_id
 from bentos.schemas import DeploymentSpec
 from bentos.settings import ServeSettings
@@ -35,14 +37,8 @@ log = logging.getLogger("switchyard.endpoint")
 # evicted only after this long unused, so that previews cannot thrash (load, evict, load again).
 PREVIEW_SLOTS = 4
 PREVIEW_MIN_IDLE_S = 60.0
-
-
-class ModelFailure(RuntimeError):
-    """The model raised and no fallback could serve the request."""
-
-
-class NoDeployment(RuntimeError):
-    """The endpoint has no live version yet."""
+DIRECT = Call()  # a call with no caller: in-process users and tests
+__all__ = ["DIRECT", "Answer", "Endpoint", "ModelFailure", "NoDeployment", "Pick", "Slot"]
 
 
 @dataclass(frozen=True)
@@ -55,23 +51,35 @@ class Answer:
     codec: Codec
 
 
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """Where one request goes, decided before it runs and settled after it: the version, its route, and
+    the half-open breaker's probe it holds (released on every path)."""
+
+    router: Router
+    slot: Slot
+    tag: str
+    route: str
+    start: float
+    probe: Slot | None = None
+
+
 class Slot:
-    """A live version in this worker: model, batcher and circuit breaker."""
+    """A live version in this worker: model, queue and circuit breaker."""
 
     def __init__(self, version: LoadedVersion, settings: ServeSettings, policy: CircuitPolicy) -> None:
         self.version = version
-        self.batcher = AdaptiveBatcher(version.run, max_batch_size=settings.max_batch_size,
-                                       max_queue=settings.max_queue, max_wait_s=settings.max_wait_ms / 1000,
-                                       name=f"batch-{version.tag}",
-                                       in_flight=settings.parallelism(available_cores())[0])
+        batcher = AdaptiveBatcher(version.run, max_batch_size=settings.max_batch_size,
+                                  max_queue=settings.max_queue, max_wait_s=settings.max_wait_ms / 1000,
+                                  name=f"batch-{version.tag}", in_flight=settings.parallelism(available_cores())[0])
+        self.queue: SlotQueue = batcher
+        # The one-forward path's view of the queue; None for an execution mode without `submit`.
+        self.forward: ForwardQueue | None = batcher
         self.circuit = CircuitBreaker(policy)
 
     async def drain_and_stop(self, grace_s: float = 30.0) -> None:
         """Let queued requests, and the batch in the model, finish before the version goes away."""
-        end = time.monotonic() + grace_s
-        while self.batcher.busy and time.monotonic() < end:
-            await asyncio.sleep(0.05)
-        await self.batcher.stop()
+        await self.queue.drain_and_stop(grace_s)
 
 
 def effective_limits(config: EndpointConfig, settings: ServeSettings) -> Limits:
@@ -168,7 +176,7 @@ class Endpoint:
 
     async def stop(self) -> None:
         for slot in [*self.slots.values(), *self.previews.values()]:
-            await slot.batcher.stop()
+            await slot.queue.stop()
         for task in list(self._background):
             task.cancel()
 
@@ -177,84 +185,94 @@ class Endpoint:
         return self.router is not None
 
     # --- the request path -------------------------------------------------------------
-    async def handle(self, items: list[Any], routing_key: str | None = None, pin: str | None = None,
-                     source: str = "api", api_key: str = "") -> Answer:
+    async def handle(self, items: list[Any], call: Call = DIRECT) -> Answer:
         """Route, batch and answer `items`; one `switchyard.request` span when tracing is on."""
         if not recording():  # the common case: no span objects on the hot path
-            return await self._handle(items, routing_key, pin, source, api_key)
-        with span("request", endpoint=self.name, source=source, rows=len(items)) as current:
-            answer = await self._handle(items, routing_key, pin, source, api_key)
+            return await self._handle(items, call)
+        with span("request", endpoint=self.name, source=call.source, protocol=call.protocol,
+                  rows=len(items)) as current:
+            answer = await self._handle(items, call)
             if current is not None:
                 current.set_attribute("switchyard.version", answer.version)
                 current.set_attribute("switchyard.route", answer.route)
             return answer
 
-    async def _handle(self, items: list[Any], routing_key: str | None, pin: str | None, source: str,
-                      api_key: str) -> Answer:
+    async def _handle(self, items: list[Any], call: Call) -> Answer:
+        pick = self.pick(call)
+        try:
+            pick.slot.version.codec.check(items, self.limits)  # a 422 before anything is queued
+            outputs, timing, answered = await self._answer(pick, items, call)
+        finally:
+            if pick.probe is not None:
+                pick.probe.circuit.release()
+        total = time.monotonic() - pick.start
+        self.settle(answered, call, items, outputs, total)
+        return Answer(outputs, answered.tag, answered.route, timing, total, answered.slot.version.codec)
+
+    def pick(self, call: Call) -> Pick:
+        """The version for this call: a pin (a preview, or a live version), else the split; a canary whose
+        breaker refuses is answered by stable instead (route "fallback")."""
         router = self.router
         if router is None:
             raise NoDeployment(f"endpoint {self.name} has no deployed model yet: build one with "
                                "`python -m models build --all`, then deploy it through /v1/admin")
         start = time.monotonic()
-        pin = pin if self.settings.allow_pinning else None
+        pin = call.pin if self.settings.allow_pinning else None
         if pin and pin in self.previews:
-            tag, route, slot = pin, "pinned", self.previews[pin]
             self._preview_used[pin] = start
-        else:
-            with span("route", endpoint=self.name):
-                choice = router.choose(routing_key, pin)
-            tag, route = choice.tag, choice.route
-            slot = self.slots[tag]
-        if route == "canary" and not slot.circuit.allow():
-            self.metrics.fallbacks.labels(self.name, tag).inc()
-            tag, route, slot = router.stable, "fallback", self.slots[router.stable]
-        probe = slot if route == "canary" else None  # a half-open breaker's probe, settled on every path below
-        try:
-            slot.version.codec.check(items, self.limits)  # a 422 before anything is queued
-            outputs, timing, tag, route, slot = await self._answer(router, slot, tag, route, items, source,
-                                                                   start, api_key)
-        finally:
-            if probe is not None:
-                probe.circuit.release()
-        total = time.monotonic() - start
-        self.metrics.request_duration.labels(self.name, tag).observe(total)
-        self._evidence(tag, route, source, True, total)
+            return Pick(router, self.previews[pin], pin, "pinned", start)
+        with span("route", endpoint=self.name):
+            choice = router.choose(call.routing_key, pin)
+        slot = self.slots[choice.tag]
+        if choice.route == "canary" and not slot.circuit.allow():
+            self.metrics.fallbacks.labels(self.name, choice.tag).inc()
+            return self._fallback(router, start)
+        return Pick(router, slot, choice.tag, choice.route, start, slot if choice.route == "canary" else None)
+
+    def _fallback(self, router: Router, start: float) -> Pick:
+        return Pick(router, self.slots[router.stable], router.stable, "fallback", start)
+
+    def settle(self, pick: Pick, call: Call, items: list[Any], outputs: list[Any], total_s: float) -> None:
+        """The books of an answered call: latency, rollout evidence, shadow and compare copies, drift."""
+        tag, route, router = pick.tag, pick.route, pick.router
+        self.metrics.request_duration.labels(self.name, tag).observe(total_s)
+        self._evidence(tag, route, call.source, True, total_s)
         spec = self.spec
-        if router.shadows and source != "shadow" and spec is not None \
+        if router.shadows and call.source != "shadow" and spec is not None \
                 and random.random() * 100 < spec.shadow_sample:
             for shadow in router.shadows:
-                self._mirror(shadow, items, tag, outputs)
+                self._mirror(shadow, items, tag, outputs, call)
         # The drift check's evidence: predicted classes of the same traffic, only while a canary shares it.
-        if source == "api" and route in ("stable", "canary") and router.spec.by_role("canary"):
-            predicted = slot.version.codec.predicted_classes(outputs)
+        codec = pick.slot.version.codec
+        if call.source == "api" and route in ("stable", "canary") and router.spec.by_role("canary"):
+            predicted = codec.predicted_classes(outputs)
             if predicted is not None:
                 self.stats.record_classes(self.name, tag, predicted[0].tolist(), predicted[1])
-        if source == "api" and self.drift.wants(tag):
-            self.drift.hold(tag, slot.version.codec, items, outputs)
-        if route == "canary" and source == "api" and random.random() < self.settings.canary_compare_sample:
-            self._mirror(router.stable, items, tag, outputs, judged=tag)
-        return Answer(outputs, tag, route, timing, total, slot.version.codec)
+        if call.source == "api" and self.drift.wants(tag):
+            self.drift.hold(tag, codec, items, outputs)
+        if route == "canary" and call.source == "api" and random.random() < self.settings.canary_compare_sample:
+            self._mirror(router.stable, items, tag, outputs, call, judged=tag)
 
-    async def _answer(self, router: Router, slot: Slot, tag: str, route: str, items: list[Any], source: str,
-                      start: float, api_key: str = "") -> tuple[list[Any], Timing, str, str, Slot]:
+    async def _answer(self, pick: Pick, items: list[Any], call: Call) -> tuple[list[Any], Timing, Pick]:
         """Run on the chosen version; a canary that fails or is overloaded is the canary's error, and stable
         answers instead (503 only when stable has no room either)."""
         while True:  # at most twice
             try:
-                outputs, timing = await self._run(slot, items, route, source, api_key)
-                return outputs, timing, tag, route, slot
+                outputs, timing = await self._run(pick, items, call)
+                return outputs, timing, pick
             except Exception as exc:
-                self._evidence(tag, route, source, False, time.monotonic() - start, fallback=route == "canary")
-                if route != "canary":
-                    if isinstance(exc, Overloaded):
+                self._evidence(pick.tag, pick.route, call.source, False, time.monotonic() - pick.start,
+                               fallback=pick.route == "canary")
+                if pick.route != "canary":
+                    if isinstance(exc, ServingError):  # overloaded or past its deadline: the caller's answer
                         raise
                     # The runtime's own words name internals (node names, shapes, paths): logged, not sent.
-                    log.warning("%s %s failed on request %s: %s", self.name, tag, request_id() or "-",
+                    log.warning("%s %s failed on request %s: %s", self.name, pick.tag, request_id() or "-",
                                 str(exc)[:1000])
-                    raise ModelFailure(f"{tag} could not answer this request; the server log has the "
+                    raise ModelFailure(f"{pick.tag} could not answer this request; the server log has the "
                                        "model's error") from exc
-                self.metrics.fallbacks.labels(self.name, tag).inc()
-                tag, route, slot = router.stable, "fallback", self.slots[router.stable]
+                self.metrics.fallbacks.labels(self.name, pick.tag).inc()
+                pick = self._fallback(pick.router, pick.start)
 
     def _evidence(self, tag: str, route: str, source: str, ok: bool, latency_s: float, fallback: bool = False) -> None:
         """The shared per-version stats that canary analysis judges: only what the split routed from API
@@ -263,22 +281,25 @@ class Endpoint:
         if (source == "api" and route in ("stable", "canary")) or route == "shadow":
             self.stats.record(self.name, tag, ok, latency_s, fallback=fallback)
 
-    async def _run(self, slot: Slot, items: list[Any], route: str, source: str,
-                   api_key: str = "") -> tuple[list[Any], Timing]:
-        """`api_key` is the caller's key name, a metrics label ("" without one)."""
-        tag = slot.version.tag
+    async def _run(self, pick: Pick, items: list[Any], call: Call) -> tuple[list[Any], Timing]:
+        slot, tag = pick.slot, pick.tag
+        labels = Labels.of(self.name, tag, pick.route, call)
         key = input_key(tag, items) if self.cache.size else ""
         cached = self.cache.get(key) if key else None
         if cached is not None:
             self.metrics.cache_hits.labels(self.name, tag).inc()
-            self.metrics.requests.labels(self.name, tag, route, "ok", source, api_key).inc()
+            self.metrics.count(labels, "ok")
             return cached, Timing(0.0, 0.0, 0)
-        deadline = time.monotonic() + self.settings.request_timeout_s
+        queue = slot.forward
+        if queue is None:
+            raise NotFound(f"{self.name} serves a {self.task.name} model, which answers on its streaming "
+                           "routes, not in one forward pass")
         began = now_ns()
         try:
-            outputs, timing = await slot.batcher.submit(items, deadline, slot.version.codec.bucket(items))
+            outputs, timing = await queue.submit(items, call.deadline_or(self.settings.request_timeout_s),
+                                                 slot.version.codec.bucket(items))
         except Overloaded:
-            self.metrics.requests.labels(self.name, tag, route, "overloaded", source, api_key).inc()
+            self.metrics.count(labels, "overloaded")
             raise
         except Exception as exc:
             was_open = slot.circuit.state is State.OPEN
@@ -286,14 +307,14 @@ class Endpoint:
             if slot.circuit.state is State.OPEN and not was_open:
                 log.warning("%s %s: circuit opened after: %s", self.name, tag, str(exc)[:300])
             self.metrics.circuit_state.labels(self.name, tag).set(slot.circuit.state.value)
-            self.metrics.requests.labels(self.name, tag, route, "error", source, api_key).inc()
+            self.metrics.count(labels, "error")
             raise
         slot.circuit.record(True)
         if recording():
-            batch_spans(began, timing.queue_s, timing.inference_s, endpoint=self.name, version=tag, route=route,
+            batch_spans(began, timing.queue_s, timing.inference_s, endpoint=self.name, version=tag, route=pick.route,
                         batch_rows=timing.batch_rows)
         self.metrics.circuit_state.labels(self.name, tag).set(slot.circuit.state.value)
-        self.metrics.requests.labels(self.name, tag, route, "ok", source, api_key).inc()
+        self.metrics.count(labels, "ok")
         self.metrics.queue_wait.labels(self.name, tag).observe(timing.queue_s)
         self.metrics.inference_duration.labels(self.name, tag).observe(timing.inference_s)
         self.metrics.batch_size.labels(self.name, tag).observe(timing.batch_rows)
@@ -302,7 +323,7 @@ class Endpoint:
         return outputs, timing
 
     # --- shadow traffic ---------------------------------------------------------------
-    def _mirror(self, version: str, items: list[Any], primary: str, primary_out: list[Any],
+    def _mirror(self, version: str, items: list[Any], primary: str, primary_out: list[Any], call: Call = DIRECT,
                 judged: str | None = None) -> None:
         """Ask `version` too, in the background, and record how far it agrees with `primary`'s answers:
         a shadow is judged against the version that answered; a sampled canary answer (`judged`) against
@@ -311,7 +332,8 @@ class Endpoint:
             self.metrics.shadow_dropped.labels(self.name, version).inc()
             return
         self._shadow_inflight += 1
-        self._spawn(self._shadow(version, items, primary, primary_out, judged))
+        copy = Call(source="shadow", protocol=call.protocol, key=call.key)
+        self._spawn(self._shadow(version, items, primary, primary_out, copy, judged))
 
     def _primary_busy(self) -> bool:
         """Copies run on spare capacity only: while a version answering users has a batch in the model or
@@ -319,19 +341,19 @@ class Endpoint:
         spec = self.spec
         if spec is None:
             return False
-        return any(slot.batcher.busy for tag, slot in self.slots.items()
+        return any(slot.queue.busy for tag, slot in self.slots.items()
                    if tag in {v.tag for v in spec.versions if v.role != "shadow"})
 
-    async def _shadow(self, shadow: str, items: list[Any], primary: str, primary_out: list[Any],
+    async def _shadow(self, shadow: str, items: list[Any], primary: str, primary_out: list[Any], call: Call,
                       judged: str | None = None) -> None:
-        slot = self.slots.get(shadow)
-        if slot is None:
+        slot, router = self.slots.get(shadow), self.router
+        if slot is None or router is None:
             self._shadow_inflight -= 1
             return
         start, route = time.monotonic(), "compare" if judged else "shadow"
         try:
             with span(route, endpoint=self.name, version=shadow, primary=primary):
-                outputs, _ = await self._run(slot, items, route, "shadow")
+                outputs, _ = await self._run(Pick(router, slot, shadow, route, start), items, call)
             # Successes count as well as failures: a rollout's shadow step judges both.
             self._evidence(shadow, route, "shadow", True, time.monotonic() - start)
             for a, b in zip(primary_out, outputs, strict=True):
@@ -385,7 +407,7 @@ class Endpoint:
                              "variant": slot.version.variant if slot else None,
                              "state": "loaded" if slot else "missing",
                              "circuit": slot.circuit.state.name.lower() if slot else None,
-                             "queue_depth": slot.batcher.queue_depth if slot else 0})
+                             "queue_depth": slot.queue.queue_depth if slot else 0})
         return {"task": self.task.name, "route": f"/v1/{self.name}/{self.task.verb}", "revision": self.revision,
                 "sticky": bool(spec and spec.sticky), "shadow_sample": spec.shadow_sample if spec else 100.0,
                 "ready": self.ready, "versions": versions,

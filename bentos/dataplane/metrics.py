@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from bentos.dataplane.call import Labels
+from bentos.errors import ServingError
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 AGREEMENT_BUCKETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
@@ -35,11 +38,19 @@ class Metrics:
     drift_score: Any
     prediction_drift: Any
 
-    def denied_if(self, exc: Exception, key: str) -> None:
-        """Count requests refused before the model (auth, rate, admission), by key name and status."""
-        status = getattr(exc, "status", 0)
-        if status in (401, 403, 429) or type(exc).__name__ == "TooBusy":
-            self.denied.labels(key, str(status)).inc()
+    def count(self, labels: Labels, outcome: str) -> None:
+        """One answer (or refusal) of a version, by its labels and outcome: ok, overloaded, error."""
+        self.requests.labels(labels.endpoint, labels.version, labels.route, outcome, labels.source, labels.key,
+                             labels.protocol).inc()
+
+    def deny(self, exc: ServingError, key: str) -> None:
+        """A request refused at the gate or by admission, before any model: by key name and status."""
+        self.denied.labels(key, DENIED_STATUS.get(exc.kind, "other")).inc()
+
+
+# The `status` label of switchyard_denied_total: HTTP's numbers, whatever the protocol, so dashboards and
+# alerts keep one meaning.
+DENIED_STATUS = {"unauthenticated": "401", "forbidden": "403", "rate_limited": "429", "overloaded": "503"}
 
 
 @cache
@@ -50,7 +61,7 @@ def get_metrics() -> Metrics:
     ev = ["endpoint", "version"]
     return Metrics(
         requests=Counter("switchyard_requests_total", "Requests by version, route and outcome.",
-                         [*ev, "route", "outcome", "source", "key"]),
+                         [*ev, "route", "outcome", "source", "key", "protocol"]),
         request_duration=Histogram("switchyard_request_duration_seconds", "End-to-end time in the model path.",
                                    ev, buckets=LATENCY_BUCKETS),
         inference_duration=Histogram("switchyard_inference_duration_seconds", "Model time of the request's batch.",

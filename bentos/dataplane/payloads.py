@@ -44,7 +44,7 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def entry(endpoint: str, redacted: bool, version: str, route: str, latency_ms: float, key: str, protocol: str,
+def entry(*, endpoint: str, redacted: bool, version: str, route: str, latency_ms: float, key: str, protocol: str,
           items: list[Any], response: Any) -> dict[str, Any]:
     """One logged exchange; with `redacted`, inputs are hashes only."""
     from bentos.request_context import request_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bentos.api.problems import REST
 from bentos.dataplane.access import AccessGate, Admission, LiveKey, TokenBucket, digest, new_secret
 from bentos.errors import Forbidden, RateLimited, TooBusy, Unauthorized
 from bentos.settings import ServeSettings
@@ -48,7 +49,7 @@ def test_over_the_rate_is_429_with_a_retry_after_of_at_least_a_second() -> None:
     g.admit({"x-api-key": plain}, None)  # burst 1
     with pytest.raises(RateLimited) as info:
         g.admit({"x-api-key": plain}, None)
-    assert info.value.status == 429 and int(info.value.headers["Retry-After"]) >= 1
+    assert REST[info.value.kind] == 429 and int(info.value.headers["Retry-After"]) >= 1
     assert "plain" in info.value.message and plain not in info.value.message
 
 

@@ -211,16 +211,12 @@ async def test_stopping_with_a_batch_in_the_model_answers_its_requests_instead_o
 
 
 async def test_draining_waits_for_the_batch_in_the_model() -> None:
-    from bentos.dataplane.endpoint import Slot
-
     model = Model()
     model.gate.clear()
     b = AdaptiveBatcher(model, max_batch_size=8, max_queue=16)
     request = asyncio.ensure_future(b.submit(["a"], deadline()))
     await asyncio.to_thread(model.started.wait, 10)
-    slot = Slot.__new__(Slot)
-    slot.batcher = b
-    drain = asyncio.ensure_future(slot.drain_and_stop(grace_s=30))
+    drain = asyncio.ensure_future(b.drain_and_stop(grace_s=30))
     await asyncio.sleep(0.2)
     assert not drain.done()  # the batch is still in the model
     model.gate.set()

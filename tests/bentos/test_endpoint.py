@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bentos.config import EndpointConfig
+from bentos.dataplane.call import Call
 from bentos.dataplane.endpoint import Endpoint, ModelFailure
 from bentos.dataplane.metrics import get_metrics
 from bentos.dataplane.runtime import LoadedVersion, load_session
@@ -88,7 +89,7 @@ async def test_failing_canary_falls_back_to_stable(digits_root: Path) -> None:
     assert all(a.version == "mlp:1" and a.route == "fallback" for a in answers)
     assert ep.slots["bad:1"].circuit.state.name == "OPEN"  # later requests skip it without trying
     with pytest.raises(ModelFailure) as failure:
-        await ep.handle(ROWS[:1], pin="bad:1")  # a pinned request gets no silent substitute
+        await ep.handle(ROWS[:1], Call(pin="bad:1"))  # a pinned request gets no silent substitute
     assert "session raises" not in str(failure.value)  # the runtime's words are logged, not sent
     await ep.stop()
 
@@ -129,7 +130,7 @@ async def test_an_overloaded_canary_is_its_error_falls_back_and_settles_its_prob
                    "cnn:1": version(digits_root, "digits-cnn", "cnn:1")},
                   {"mlp:1": ("stable", 0), "cnn:1": ("canary", 100)})
     half_open(ep, "cnn:1")
-    batcher = ep.slots["cnn:1"].batcher
+    batcher = ep.slots["cnn:1"].queue
     room, batcher.max_queue = batcher.max_queue, 0  # the canary has no room at all
     answer = await ep.handle(ROWS[:1])
     assert answer.version == "mlp:1" and answer.route == "fallback"  # stable had room
@@ -145,10 +146,10 @@ async def test_pinned_and_playground_traffic_never_become_rollout_evidence(digit
                    "cnn:1": version(digits_root, "digits-cnn", "cnn:1")},
                   {"mlp:1": ("stable", 90), "cnn:1": ("canary", 10)})
     for _ in range(3):
-        assert (await ep.handle(ROWS[:1], pin="cnn:1")).route == "pinned"
-        await ep.handle(ROWS[:1], source="playground")
+        assert (await ep.handle(ROWS[:1], Call(pin="cnn:1"))).route == "pinned"
+        await ep.handle(ROWS[:1], Call(source="playground"))
     assert counts(ep) == {}
-    answer = await ep.handle(ROWS[:1], routing_key="k")
+    answer = await ep.handle(ROWS[:1], Call(routing_key="k"))
     assert counts(ep) == {answer.version: (1, 0, 0)}
     await ep.stop()
 
@@ -209,7 +210,7 @@ async def test_a_shadow_copy_is_dropped_and_counted_while_users_wait(digits_root
     await asyncio.sleep(0.1)  # the first request is in the model
     second = asyncio.ensure_future(ep.handle(ROWS[1:2]))
     await asyncio.sleep(0.1)
-    assert ep.slots["slow:1"].batcher.busy
+    assert ep.slots["slow:1"].queue.busy
     ep._mirror("cnn:1", ROWS[:1], "slow:1", [np.zeros(10)])  # a copy offered now has no spare capacity
     assert dropped._value.get() - before == 1
     await asyncio.gather(first, second)
@@ -227,7 +228,7 @@ async def test_previews_are_bounded_and_an_lru_one_goes_only_after_it_idled(digi
     with pytest.raises(TooBusy, match="preview slots"):  # all were used just now: no thrashing
         ep.add_preview(version(digits_root, "digits-mlp", "p:new"))
     await asyncio.sleep(0.4)
-    await ep.handle(ROWS[:1], pin="p:0")  # p:0 is used again; p:1 is now the least recently used
+    await ep.handle(ROWS[:1], Call(pin="p:0"))  # p:0 is used again; p:1 is now the least recently used
     ep.add_preview(version(digits_root, "digits-mlp", "p:new"))
     assert set(ep.previews) == {"p:0", "p:2", "p:3", "p:new"}
     await ep.stop()

@@ -20,7 +20,8 @@ def log_in(tmp_path: Path, **bounds: float) -> PayloadLog:
 def test_files_rotate_and_the_directory_stays_within_its_bound(tmp_path: Path) -> None:
     log = log_in(tmp_path, max_file_mb=0.05, max_total_mb=0.3)
     for i in range(10_000):
-        log.put(entry("digits", False, "m:1", "stable", 1.0, "", "v1", [[float(i)] * 8], [{"label": i % 10}]))
+        log.put(entry(endpoint="digits", redacted=False, version="m:1", route="stable", latency_ms=1.0, key="",
+                      protocol="v1", items=[[float(i)] * 8], response=[{"label": i % 10}]))
     log.close()
     files = list(log.dir.glob(f"{PREFIX}*.jsonl"))
     total = sum(p.stat().st_size for p in files)
@@ -36,7 +37,8 @@ def test_redaction_leaves_only_hashes_on_disk(tmp_path: Path) -> None:
     secret = "my card number is 4111 1111 1111 1111"
     token = REQUEST_ID.set("req-42")
     try:
-        log.put(entry("reviews", True, "m:1", "stable", 2.0, "shop", "v1", [secret, np.arange(3)], [{"label": "x"}]))
+        log.put(entry(endpoint="reviews", redacted=True, version="m:1", route="stable", latency_ms=2.0, key="shop",
+                      protocol="v1", items=[secret, np.arange(3)], response=[{"label": "x"}]))
     finally:
         REQUEST_ID.reset(token)
     log.close()
@@ -50,8 +52,10 @@ def test_redaction_leaves_only_hashes_on_disk(tmp_path: Path) -> None:
 def test_tail_filters_by_endpoint_and_version(tmp_path: Path) -> None:
     log = log_in(tmp_path)
     for version in ("m:1", "m:2", "m:1"):
-        log.put(entry("digits", False, version, "canary", 1.0, "", "v1", [[1.0]], [{"label": 1}]))
-    log.put(entry("minilm", False, "e:1", "stable", 1.0, "", "v1", ["hi"], [[0.1]]))
+        log.put(entry(endpoint="digits", redacted=False, version=version, route="canary", latency_ms=1.0, key="",
+                      protocol="v1", items=[[1.0]], response=[{"label": 1}]))
+    log.put(entry(endpoint="minilm", redacted=False, version="e:1", route="stable", latency_ms=1.0, key="",
+                      protocol="v1", items=["hi"], response=[[0.1]]))
     log.close()
     assert [e["version"] for e in tail(log.dir, "digits", "m:1", 10)] == ["m:1", "m:1"]
     assert len(tail(log.dir, None, None, 10)) == 4 and len(tail(log.dir, None, None, 2)) == 2

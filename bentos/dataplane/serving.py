@@ -1,0 +1,126 @@
+"""One serving path for every protocol: admit a call, run it, keep its books.
+
+A protocol adapter (REST, OIP over HTTP, the playground; SSE, OpenAI and gRPC next) turns its request
+into a `CallMeta` and items, and an `Answer` back into its response: nothing else. Everything between
+happens here, once, in this order:
+
+    admit:  keys and rates (the gate) -> the endpoint -> admission (requests and bytes in flight) -> the pin
+    infer:  the endpoint routes, batches and answers -> one payload-log entry
+
+Nothing here waits on the control plane: an endpoint this worker does not know yet is a 404 at once,
+and the engine is asked to look (`nudge`) instead of the request running a database query.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bentos.dataplane.access import AccessGate, Admission, Caller
+from bentos.dataplane.call import Call, CallMeta
+from bentos.dataplane.endpoint import Answer, Endpoint
+from bentos.dataplane.metrics import Metrics
+from bentos.dataplane.payloads import PayloadLog, entry
+from bentos.errors import NotFound, ServingError
+from bentos.settings import ServeSettings
+
+
+class Registry(Protocol):
+    """What serving needs of whoever keeps this worker's endpoints (the engine)."""
+
+    endpoints: dict[str, Endpoint]
+
+    def nudge(self) -> None:
+        """Look at the control plane soon (an endpoint was asked for that is unknown or not ready here)."""
+        ...
+
+    async def preview(self, name: str, version: str) -> str:
+        """Load a stored version of endpoint `name` for pinned use; its full tag (NotFound if none)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """An admitted call: its endpoint and what the endpoint sees of it. Valid inside `Serving.admit`."""
+
+    endpoint: Endpoint
+    call: Call
+    meta: CallMeta
+    serving: Serving
+
+    async def infer(self, items: list[Any], options: dict[str, Any] | None = None) -> Answer:
+        """One forward pass over `items`; `options` are the task's decode options (for the payload log)."""
+        answer = await self.endpoint.handle(items, self.call)
+        self.serving.log_payload(self, items, answer, options or {})
+        return answer
+
+
+class Serving:
+    def __init__(self, registry: Registry, gate: AccessGate, admission: Admission, metrics: Metrics,
+                 payloads: PayloadLog | None, settings: ServeSettings) -> None:
+        self.registry, self.gate, self.admission = registry, gate, admission
+        self.metrics, self.payloads, self.settings = metrics, payloads, settings
+
+    def endpoint(self, name: str) -> Endpoint:
+        """The endpoint as this worker serves it now; never waits for the control plane."""
+        endpoint = self.registry.endpoints.get(name)
+        if endpoint is None or not endpoint.ready:
+            self.registry.nudge()
+        if endpoint is None:
+            raise NotFound(f"unknown endpoint {name!r}; endpoints: {', '.join(sorted(self.registry.endpoints))}")
+        return endpoint
+
+    @contextlib.asynccontextmanager
+    async def admit(self, meta: CallMeta) -> AsyncIterator[Ticket]:
+        """Hold admission for the call's life; every refusal here is counted as denied (key and status)."""
+        caller = self._caller(meta)
+        endpoint = self.endpoint(meta.endpoint)
+        limit = endpoint.limits.max_body_bytes
+        # What admission reserves: the declared length, or the limit for a body sent without one.
+        size = limit if meta.declared_bytes is None else min(meta.declared_bytes, limit)
+        self._deny_on(self.admission.take, size, key=caller.key)
+        try:
+            pin = await self._pin(endpoint, caller, meta)
+            call = Call(meta.routing_key, pin, meta.source, meta.protocol, caller.key, meta.deadline)
+            yield Ticket(endpoint, call, meta, self)
+        finally:
+            self.admission.give(size)
+
+    def _caller(self, meta: CallMeta) -> Caller:
+        caller: Caller = self._deny_on(self.gate.admit, meta.credentials, meta.client, key="")
+        return caller
+
+    def _deny_on(self, check: Any, *args: Any, key: str) -> Any:
+        try:
+            return check(*args)
+        except ServingError as exc:
+            self.metrics.deny(exc, key)
+            raise
+
+    async def _pin(self, endpoint: Endpoint, caller: Caller, meta: CallMeta) -> str | None:
+        """The version a call may pin: the gate decides who may pin at all (403); with pinning off
+        (SWITCHYARD_ALLOW_PINNING=false) every protocol routes as if no pin was sent."""
+        pin: str | None = self._deny_on(self.gate.pin_for, caller, meta.pin, key=caller.key)
+        if pin is None or not self.settings.allow_pinning or not meta.stored_pins:
+            return pin  # a live version by tag, name or variant: the router resolves it (404 names the live ones)
+        return await self.version_pin(endpoint, pin)
+
+    async def version_pin(self, endpoint: Endpoint, version: str) -> str:
+        """A full tag for a version pin (OIP's /versions/{version}, the playground): a live or preview tag,
+        or its version part (Triton clients send only that), else a stored version loaded as a preview."""
+        for tag in [*endpoint.slots, *endpoint.previews]:
+            if version in (tag, tag.split(":")[-1]):
+                return tag
+        return await self.registry.preview(endpoint.name, version)
+
+    def log_payload(self, ticket: Ticket, items: list[Any], answer: Answer, options: dict[str, Any]) -> None:
+        """One sampled entry per answered call, whatever its protocol: inputs, decoded results, who and how."""
+        if self.payloads is None or ticket.meta.source != "api" or not self.payloads.sampled():
+            return
+        endpoint, call = ticket.endpoint, ticket.call
+        self.payloads.put(entry(endpoint=endpoint.name, redacted=endpoint.config.redact_payloads,
+                                version=answer.version, route=answer.route, latency_ms=answer.total_s * 1000,
+                                key=call.key, protocol=call.protocol, items=items,
+                                response=answer.codec.decode(answer.outputs, **options)))
