@@ -48,12 +48,17 @@ class FastLane:
 
     async def direct(self, scope: dict[str, Any], receive: Any, send: Any, app: Any) -> None:
         """BentoML's timeout, kept: a request still unanswered after `traffic.timeout` gets 504. One timer on
-        the request's own task, where BentoML starts a second task per request."""
+        the request's own task, where BentoML starts a second task per request. For a stream
+        (text/event-stream) it is a time to its first byte: a generation may rightly outlast it, and has
+        limits of its own (max_tokens, a stall timeout)."""
         started = False
 
         async def tracked(message: dict[str, Any]) -> None:
             nonlocal started
-            started = True
+            if not started and message["type"] == "http.response.start":
+                started = True
+                if _streams(message):
+                    deadline.reschedule(None)
             await send(message)
 
         try:
@@ -67,6 +72,10 @@ class FastLane:
                         "headers": [(b"content-type", b"application/json"),
                                     (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
+
+
+def _streams(start: dict[str, Any]) -> bool:
+    return any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in start.get("headers", ()))
 
 
 def why_not(full: Any) -> str | None:

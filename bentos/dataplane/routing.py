@@ -11,11 +11,10 @@ import hashlib
 import random
 from dataclasses import dataclass
 
+from bentos.errors import UnknownPin
 from bentos.schemas import DeploymentSpec, VersionSpec
 
-
-class UnknownPin(LookupError):
-    """X-Model-Version names no live version of this endpoint."""
+__all__ = ["Choice", "Router", "UnknownPin", "key_point"]
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,9 @@ class Serving:
         """The version a call may pin: the gate decides who may pin at all (403); with pinning off
         (SWITCHYARD_ALLOW_PINNING=false) every protocol routes as if no pin was sent."""
         pin: str | None = self._deny_on(self.gate.pin_for, caller, meta.pin, key=caller.key)
-        if pin is None or not self.settings.allow_pinning or not meta.stored_pins:
+        if pin is None or not self.settings.allow_pinning:
+            return None
+        if not meta.stored_pins:
             return pin  # a live version by tag, name or variant: the router resolves it (404 names the live ones)
         return await self.version_pin(endpoint, pin)
 

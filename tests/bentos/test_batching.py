@@ -258,3 +258,21 @@ async def test_stopping_answers_every_batch_in_flight() -> None:
     for request in requests:
         with pytest.raises(QueueFull, match="shutting down"):
             await asyncio.wait_for(request, 5)
+
+
+async def test_a_cancelled_requests_rows_are_not_run() -> None:
+    """A caller that is gone (its task cancelled: a disconnect, a timeout, a cancelled RPC) costs no model time."""
+    model = Model()
+    model.gate.clear()
+    b = AdaptiveBatcher(model, max_batch_size=8, max_queue=16)
+    first = asyncio.ensure_future(b.submit(["a"], deadline()))
+    await asyncio.to_thread(model.started.wait, 10)  # "a" is in the model; the next two wait
+    gone = asyncio.ensure_future(b.submit(["gone"], deadline()))
+    kept = asyncio.ensure_future(b.submit(["kept"], deadline()))
+    await asyncio.sleep(0.05)
+    gone.cancel()
+    model.gate.set()
+    assert (await asyncio.wait_for(kept, 5))[0] == ["out:kept"]
+    await first
+    assert model.batches == [["a"], ["kept"]] and gone.cancelled() and b.queue_depth == 0
+    await b.stop()

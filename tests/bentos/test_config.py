@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bentos.config import EndpointConfig, config_path, load_config
 from bentos.errors import ConfigError
@@ -52,3 +53,10 @@ def test_a_declared_signature_must_fit_the_task() -> None:
         EndpointConfig.model_validate({"name": "x", "task": "image-classification", "signature": {"inputs": [
             {"name": "a", "dtype": "float32", "shape": ["batch", 2]},
             {"name": "b", "dtype": "float32", "shape": ["batch", 2]}]}})
+
+
+@pytest.mark.parametrize("name", ["chat", "completions", "models", "admin", "health"])
+def test_names_that_v1_routes_take_or_will_take_are_refused(name: str) -> None:
+    """/v1/chat/completions, /v1/completions and /v1/models belong to the OpenAI-compatible API."""
+    with pytest.raises(ValidationError, match="reserved"):
+        EndpointConfig(name=name, task="tensor")

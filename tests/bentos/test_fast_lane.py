@@ -163,3 +163,34 @@ def test_a_worker_service_mounts_its_late_apps_once_and_hands_the_worker_a_fast_
     assert [m for m, _, _ in probe.mount_apps] == built and len(built) == 1
     monkeypatch.setenv("SWITCHYARD_FAST_LANE", "false")
     assert isinstance(probe.to_asgi(), Starlette) and len(built) == 1
+
+
+async def test_a_stream_is_timed_to_its_first_byte_not_cut_at_the_timeout() -> None:
+    """Server-Sent Events may outlast traffic.timeout once they have started; a stream that never starts
+    still gets the 504."""
+
+    async def stream(s: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        for i in range(3):
+            await asyncio.sleep(0.05)  # three events, each after the whole timeout has passed once more
+            await send({"type": "http.response.body", "body": f"data: {i}\n\n".encode(), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def silent(s: dict[str, Any], receive: Any, send: Any) -> None:
+        await asyncio.sleep(3600)
+
+    holder = Starlette()
+    holder.lane = lambda s: stream  # type: ignore[attr-defined]
+    status, body, _ = await call(FastLane(full=None, app=holder, timeout_s=0.04), scope("/v1/chat/completions"))
+    assert status == 200 and body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    holder.lane = lambda s: silent  # type: ignore[attr-defined]
+    status, body, _ = await call(FastLane(full=None, app=holder, timeout_s=0.04), scope("/v1/chat/completions"))
+    assert status == 504 and b"traffic.timeout" in body
+
+
+def test_every_fixed_v1_route_is_a_reserved_endpoint_name() -> None:
+    """One list (config.RESERVED): a fixed /v1 route outside it would be shadowed by an endpoint of its name."""
+    with pytest.raises(RuntimeError, match="RESERVED"):
+        ServingApp(hot, "/v1/{endpoint}/{verb}", routes=[Route("/v1/stats/x", fixed)])
+    assert {"chat", "completions", "models", "admin", "health"} <= serving_app().reserved

@@ -67,3 +67,21 @@ def test_a_malformed_or_overfull_multipart_upload_is_a_4xx_naming_the_field(serv
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "image", r.text
     assert r.json()["errors"][0]["limit"] == {"max_rows": n - 1}
     assert httpx.get(f"{server.url}/v1/health", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/digits/predict", {"inputs": [[0.0] * 64]}),
+    ("/v2/models/digits/infer", {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                                             "data": [0.0] * 64}]}),
+])
+def test_a_callers_deadline_travels_with_the_call_on_both_protocols(server: Served, path: str,
+                                                                   body: dict[str, object]) -> None:
+    """X-Request-Timeout: a bad value is a 4xx naming the header and its limit; one already past when the
+    request reaches the queue is the deadline's 503; a roomy one is answered."""
+    url = server.url + path
+    for bad in ("soon", "0", "-1", "nan", "inf", "3601"):
+        r = httpx.post(url, json=body, headers={"X-Request-Timeout": bad}, timeout=60)
+        assert r.status_code in (400, 422) and "x-request-timeout" in r.text and "3600" in r.text, r.text
+    r = httpx.post(url, json=body, headers={"X-Request-Timeout": "0.000001"}, timeout=60)
+    assert r.status_code == 503 and "deadline" in r.text and r.headers["retry-after"] == "1", r.text
+    assert httpx.post(url, json=body, headers={"X-Request-Timeout": "30"}, timeout=60).status_code == 200
