@@ -13,14 +13,11 @@ and the engine is asked to look (`nudge`) instead of the request running a datab
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bentos.dataplane.access import AccessGate, Admission, Caller
 from bentos.dataplane.call import Call, CallMeta
-from bentos.dataplane.endpoint import Answer, Endpoint
+from bentos.dataplane.endpoint import DIRECT, Answer, Endpoint
 from bentos.dataplane.metrics import Metrics
 from bentos.dataplane.payloads import PayloadLog, entry
 from bentos.errors import NotFound, ServingError
@@ -41,14 +38,32 @@ class Registry(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
 class Ticket:
-    """An admitted call: its endpoint and what the endpoint sees of it. Valid inside `Serving.admit`."""
+    """One call through `Serving`: `async with serving.admit(meta) as ticket` holds admission for the
+    call's life (released on every exit, cancellation included); `ticket.infer` runs it."""
 
-    endpoint: Endpoint
-    call: Call
-    meta: CallMeta
-    serving: Serving
+    __slots__ = ("call", "caller", "endpoint", "meta", "serving", "size")
+
+    def __init__(self, serving: Serving, meta: CallMeta, caller: Caller, endpoint: Endpoint) -> None:
+        self.serving, self.meta, self.caller, self.endpoint = serving, meta, caller, endpoint
+        limit = endpoint.limits.max_body_bytes
+        # What admission reserves: the declared length, or the limit for a body sent without one.
+        self.size = limit if meta.declared_bytes is None else min(meta.declared_bytes, limit)
+        self.call = DIRECT
+
+    async def __aenter__(self) -> Ticket:
+        serving, meta = self.serving, self.meta
+        serving.deny_on(serving.admission.take, self.size, key=self.caller.key)
+        try:
+            pin = await serving.pin(self.endpoint, self.caller, meta)
+        except BaseException:
+            serving.admission.give(self.size)
+            raise
+        self.call = Call(meta.routing_key, pin, meta.source, meta.protocol, self.caller.key, meta.deadline)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.serving.admission.give(self.size)
 
     async def infer(self, items: list[Any], options: dict[str, Any] | None = None) -> Answer:
         """One forward pass over `items`; `options` are the task's decode options (for the payload log)."""
@@ -72,37 +87,23 @@ class Serving:
             raise NotFound(f"unknown endpoint {name!r}; endpoints: {', '.join(sorted(self.registry.endpoints))}")
         return endpoint
 
-    @contextlib.asynccontextmanager
-    async def admit(self, meta: CallMeta) -> AsyncIterator[Ticket]:
-        """Hold admission for the call's life; every refusal here is counted as denied (key and status)."""
-        caller = self._caller(meta)
-        endpoint = self.endpoint(meta.endpoint)
-        limit = endpoint.limits.max_body_bytes
-        # What admission reserves: the declared length, or the limit for a body sent without one.
-        size = limit if meta.declared_bytes is None else min(meta.declared_bytes, limit)
-        self._deny_on(self.admission.take, size, key=caller.key)
-        try:
-            pin = await self._pin(endpoint, caller, meta)
-            call = Call(meta.routing_key, pin, meta.source, meta.protocol, caller.key, meta.deadline)
-            yield Ticket(endpoint, call, meta, self)
-        finally:
-            self.admission.give(size)
+    def admit(self, meta: CallMeta) -> Ticket:
+        """The caller (keys and rates) and the endpoint, checked now; admission and the pin on entering the
+        ticket. Every refusal of the gate or admission is counted as denied (key and status)."""
+        caller: Caller = self.deny_on(self.gate.admit, meta.credentials, meta.client, key="")
+        return Ticket(self, meta, caller, self.endpoint(meta.endpoint))
 
-    def _caller(self, meta: CallMeta) -> Caller:
-        caller: Caller = self._deny_on(self.gate.admit, meta.credentials, meta.client, key="")
-        return caller
-
-    def _deny_on(self, check: Any, *args: Any, key: str) -> Any:
+    def deny_on(self, check: Any, *args: Any, key: str) -> Any:
         try:
             return check(*args)
         except ServingError as exc:
             self.metrics.deny(exc, key)
             raise
 
-    async def _pin(self, endpoint: Endpoint, caller: Caller, meta: CallMeta) -> str | None:
+    async def pin(self, endpoint: Endpoint, caller: Caller, meta: CallMeta) -> str | None:
         """The version a call may pin: the gate decides who may pin at all (403); with pinning off
         (SWITCHYARD_ALLOW_PINNING=false) every protocol routes as if no pin was sent."""
-        pin: str | None = self._deny_on(self.gate.pin_for, caller, meta.pin, key=caller.key)
+        pin: str | None = self.deny_on(self.gate.pin_for, caller, meta.pin, key=caller.key)
         if pin is None or not self.settings.allow_pinning:
             return None
         if not meta.stored_pins:
