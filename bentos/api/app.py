@@ -79,10 +79,13 @@ def deadline_of(raw: str | None) -> float | None:
     return time.monotonic() + seconds
 
 
-def http_meta(request: Request, endpoint: str, protocol: Protocol, pin: str | None,
-              stored_pins: bool = False) -> CallMeta:
-    """A call as HTTP delivered it: headers are the credentials (lower-case keys, as gRPC metadata's)."""
-    headers = request.headers
+def http_meta(request: Request, endpoint: str, protocol: Protocol, pin: str | None = None,
+              stored_pins: bool = False, pin_header: str | None = None) -> CallMeta:
+    """A call as HTTP delivered it: headers are the credentials (lower-case keys, as gRPC metadata's). One
+    pass over the raw headers, into a plain dict: each Headers.get() would scan them again."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(request.scope["headers"])}
+    if pin_header is not None:
+        pin = headers.get(pin_header)
     return CallMeta(endpoint, headers, request.client.host if request.client else None, pin,
                     headers.get("x-routing-key"), "api", protocol, ascii_int(headers.get("content-length")),
                     deadline_of(headers.get("x-request-timeout")), stored_pins)
@@ -155,7 +158,7 @@ async def infer(serving: Serving, request: Request) -> Response:
     """POST /v1/{endpoint}/{verb}: parse the request, ask the serving path, render the answer."""
     name, verb = request.path_params["endpoint"], request.path_params["verb"]
     try:
-        async with serving.admit(http_meta(request, name, "rest", request.headers.get("x-model-version"))) as ticket:
+        async with serving.admit(http_meta(request, name, "rest", pin_header="x-model-version")) as ticket:
             task = ticket.endpoint.task
             if verb != task.verb:
                 raise NotFound(f"{name} is a {task.name} endpoint: POST /v1/{name}/{task.verb}")

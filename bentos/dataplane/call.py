@@ -1,9 +1,9 @@
 """What a call carries down the serving path: plain values, made once per request.
 
 `CallMeta` is what a protocol adapter knows before anything is checked (REST and OIP headers today,
-gRPC metadata later); `Call` is what an admitted call carries to its endpoint; `Labels` are the
-metric labels of one answer. Keeping them typed here means a new protocol, a client deadline or a
-new label is one field, not an argument added to every call on the way down.
+gRPC metadata later); `Call` is what an admitted call carries to its endpoint (and, with its
+version's `VersionSeries`, all the labels its metrics need). Keeping them typed here means a new
+protocol, a client deadline or a new label is one field, not an argument added to every call on the way down.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal
 
 Source = Literal["api", "playground", "shadow"]
 Protocol = Literal["rest", "oip", "playground", "grpc", "openai"]
@@ -55,18 +55,3 @@ class Call:
         """The call's deadline, or `timeout_s` from now when it has none (whichever is sooner otherwise)."""
         own = time.monotonic() + timeout_s
         return own if self.deadline is None else min(self.deadline, own)
-
-
-class Labels(NamedTuple):
-    """switchyard_requests_total's labels but the outcome, in its label order around it."""
-
-    endpoint: str
-    version: str
-    route: str
-    source: str
-    key: str
-    protocol: str
-
-    @classmethod
-    def of(cls, endpoint: str, version: str, route: str, call: Call) -> Labels:
-        return cls(endpoint, version, route, call.source, call.key, call.protocol)

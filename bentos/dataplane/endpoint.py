@@ -17,10 +17,10 @@ from typing import Any
 from bentos.config import EndpointConfig
 from bentos.dataplane.batching import AdaptiveBatcher, Timing
 from bentos.dataplane.cache import PredictionCache, input_key
-from bentos.dataplane.call import Call, Labels
+from bentos.dataplane.call import Call
 from bentos.dataplane.circuit import CircuitBreaker, CircuitPolicy, State
 from bentos.dataplane.drift import DriftMonitor, features_of
-from bentos.dataplane.metrics import Metrics
+from bentos.dataplane.metrics import Metrics, VersionSeries
 from bentos.dataplane.routing import Router
 from bentos.dataplane.runtime import LoadedVersion, available_cores
 from bentos.dataplane.slot_queue import ForwardQueue, SlotQueue
@@ -67,8 +67,9 @@ class Pick:
 class Slot:
     """A live version in this worker: model, queue and circuit breaker."""
 
-    def __init__(self, version: LoadedVersion, settings: ServeSettings, policy: CircuitPolicy) -> None:
-        self.version = version
+    def __init__(self, version: LoadedVersion, settings: ServeSettings, policy: CircuitPolicy,
+                 series: VersionSeries) -> None:
+        self.version, self.series = version, series
         batcher = AdaptiveBatcher(version.run, max_batch_size=settings.max_batch_size,
                                   max_queue=settings.max_queue, max_wait_s=settings.max_wait_ms / 1000,
                                   name=f"batch-{version.tag}", in_flight=settings.parallelism(available_cores())[0])
@@ -122,8 +123,7 @@ class Endpoint:
 
     def swap(self, revision: int, spec: DeploymentSpec, loaded: dict[str, LoadedVersion]) -> None:
         """Switch to `spec`; every version in it is already loaded and warmed."""
-        slots = {v.tag: self.slots.get(v.tag) or Slot(loaded[v.tag], self.settings, self.policy)
-                 for v in spec.versions}
+        slots = {v.tag: self.slots.get(v.tag) or self._slot(loaded[v.tag]) for v in spec.versions}
         retired = [slot for tag, slot in self.slots.items() if tag not in slots]
         variants = {tag: slot.version.variant for tag, slot in slots.items()}
         self.spec, self.router, self.slots, self.revision = spec, Router(spec, variants), slots, revision
@@ -135,6 +135,9 @@ class Endpoint:
         self.metrics.applied_revision.labels(self.name).set(revision)
         for slot in retired:
             self._spawn(slot.drain_and_stop())
+
+    def _slot(self, version: LoadedVersion) -> Slot:
+        return Slot(version, self.settings, self.policy, VersionSeries(self.metrics, self.name, version.tag))
 
     def _export_roles(self, spec: DeploymentSpec) -> None:
         live: set[tuple[str, str]] = {(v.tag, v.role) for v in spec.versions}
@@ -164,7 +167,7 @@ class Endpoint:
         if evict is not None:
             self._preview_used.pop(evict)
             self._spawn(self.previews.pop(evict).drain_and_stop())
-        self.previews[version.tag] = Slot(version, self.settings, self.policy)
+        self.previews[version.tag] = self._slot(version)
         self._preview_used[version.tag] = now
 
     async def drain(self) -> None:
@@ -235,7 +238,7 @@ class Endpoint:
     def settle(self, pick: Pick, call: Call, items: list[Any], outputs: list[Any], total_s: float) -> None:
         """The books of an answered call: latency, rollout evidence, shadow and compare copies, drift."""
         tag, route, router = pick.tag, pick.route, pick.router
-        self.metrics.request_duration.labels(self.name, tag).observe(total_s)
+        pick.slot.series.request_duration.observe(total_s)
         self._evidence(tag, route, call.source, True, total_s)
         spec = self.spec
         if router.shadows and call.source != "shadow" and spec is not None \
@@ -282,13 +285,13 @@ class Endpoint:
             self.stats.record(self.name, tag, ok, latency_s, fallback=fallback)
 
     async def _run(self, pick: Pick, items: list[Any], call: Call) -> tuple[list[Any], Timing]:
-        slot, tag = pick.slot, pick.tag
-        labels = Labels.of(self.name, tag, pick.route, call)
+        slot, tag, route = pick.slot, pick.tag, pick.route
+        series = slot.series
         key = input_key(tag, items) if self.cache.size else ""
         cached = self.cache.get(key) if key else None
         if cached is not None:
             self.metrics.cache_hits.labels(self.name, tag).inc()
-            self.metrics.count(labels, "ok")
+            series.count(route, "ok", call)
             return cached, Timing(0.0, 0.0, 0)
         queue = slot.forward
         if queue is None:
@@ -299,25 +302,25 @@ class Endpoint:
             outputs, timing = await queue.submit(items, call.deadline_or(self.settings.request_timeout_s),
                                                  slot.version.codec.bucket(items))
         except Overloaded:
-            self.metrics.count(labels, "overloaded")
+            series.count(route, "overloaded", call)
             raise
         except Exception as exc:
             was_open = slot.circuit.state is State.OPEN
             slot.circuit.record(False)
             if slot.circuit.state is State.OPEN and not was_open:
                 log.warning("%s %s: circuit opened after: %s", self.name, tag, str(exc)[:300])
-            self.metrics.circuit_state.labels(self.name, tag).set(slot.circuit.state.value)
-            self.metrics.count(labels, "error")
+            series.circuit_state.set(slot.circuit.state.value)
+            series.count(route, "error", call)
             raise
         slot.circuit.record(True)
         if recording():
-            batch_spans(began, timing.queue_s, timing.inference_s, endpoint=self.name, version=tag, route=pick.route,
+            batch_spans(began, timing.queue_s, timing.inference_s, endpoint=self.name, version=tag, route=route,
                         batch_rows=timing.batch_rows)
-        self.metrics.circuit_state.labels(self.name, tag).set(slot.circuit.state.value)
-        self.metrics.count(labels, "ok")
-        self.metrics.queue_wait.labels(self.name, tag).observe(timing.queue_s)
-        self.metrics.inference_duration.labels(self.name, tag).observe(timing.inference_s)
-        self.metrics.batch_size.labels(self.name, tag).observe(timing.batch_rows)
+        series.circuit_state.set(slot.circuit.state.value)
+        series.count(route, "ok", call)
+        series.queue_wait.observe(timing.queue_s)
+        series.inference_duration.observe(timing.inference_s)
+        series.batch_size.observe(timing.batch_rows)
         if key:
             self.cache.put(key, outputs)
         return outputs, timing

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from bentos.dataplane.call import Labels
+from bentos.dataplane.call import Call
 from bentos.errors import ServingError
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -38,14 +38,45 @@ class Metrics:
     drift_score: Any
     prediction_drift: Any
 
-    def count(self, labels: Labels, outcome: str) -> None:
-        """One answer (or refusal) of a version, by its labels and outcome: ok, overloaded, error."""
-        self.requests.labels(labels.endpoint, labels.version, labels.route, outcome, labels.source, labels.key,
-                             labels.protocol).inc()
-
     def deny(self, exc: ServingError, key: str) -> None:
         """A request refused at the gate or by admission, before any model: by key name and status."""
         self.denied.labels(key, DENIED_STATUS.get(exc.kind, "other")).inc()
+
+
+class VersionSeries:
+    """One live version's children of the per-request metrics, made once when the version goes live: each
+    `.labels()` call costs microseconds, and a request touched six of them."""
+
+    __slots__ = (
+        "_counted",
+        "batch_size",
+        "circuit_state",
+        "endpoint",
+        "inference_duration",
+        "queue_wait",
+        "request_duration",
+        "requests",
+        "version",
+    )
+
+    def __init__(self, metrics: Metrics, endpoint: str, version: str) -> None:
+        ev = endpoint, version
+        self.endpoint, self.version, self.requests = endpoint, version, metrics.requests
+        self.request_duration = metrics.request_duration.labels(*ev)
+        self.inference_duration = metrics.inference_duration.labels(*ev)
+        self.queue_wait = metrics.queue_wait.labels(*ev)
+        self.batch_size = metrics.batch_size.labels(*ev)
+        self.circuit_state = metrics.circuit_state.labels(*ev)
+        self._counted: dict[tuple[str, str, str, str, str], Any] = {}
+
+    def count(self, route: str, outcome: str, call: Call) -> None:
+        """One answer (or refusal) of this version: by route, outcome (ok, overloaded, invalid, error), and
+        the call's source, key name and protocol."""
+        labels = (route, outcome, call.source, call.key, call.protocol)
+        child = self._counted.get(labels)
+        if child is None:  # bounded: routes x outcomes x sources x live keys x protocols
+            child = self._counted[labels] = self.requests.labels(self.endpoint, self.version, *labels)
+        child.inc()
 
 
 # The `status` label of switchyard_denied_total: HTTP's numbers, whatever the protocol, so dashboards and
