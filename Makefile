@@ -19,7 +19,7 @@ TOKEN_FILE := .state/admin-token
 # Debian packages the tests and benchmarks use (installed only when missing).
 APT_PACKAGES := $(shell cat deploy/apt-packages.txt 2>/dev/null)
 
-.PHONY: help install system-deps models serve test lint bench bento bento-gpu export clean
+.PHONY: help install system-deps models host-check serve test lint bench bento bento-gpu export clean
 
 help:
 	@echo "make serve   set up (venv, packages, default models) and run the stack"
@@ -57,7 +57,12 @@ $(TOKEN_FILE):
 	@chmod 600 $@
 
 # The service in the foreground, the console beside it; Ctrl-C stops both.
-serve: models $(TOKEN_FILE)
+# Beyond loopback, every person signs in with their own token: the console never signs visitors in then.
+host-check:
+	@case "$(HOST)" in 127.*|localhost|::1) ;; *) if [ -z "$$SWITCHYARD_ADMIN_TOKENS" ]; then \
+	  echo "make serve: HOST=$(HOST) opens the console and admin API beyond this machine; set SWITCHYARD_ADMIN_TOKENS (a token per person, README: Who may do what) first" >&2; exit 2; fi;; esac
+
+serve: host-check models $(TOKEN_FILE)
 	@echo "API:         http://$(HOST):$(PORT)   (OpenAPI /v1/openapi.json, health /v1/health)"
 	@echo "playground:  http://$(HOST):$(PORT)/playground/"
 	@echo "console:     http://$(HOST):$(CONSOLE_PORT)"

@@ -18,19 +18,28 @@ def settings() -> ConsoleSettings:
 
 
 ROLES = ("viewer", "operator", "admin")
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def on_loopback() -> bool:
+    """Whether the console listens on this machine only (`--server.address`; unset means every interface)."""
+    return str(st.get_option("server.address") or "") in LOOPBACK
 
 
 def client() -> AdminClient:
-    """A client with the signed-in person's own token (kept only in this browser session)."""
-    return AdminClient(settings(), token=st.session_state.get("token"))
+    """A client with the signed-in person's own token (kept only in this browser session). The console's own
+    SWITCHYARD_ADMIN_TOKEN stands in for a visitor only while the console listens on loopback."""
+    token = st.session_state.get("token")
+    return AdminClient(settings(), token="" if token is None and not on_loopback() else token)
 
 
 def sign_in() -> bool:
     """Whether someone is signed in; otherwise show the sign-in form. A console started with
-    SWITCHYARD_ADMIN_TOKEN (`make serve`, on 127.0.0.1) signs its one user in with that token."""
+    SWITCHYARD_ADMIN_TOKEN (`make serve`, on 127.0.0.1) signs its one user in with that token, but only
+    while it listens on loopback: reachable from elsewhere, every visitor signs in with their own token."""
     if "who" in st.session_state:
         return True
-    if settings().admin_token is not None:
+    if settings().admin_token is not None and on_loopback():
         with guard():
             st.session_state["who"] = client().whoami()
             return True

@@ -30,7 +30,8 @@ from tests.servers import Served, serve_env  # noqa: E402
 
 
 def measure(code: Path, state: Path, seconds: float, settle_s: float) -> dict[str, Any]:
-    env = serve_env(Path(os.environ.get("BENTOML_HOME", ROOT / ".state" / "bentoml")), state, admin_token="idle")
+    env = serve_env(Path(os.environ.get("BENTOML_HOME", ROOT / ".state" / "bentoml")), state,
+                    admin_token="idle-token-0123456789")
     if code != ROOT:  # that commit's packages, not the installed (editable) ones
         env["PYTHONPATH"] = str(code)
     start = time.monotonic()

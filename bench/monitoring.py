@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import settle, wrk  # noqa: E402
+from bench.serving import TOKEN  # noqa: E402
 from tests.servers import Served, serve_env  # noqa: E402
 
 ROW = json.dumps({"inputs": [[float(i % 17) for i in range(64)]]})
@@ -41,13 +42,13 @@ def configs(where: Path) -> dict[str, dict[str, str]]:
 
 
 def run_once(name: str, settings: dict[str, str], state: Path, seconds: float) -> dict[str, Any]:
-    env = serve_env(Path(os.environ.get("BENTOML_HOME", ROOT / ".state" / "bentoml")), state, admin_token="bench",
+    env = serve_env(Path(os.environ.get("BENTOML_HOME", ROOT / ".state" / "bentoml")), state, admin_token=TOKEN,
                     default_models=json.dumps({"digits": MODEL}), **settings)
     server = Served(env, log_dir=state)
     try:
         server.wait_ready()
         watched = httpx.get(f"{server.url}/v1/admin/drift", params={"endpoint": "digits"},
-                            headers={"Authorization": "Bearer bench"}, timeout=30).json()["digits"]
+                            headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()["digits"]
         if name != "off" and not watched:
             raise SystemExit(f"{MODEL} has no drift reference: register it again (python -m models register ...)")
         settle(server.proc.pid)

@@ -39,7 +39,7 @@ from bentos.dataplane.catalog import list_versions  # noqa: E402
 from tests.servers import Served, serve_env  # noqa: E402
 
 ONE_SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank today"
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 
 
 def sentences() -> list[str]:

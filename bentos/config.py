@@ -47,6 +47,9 @@ class EndpointLimits(BaseModel):
     max_chars: int | None = Field(None, ge=1, le=1_000_000, description="Characters per text.")
     max_body_bytes: int | None = Field(None, ge=1024, le=256 * 1024 * 1024, description="Request body size.")
     max_image_pixels: int | None = Field(None, ge=1, le=100_000_000, description="Width x height per image.")
+    max_request_pixels: int | None = Field(None, ge=1, le=400_000_000,
+                                           description="Width x height of all images in a request together.")
+    body_timeout_s: float | None = Field(None, gt=0, le=3600, description="Seconds for the request body to arrive.")
 
 
 class EndpointConfig(BaseModel):

@@ -15,6 +15,7 @@ Kind = Literal[
     "malformed",  # the body or a header cannot be read at all (bad JSON, multipart without a boundary)
     "invalid",  # well-formed, but a field breaks its type or limit: names the field and the limit
     "too_large",
+    "request_timeout",  # the body did not arrive within its read deadline (limits.body_timeout_s)
     "unauthenticated",
     "forbidden",
     "not_found",
@@ -26,6 +27,8 @@ Kind = Literal[
     "model_failure",
 ]
 KINDS: tuple[Kind, ...] = get_args(Kind)
+# What a request's own content caused: never a version's failure, never rollout evidence, never a fallback.
+CALLERS_FAULT: frozenset[Kind] = frozenset({"malformed", "invalid", "too_large"})
 
 
 class ServingError(Exception):
@@ -74,6 +77,16 @@ class BodyTooLarge(ServingError):
     def __init__(self, limit: int, setting: str) -> None:
         super().__init__(f"body: request body exceeds {limit} bytes ({setting})", field="body",
                          limit={"max_bytes": limit})
+
+
+class BodyTimeout(ServingError):
+    """The body stopped arriving: 408, and the connection is closed (the rest of the body is never read)."""
+
+    kind = "request_timeout"
+
+    def __init__(self, timeout_s: float, setting: str) -> None:
+        super().__init__(f"body: not received within {timeout_s:g} s ({setting})", field="body",
+                         limit={"timeout_s": timeout_s}, headers={"Connection": "close"})
 
 
 class AdminError(ServingError):

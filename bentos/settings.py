@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Role = Literal["viewer", "operator", "admin"]
@@ -14,11 +14,34 @@ Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
 
 
+# A secret shorter than this, or with spaces around it, is refused when the service starts: an empty
+# SWITCHYARD_ADMIN_TOKEN once let a bearer token of one non-breaking space in as an admin.
+MIN_SECRET_CHARS = 16
+MAKE_ONE = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+
+
+def strong_secret(value: SecretStr | None, variable: str) -> SecretStr | None:
+    """`value` if it is a usable secret; a ValueError naming `variable` and the rule otherwise."""
+    if value is None:
+        return None
+    raw = value.get_secret_value()
+    if len(raw) < MIN_SECRET_CHARS or raw != raw.strip() or not raw.isprintable():
+        raise ValueError(f"{variable} must be at least {MIN_SECRET_CHARS} printable characters with no spaces "
+                         f"around them (got {len(raw)}); {MAKE_ONE}")
+    return value
+
+
 class AdminToken(BaseModel):
     """A named admin token with its role: {"token": "...", "role": "operator"}."""
 
     token: SecretStr
     role: Role = "admin"
+
+    @field_validator("token")
+    @classmethod
+    def _strong(cls, value: SecretStr) -> SecretStr:
+        strong_secret(value, "SWITCHYARD_ADMIN_TOKENS: each token")
+        return value
 
 
 class Principal(BaseModel):
@@ -93,6 +116,10 @@ class ServeSettings(BaseSettings):
     max_chars: int = Field(2000, ge=1, description="Characters per text.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Request body size limit.")
     max_image_pixels: int = Field(16_000_000, ge=1, description="Width x height per uploaded image.")
+    max_request_pixels: int = Field(32_000_000, ge=1, description=(
+        "Width x height of all images in one request together: what decoding one request may cost."))
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description=(
+        "A request body must arrive within this long, or the connection gets 408 and is closed."))
 
     # Endpoints and task types
     config: str | None = Field(None, description="The endpoints file; default ./switchyard.yaml when present.")
@@ -113,6 +140,19 @@ class ServeSettings(BaseSettings):
     canary_compare_sample: float = Field(
         0.2, ge=0, le=1, description="Share of a canary's answers also asked of stable, in the background and "
                                      "dropped when busy, so a rollout's agreement check works in canary steps.")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return strong_secret(value, "SWITCHYARD_ADMIN_TOKEN")
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _strong_admin_tokens(cls, value: dict[str, SecretStr | AdminToken]) -> dict[str, SecretStr | AdminToken]:
+        for name, tok in value.items():
+            if isinstance(tok, SecretStr):
+                strong_secret(tok, f"SWITCHYARD_ADMIN_TOKENS: {name}'s token")
+        return value
 
     # Circuit breaker
     circuit_failures: int = Field(5, ge=1, description="Consecutive failures that open a version's circuit.")

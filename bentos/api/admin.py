@@ -36,9 +36,12 @@ def principal_for(request: Request, tokens: dict[str, Principal]) -> Principal |
         return error(403, "the admin API is disabled: set SWITCHYARD_ADMIN_TOKEN (or SWITCHYARD_ADMIN_TOKENS)")
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and presented:
-        for token, who in tokens.items():
-            if hmac.compare_digest(token.encode(), presented.strip().encode()):
-                return who
+        found = None
+        for token, who in tokens.items():  # every token compared, in constant time, on the exact bytes sent
+            if hmac.compare_digest(token.encode(), presented.encode()):
+                found = who
+        if found is not None:
+            return found
     return error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": 'Bearer realm="switchyard"'})
 
 

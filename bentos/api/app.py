@@ -9,6 +9,7 @@ pydantic models. Every error is mapped to a status here, in `problem`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
@@ -23,6 +24,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Message
 
 from bentos.api.openapi import document
 from bentos.api.problems import first_error, json_response, problem, validation_errors
@@ -30,8 +32,8 @@ from bentos.config import RESERVED
 from bentos.controlplane.engine import Engine
 from bentos.dataplane.call import CallMeta, Protocol
 from bentos.dataplane.endpoint import Answer, Endpoint
-from bentos.dataplane.serving import Serving
-from bentos.errors import BodyTooLarge, InvalidFields, InvalidInput, NotFound, ServingError
+from bentos.dataplane.serving import Serving, Ticket
+from bentos.errors import BodyTimeout, BodyTooLarge, InvalidFields, InvalidInput, NotFound, ServingError
 from bentos.request_context import RequestIds
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -91,6 +93,34 @@ def http_meta(request: Request, endpoint: str, protocol: Protocol, pin: str | No
                     deadline_of(headers.get("x-request-timeout")), stored_pins)
 
 
+def counted(request: Request, ticket: Ticket) -> Request:
+    """`request`, its body counted as it arrives, on every route and for every body (JSON, multipart, OIP
+    binary, chunked or not): 413 at the first byte past limits.max_body_bytes, the bytes reserved in
+    admission as they come (not as declared), and 408 when the body has not all arrived within
+    limits.body_timeout_s, so that a stalled upload holds neither memory nor its place for long."""
+    limits = ticket.endpoint.limits
+    limit, timeout = limits.max_body_bytes, limits.body_timeout_s
+    loop = asyncio.get_running_loop()
+    deadline, receive, seen = loop.time() + timeout, request.receive, 0
+
+    async def receive_counted() -> Message:
+        nonlocal seen
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise BodyTimeout(timeout, "limits.body_timeout_s") from None
+        size = len(message.get("body", b""))
+        if size:
+            seen += size
+            if seen > limit:
+                raise BodyTooLarge(limit, "limits.max_body_bytes")
+            ticket.reserve(size)
+        return message
+
+    return Request(request.scope, receive_counted)
+
+
 async def read_body(request: Request, limit: int, setting: str = "SWITCHYARD_MAX_BODY_BYTES") -> bytes:
     declared = ascii_int(request.headers.get("content-length"))
     if declared is not None and declared > limit:
@@ -116,12 +146,8 @@ async def parse(request: Request, model: type[B], limit: int, setting: str = "SW
 
 async def multipart_items(request: Request, endpoint: Endpoint) -> list[Any]:
     """`image` files of a multipart upload, as raw bytes items (image tasks)."""
-    limit = endpoint.limits.max_body_bytes
-    declared = ascii_int(request.headers.get("content-length"))
-    if declared is not None and declared > limit:
-        raise BodyTooLarge(limit, "limits.max_body_bytes")
-    try:
-        form = await request.form(max_files=endpoint.limits.max_rows, max_part_size=limit)
+    try:  # the body's size is counted as it arrives (`counted`); a declared one was checked before
+        form = await request.form(max_files=endpoint.limits.max_rows, max_part_size=endpoint.limits.max_body_bytes)
     except (HTTPException, MultiPartException) as exc:  # a malformed body or too many files: the caller's fault
         # (Starlette raises the one under a router that put "app" in the scope, the other without)
         detail = str(exc.detail if isinstance(exc, HTTPException) else exc.message)
@@ -162,7 +188,7 @@ async def infer(serving: Serving, request: Request) -> Response:
             task = ticket.endpoint.task
             if verb != task.verb:
                 raise NotFound(f"{name} is a {task.name} endpoint: POST /v1/{name}/{task.verb}")
-            items, options = await request_items(request, ticket.endpoint)
+            items, options = await request_items(counted(request, ticket), ticket.endpoint)
             answer = await ticket.infer(items, options)
     except ServingError as exc:
         return problem(exc)

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bentos.api.app import EngineHolder, ascii_int, http_meta, read_body
+from bentos.api.app import EngineHolder, ascii_int, counted, http_meta, read_body
 from bentos.api.problems import first_error, json_response, oip_problem
 from bentos.dataplane.endpoint import Endpoint
 from bentos.errors import InvalidInput, NoDeployment, ServingError
@@ -170,7 +170,8 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
             meta = http_meta(request, name, "oip", request.path_params.get("version"), stored_pins=True)
             async with holder.serving().admit(meta) as ticket:
                 endpoint = ticket.endpoint
-                body = await read_body(request, endpoint.limits.max_body_bytes, "limits.max_body_bytes")
+                body = await read_body(counted(request, ticket), endpoint.limits.max_body_bytes,
+                                       "limits.max_body_bytes")
                 parsed, binary = _parse(body, request.headers.get(HEADER))
                 codec = _codec(endpoint)
                 items = codec.from_oip(_inputs(parsed, codec, binary))

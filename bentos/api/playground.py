@@ -38,12 +38,16 @@ def build_playground(holder: EngineHolder) -> Any:
         stored = [v["tag"] for v in list_versions(endpoint.task.name) if v["metrics"].get("validation_passed")]
         return live + [t for t in stored if t not in live]
 
-    async def ask(name: str, items: list[Any], mode: str, key: str | None, pinned: str | None) -> Answer:
-        """Through the service's own serving path, as any protocol: the gate, admission, routing, pins."""
+    async def ask(name: str, items: list[Any], mode: str, key: str | None, pinned: str | None,
+                  api_key: str | None = None) -> Answer:
+        """Through the service's own serving path, as any protocol: the gate (the visitor's API key, rates,
+        pin scope), admission, routing, pins."""
         if mode == "pinned" and not pinned:
             raise fail("Choose a version to pin, or switch to routed mode.")
-        meta = CallMeta(name, pin=pinned if mode == "pinned" else None, routing_key=(key or "").strip() or None,
-                        source="playground", protocol="playground", stored_pins=True)
+        credentials = {"x-api-key": api_key.strip()} if api_key and api_key.strip() else {}
+        meta = CallMeta(name, credentials, pin=pinned if mode == "pinned" else None,
+                        routing_key=(key or "").strip() or None, source="playground", protocol="playground",
+                        stored_pins=True)
         try:
             async with holder.serving().admit(meta) as ticket:
                 return await ticket.infer(items)
@@ -61,16 +65,18 @@ def build_playground(holder: EngineHolder) -> Any:
         except ServingError as exc:
             raise fail(exc.message) from None
 
-    async def ask_api(name: str, body: str, mode: str, key: str, pinned: str | None) -> dict[str, Any]:
+    async def ask_api(name: str, body: str, mode: str, key: str, pinned: str | None,
+                      api_key: str = "") -> dict[str, Any]:
         items, options = parse(name, body)
-        answer = await ask(name, items, mode, key, pinned)
+        answer = await ask(name, items, mode, key, pinned, api_key)
         return {"results": json.loads(json.dumps(answer.codec.decode(answer.outputs, **options), default=_plain)),
                 "model_version": answer.version, "route": answer.route, "latency": latency(answer)}
 
-    async def compare_api(name: str, body: str, a: str | None, b: str | None) -> tuple[list[list[Any]], str]:
+    async def compare_api(name: str, body: str, a: str | None, b: str | None,
+                          api_key: str = "") -> tuple[list[list[Any]], str]:
         items, _ = parse(name, body)
         try:
-            return await compare_versions(ask, name, items, a, b)
+            return await compare_versions(ask, name, items, a, b, api_key)
         except ValueError as exc:
             raise fail(str(exc).capitalize() + ".") from None
 
@@ -78,12 +84,13 @@ def build_playground(holder: EngineHolder) -> Any:
         engine = holder.get()
         live = {v.tag for e in engine.endpoints.values() if e.spec for v in e.spec.versions}
         return {v["tag"]: {"live": v["tag"] in live, "task": v["task"], "variant": v["labels"].get("variant"),
-                           "size_bytes": v["size_bytes"], "lineage": v["lineage"],
+                           "size_bytes": v["size_bytes"], "lineage": without_paths(v["lineage"]),
                            "quality": v["metrics"].get("validate"),
                            "latency_ms": (v["metrics"].get("benchmark") or {}).get("latency_ms")}
                 for v in list_versions()}
 
-    with gr.Blocks(title="Switchyard playground") as demo:
+    with gr.Blocks(title="Switchyard playground",
+                   delete_cache=(PLAYGROUND_FILE_TTL_S, PLAYGROUND_FILE_TTL_S)) as demo:
         gr.Markdown("# Switchyard playground\nTry every endpoint and every version: routed like a user, or pinned.")
 
         @gr.render(triggers=[demo.load])  # type: ignore[untyped-decorator]
@@ -94,7 +101,8 @@ def build_playground(holder: EngineHolder) -> Any:
                     with gr.Tab(name, id=f"tab-{name}"):
                         gr.Markdown(f"**{endpoint.task.name}** · `POST /v1/{name}/{endpoint.task.verb}`"
                                     + (f" · {endpoint.config.description}" if endpoint.config.description else ""))
-                        endpoint.task.playground(Kit(gr, endpoint, ask, choices(name)))
+                        endpoint.task.playground(Kit(gr, endpoint, ask, choices(name),
+                                                     needs_key=engine.settings.require_api_key))
                 with gr.Tab("About", id="tab-about"):
                     gr.Markdown("Every version in the registry, with its task, metrics, lineage and size.")
                     gr.JSON(about(), label="Versions")
@@ -102,13 +110,16 @@ def build_playground(holder: EngineHolder) -> Any:
         with gr.Row(visible=False):  # the scripting API, the same for every endpoint
             a_name, a_body, a_mode, a_key, a_pin = (gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Textbox(),
                                                     gr.Textbox())
+            a_api_key = gr.Textbox(value="")  # an API key, when the service requires one (optional last input)
             a_out, c_table, c_text, about_out = gr.JSON(), gr.Dataframe(), gr.Markdown(), gr.JSON()
-            gr.Button().click(ask_api, [a_name, a_body, a_mode, a_key, a_pin], a_out, api_name="ask")
-            gr.Button().click(compare_api, [a_name, a_body, a_key, a_pin], [c_table, c_text], api_name="compare")
+            gr.Button().click(ask_api, [a_name, a_body, a_mode, a_key, a_pin, a_api_key], a_out, api_name="ask")
+            gr.Button().click(compare_api, [a_name, a_body, a_key, a_pin, a_api_key], [c_table, c_text],
+                              api_name="compare")
             gr.Button().click(about, None, about_out, api_name="about")
 
     # A bounded queue: a flood of playground clicks gets "queue full", not memory; uploads are capped before
-    # they are written (per-endpoint pixel and byte limits are checked before decoding, in the task).
+    # they are written (per-endpoint pixel and byte limits are checked before decoding, in the task), and
+    # Gradio's copies of them are deleted once read (Kit.image_file), or after PLAYGROUND_FILE_TTL_S anyway.
     demo.queue(max_size=PLAYGROUND_QUEUE, default_concurrency_limit=2)
     quiet_queue(demo)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -119,6 +130,22 @@ def build_playground(holder: EngineHolder) -> Any:
 
 PLAYGROUND_QUEUE = 64
 PLAYGROUND_MAX_UPLOAD = 32 * 1024 * 1024
+# Any other playground request body (Gradio's JSON calls): a sketch as PNG data is well under this.
+PLAYGROUND_MAX_BODY = 4 * 1024 * 1024
+PLAYGROUND_FILE_TTL_S = 300
+
+
+def without_paths(value: Any) -> Any:
+    """Lineage as anonymous visitors may see it: a path (where a model was built or imported from) becomes its
+    file name."""
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        head, _, tail = value.replace("\\", "/").partition(" ")
+        return head.rsplit("/", 1)[-1] + (f" {tail}" if tail else "")
+    return value
 
 
 class Switchable:
@@ -141,7 +168,41 @@ class Switchable:
                                     (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
             return
+        if scope["type"] == "http" and scope.get("path", "").startswith("/playground"):
+            cap = Capped(scope, receive, send)
+            await self.app(scope, cap.receive, cap.send)
+            return
         await self.app(scope, receive, send)
+
+
+class Capped:
+    """A playground request's body counted as it arrives: past its cap (uploads: PLAYGROUND_MAX_UPLOAD, which
+    Gradio also enforces once the upload is parsed; anything else: PLAYGROUND_MAX_BODY) it is answered 413
+    here, the app sees the client go, and whatever the app sends after that is dropped. A chunked body
+    without a length cannot grow a worker's memory."""
+
+    def __init__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.cap = PLAYGROUND_MAX_UPLOAD if scope["path"].endswith("/upload") else PLAYGROUND_MAX_BODY
+        self._receive, self._send, self.seen, self.answered = receive, send, 0, False
+
+    async def receive(self) -> Any:
+        if self.answered:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        self.seen += len(message.get("body", b""))
+        if self.seen <= self.cap:
+            return message
+        self.answered = True
+        body = f'{{"detail":"body: over {self.cap} bytes, the playground\'s limit"}}'.encode()
+        await self._send({"type": "http.response.start", "status": 413,
+                          "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                                      (b"content-length", str(len(body)).encode())]})
+        await self._send({"type": "http.response.body", "body": body})
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Any) -> None:
+        if not self.answered:
+            await self._send(message)
 
 
 # Gradio's queue polls every 1 ms while it is empty (its default off Windows, where it is 50 ms):

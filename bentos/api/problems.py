@@ -18,7 +18,8 @@ from bentos.errors import InvalidFields, Kind, ServingError
 from bentos.request_context import request_id
 
 REST: dict[Kind, int] = {
-    "malformed": 400, "invalid": 422, "too_large": 413, "unauthenticated": 401, "forbidden": 403,
+    "malformed": 400, "invalid": 422, "too_large": 413, "request_timeout": 408, "unauthenticated": 401,
+    "forbidden": 403,
     "not_found": 404, "conflict": 409, "rate_limited": 429, "overloaded": 503,
     "deadline": 503,  # a deadline passed in the queue reads as "busy, retry" (as before kinds existed)
     "unavailable": 503, "model_failure": 500,
@@ -28,7 +29,8 @@ OIP_HTTP: dict[Kind, int] = {**REST, "invalid": 400}
 # After a stream's first byte only an error event can be sent; every other kind is checked before the
 # response starts (the status is committed late) and answered with REST's status. None: "before the start".
 SSE_AFTER_START: dict[Kind, str | None] = {
-    "malformed": None, "invalid": None, "too_large": None, "unauthenticated": None, "forbidden": None,
+    "malformed": None, "invalid": None, "too_large": None, "request_timeout": None, "unauthenticated": None,
+    "forbidden": None,
     "not_found": None, "conflict": None, "rate_limited": None,
     "overloaded": "overloaded",  # a slow reader whose buffer stayed full
     "deadline": "deadline", "unavailable": "unavailable", "model_failure": "model_failure",
@@ -36,7 +38,8 @@ SSE_AFTER_START: dict[Kind, str | None] = {
 # The OpenAI-compatible routes: the status and the `error.type` the official client reads.
 OPENAI: dict[Kind, tuple[int, str]] = {
     "malformed": (400, "invalid_request_error"), "invalid": (400, "invalid_request_error"),
-    "too_large": (413, "invalid_request_error"), "unauthenticated": (401, "authentication_error"),
+    "too_large": (413, "invalid_request_error"), "request_timeout": (408, "invalid_request_error"),
+    "unauthenticated": (401, "authentication_error"),
     "forbidden": (403, "permission_error"), "not_found": (404, "not_found_error"),
     "conflict": (409, "invalid_request_error"), "rate_limited": (429, "rate_limit_error"),
     "overloaded": (503, "server_error"), "deadline": (503, "timeout_error"),
@@ -45,6 +48,7 @@ OPENAI: dict[Kind, tuple[int, str]] = {
 # gRPC (grpc.StatusCode names, so this table needs no grpc import).
 GRPC: dict[Kind, str] = {
     "malformed": "INVALID_ARGUMENT", "invalid": "INVALID_ARGUMENT", "too_large": "RESOURCE_EXHAUSTED",
+    "request_timeout": "DEADLINE_EXCEEDED",
     "unauthenticated": "UNAUTHENTICATED", "forbidden": "PERMISSION_DENIED", "not_found": "NOT_FOUND",
     "conflict": "ALREADY_EXISTS", "rate_limited": "RESOURCE_EXHAUSTED", "overloaded": "UNAVAILABLE",
     "deadline": "DEADLINE_EXCEEDED", "unavailable": "UNAVAILABLE", "model_failure": "INTERNAL",

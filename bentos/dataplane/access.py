@@ -182,6 +182,13 @@ class Admission:
         self.requests += 1
         self.bytes += nbytes
 
+    def grow(self, nbytes: int) -> None:
+        """Reserve `nbytes` more for a request already admitted (its body, as it arrives), or raise TooBusy;
+        one request alone may still go past the cap (the body limit bounds it)."""
+        if self.bytes + nbytes > self.max_bytes and self.requests > 1:
+            raise TooBusy(f"{self.bytes} request bytes in flight in this worker (SWITCHYARD_MAX_INFLIGHT_BYTES)")
+        self.bytes += nbytes
+
     def give(self, nbytes: int) -> None:
         self.requests -= 1
         self.bytes -= nbytes

@@ -26,7 +26,7 @@ from bentos.dataplane.runtime import LoadedVersion, available_cores
 from bentos.dataplane.slot_queue import ForwardQueue, SlotQueue
 from bentos.dataplane.stats import StatsRecorder
 from bentos.dataplane.tracing import batch_spans, now_ns, recording, span
-from bentos.errors import ModelFailure, NoDeployment, NotFound, Overloaded, ServingError, TooBusy
+from bentos.errors import CALLERS_FAULT, ModelFailure, NoDeployment, NotFound, Overloaded, ServingError, TooBusy
 from bentos.request_context import request_id
 from bentos.schemas import DeploymentSpec
 from bentos.settings import ServeSettings
@@ -87,7 +87,9 @@ def effective_limits(config: EndpointConfig, settings: ServeSettings) -> Limits:
     own = config.limits
     return Limits(max_rows=own.max_rows or settings.max_rows, max_chars=own.max_chars or settings.max_chars,
                   max_body_bytes=own.max_body_bytes or settings.max_body_bytes,
-                  max_image_pixels=own.max_image_pixels or settings.max_image_pixels)
+                  max_image_pixels=own.max_image_pixels or settings.max_image_pixels,
+                  max_request_pixels=own.max_request_pixels or settings.max_request_pixels,
+                  body_timeout_s=own.body_timeout_s or settings.body_timeout_s)
 
 
 class Endpoint:
@@ -264,6 +266,8 @@ class Endpoint:
                 outputs, timing = await self._run(pick, items, call)
                 return outputs, timing, pick
             except Exception as exc:
+                if isinstance(exc, ServingError) and exc.kind in CALLERS_FAULT:
+                    raise  # the request's own content: not the version's failure, not a rollout's evidence
                 self._evidence(pick.tag, pick.route, call.source, False, time.monotonic() - pick.start,
                                fallback=pick.route == "canary")
                 if pick.route != "canary":
@@ -303,6 +307,11 @@ class Endpoint:
                                                  slot.version.codec.bucket(items))
         except Overloaded:
             series.count(route, "overloaded", call)
+            raise
+        except ServingError as exc:
+            # An input that passed the cheap checks but could not be decoded (a corrupt or blank image) is the
+            # caller's: no verdict for the breaker (a probe is released), counted apart from errors.
+            series.count(route, "invalid" if exc.kind in CALLERS_FAULT else "error", call)
             raise
         except Exception as exc:
             was_open = slot.circuit.state is State.OPEN

@@ -20,7 +20,7 @@ from bentos.dataplane.call import Call, CallMeta
 from bentos.dataplane.endpoint import DIRECT, Answer, Endpoint
 from bentos.dataplane.metrics import Metrics
 from bentos.dataplane.payloads import PayloadLog, entry
-from bentos.errors import NotFound, ServingError
+from bentos.errors import BodyTooLarge, NotFound, ServingError
 from bentos.settings import ServeSettings
 
 
@@ -46,9 +46,7 @@ class Ticket:
 
     def __init__(self, serving: Serving, meta: CallMeta, caller: Caller, endpoint: Endpoint) -> None:
         self.serving, self.meta, self.caller, self.endpoint = serving, meta, caller, endpoint
-        limit = endpoint.limits.max_body_bytes
-        # What admission reserves: the declared length, or the limit for a body sent without one.
-        self.size = limit if meta.declared_bytes is None else min(meta.declared_bytes, limit)
+        self.size = 0  # body bytes reserved in admission: as they arrive (`reserve`), not as declared
         self.call = DIRECT
 
     async def __aenter__(self) -> Ticket:
@@ -64,6 +62,11 @@ class Ticket:
 
     async def __aexit__(self, *exc: object) -> None:
         self.serving.admission.give(self.size)
+
+    def reserve(self, nbytes: int) -> None:
+        """`nbytes` more of the body arrived: held in admission until the call ends (503 past the cap)."""
+        self.serving.deny_on(self.serving.admission.grow, nbytes, key=self.caller.key)
+        self.size += nbytes
 
     async def infer(self, items: list[Any], options: dict[str, Any] | None = None) -> Answer:
         """One forward pass over `items`; `options` are the task's decode options (for the payload log)."""
@@ -91,7 +94,11 @@ class Serving:
         """The caller (keys and rates) and the endpoint, checked now; admission and the pin on entering the
         ticket. Every refusal of the gate or admission is counted as denied (key and status)."""
         caller: Caller = self.deny_on(self.gate.admit, meta.credentials, meta.client, key="")
-        return Ticket(self, meta, caller, self.endpoint(meta.endpoint))
+        endpoint = self.endpoint(meta.endpoint)
+        limit = endpoint.limits.max_body_bytes
+        if meta.declared_bytes is not None and meta.declared_bytes > limit:  # refused before a byte is read
+            raise BodyTooLarge(limit, "limits.max_body_bytes")
+        return Ticket(self, meta, caller, endpoint)
 
     def deny_on(self, check: Any, *args: Any, key: str) -> Any:
         try:

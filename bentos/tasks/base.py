@@ -43,6 +43,8 @@ class Limits(BaseModel):
     max_chars: int
     max_body_bytes: int
     max_image_pixels: int
+    max_request_pixels: int = 32_000_000
+    body_timeout_s: float = 30.0
 
 
 def length_bucket(token_length: int) -> int:
@@ -221,10 +223,14 @@ def check_rows(items: list[Any], field: str, count: int, low: float | None, high
         if whole.shape[1] == count and np.isfinite(whole).all() and (low is None or whole.min() >= low) and (
                 high is None or whole.max() <= high):
             return
-    except ValueError:  # ragged: the loop below names the row
+    except (ValueError, TypeError):  # ragged, or not numbers: the loop below names the row
         pass
     for i, item in enumerate(items):
-        arr = np.asarray(item, dtype=np.float64) if not isinstance(item, np.ndarray) else item
+        try:
+            arr = np.asarray(item, dtype=np.float64) if not isinstance(item, np.ndarray) else item
+        except (ValueError, TypeError, OverflowError):
+            raise InvalidInput(f"{field}.{i}", f"expected {count} numbers in a regular array",
+                               {"values": count}) from None
         if arr.size != count:
             raise InvalidInput(f"{field}.{i}", f"expected {count} values, got {arr.size}", {"values": count})
         if not np.isfinite(arr).all():

@@ -108,9 +108,15 @@ class ImageCodec(Codec):
         return list(labels) if labels else None
 
     def check(self, items: list[Any], limits: Limits) -> None:
+        """Every image's header, and the pixels of all of them together, before anything decodes them."""
+        total = 0
         for i, item in enumerate(items):
             if isinstance(item, bytes):
-                open_image(item, f"images.{i}", limits.max_image_pixels)
+                width, height = open_image(item, f"images.{i}", limits.max_image_pixels).size
+                total += width * height
+        if total > limits.max_request_pixels:
+            raise InvalidInput("images", f"{total} pixels in all, over {limits.max_request_pixels} "
+                               "(limits.max_request_pixels)", {"max_request_pixels": limits.max_request_pixels})
         arrays = [i for i in items if not isinstance(i, bytes)]
         low, high = self.preprocess.get("pixel_range") or (None, None)
         check_rows(arrays, "inputs", math.prod(self.row), low, high)
@@ -124,6 +130,16 @@ class ImageCodec(Codec):
         return {self.input["name"]: np.stack(rows).astype(dtype, copy=False)}
 
     def from_image(self, data: bytes) -> np.ndarray:
+        """One image as the model's row; an image that passed the header check but does not decode, or (for
+        glyphs) is blank, is the caller's error (422), never the version's."""
+        from PIL import Image
+
+        try:
+            return self._from_image(data)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InvalidInput("images", f"could not be read as an image: {str(exc)[:200]}") from None
+
+    def _from_image(self, data: bytes) -> np.ndarray:
         from PIL import Image
 
         conf = self.preprocess.get("image") or {}

@@ -18,12 +18,13 @@ import numpy as np
 
 from bentos.tasks.base import Codec, Limits
 
-Ask = Callable[[str, list[Any], str, str | None, str | None], Awaitable[Any]]
+# (endpoint, items, mode, routing key, pinned version, API key)
+Ask = Callable[[str, list[Any], str, str | None, str | None, str | None], Awaitable[Any]]
 
 
 class Kit:
-    def __init__(self, gr: Any, endpoint: Any, ask: Ask, choices: list[str]) -> None:
-        self.gr = gr
+    def __init__(self, gr: Any, endpoint: Any, ask: Ask, choices: list[str], needs_key: bool = False) -> None:
+        self.gr, self.needs_key = gr, needs_key
         self.endpoint = endpoint
         self.ask = ask
         self.choices = choices
@@ -60,11 +61,16 @@ class Kit:
         return {name: [np.asarray(v).tolist()] for name, v in item.items()} if isinstance(item, dict) else {}
 
     # --- input helpers ---------------------------------------------------------------------
-    @staticmethod
-    def png(picture: Any) -> bytes:
+    def png(self, picture: Any) -> bytes:
+        """A drawn picture as PNG bytes, refused first when it has more pixels than the endpoint takes (a
+        sketch sent through the API can be any size)."""
         from PIL import Image
 
         arr = np.asarray(picture)
+        pixels = int(np.prod(arr.shape[:2])) if arr.ndim >= 2 else 0
+        if pixels > self.limits().max_image_pixels:
+            raise ValueError(f"the drawing has {pixels:,} pixels; the limit is {self.limits().max_image_pixels:,} "
+                             "(limits.max_image_pixels)")
         if arr.dtype != np.uint8:
             arr = np.clip(arr, 0, 255).astype(np.uint8)
         out = io.BytesIO()
@@ -81,12 +87,15 @@ class Kit:
         if size > limits.max_body_bytes:
             raise ValueError(f"the file is {size:,} bytes; the limit is {limits.max_body_bytes:,} "
                              "(limits.max_body_bytes)")
-        with Image.open(path) as img:  # reads the header only
-            width, height = img.size
-        if width * height > limits.max_image_pixels:
-            raise ValueError(f"the image is {width}x{height}, {width * height / 1e6:.1f} megapixels; the limit is "
-                             f"{limits.max_image_pixels / 1e6:.1f} (limits.max_image_pixels)")
-        return Path(path).read_bytes()
+        try:
+            with Image.open(path) as img:  # reads the header only
+                width, height = img.size
+            if width * height > limits.max_image_pixels:
+                raise ValueError(f"the image is {width}x{height}, {width * height / 1e6:.1f} megapixels; the limit "
+                                 f"is {limits.max_image_pixels / 1e6:.1f} (limits.max_image_pixels)")
+            return Path(path).read_bytes()
+        finally:  # Gradio's copy of the upload is not kept once it is read (or refused)
+            Path(path).unlink(missing_ok=True)
 
     def lines(self, text: str, low: int, high: int) -> list[str]:
         lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
@@ -126,6 +135,8 @@ class Kit:
             # interactive=True: inside gr.render, Gradio 6 otherwise shows inputs of these events disabled.
             mode = gr.Radio(["routed", "pinned"], value="routed", label="Mode", interactive=True)
             key = gr.Textbox(label="Routing key (routed mode)", placeholder="user-42")
+            # The playground goes through the same gate as the API: a key when the service requires one.
+            api_key = gr.Textbox(label="API key", type="password", placeholder="sy_...", visible=self.needs_key)
             pin = gr.Dropdown(self.choices, value=self.choices[0] if self.choices else None,
                               label="Version (pinned mode)", allow_custom_value=True, interactive=True)
         go = gr.Button("Run", variant="primary", elem_id=f"run-{name}")
@@ -139,16 +150,16 @@ class Kit:
                 raise gr.Error(str(exc)[:1].upper() + str(exc)[1:] + ".", print_exception=False) from None
 
         async def run(*values: Any) -> tuple[Any, ...]:
-            *given, how, routing_key, pinned = values
+            *given, how, routing_key, pinned, secret = values
             # Encoding inputs and plotting results are CPU work: off the event loop that serves the API.
             items = await asyncio.to_thread(items_of, tuple(given))
-            answer = await self.ask(name, items, how, routing_key, pinned)
+            answer = await self.ask(name, items, how, routing_key, pinned, secret)
             results = answer.codec.decode(answer.outputs)
             shown = await asyncio.to_thread(render, items, results)
             text = f"### Answered by `{answer.version}`\n\n{answer.route} · {latency(answer)}"
             return (*shown, text, {"results": results, "model_version": answer.version, "route": answer.route})
 
-        go.click(run, [*inputs, mode, key, pin], [*outputs, info, details])
+        go.click(run, [*inputs, mode, key, pin, api_key], [*outputs, info, details])
         with gr.Accordion("Compare two versions on this input", open=False):
             with gr.Row():
                 a = gr.Dropdown(self.choices, value=self.choices[0] if self.choices else None, label="Version A",
@@ -160,12 +171,12 @@ class Kit:
             table = gr.Dataframe(headers=["input", "A", "B", "agreement"], label="Per input")
 
         async def compare(*values: Any) -> tuple[Any, ...]:
-            *given, left_tag, right_tag = values
+            *given, left_tag, right_tag, secret = values
             items = await asyncio.to_thread(items_of, tuple(given))
-            rows, text = await compare_versions(self.ask, name, items, left_tag, right_tag)
+            rows, text = await compare_versions(self.ask, name, items, left_tag, right_tag, secret)
             return text, rows
 
-        compare_go.click(compare, [*inputs, a, b], [verdict, table])
+        compare_go.click(compare, [*inputs, a, b, api_key], [verdict, table])
 
 
 def latency(answer: Any) -> str:
@@ -179,12 +190,12 @@ def short(value: Any) -> str:
 
 
 async def compare_versions(ask: Ask, endpoint: str, items: list[Any], left_tag: str | None,
-                           right_tag: str | None) -> tuple[list[list[Any]], str]:
+                           right_tag: str | None, api_key: str | None = None) -> tuple[list[list[Any]], str]:
     """Both versions pinned on the same items; agreement by the task's own measure."""
     if not left_tag or not right_tag:
         raise ValueError("choose two versions to compare")
-    left = await ask(endpoint, items, "pinned", None, left_tag)
-    right = await ask(endpoint, items, "pinned", None, right_tag)
+    left = await ask(endpoint, items, "pinned", None, left_tag, api_key)
+    right = await ask(endpoint, items, "pinned", None, right_tag, api_key)
     scores = [left.codec.agreement(x, y) for x, y in zip(left.outputs, right.outputs, strict=True)]
     decoded_a, decoded_b = left.codec.decode(left.outputs), right.codec.decode(right.outputs)
     rows = [[short(i if isinstance(i, str) else "input"), short(da), short(db), round(s, 5)]

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from tokenizers import Tokenizer
 
+from bentos.errors import InvalidInput
 from bentos.tasks.base import Codec, Feed, Limits, Task, length_bucket
 
 MAX_TOKENS = 256
@@ -61,6 +62,15 @@ class TextCodec(Codec):
         unk = np.array([sum(1 for i in e.ids if i == unknown) for e in encodings], np.float64)
         return {"tokens": tokens, "unknown_share": unk / np.maximum(tokens, 1)}
 
+    def check(self, items: list[Any], limits: Limits) -> None:
+        """The per-text limits whatever the protocol: /v1 checks them in its schema too, OIP's BYTES only here."""
+        for i, text in enumerate(items):
+            if not isinstance(text, str) or not text:
+                raise InvalidInput(f"texts.{i}", "must be a non-empty string")
+            if len(text) > limits.max_chars:
+                raise InvalidInput(f"texts.{i}", f"{len(text)} characters, over {limits.max_chars} "
+                                   "(limits.max_chars)", {"max_chars": limits.max_chars})
+
     def encode(self, items: list[Any]) -> Feed:
         encodings = self._tok.encode_batch([str(t) for t in items])
         columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
@@ -75,7 +85,13 @@ class TextCodec(Codec):
         return [{"name": "text", "dtype": "object", "shape": ["batch"]}]
 
     def from_oip(self, tensors: dict[str, np.ndarray]) -> list[Any]:
-        return [t.decode() if isinstance(t, bytes) else str(t) for t in tensors["text"].reshape(-1)]
+        out = []
+        for i, t in enumerate(tensors["text"].reshape(-1)):
+            try:
+                out.append(t.decode() if isinstance(t, bytes) else str(t))
+            except UnicodeDecodeError:
+                raise InvalidInput(f"text.{i}", "BYTES element is not UTF-8 text") from None
+        return out
 
 
 class TextTask(Task):

@@ -16,7 +16,7 @@ from bentos.dataplane.endpoint import Endpoint, ModelFailure
 from bentos.dataplane.metrics import get_metrics
 from bentos.dataplane.runtime import LoadedVersion, load_session
 from bentos.dataplane.stats import StatsRecorder
-from bentos.errors import TooBusy
+from bentos.errors import InvalidInput, TooBusy
 from bentos.schemas import DeploymentSpec
 from bentos.settings import ServeSettings
 from bentos.tasks.image_classification import ImageCodec
@@ -231,4 +231,32 @@ async def test_previews_are_bounded_and_an_lru_one_goes_only_after_it_idled(digi
     await ep.handle(ROWS[:1], Call(pin="p:0"))  # p:0 is used again; p:1 is now the least recently used
     ep.add_preview(version(digits_root, "digits-mlp", "p:new"))
     assert set(ep.previews) == {"p:0", "p:2", "p:3", "p:new"}
+    await ep.stop()
+
+
+class Picky(LoadedVersion):
+    """A version that, like an image codec given a blank or corrupt image, refuses some inputs in its batch."""
+
+    def run(self, items: list[Any]) -> list[np.ndarray]:
+        if any(float(np.asarray(i).sum()) == 0.0 for i in items):
+            raise InvalidInput("images", "could not be read as an image: the image is empty")
+        return super().run(items)
+
+
+async def test_input_refused_inside_the_batch_never_counts_against_the_version(digits_root: Path) -> None:
+    """Five blank digits sent to a canary once opened its breaker; with sticky keys a caller could force a
+    rollback. Now: a 422 for the caller, the breaker closed, no evidence, no fallback, and the other
+    requests of the same batch answered."""
+    ep = endpoint({"mlp:1": version(digits_root, "digits-mlp", "mlp:1"),
+                   "cnn:1": version(digits_root, "digits-cnn", "cnn:1", Picky)},
+                  {"mlp:1": ("stable", 0), "cnn:1": ("canary", 100)}, circuit_failures=3)
+    blank = [[0.0] * 64]
+    outcomes = await asyncio.gather(*(ep.handle(blank) for _ in range(6)), ep.handle(ROWS[:1]),
+                                    return_exceptions=True)
+    assert all(isinstance(o, InvalidInput) for o in outcomes[:6]), outcomes
+    assert outcomes[6].version == "cnn:1" and outcomes[6].route == "canary"  # type: ignore[union-attr]
+    assert ep.slots["cnn:1"].circuit.state.name == "CLOSED"
+    assert counts(ep) == {"cnn:1": (1, 0, 0)}  # only the good request is evidence
+    invalid = get_metrics().requests.labels("digits", "cnn:1", "canary", "invalid", "api", "", "rest")
+    assert invalid._value.get() >= 6
     await ep.stop()

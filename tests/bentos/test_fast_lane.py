@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bentos.api.app import ServerErrors, ServingApp
-from bentos.api.fast_lane import FastLane, why_not
+from bentos.api.fast_lane import FastLane, KnownPaths, why_not
 from bentos.api.worker import WorkerService, in_worker
 
 
@@ -158,11 +158,13 @@ def test_a_worker_service_mounts_its_late_apps_once_and_hands_the_worker_a_fast_
     app = serving_app()
     probe = in_worker(Probe, app, late_mounts=[(build, "/")])
     assert isinstance(probe, WorkerService) and probe.name == "lane_probe" and built == []  # not at import
-    lane = probe.to_asgi()
+    guarded = probe.to_asgi()
+    assert isinstance(guarded, KnownPaths)
+    lane = guarded.app
     assert isinstance(lane, FastLane) and lane.app is app and lane.timeout_s == 60
     assert [m for m, _, _ in probe.mount_apps] == built and len(built) == 1
     monkeypatch.setenv("SWITCHYARD_FAST_LANE", "false")
-    assert isinstance(probe.to_asgi(), Starlette) and len(built) == 1
+    assert isinstance(probe.to_asgi().app, Starlette) and len(built) == 1
 
 
 async def test_a_stream_is_timed_to_its_first_byte_not_cut_at_the_timeout() -> None:
@@ -194,3 +196,20 @@ def test_every_fixed_v1_route_is_a_reserved_endpoint_name() -> None:
     with pytest.raises(RuntimeError, match="RESERVED"):
         ServingApp(hot, "/v1/{endpoint}/{verb}", routes=[Route("/v1/stats/x", fixed)])
     assert {"chat", "completions", "models", "admin", "health"} <= serving_app().reserved
+
+
+@pytest.mark.parametrize("path, known", [
+    ("/metrics", True), ("/readyz", True), ("/livez", True), ("/", True), ("/playground", True),
+    ("/playground/gradio_api/info", True), ("/v1/digits/predict", True), ("/v2/models/digits", True),
+    ("/v1x", False), ("/random-3f9a", False), ("/metricsx", False), ("/playgroundx", False), ("/.env", False),
+])
+async def test_a_path_nothing_serves_is_a_404_before_bentomls_middleware(path: str, known: bool) -> None:
+    """BentoML's HTTP metrics label requests with the raw path: unknown paths must never reach them."""
+    reached: list[str] = []
+
+    async def inner(s: dict[str, Any], receive: Any, send: Any) -> None:
+        reached.append(s["path"])
+        await Response("inner")(s, receive, send)
+
+    status, _, _ = await call(KnownPaths(inner), scope(path, "GET"))
+    assert (reached == [path], status) == ((True, 200) if known else (False, 404))

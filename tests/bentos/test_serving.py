@@ -21,7 +21,7 @@ from bentos.dataplane.call import Call, CallMeta
 from bentos.dataplane.endpoint import Answer
 from bentos.dataplane.metrics import get_metrics
 from bentos.dataplane.serving import Serving
-from bentos.errors import ModelFailure, NotFound, QueueFull, RateLimited, ServingError, TooBusy, Unauthorized
+from bentos.errors import BodyTooLarge, ModelFailure, NotFound, QueueFull, RateLimited, ServingError, TooBusy, Unauthorized
 from bentos.settings import ServeSettings
 from bentos.tasks.base import Limits
 
@@ -128,7 +128,12 @@ async def test_admission_is_released_and_nothing_logged_when_the_endpoint_fails(
 async def test_admission_is_released_when_the_caller_goes_away_mid_call() -> None:
     s, ep, _, payloads = serving()
     ep.hold.clear()
-    task = asyncio.ensure_future(infer(s, CallMeta("digits", declared_bytes=700)))
+    async def call() -> None:
+        async with s.admit(CallMeta("digits")) as ticket:
+            ticket.reserve(700)  # the body, as it arrived
+            await ticket.infer([1])
+
+    task = asyncio.ensure_future(call())
     await asyncio.sleep(0.01)
     assert (s.admission.requests, s.admission.bytes) == (1, 700)  # held while the call is in the model
     task.cancel()
@@ -146,14 +151,32 @@ async def test_an_error_in_the_adapters_own_work_inside_the_call_releases_admiss
     assert (s.admission.requests, s.admission.bytes) == (0, 0)
 
 
-async def test_a_body_without_a_declared_length_reserves_the_endpoints_limit() -> None:
+async def test_body_bytes_are_reserved_as_they_arrive_and_a_declared_excess_is_refused_unread() -> None:
+    """A slow or chunked body holds only what has arrived; one declared over the limit takes nothing."""
+    s, ep, _, _ = serving()
+    async with s.admit(CallMeta("digits", declared_bytes=900)) as ticket:
+        assert (s.admission.requests, s.admission.bytes) == (1, 0)  # nothing reserved for bytes not yet here
+        ticket.reserve(300)
+        ticket.reserve(200)
+        assert s.admission.bytes == 500
+    assert (s.admission.requests, s.admission.bytes) == (0, 0)
+    with pytest.raises(BodyTooLarge, match="limits.max_body_bytes"):
+        s.admit(CallMeta("digits", declared_bytes=ep.limits.max_body_bytes + 1))
+    assert s.admission.requests == 0
+
+
+async def test_bytes_past_the_workers_cap_are_503_while_others_are_in_flight() -> None:
     s, ep, _, _ = serving()
     ep.hold.clear()
-    task = asyncio.ensure_future(infer(s, CallMeta("digits")))
+    first = asyncio.ensure_future(infer(s, CallMeta("digits")))
     await asyncio.sleep(0.01)
-    assert s.admission.bytes == ep.limits.max_body_bytes
+    async with s.admit(CallMeta("digits")) as ticket:
+        ticket.reserve(9_000)
+        with pytest.raises(TooBusy, match="SWITCHYARD_MAX_INFLIGHT_BYTES"):
+            ticket.reserve(2_000)  # 11,000 over the 10,000 cap, with another request in flight
     ep.hold.set()
-    await task
+    await first
+    assert (s.admission.requests, s.admission.bytes) == (0, 0)
 
 
 async def test_refusals_at_the_gate_and_by_admission_are_counted_and_take_nothing() -> None:

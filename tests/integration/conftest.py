@@ -22,7 +22,8 @@ from tests.servers import Served, serve_env
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # People with their own tokens and roles (SWITCHYARD_ADMIN_TOKENS) on the single-worker server.
-PEOPLE = {"vic": ("vic-token", "viewer"), "olga": ("olga-token", "operator"), "ada": ("ada-token", "admin")}
+PEOPLE = {"vic": ("vic-token-0123456789", "viewer"), "olga": ("olga-token-012345678", "operator"),
+          "ada": ("ada-token-0123456789", "admin")}
 
 
 def _build(root: Path, key: str, variant: str) -> str:

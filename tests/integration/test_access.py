@@ -110,7 +110,7 @@ def test_each_route_answers_each_role_as_the_matrix_says(secured: Served, tags: 
                         assert r.status_code == (404 if "rollouts" in path or "payloads" in path else 200), r.text
     print(json.dumps({f"{m} {p}": s for (m, p), s in seen.items()}, indent=1))
     with httpx.Client(base_url=secured.url, timeout=60) as c:
-        me = c.get("/v1/admin/whoami", headers={"Authorization": "Bearer olga-token"}).json()
+        me = c.get("/v1/admin/whoami", headers={"Authorization": f"Bearer {PEOPLE['olga'][0]}"}).json()
         assert me == {"name": "olga", "role": "operator"}
         audit = c.get("/v1/admin/audit", params={"endpoint": "digits"}, headers=AUTH).json()
         assert {"olga", "ada"} <= {e["actor"] for e in audit if e["action"] == "deploy"}  # the real actor

@@ -29,11 +29,17 @@ ROWS = splits()["test"][0]
 
 
 @pytest.fixture
-def console_env(single_worker: Served, monkeypatch: pytest.MonkeyPatch) -> Served:
+def console_env(single_worker: Served, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     monkeypatch.setenv("SWITCHYARD_SERVICE_URL", single_worker.url)
     monkeypatch.setenv("SWITCHYARD_ADMIN_TOKEN", TOKEN)
     monkeypatch.delenv("PROMETHEUS_URL", raising=False)
-    return single_worker
+    # As `make serve` runs it: on loopback, where the console's own token signs its one user in.
+    from streamlit import config
+
+    previous = config.get_option("server.address")
+    config.set_option("server.address", "127.0.0.1")
+    yield single_worker
+    config.set_option("server.address", previous)
 
 
 def page(name: str) -> AppTest:
