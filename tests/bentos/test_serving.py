@@ -21,7 +21,16 @@ from bentos.dataplane.call import Call, CallMeta
 from bentos.dataplane.endpoint import Answer
 from bentos.dataplane.metrics import get_metrics
 from bentos.dataplane.serving import Serving
-from bentos.errors import BodyTooLarge, ModelFailure, NotFound, QueueFull, RateLimited, ServingError, TooBusy, Unauthorized
+from bentos.errors import (
+    BodyTooLarge,
+    ModelFailure,
+    NotFound,
+    QueueFull,
+    RateLimited,
+    ServingError,
+    TooBusy,
+    Unauthorized,
+)
 from bentos.settings import ServeSettings
 from bentos.tasks.base import Limits
 
