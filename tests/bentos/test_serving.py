@@ -169,7 +169,7 @@ async def test_body_bytes_are_reserved_as_they_arrive_and_a_declared_excess_is_r
         ticket.reserve(200)
         assert s.admission.bytes == 500
     assert (s.admission.requests, s.admission.bytes) == (0, 0)
-    with pytest.raises(BodyTooLarge, match="limits.max_body_bytes"):
+    with pytest.raises(BodyTooLarge, match=r"limits\.max_body_bytes"):
         s.admit(CallMeta("digits", declared_bytes=ep.limits.max_body_bytes + 1))
     assert s.admission.requests == 0
 
@@ -181,7 +181,7 @@ async def test_bytes_past_the_workers_cap_are_503_while_others_are_in_flight() -
     await asyncio.sleep(0.01)
     async with s.admit(CallMeta("digits")) as ticket:
         ticket.reserve(9_000)
-        with pytest.raises(TooBusy, match="SWITCHYARD_MAX_INFLIGHT_BYTES"):
+        with pytest.raises(TooBusy, match=r"SWITCHYARD_MAX_INFLIGHT_BYTES"):
             ticket.reserve(2_000)  # 11,000 over the 10,000 cap, with another request in flight
     ep.hold.set()
     await first
