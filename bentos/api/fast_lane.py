@@ -17,8 +17,7 @@ import asyncio
 import logging
 from typing import Any
 
-import orjson
-
+from bentos.api.problems import send_detail
 from bentos.settings import ServeSettings
 
 log = logging.getLogger("switchyard.fast_lane")
@@ -67,11 +66,7 @@ class FastLane:
         except TimeoutError:
             if started or not deadline.expired():
                 raise
-            body = orjson.dumps({"detail": f"not answered in {self.timeout_s:g} s (BentoML traffic.timeout)"})
-            await send({"type": "http.response.start", "status": 504,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await send_detail(send, 504, f"not answered in {self.timeout_s:g} s (BentoML traffic.timeout)")
 
 
 def _streams(start: dict[str, Any]) -> bool:
@@ -97,11 +92,7 @@ class KnownPaths:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and not served(scope["path"]):
-            body = b'{"detail":"not found"}'
-            await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await send_detail(send, 404, "not found")
             return
         await self.app(scope, receive, send)
 

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bentos.api.app import EngineHolder
-from bentos.api.problems import first_error, playground_message
+from bentos.api.problems import first_error, playground_message, send_detail
 from bentos.dataplane.call import CallMeta
 from bentos.dataplane.catalog import list_versions
 from bentos.dataplane.endpoint import Answer
@@ -162,11 +162,7 @@ class Switchable:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            body = b'{"detail":"the playground is off (SWITCHYARD_PLAYGROUND=false)"}'
-            await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await send_detail(send, 404, "the playground is off (SWITCHYARD_PLAYGROUND=false)")
             return
         if scope["type"] == "http" and scope.get("path", "").startswith("/playground"):
             cap = Capped(scope, receive, send)
@@ -193,11 +189,7 @@ class Capped:
         if self.seen <= self.cap:
             return message
         self.answered = True
-        body = f'{{"detail":"body: over {self.cap} bytes, the playground\'s limit"}}'.encode()
-        await self._send({"type": "http.response.start", "status": 413,
-                          "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
-                                      (b"content-length", str(len(body)).encode())]})
-        await self._send({"type": "http.response.body", "body": body})
+        await send_detail(self._send, 413, f"body: over {self.cap} bytes, the playground's limit", close=True)
         return {"type": "http.disconnect"}
 
     async def send(self, message: Any) -> None:

@@ -57,6 +57,16 @@ TABLES: dict[str, dict[Kind, Any]] = {"rest": REST, "oip": OIP_HTTP, "sse": SSE_
                                       "grpc": GRPC}
 
 
+async def send_detail(send: Any, status: int, detail: str, close: bool = False) -> None:
+    """`{"detail": ...}` straight to an ASGI `send`, for the answers given below any app (timeouts, unknown
+    paths, body caps); `close` asks the server to drop the connection (a body is left unread)."""
+    body = orjson.dumps({"detail": detail})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *([(b"connection", b"close")] if close else [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
