@@ -33,10 +33,13 @@ def bins(histogram: dict[str, Any]) -> pd.DataFrame:
                         index=pd.Index(names, name="bin"))
 
 
+endpoint = None
 with guard():
     api = client()
     endpoints = [e["name"] for e in api.endpoints()]
     endpoint = st.selectbox("Endpoint", endpoints, key="mon_endpoint")
+if endpoint is None:  # the service said why (shown above), or has no endpoint yet
+    st.stop()
 
 
 @st.fragment(run_every=conf.refresh_s)

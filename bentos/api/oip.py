@@ -147,7 +147,7 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
 
     async def metadata(request: Request) -> Response:
         try:
-            endpoint = holder.serving().endpoint(request.path_params["model"])
+            endpoint = await holder.serving().endpoint(request.path_params["model"])
             codec = _codec(endpoint)
         except ServingError as exc:
             return oip_problem(exc)
@@ -158,7 +158,7 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
 
     async def model_ready(request: Request) -> Response:
         try:
-            endpoint = holder.serving().endpoint(request.path_params["model"])
+            endpoint = await holder.serving().endpoint(request.path_params["model"])
         except ServingError as exc:
             return oip_problem(exc)
         return json_response({"name": endpoint.name, "ready": endpoint.ready}, 200 if endpoint.ready else 503)

@@ -54,10 +54,10 @@ def build_playground(holder: EngineHolder) -> Any:
         except ServingError as exc:
             raise fail(playground_message(exc)) from None
 
-    def parse(name: str, body: str) -> tuple[list[Any], dict[str, Any]]:
+    async def parse(name: str, body: str) -> tuple[list[Any], dict[str, Any]]:
         """A request body in the endpoint's REST form, as items and options."""
         try:
-            endpoint = holder.serving().endpoint(name)
+            endpoint = await holder.serving().endpoint(name)
             parsed = endpoint.request_model.model_validate_json(body or "null")
             return endpoint.task.items(parsed), endpoint.task.options(parsed)
         except ValidationError as exc:
@@ -67,14 +67,14 @@ def build_playground(holder: EngineHolder) -> Any:
 
     async def ask_api(name: str, body: str, mode: str, key: str, pinned: str | None,
                       api_key: str = "") -> dict[str, Any]:
-        items, options = parse(name, body)
+        items, options = await parse(name, body)
         answer = await ask(name, items, mode, key, pinned, api_key)
         return {"results": json.loads(json.dumps(answer.codec.decode(answer.outputs, **options), default=_plain)),
                 "model_version": answer.version, "route": answer.route, "latency": latency(answer)}
 
     async def compare_api(name: str, body: str, a: str | None, b: str | None,
                           api_key: str = "") -> tuple[list[list[Any]], str]:
-        items, _ = parse(name, body)
+        items, _ = await parse(name, body)
         try:
             return await compare_versions(ask, name, items, a, b, api_key)
         except ValueError as exc:

@@ -51,8 +51,10 @@ SYSTEM_ACTOR = "switchyard"
 # Shared stats older than this are deleted (canary analysis and /stats look back minutes, not days).
 STATS_RETENTION_S = 3600
 PRUNE_EVERY_FLUSHES = 60
-# A request for an endpoint this worker lacks looks in the control plane at most this often.
+# A request for an endpoint this worker lacks has the control plane looked at, at most this often...
 REFRESH_MIN_S = 0.1
+# ...and waits at most this long for the look (the database's own timeout bounds the look itself).
+LOOK_WAIT_S = 2.0
 # An idle worker skips polls while the store is unchanged (SQLite tells by its files), but not longer.
 FULL_SYNC_S = 5.0
 # A revision this worker could not load is tried again after this long (the cause may be passing).
@@ -103,7 +105,8 @@ class Engine:
         self.gate = AccessGate(settings)
         self.payloads = PayloadLog(settings.payload_log) if settings.payload_log else None
         self.admission = Admission(settings.max_concurrency, settings.max_inflight_bytes)
-        self._nudged = asyncio.Event()
+        self._nudged = asyncio.Event()  # a request asked for an early look
+        self._looked = asyncio.Event()  # set when the next look is done (a new one each poll)
         # The data plane's serving path; requests never go through the engine itself.
         self.serving = Serving(self, self.gate, self.admission, self.metrics, self.payloads, settings)
 
@@ -277,6 +280,8 @@ class Engine:
                 await self._wait_for_poll()
             else:
                 await asyncio.sleep(backoff)
+            # Requests waiting for a look (`look`) wait for one that starts after they asked: this one.
+            look, self._looked = self._looked, asyncio.Event()
             try:
                 if self.store is None:
                     # Reconnect with exponential backoff: a database that is down is not hammered by
@@ -292,6 +297,8 @@ class Engine:
                 self.store_down(exc)
             except Exception:  # keep polling whatever happens
                 log.exception("control-plane sync failed")
+            finally:
+                look.set()
 
     async def _wait_for_poll(self) -> None:
         """The poll interval, or less when a request nudged (an endpoint unknown or not ready here), but no
@@ -302,10 +309,15 @@ class Engine:
         self._nudged.clear()
         self._refreshed_at = time.monotonic()
 
-    def nudge(self) -> None:
-        """Look at the control plane at the next chance instead of the next poll (Registry, for serving)."""
-        if not self._nudged.is_set():
-            self._nudged.set()
+    async def look(self) -> None:
+        """Serving's Registry: the poll looks at the control plane now instead of at its next interval, and
+        the caller waits for that look, at most LOOK_WAIT_S; not at all while the control plane is away."""
+        if self.store is None or self.store_error:
+            return
+        done = self._looked
+        self._nudged.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), LOOK_WAIT_S)
 
     def _store_moved(self) -> bool:
         """Whether a poll must query: the store says something was written since the last look, or it

@@ -7,8 +7,9 @@ happens here, once, in this order:
     admit:  keys and rates (the gate) -> the endpoint -> admission (requests and bytes in flight) -> the pin
     infer:  the endpoint routes, batches and answers -> one payload-log entry
 
-Nothing here waits on the control plane: an endpoint this worker does not know yet is a 404 at once,
-and the engine is asked to look (`nudge`) instead of the request running a database query.
+No request runs a control-plane query: an endpoint this worker does not know yet (created through
+another worker a moment ago) makes the engine's poll look at once, and the request waits for that look,
+briefly, and not at all while the control plane is away; then it is served, or a 404.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class Registry(Protocol):
 
     endpoints: dict[str, Endpoint]
 
-    def nudge(self) -> None:
-        """Look at the control plane soon (an endpoint was asked for that is unknown or not ready here)."""
+    async def look(self) -> None:
+        """Have the control plane looked at now (a call asked for an endpoint unknown or not ready here) and
+        wait, briefly, for that look; return at once while the control plane is away."""
         ...
 
     async def preview(self, name: str, version: str) -> str:
@@ -44,13 +46,19 @@ class Ticket:
 
     __slots__ = ("call", "caller", "endpoint", "meta", "serving", "size")
 
-    def __init__(self, serving: Serving, meta: CallMeta, caller: Caller, endpoint: Endpoint) -> None:
-        self.serving, self.meta, self.caller, self.endpoint = serving, meta, caller, endpoint
+    endpoint: Endpoint  # found on entering
+
+    def __init__(self, serving: Serving, meta: CallMeta, caller: Caller) -> None:
+        self.serving, self.meta, self.caller = serving, meta, caller
         self.size = 0  # body bytes reserved in admission: as they arrive (`reserve`), not as declared
         self.call = DIRECT
 
     async def __aenter__(self) -> Ticket:
         serving, meta = self.serving, self.meta
+        self.endpoint = await serving.endpoint(meta.endpoint)
+        limit = self.endpoint.limits.max_body_bytes
+        if meta.declared_bytes is not None and meta.declared_bytes > limit:  # refused before a byte is read
+            raise BodyTooLarge(limit, "limits.max_body_bytes")
         serving.deny_on(serving.admission.take, self.size, key=self.caller.key)
         try:
             pin = await serving.pin(self.endpoint, self.caller, meta)
@@ -81,24 +89,22 @@ class Serving:
         self.registry, self.gate, self.admission = registry, gate, admission
         self.metrics, self.payloads, self.settings = metrics, payloads, settings
 
-    def endpoint(self, name: str) -> Endpoint:
-        """The endpoint as this worker serves it now; never waits for the control plane."""
+    async def endpoint(self, name: str) -> Endpoint:
+        """The endpoint as this worker serves it; one this worker lacks, or that has no deployment here yet, after
+        the engine's next look at the control plane."""
         endpoint = self.registry.endpoints.get(name)
         if endpoint is None or not endpoint.ready:
-            self.registry.nudge()
+            await self.registry.look()
+            endpoint = self.registry.endpoints.get(name)
         if endpoint is None:
             raise NotFound(f"unknown endpoint {name!r}; endpoints: {', '.join(sorted(self.registry.endpoints))}")
         return endpoint
 
     def admit(self, meta: CallMeta) -> Ticket:
-        """The caller (keys and rates) and the endpoint, checked now; admission and the pin on entering the
+        """The caller (keys and rates), checked now; the endpoint, admission and the pin on entering the
         ticket. Every refusal of the gate or admission is counted as denied (key and status)."""
         caller: Caller = self.deny_on(self.gate.admit, meta.credentials, meta.client, key="")
-        endpoint = self.endpoint(meta.endpoint)
-        limit = endpoint.limits.max_body_bytes
-        if meta.declared_bytes is not None and meta.declared_bytes > limit:  # refused before a byte is read
-            raise BodyTooLarge(limit, "limits.max_body_bytes")
-        return Ticket(self, meta, caller, endpoint)
+        return Ticket(self, meta, caller)
 
     def deny_on(self, check: Any, *args: Any, key: str) -> Any:
         try:

@@ -37,25 +37,57 @@ def _fits(shape: tuple[int, ...], spec: list[int | str]) -> bool:
                                                                                                      strict=True))
 
 
+def _check_column(name: str, spec: dict[str, Any], rows: list[Any]) -> None:
+    try:  # the common case in one pass: a regular batch of numbers
+        column = np.asarray(rows)
+        regular = column.dtype.kind in "fiub"
+    except (ValueError, TypeError, OverflowError):
+        column, regular = None, False
+    if not regular:
+        for i, row in enumerate(rows):  # name the row that is not
+            try:
+                kind = np.asarray(row).dtype.kind
+            except (ValueError, TypeError, OverflowError):
+                kind = "O"
+            if kind not in "fiub":
+                raise InvalidInput(f"inputs.{name}.{i}", "not a regular array of numbers")
+        raise InvalidInput(f"inputs.{name}", "rows of different shapes; every row needs the model's row shape "
+                           f"{row_shape(spec)}", {"shape": spec["shape"]})
+    assert column is not None
+    shape = tuple(column.shape[1:])
+    if not _fits(shape, row_shape(spec)):
+        raise InvalidInput(f"inputs.{name}", f"rows of shape {list(shape)} do not fit the model's "
+                           f"{row_shape(spec)}", {"shape": spec["shape"]})
+    target = np.dtype(spec["dtype"])
+    if target.kind in "iub" and column.dtype.kind == "f":
+        raise InvalidInput(f"inputs.{name}", f"the model takes {spec['dtype']}; got floating-point values")
+    if target.kind in "iu" and column.size:
+        info = np.iinfo(target)
+        if column.min() < info.min or column.max() > info.max:
+            raise InvalidInput(f"inputs.{name}", f"values must be within {target} ({info.min} to {info.max})",
+                               {"ge": int(info.min), "le": int(info.max)})
+
+
 class TensorCodec(Codec):
     def check(self, items: list[Any], limits: Limits) -> None:
+        """Every row of every input: a regular array of numbers, of the model's row shape and within its
+        dtype's range, so that nothing the batch thread does with them can fail on the caller's data."""
+        if not items:
+            raise InvalidInput("inputs", "at least one row")
         if len(items) > limits.max_rows:
             raise InvalidInput("inputs", f"at most {limits.max_rows} rows (limits.max_rows), got {len(items)}",
                                {"max_rows": limits.max_rows})
         want = {i["name"]: i for i in self.inputs}
-        for name in items[0]:
-            if name not in want:
-                raise InvalidInput(f"inputs.{name}", f"unknown input; the model takes {', '.join(want)}")
+        for i, item in enumerate(items):
+            for name in item:
+                if name not in want:
+                    raise InvalidInput(f"inputs.{name}", f"unknown input; the model takes {', '.join(want)}")
+            for name in want:
+                if name not in item:
+                    where = f"inputs.{name}" if i == 0 else f"inputs.{name}.{i}"
+                    raise InvalidInput(where, f"missing; the model takes {', '.join(want)}")
         for name, spec in want.items():
-            if name not in items[0]:
-                raise InvalidInput(f"inputs.{name}", f"missing; the model takes {', '.join(want)}")
-            shape = tuple(np.shape(items[0][name]))
-            if not _fits(shape, row_shape(spec)):
-                raise InvalidInput(f"inputs.{name}", f"rows of shape {list(shape)} do not fit the model's "
-                                   f"{row_shape(spec)}", {"shape": spec["shape"]})
-            kind = np.asarray(items[0][name]).dtype.kind
-            if np.dtype(spec["dtype"]).kind in "iub" and kind == "f":
-                raise InvalidInput(f"inputs.{name}", f"the model takes {spec['dtype']}; got floating-point values")
+            _check_column(name, spec, [item[name] for item in items])
 
     def bucket(self, items: list[Any]) -> int:
         # Rows of different shapes cannot share a batch; spread shape classes far apart.

@@ -66,11 +66,14 @@ class FakeEndpoint:
 @dataclass
 class Registry:
     endpoints: dict[str, Any]
-    nudges: int = 0
+    looks: int = 0
     previews: list[tuple[str, str]] = field(default_factory=list)
+    appears: Any = None  # an endpoint the next look finds (created through another worker a moment ago)
 
-    def nudge(self) -> None:
-        self.nudges += 1
+    async def look(self) -> None:
+        self.looks += 1
+        if self.appears is not None:
+            self.endpoints[self.appears.name], self.appears = self.appears, None
 
     async def preview(self, name: str, version: str) -> str:
         self.previews.append((name, version))
@@ -170,7 +173,8 @@ async def test_body_bytes_are_reserved_as_they_arrive_and_a_declared_excess_is_r
         assert s.admission.bytes == 500
     assert (s.admission.requests, s.admission.bytes) == (0, 0)
     with pytest.raises(BodyTooLarge, match=r"limits\.max_body_bytes"):
-        s.admit(CallMeta("digits", declared_bytes=ep.limits.max_body_bytes + 1))
+        async with s.admit(CallMeta("digits", declared_bytes=ep.limits.max_body_bytes + 1)):
+            pass
     assert s.admission.requests == 0
 
 
@@ -208,13 +212,19 @@ async def test_refusals_at_the_gate_and_by_admission_are_counted_and_take_nothin
     assert (s.admission.requests, s.admission.bytes) == (0, 0) and len(ep.calls) == 2
 
 
-async def test_an_unknown_endpoint_is_a_404_at_once_and_the_engine_is_asked_to_look() -> None:
+async def test_an_unknown_endpoint_is_looked_for_once_then_served_or_a_404() -> None:
+    """No request queries the control plane: it waits for the engine's next look (created through another
+    worker a moment ago: served), else 404. A known, ready endpoint costs no look."""
     s, ep, registry, _ = serving()
+    await infer(s, CallMeta("digits"))
+    assert registry.looks == 0
     with pytest.raises(NotFound, match="unknown endpoint 'nope'; endpoints: digits"):
         await infer(s, CallMeta("nope"))
-    ep.ready = False  # known but not ready: served as it is (503 from the endpoint), and looked at too
+    registry.appears = FakeEndpoint("quick")
+    assert (await infer(s, CallMeta("quick"))).outputs == [2, 4]
+    ep.ready = False  # known but not ready: looked at too, then served as it is (503 from the endpoint)
     await infer(s, CallMeta("digits"))
-    assert registry.nudges == 2 and s.admission.requests == 0
+    assert registry.looks == 3 and s.admission.requests == 0
 
 
 async def test_pins_follow_one_policy_on_every_protocol() -> None:

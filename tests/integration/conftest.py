@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -46,6 +47,20 @@ def tags(digits_root: Path, minilm_root: Path) -> dict[str, str]:
         "biased": register_biased(digits_root / "digits-mlp" / "export" / "model.onnx"),
         "minilm": _build(minilm_root, "minilm", "int8-static"),
     }
+
+
+@contextlib.contextmanager
+def console_on_loopback() -> Iterator[None]:
+    """AppTest runs a console page as `make serve` starts it: listening on 127.0.0.1, where the console's own
+    SWITCHYARD_ADMIN_TOKEN signs its one user in (beyond loopback it signs nobody in)."""
+    from streamlit import config
+
+    previous = config.get_option("server.address")
+    config.set_option("server.address", "127.0.0.1")
+    try:
+        yield
+    finally:
+        config.set_option("server.address", previous)
 
 
 def serve_with(tags: dict[str, str], state: Path, workers: int, bentoml_options: str = "",

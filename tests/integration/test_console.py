@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from models.families.digits import splits
 from tests.conftest import ROOT
-from tests.integration.conftest import AUTH, PEOPLE, TOKEN, deploy
+from tests.integration.conftest import AUTH, PEOPLE, TOKEN, console_on_loopback, deploy
 from tests.servers import Served, free_port
 
 pytestmark = pytest.mark.integration
@@ -33,13 +33,8 @@ def console_env(single_worker: Served, monkeypatch: pytest.MonkeyPatch) -> Itera
     monkeypatch.setenv("SWITCHYARD_SERVICE_URL", single_worker.url)
     monkeypatch.setenv("SWITCHYARD_ADMIN_TOKEN", TOKEN)
     monkeypatch.delenv("PROMETHEUS_URL", raising=False)
-    # As `make serve` runs it: on loopback, where the console's own token signs its one user in.
-    from streamlit import config
-
-    previous = config.get_option("server.address")
-    config.set_option("server.address", "127.0.0.1")
-    yield single_worker
-    config.set_option("server.address", previous)
+    with console_on_loopback():
+        yield single_worker
 
 
 def page(name: str) -> AppTest:

@@ -290,3 +290,34 @@ def test_a_console_reachable_from_elsewhere_signs_no_visitor_in(hostile: Served,
             assert ("Sign in to Switchyard" in shown) is not signed_in, (address, shown)
     finally:
         config.set_option("server.address", previous)
+
+
+def test_a_person_in_the_playground_is_asked_for_a_key_and_answered_with_one(hostile: Served, key: str) -> None:
+    """In a real browser: keys required, the digits tab shows an API key field; Run without one says a key is
+    needed, with one it answers."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import ROOT
+    from tests.integration.test_playground import CHROMIUM_FLAGS
+
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(f"{hostile.url}/playground/", wait_until="networkidle", timeout=60_000)
+        page.get_by_role("tab", name="digits", exact=True).click()
+        panel = page.locator("#tab-digits")
+        field = panel.get_by_label("API key")
+        field.wait_for(timeout=30_000)
+        page.locator("#run-digits").click()
+        page.get_by_text("an API key is required").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "playground-key-required.png"), full_page=True)
+        field.fill(key)
+        page.locator("#run-digits").click()
+        answer = page.locator("#answer-digits")
+        answer.get_by_text("Answered by").wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts / "playground-key-given.png"), full_page=True)
+        text = answer.inner_text()
+        browser.close()
+    assert "Answered by" in text and "digits-mlp" in text

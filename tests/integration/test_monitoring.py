@@ -14,7 +14,7 @@ import pytest
 
 from bench.harness import wrk
 from tests.conftest import ROOT
-from tests.integration.conftest import AUTH, TOKEN, serve_with
+from tests.integration.conftest import AUTH, TOKEN, console_on_loopback, serve_with
 from tests.servers import Served
 
 pytestmark = pytest.mark.integration
@@ -97,7 +97,8 @@ def test_the_monitoring_page_lists_the_newest_payloads_for_operators(logged: tup
     monkeypatch.setenv("SWITCHYARD_ADMIN_TOKEN", TOKEN)
     for _ in range(20):
         at = AppTest.from_file(str(ROOT / "admin" / "views" / "monitoring.py"), default_timeout=60)
-        at.run()
+        with console_on_loopback():
+            at.run()
         assert not at.exception, at.exception
         tables = [t.value for t in at.dataframe if "request id" in t.value.columns]
         if tables and "on-the-page" in set(tables[0]["request id"]):
