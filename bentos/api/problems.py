@@ -121,12 +121,14 @@ def first_error(exc: ValidationError) -> str:
     return f"{head['field']}: {head['message']}"
 
 
-# The playground shows a message, not a status: these kinds read better in a person's words.
+# The playground shows a message, not a status: these kinds read better in a person's words ({message}: the
+# error's own).
 PLAYGROUND: dict[Kind, str] = {
+    "unauthenticated": "{message}. Enter your key in the API key field above the Run button.",
     "overloaded": "The service is busy right now; try again in a moment.",
     "deadline": "The service is busy right now; try again in a moment.",
 }
 
 
 def playground_message(exc: ServingError) -> str:
-    return PLAYGROUND.get(exc.kind, exc.message)
+    return PLAYGROUND.get(exc.kind, "{message}").format(message=exc.message)

@@ -307,8 +307,7 @@ def test_a_person_in_the_playground_is_asked_for_a_key_and_answered_with_one(hos
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.goto(f"{hostile.url}/playground/", wait_until="networkidle", timeout=60_000)
         page.get_by_role("tab", name="digits", exact=True).click()
-        panel = page.locator("#tab-digits")
-        field = panel.get_by_label("API key")
+        field = page.get_by_label("API key").locator("visible=true").first  # the digits tab's, not a hidden tab's
         field.wait_for(timeout=30_000)
         page.locator("#run-digits").click()
         page.get_by_text("an API key is required").first.wait_for(timeout=30_000)
