@@ -135,7 +135,8 @@ class ServeSettings(BaseSettings):
     playground: bool = Field(True, description="Serve the Gradio playground at /playground; false: 404 there.")
 
     # Routing
-    allow_pinning: bool = Field(True, description="Honour the X-Model-Version header.")
+    allow_pinning: bool = Field(True, description=(
+        "Honour pins on every way in: X-Model-Version, OIP's /versions/{version}, the playground's pinned mode."))
     shadow_queue: int = Field(64, ge=1, description="Shadow requests waiting; more are dropped and counted.")
     canary_compare_sample: float = Field(
         0.2, ge=0, le=1, description="Share of a canary's answers also asked of stable, in the background and "

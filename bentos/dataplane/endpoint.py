@@ -222,7 +222,7 @@ class Endpoint:
             raise NoDeployment(f"endpoint {self.name} has no deployed model yet: build one with "
                                "`python -m models build --all`, then deploy it through /v1/admin")
         start = time.monotonic()
-        pin = call.pin if self.settings.allow_pinning else None
+        pin = call.pin  # already allowed by the one pin policy (Serving.pin: SWITCHYARD_ALLOW_PINNING, key scopes)
         if pin and pin in self.previews:
             self._preview_used[pin] = start
             return Pick(router, self.previews[pin], pin, "pinned", start)
