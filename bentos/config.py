@@ -50,12 +50,21 @@ class EndpointLimits(BaseModel):
     max_request_pixels: int | None = Field(None, ge=1, le=400_000_000,
                                            description="Width x height of all images in a request together.")
     body_timeout_s: float | None = Field(None, gt=0, le=3600, description="Seconds for the request body to arrive.")
+    # Generation (text-generation endpoints): what one stream may ask for, and how many run at once.
+    max_prompt_tokens: int | None = Field(None, ge=1, le=1_000_000, description="Prompt tokens per request.")
+    max_new_tokens: int | None = Field(None, ge=1, le=100_000, description="The highest max_tokens a request may ask.")
+    max_streams: int | None = Field(None, ge=1, le=4096, description="Generation requests decoding at once, per "
+                                    "version and worker; more wait (limits.max_waiting) or get 503.")
+    max_waiting: int | None = Field(None, ge=0, le=100_000, description="Generation requests waiting for a place.")
+    kv_cache_bytes: int | None = Field(None, ge=1024, le=1 << 40, description="KV-cache budget per version and "
+                                       "worker; a request's prompt plus max_tokens must fit in it.")
 
 
 class EndpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="[a-z0-9-]{1,40}; the URL is /v1/{name}/{verb}.")
-    task: str = Field(description="A task type: image-classification, text-classification, text-embedding, tensor.")
+    task: str = Field(description="A task type: image-classification, text-classification, text-embedding, tensor, "
+                      "text-generation.")
     model: str | None = Field(None, max_length=200, pattern=TAG_PATTERN, description=(
         "What the first deployment serves: a tag, a model name, or a model key or family (its best validated "
         "variant). Unset: the best validated version of this task."))

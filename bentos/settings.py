@@ -121,6 +121,19 @@ class ServeSettings(BaseSettings):
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description=(
         "A request body must arrive within this long, or the connection gets 408 and is closed."))
 
+    # Generation (endpoints of task text-generation; each may set its own limits)
+    max_prompt_tokens: int = Field(1024, ge=1, description="Prompt tokens per generation request.")
+    max_new_tokens: int = Field(512, ge=1, description="The highest max_tokens a generation request may ask.")
+    max_streams: int = Field(32, ge=1, le=4096, description="Generation requests decoding at once per version.")
+    max_waiting: int = Field(256, ge=0, description="Generation requests waiting for a place before 503.")
+    kv_cache_bytes: int = Field(256 * 1024 * 1024, ge=1024, description=(
+        "KV-cache budget per generative version and worker: requests whose prompt plus max_tokens do not fit "
+        "wait, then get 503; never an out-of-memory."))
+    prefill_tokens: int = Field(2048, ge=1, description=(
+        "Prompt tokens prefilled in one decode step: bounds how long newcomers stall the streams in flight."))
+    stall_timeout_s: float = Field(30.0, gt=0, description=(
+        "A stream whose reader takes nothing for this long is ended (its KV freed)."))
+
     # Endpoints and task types
     config: str | None = Field(None, description="The endpoints file; default ./switchyard.yaml when present.")
     task_modules: list[str] = Field(default_factory=list, description='Plug-in task modules, e.g. ["my_tasks"].')

@@ -43,12 +43,16 @@ Examples:
   python -m models import --name reviews --task text-classification --hf ./my-bert \
       --validation val.jsonl --calibration sentences.txt
   python -m models import --name ranker --task tensor --onnx ranker.onnx --calibration inputs.npz
+  python -m models import --name writer --task text-generation --hf ./my-gpt2 --validation text.txt \
+      --variant fp32 --variant int8-dynamic
 
 Data: --validation has labels (.npz with inputs and labels, a folder of class sub-folders of
 images, or a .jsonl of {"text", "label"}); --calibration has inputs only (.npz, a folder of
 images, or a text file of sentences). With labels the gate is the accuracy drop against fp32
 (--max-drop points); without, agreement with fp32 (--min-agreement for classifiers,
---min-cosine and --min-p01-cosine for embeddings, --max-rel-l2 for tensors).
+--min-cosine and --min-p01-cosine for embeddings, --max-rel-l2 for tensors). Text generation
+takes plain text (one passage a line) and is judged on perplexity (--max-perplexity-ratio) and
+greedy next-token agreement (--min-token-agreement) against fp32; its graph keeps the KV cache.
 Then deploy it: PUT /v1/admin/deployments/ENDPOINT, or start a rollout (README: Serve your own model).
 """
 
@@ -120,7 +124,8 @@ def _import_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                         parents=[common], description=IMPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     req = sp.add_argument_group("what and where from (one source)")
     req.add_argument("--name", required=True, help="model name in the store: [a-z0-9-], up to 40")
-    req.add_argument("--task", required=True, help="image-classification, text-classification, text-embedding, tensor")
+    req.add_argument("--task", required=True, help="image-classification, text-classification, text-embedding, tensor, "
+                     "text-generation")
     req.add_argument("--torch", metavar="FILE.py:FACTORY", help="or package.module:factory; returns an nn.Module")
     req.add_argument("--state-dict", type=Path, help="weights for --torch, loaded with weights_only=True")
     req.add_argument("--torchscript", type=Path, metavar="FILE", help="a TorchScript file")
@@ -143,6 +148,10 @@ def _import_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     data.add_argument("--min-cosine", type=float, default=0.99, help="mean cosine with fp32 (default 0.99)")
     data.add_argument("--min-p01-cosine", type=float, default=0.98, help="1st-percentile cosine (default 0.98)")
     data.add_argument("--max-rel-l2", type=float, default=0.01, help="relative L2 distance to fp32 (default 0.01)")
+    data.add_argument("--max-perplexity-ratio", type=float, default=1.05,
+                      help="text-generation: a variant's perplexity over fp32's (default 1.05)")
+    data.add_argument("--min-token-agreement", type=float, default=0.9,
+                      help="text-generation: greedy next-token agreement with fp32 (default 0.9)")
     data.add_argument("--parity-tolerance", type=float, default=1e-4, help="ONNX vs torch, max abs (default 1e-4)")
     data.add_argument("--force", action="store_true", help="register variants that fail the gate")
     pre = sp.add_argument_group("preprocessing, stored with the model")

@@ -70,12 +70,15 @@ class ImportOptions(BaseModel):
     min_cosine: float = 0.99
     min_p01_cosine: float = 0.98
     max_rel_l2: float = 0.01
+    max_perplexity_ratio: float = Field(1.05, ge=1.0)
+    min_token_agreement: float = Field(0.9, ge=0.0, le=1.0)
     parity_tolerance: float = 1e-4
     force: bool = False
 
     def thresholds(self) -> dict[str, float]:
         return {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "min_cosine": self.min_cosine,
-                "min_p01_cosine": self.min_p01_cosine, "max_rel_l2": self.max_rel_l2}
+                "min_p01_cosine": self.min_p01_cosine, "max_rel_l2": self.max_rel_l2,
+                "max_perplexity_ratio": self.max_perplexity_ratio, "min_token_agreement": self.min_token_agreement}
 
 
 class ImportedBuilder(Builder):
@@ -151,6 +154,19 @@ class ImportedBuilder(Builder):
         return {"imported_from": self.source.kind, **self.source.lineage}
 
 
+class GenerationBuilder(ImportedBuilder):
+    """A causal LM: its graph keeps the KV cache; judged on perplexity and greedy next-token agreement."""
+
+    def evaluate(self, candidate: Any, baseline: Any) -> dict[str, Any]:
+        return dict(self.half.evaluate(candidate, baseline, self.codec(), self.data().items))
+
+    def gate(self, metrics: dict[str, Any], max_drop: float) -> list[str]:
+        return list(self.half.gate(metrics, self.opts.thresholds(), self.data()))
+
+    def bench_items(self, batch: int) -> list[Any]:
+        return [self.data().items[0]] * batch  # one length: a benchmark of the prefill at that batch
+
+
 # --- preparing the source ------------------------------------------------------------------
 def _load_source(opts: ImportOptions) -> Source:
     given = [k for k in ("torch", "torchscript", "hf", "onnx") if getattr(opts, k) is not None]
@@ -170,6 +186,8 @@ def _load_source(opts: ImportOptions) -> Source:
 def _inputs(opts: ImportOptions, source: Source) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
     if source.kind == "onnx":
         return graph_signature(source.path)["inputs"], None
+    if source.kind == "hf" and opts.task == "text-generation":
+        return [], None  # read from the exported graph
     if source.kind == "hf":
         return [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]}
                 for n in ("input_ids", "attention_mask", "token_type_ids")], None
@@ -212,8 +230,25 @@ def _preprocess(opts: ImportOptions, inputs: list[dict[str, Any]], labels: list[
     return {}
 
 
+def _generation_preprocess(source: Source, staging: Path) -> dict[str, Any]:
+    """The graph's shape and the end-of-text token, for the server's decode loop and KV budget."""
+    from tokenizers import Tokenizer
+
+    from models.tasks.text_generation import graph_spec_of
+
+    cfg = source.hf_config
+    if source.kind != "hf" or cfg is None:
+        raise BuildError("--task text-generation takes --hf DIR (a Hugging Face causal LM: GPT-2, Llama, ...)")
+    eos = getattr(cfg, "eos_token_id", None)
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    if eos is None:
+        eos = Tokenizer.from_file(str(staging / "tokenizer.json")).token_to_id("<|endoftext|>")
+    return {"tokenizer": "tokenizer.json", "generation": graph_spec_of(cfg, eos).as_meta()}
+
+
 def _stage_tokenizer(opts: ImportOptions, staging: Path) -> None:
-    if opts.task not in ("text-classification", "text-embedding"):
+    if opts.task not in ("text-classification", "text-embedding", "text-generation"):
         return
     src = opts.tokenizer or (opts.hf / "tokenizer.json" if opts.hf else None)
     if src is None or not src.is_file():
@@ -229,6 +264,18 @@ def _export(builder: ImportedBuilder, md: ModelDir, example: dict[str, np.ndarra
     dest = out / "model.onnx"
     source = builder.source
     report: dict[str, Any] = {"source": source.kind, "opset": OPSET}
+    if builder.task == "text-generation":
+        half, codec = builder.half, builder.codec()
+        half.export(source.module, codec.spec, dest)
+        session = load_session(dest, builder.settings.threads, cpu_only=True)
+        report["parity"] = half.parity(source.module, session, codec, builder.data().items,
+                                       builder.opts.parity_tolerance)
+        log(f"[{builder.key}] export with the KV cache: logits within {report['parity']['logits_max_abs_diff']:.2e} "
+            f"of torch, greedy tokens equal to transformers' generate")
+        builder.signature = graph_signature(dest)
+        shutil.copyfile(dest, out / "model.legacy.onnx")
+        write_json(out / "export.json", report)
+        return
     if source.onnx_path is not None:
         shutil.copyfile(source.onnx_path, dest)
     else:
@@ -296,7 +343,11 @@ def prepare(opts: ImportOptions, settings: BuildSettings, log: Log) -> tuple[Imp
     staging.mkdir(parents=True)
     _stage_tokenizer(opts, staging)
     signature = {"inputs": inputs, "outputs": [{"name": "output", "dtype": "float32", "shape": ["batch"]}]}
-    builder = ImportedBuilder(settings, opts, signature, _preprocess(opts, inputs, labels), staging, source)
+    if opts.task == "text-generation":
+        builder: ImportedBuilder = GenerationBuilder(settings, opts, signature,
+                                                     _generation_preprocess(source, staging), staging, source)
+    else:
+        builder = ImportedBuilder(settings, opts, signature, _preprocess(opts, inputs, labels), staging, source)
     codec = builder.codec()
     if opts.validation:
         builder.validation = builder.half.load(opts.validation, codec, labels, True)

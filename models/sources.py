@@ -143,13 +143,24 @@ def hf_directory(path: Path, task: str) -> Source:
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    lineage = {"source": str(path.resolve()), "source_sha256": fingerprint(path / "model.safetensors"),
+               "architecture": (config.architectures or [config.model_type])[0]}
+    if task == "text-generation":
+        from transformers import AutoModelForCausalLM
+
+        try:
+            causal = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
+                                                          attn_implementation="eager")
+        except ValueError as exc:
+            raise BuildError(f"--hf {path}: not a causal language model ({str(exc).splitlines()[0][:200]})") from None
+        return Source("hf", path, causal.eval(), lineage=lineage, hf_config=config)
     if task == "text-classification":
         model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True,
                                                                    attn_implementation="eager")
     elif task == "text-embedding":
         model = AutoModel.from_pretrained(str(path), local_files_only=True, attn_implementation="eager")
     else:
-        raise BuildError(f"--hf takes --task text-classification or text-embedding, not {task}")
+        raise BuildError(f"--hf takes --task text-classification, text-embedding or text-generation, not {task}")
 
     class Wrapped(torch.nn.Module):
         def __init__(self) -> None:

@@ -98,3 +98,48 @@ def postgres() -> Iterator[Any]:
     server.start()
     yield server
     server.destroy()
+
+
+@pytest.fixture(scope="session")
+def tiny_lms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small causal LMs trained here on text models/tiny_lm.py writes, saved as Hugging Face directories:
+    "gpt2" and "llama" write English-like sentences, "garbage" (GPT-2, trained on lines of numbers) writes
+    nothing like them: the bad canary. About a minute together."""
+    from models.tiny_lm import Shape, train
+
+    root = tmp_path_factory.mktemp("tiny-lm")
+    return {"gpt2": train(root / "gpt2", Shape("gpt2"), "english", seconds=12),
+            "llama": train(root / "llama", Shape("llama"), "english", seconds=8),
+            "garbage": train(root / "garbage", Shape("gpt2"), "digits", seconds=4)}
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Validation text for the generation gate: sentences the training corpus did not hold verbatim."""
+    from models.tiny_lm import sentences
+
+    path = tmp_path_factory.mktemp("tiny-lm-text") / "validation.txt"
+    path.write_text("\n".join(sentences("english", 60, seed=7)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_graphs(tiny_lms: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each tiny LM exported with its KV cache, next to its tokenizer, with the metadata the server reads
+    (`meta.json`): a model directory as the store keeps it, without the store."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from models.tasks.text_generation import export, graph_spec_of
+
+    out = {}
+    for name, hf in tiny_lms.items():
+        dest = tmp_path_factory.mktemp(f"graph-{name}")
+        model = AutoModelForCausalLM.from_pretrained(str(hf), attn_implementation="eager").eval()
+        spec = graph_spec_of(model.config, model.config.eos_token_id)
+        export(model, spec, dest / "model.onnx")
+        shutil.copyfile(hf / "tokenizer.json", dest / "tokenizer.json")
+        (dest / "meta.json").write_text(json.dumps({"tokenizer": "tokenizer.json", "generation": spec.as_meta()}))
+        out[name] = dest
+    return out

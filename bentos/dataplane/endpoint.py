@@ -89,7 +89,12 @@ def effective_limits(config: EndpointConfig, settings: ServeSettings) -> Limits:
                   max_body_bytes=own.max_body_bytes or settings.max_body_bytes,
                   max_image_pixels=own.max_image_pixels or settings.max_image_pixels,
                   max_request_pixels=own.max_request_pixels or settings.max_request_pixels,
-                  body_timeout_s=own.body_timeout_s or settings.body_timeout_s)
+                  body_timeout_s=own.body_timeout_s or settings.body_timeout_s,
+                  max_prompt_tokens=own.max_prompt_tokens or settings.max_prompt_tokens,
+                  max_new_tokens=own.max_new_tokens or settings.max_new_tokens,
+                  max_streams=own.max_streams or settings.max_streams,
+                  max_waiting=settings.max_waiting if own.max_waiting is None else own.max_waiting,
+                  kv_cache_bytes=own.kv_cache_bytes or settings.kv_cache_bytes)
 
 
 class Endpoint:

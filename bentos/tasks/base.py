@@ -45,6 +45,11 @@ class Limits(BaseModel):
     max_image_pixels: int
     max_request_pixels: int = 32_000_000
     body_timeout_s: float = 30.0
+    max_prompt_tokens: int = 1024
+    max_new_tokens: int = 512
+    max_streams: int = 32
+    max_waiting: int = 256
+    kv_cache_bytes: int = 256 * 1024 * 1024
 
 
 def length_bucket(token_length: int) -> int:
@@ -174,6 +179,8 @@ class Task(ABC):
     result_field: ClassVar[str]  # the response's list of results
     summary: ClassVar[str]
     codec_class: ClassVar[type[Codec]]
+    # "forward": one pass per batch (AdaptiveBatcher); "decode": token by token (the decode loop).
+    execution: ClassVar[str] = "forward"
 
     @classmethod
     @abstractmethod

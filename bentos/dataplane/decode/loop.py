@@ -1,0 +1,240 @@
+"""One generative version's decode loop: the asyncio task that turns scheduler plans into tokens.
+
+Each turn: slow readers are held (their KV kept), the scheduler plans the step, the runner executes it
+on the version's thread, the new tokens go to their streams, and requests that finished or were aborted
+leave at once, their KV freed. `start` returns only once the request's first token exists (or it was
+refused), so that every refusal before it is an ordinary status: the response's status is committed late.
+
+It is the slot's queue (`SlotQueue`): draining lets the streams in flight finish; stopping ends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from bentos.dataplane.decode.kv_budget import KvBudget, bytes_per_token
+from bentos.dataplane.decode.runner import DecodeRunner, StepResult
+from bentos.dataplane.decode.scheduler import DecodeScheduler, Sequence, StepPlan
+from bentos.dataplane.decode.streams import TokenStream
+from bentos.errors import DeadlineExceeded, ModelFailure, Overloaded, ServingError
+from bentos.tasks.base import Limits, length_bucket
+from bentos.tasks.text_generation import GenerationCodec, SamplingParams
+
+log = logging.getLogger("switchyard.decode")
+IDLE_POLL_S = 0.005  # every running reader is slow: look again this soon
+_ids = itertools.count()
+
+
+@dataclass
+class Flight:
+    """One request in the loop: its stream, the future its first token resolves, and its clock."""
+
+    stream: TokenStream
+    first: asyncio.Future[None]
+    started: float
+    first_token_at: float | None = None
+    held_since: float | None = None
+    error: ServingError | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class StepStats:
+    batch: int
+    prefill: int
+    prefill_s: float
+    decode_s: float
+    kv_occupancy: float
+    streams: int
+
+
+class DecodeLoop:
+    def __init__(self, name: str, runner: DecodeRunner, codec: GenerationCodec, limits: Limits, *,
+                 prefill_tokens: int = 2048, stall_timeout_s: float = 30.0,
+                 on_step: Any = None) -> None:
+        self.name, self.runner, self.codec = name, runner, codec
+        budget = KvBudget(limits.kv_cache_bytes, bytes_per_token(codec.spec.as_meta()))
+        self.scheduler = DecodeScheduler(budget, max_running=limits.max_streams, prefill_tokens=prefill_tokens,
+                                         max_waiting=limits.max_waiting)
+        self.stall_timeout_s = stall_timeout_s
+        self.on_step = on_step  # called with StepStats after every step (metrics)
+        self.flights: dict[str, Flight] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{name}")
+        self._closing = False
+
+    # --- SlotQueue ---------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return bool(self.scheduler.running) or not self.scheduler.has_spare
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def streams(self) -> int:
+        """Requests admitted or waiting: what `streams in flight` counts (0 once every client has gone)."""
+        return len(self.flights)
+
+    async def stop(self) -> None:
+        self._closing = True
+        for rid, flight in list(self.flights.items()):
+            self._end(rid, flight, Overloaded(f"{self.name} stopped"))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._executor.shutdown(wait=False)
+
+    async def drain_and_stop(self, grace_s: float = 30.0) -> None:
+        self._closing = True
+        deadline = time.monotonic() + grace_s
+        while self.flights and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.stop()
+
+    # --- the request's side ------------------------------------------------------------
+    async def start(self, prompt: list[int], params: SamplingParams, deadline: float,
+                    shadow: bool = False) -> TokenStream:
+        """Queue a request and wait for its first token: QueueFull (503) when too many wait, DeadlineExceeded
+        when it could not start before `deadline`, InvalidInput when it could never fit the KV budget."""
+        if self._closing:
+            raise Overloaded(f"{self.name} is being retired; retry")
+        rid = f"g{next(_ids)}"
+        now = time.monotonic()
+        self.scheduler.add(Sequence(rid, len(prompt), params.max_tokens, now, deadline,
+                                    length_bucket(len(prompt)), shadow))
+        self.runner.add(rid, prompt, params)
+        stream = TokenStream(rid, self.codec.detokenize, prompt_tokens=len(prompt), max_tokens=params.max_tokens,
+                             stop=params.stop, eos_id=self.codec.spec.eos_id)
+        flight = self.flights[rid] = Flight(stream, asyncio.get_running_loop().create_future(), now)
+        self._ensure_running()
+        self._wake.set()
+        try:
+            await flight.first
+        except BaseException:
+            self.abort(rid)
+            raise
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        """The client went, or a stop string ended the text: the request leaves at the next step."""
+        flight = self.flights.get(request_id)
+        if flight is None:
+            return
+        self.scheduler.abort(request_id)
+        self._wake.set()
+
+    def flight(self, request_id: str) -> Flight | None:
+        return self.flights.get(request_id)
+
+    # --- the loop ------------------------------------------------------------------------
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"decode-{self.name}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.scheduler.running and not self.scheduler.waiting and not self._aborts_pending():
+                self._wake.clear()
+                await self._wake.wait()
+            now = time.monotonic()
+            self._hold_slow_readers(now)
+            plan = self.scheduler.plan(now)
+            self._settle_removed(plan)
+            if plan.idle:
+                await asyncio.sleep(IDLE_POLL_S)
+                continue
+            try:
+                result: StepResult = await loop.run_in_executor(self._executor, self.runner.step, plan)
+            except Exception as exc:
+                self._fail_step(plan, exc)
+                continue
+            self._deliver(plan, result)
+
+    def _aborts_pending(self) -> bool:
+        return bool(self.scheduler._aborted)
+
+    def _hold_slow_readers(self, now: float) -> None:
+        for rid in list(self.scheduler.running):
+            flight = self.flights.get(rid)
+            if flight is None:
+                continue
+            full = flight.stream.full
+            if full and flight.held_since is None:
+                flight.held_since = now
+            elif not full:
+                flight.held_since = None
+            if flight.held_since is not None and now - flight.held_since > self.stall_timeout_s:
+                self.scheduler.abort(rid)
+                flight.error = DeadlineExceeded(f"the client read nothing for {self.stall_timeout_s:g} s "
+                                                "(SWITCHYARD_STALL_TIMEOUT_S)")
+            self.scheduler.hold(rid, full)
+
+    def _settle_removed(self, plan: StepPlan) -> None:
+        for rid in plan.refused:
+            flight = self.flights.get(rid)
+            if flight is not None:
+                self._end(rid, flight, Overloaded(
+                    f"{self.name}: no room to start generating before the deadline (KV cache "
+                    f"{self.scheduler.budget.occupancy:.0%} full, {len(self.scheduler.running)} streams; "
+                    "limits.kv_cache_bytes, limits.max_streams)"))
+        for rid in plan.removed:
+            flight = self.flights.get(rid)
+            if flight is not None:
+                self._end(rid, flight, flight.error)
+
+    def _deliver(self, plan: StepPlan, result: StepResult) -> None:
+        now = time.monotonic()
+        for rid, token in result.tokens.items():
+            flight = self.flights.get(rid)
+            if flight is None:
+                continue
+            alive = flight.stream.push(token)
+            self.scheduler.advanced(rid)
+            if flight.first_token_at is None:
+                flight.first_token_at = now
+                if not flight.first.done():
+                    flight.first.set_result(None)
+            if not alive:
+                self.scheduler.finish(rid)
+                self._end(rid, flight, None)
+        if self.on_step is not None:
+            self.on_step(StepStats(plan.batch, len(plan.prefill), result.prefill_s, result.decode_s,
+                                   self.scheduler.budget.occupancy, len(self.flights)))
+
+    def _fail_step(self, plan: StepPlan, exc: Exception) -> None:
+        log.warning("%s: a decode step of %d requests failed: %s", self.name, plan.batch, str(exc)[:500])
+        error = ModelFailure(f"{self.name} failed while generating; the server log has the model's error")
+        self.runner.running = None  # its KV state is unknown now: every request in it ends
+        for rid in [*plan.prefill, *plan.decode, *self.runner.parked]:
+            self.scheduler.finish(rid)
+            flight = self.flights.get(rid)
+            if flight is not None:
+                self._end(rid, flight, error)
+
+    def _end(self, rid: str, flight: Flight, error: ServingError | None) -> None:
+        """The request leaves: its stream ends (an error, or the reason it finished), its rows go."""
+        self.flights.pop(rid, None)
+        self.runner.release(rid)
+        self.scheduler.finish(rid)
+        if error is not None:
+            flight.error = error
+        if flight.stream.finish_reason is None:
+            flight.stream.abort()
+        if not flight.first.done():
+            if error is not None:
+                flight.first.set_exception(error)
+            else:
+                flight.first.set_result(None)
+        flight.done.set()

@@ -1,0 +1,155 @@
+"""Runs one `StepPlan` on ONNX Runtime: decode the running requests, prefill the newcomers, sample.
+
+The running requests' KV cache is one left-padded batch (`Rows`): a step with the same requests as the
+last one feeds the graph's present tensors straight back as the next past, with no copy of ours. The
+batch is re-made only when it changes: newcomers' prefilled rows are padded and joined to it, and rows
+that leave (finished, aborted) or pause (a slow reader: `park`) are taken out, and padding no row needs
+any more is trimmed. Each row's positions are its own, so a request's tokens do not depend on what shares
+its batch (tests/bentos/test_decode_runner.py checks this against each prompt run alone).
+
+Runs in the version's thread; the decode loop (loop.py) never touches these arrays itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bentos.dataplane.decode.scheduler import StepPlan
+from bentos.tasks.text_generation import GenerationCodec, SamplingParams, sample
+
+
+@dataclass
+class Rows:
+    """Requests' KV state, one row each, left-padded to one length."""
+
+    ids: list[str]
+    past: list[np.ndarray]  # one per past input, [rows, kv heads, length, head dim]
+    mask: np.ndarray  # [rows, length]: 1 where a real token's keys and values are
+    pos: np.ndarray  # [rows]: the next token's position
+    last: np.ndarray  # [rows]: the last token sampled, the next step's input
+
+    def take(self, keep: list[str]) -> Rows:
+        index = [self.ids.index(rid) for rid in keep]
+        rows = Rows(list(keep), [p[index] for p in self.past], self.mask[index], self.pos[index], self.last[index])
+        return rows.trimmed()
+
+    def trimmed(self) -> Rows:
+        """Without the leading columns that are padding in every row."""
+        used = np.flatnonzero(self.mask.any(axis=0))
+        start = int(used[0]) if used.size else self.mask.shape[1]
+        if start == 0:
+            return self
+        return Rows(self.ids, [p[:, :, start:] for p in self.past], self.mask[:, start:], self.pos, self.last)
+
+
+def join(parts: list[Rows]) -> Rows:
+    """One batch from several, each left-padded to the longest."""
+    parts = [p for p in parts if p.ids]
+    if len(parts) == 1:
+        return parts[0]
+    length = max(p.mask.shape[1] for p in parts)
+
+    def pad(a: np.ndarray, axis: int) -> np.ndarray:
+        missing = length - a.shape[axis]
+        if not missing:
+            return a
+        widths = [(0, 0)] * a.ndim
+        widths[axis] = (missing, 0)
+        return np.pad(a, widths)
+
+    past = [np.concatenate([pad(p.past[i], 2) for p in parts]) for i in range(len(parts[0].past))]
+    return Rows([rid for p in parts for rid in p.ids], past, np.concatenate([pad(p.mask, 1) for p in parts]),
+                np.concatenate([p.pos for p in parts]), np.concatenate([p.last for p in parts]))
+
+
+@dataclass
+class StepResult:
+    tokens: dict[str, int]
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+
+class DecodeRunner:
+    def __init__(self, session: Any, codec: GenerationCodec) -> None:
+        self.session, self.codec = session, codec
+        self.output_names = codec.output_names
+        self.past_names = codec.spec.past_names
+        self.running: Rows | None = None
+        self.parked: dict[str, Rows] = {}
+        self._prompts: dict[str, list[int]] = {}
+        self._sampling: dict[str, tuple[SamplingParams, np.random.Generator | None]] = {}
+
+    def add(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
+        """A request the scheduler may plan: its prompt and how it samples (a seeded generator when a seed is given)."""
+        self._prompts[request_id] = prompt
+        rng = None if params.greedy else np.random.default_rng(params.seed)
+        self._sampling[request_id] = (params, rng)
+
+    def release(self, request_id: str) -> None:
+        """It left (finished, aborted, refused): its KV rows go at the next step."""
+        self._prompts.pop(request_id, None)
+        self._sampling.pop(request_id, None)
+        self.parked.pop(request_id, None)
+
+    @property
+    def rows(self) -> int:
+        return len(self.running.ids) if self.running else 0
+
+    def step(self, plan: StepPlan) -> StepResult:
+        result = StepResult({})
+        self._arrange(set(plan.decode))
+        if self.running is not None and self.running.ids:
+            began = time.perf_counter()
+            self.running = self._decode(self.running, result.tokens)
+            result.decode_s = time.perf_counter() - began
+        if plan.prefill:
+            began = time.perf_counter()
+            fresh = self._prefill(list(plan.prefill), result.tokens)
+            self.running = fresh if self.running is None or not self.running.ids else join([self.running, fresh])
+            result.prefill_s = time.perf_counter() - began
+        return result
+
+    def _arrange(self, decode: set[str]) -> None:
+        """The running batch becomes exactly `decode`: gone rows dropped, paused ones parked, resumed ones joined."""
+        current = self.running
+        have = set(current.ids) if current else set()
+        if current is not None and have != decode:
+            for rid in have - decode:
+                if rid in self._sampling:  # still a request: a slow reader, kept for later
+                    self.parked[rid] = current.take([rid])
+            kept = [rid for rid in current.ids if rid in decode]
+            current = current.take(kept) if kept else None
+        back = [self.parked.pop(rid) for rid in decode - have if rid in self.parked]
+        if back:
+            current = join([current, *back] if current is not None else back)
+        self.running = current
+
+    def _decode(self, rows: Rows, tokens: dict[str, int]) -> Rows:
+        n = len(rows.ids)
+        mask = np.concatenate([rows.mask, np.ones((n, 1), np.int64)], axis=1)
+        feed = {"input_ids": rows.last[:, None], "attention_mask": mask, "position_ids": rows.pos[:, None],
+                **dict(zip(self.past_names, rows.past, strict=True))}
+        out = self.session.run(self.output_names, feed)
+        last = self._sample(rows.ids, out[0][:, -1, :], tokens)
+        return Rows(rows.ids, out[1:], mask, rows.pos + 1, last)
+
+    def _prefill(self, ids: list[str], tokens: dict[str, int]) -> Rows:
+        prompts = [self._prompts[rid] for rid in ids]
+        feed = self.codec.prefill_feed(prompts)
+        out = self.session.run(self.output_names, feed)
+        last = self._sample(ids, out[0][:, -1, :], tokens)
+        pos = np.array([len(p) for p in prompts], np.int64)
+        return Rows(list(ids), out[1:], feed["attention_mask"], pos, last)
+
+    def _sample(self, ids: list[str], logits: np.ndarray, tokens: dict[str, int]) -> np.ndarray:
+        greedy = logits.argmax(axis=-1)
+        out = np.empty(len(ids), np.int64)
+        for b, rid in enumerate(ids):
+            params, rng = self._sampling.get(rid, (None, None))
+            token = int(greedy[b]) if params is None or rng is None else sample(logits[b], params, rng)
+            out[b] = tokens[rid] = token
+        return out
