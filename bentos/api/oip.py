@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bentos.api.app import EngineHolder, ascii_int, counted, http_meta, read_body
+from bentos.api.app import EngineHolder
+from bentos.api.http import ascii_int, counted, http_meta, read_body
 from bentos.api.problems import first_error, json_response, oip_problem
 from bentos.dataplane.endpoint import Endpoint
 from bentos.errors import InvalidInput, NoDeployment, ServingError

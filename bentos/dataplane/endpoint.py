@@ -19,7 +19,9 @@ from bentos.dataplane.batching import AdaptiveBatcher, Timing
 from bentos.dataplane.cache import PredictionCache, input_key
 from bentos.dataplane.call import Call
 from bentos.dataplane.circuit import CircuitBreaker, CircuitPolicy, State
+from bentos.dataplane.decode.loop import DecodeLoop, decode_loop
 from bentos.dataplane.drift import DriftMonitor, features_of
+from bentos.dataplane.generation import Generation
 from bentos.dataplane.metrics import Metrics, VersionSeries
 from bentos.dataplane.routing import Router
 from bentos.dataplane.runtime import LoadedVersion, available_cores
@@ -31,6 +33,7 @@ from bentos.request_context import request_id
 from bentos.schemas import DeploymentSpec
 from bentos.settings import ServeSettings
 from bentos.tasks import Codec, Limits, Task, get_task
+from bentos.tasks.text_generation import AGREEMENT_TOKENS, GenerationCodec, SamplingParams
 
 log = logging.getLogger("switchyard.endpoint")
 # Pinned previews (stored versions loaded for pins only): at most this many per endpoint, and one is
@@ -68,15 +71,22 @@ class Slot:
     """A live version in this worker: model, queue and circuit breaker."""
 
     def __init__(self, version: LoadedVersion, settings: ServeSettings, policy: CircuitPolicy,
-                 series: VersionSeries) -> None:
+                 series: VersionSeries, limits: Limits) -> None:
         self.version, self.series = version, series
+        self.circuit = CircuitBreaker(policy)
+        # Token by token (text-generation): the decode loop is the queue; there is no one-forward path.
+        self.decode: DecodeLoop | None = None
+        if version.execution == "decode":
+            self.decode = decode_loop(version, settings, limits, series)
+            self.queue: SlotQueue = self.decode
+            self.forward: ForwardQueue | None = None
+            return
         batcher = AdaptiveBatcher(version.run, max_batch_size=settings.max_batch_size,
                                   max_queue=settings.max_queue, max_wait_s=settings.max_wait_ms / 1000,
                                   name=f"batch-{version.tag}", in_flight=settings.parallelism(available_cores())[0])
-        self.queue: SlotQueue = batcher
+        self.queue = batcher
         # The one-forward path's view of the queue; None for an execution mode without `submit`.
-        self.forward: ForwardQueue | None = batcher
-        self.circuit = CircuitBreaker(policy)
+        self.forward = batcher
 
     async def drain_and_stop(self, grace_s: float = 30.0) -> None:
         """Let queued requests, and the batch in the model, finish before the version goes away."""
@@ -144,7 +154,8 @@ class Endpoint:
             self._spawn(slot.drain_and_stop())
 
     def _slot(self, version: LoadedVersion) -> Slot:
-        return Slot(version, self.settings, self.policy, VersionSeries(self.metrics, self.name, version.tag))
+        return Slot(version, self.settings, self.policy, VersionSeries(self.metrics, self.name, version.tag),
+                    self.limits)
 
     def _export_roles(self, spec: DeploymentSpec) -> None:
         live: set[tuple[str, str]] = {(v.tag, v.role) for v in spec.versions}
@@ -338,6 +349,99 @@ class Endpoint:
         if key:
             self.cache.put(key, outputs)
         return outputs, timing
+
+    # --- generation (text-generation: token by token) ------------------------------------
+    async def generate(self, prompt: str, params: SamplingParams, call: Call = DIRECT) -> Generation:
+        """Route a prompt to a version and wait for its first token; a canary that fails before it is the
+        canary's error, and stable writes instead (fallback is allowed only before the first token)."""
+        pick = self.pick(call)
+        while True:
+            slot = pick.slot
+            loop = slot.decode
+            if loop is None:
+                self._release(pick)
+                raise NotFound(f"{self.name} is a {self.task.name} endpoint: POST /v1/{self.name}/{self.task.verb}")
+            codec = slot.version.codec
+            assert isinstance(codec, GenerationCodec)
+            try:
+                ids = codec.tokenize(prompt)
+                codec.check_prompt(ids, params.max_tokens, self.limits)
+                flight = await loop.start(ids, params, call.deadline_or(self.settings.request_timeout_s),
+                                          shadow=call.source == "shadow")
+            except Exception as exc:
+                self._release(pick)
+                if isinstance(exc, ServingError) and exc.kind in CALLERS_FAULT:
+                    slot.series.count(pick.route, "invalid", call)
+                    raise
+                slot.series.count(pick.route, "overloaded" if isinstance(exc, Overloaded) else "error", call)
+                self._evidence(pick.tag, pick.route, call.source, False, time.monotonic() - pick.start,
+                               fallback=pick.route == "canary")
+                if pick.route != "canary":
+                    if isinstance(exc, ServingError):
+                        raise
+                    log.warning("%s %s failed to start generating: %s", self.name, pick.tag, str(exc)[:1000])
+                    raise ModelFailure(f"{pick.tag} could not start generating; the server log has the "
+                                       "model's error") from exc
+                self.metrics.fallbacks.labels(self.name, pick.tag).inc()
+                pick = self._fallback(pick.router, pick.start)
+                continue
+            return Generation(self, pick, call, loop, flight, ids, params)
+
+    @staticmethod
+    def _release(pick: Pick) -> None:
+        if pick.probe is not None:
+            pick.probe.circuit.release()
+
+    def settle_generation(self, gen: Generation) -> None:
+        """The books of a stream at its end: metrics, the breaker, rollout evidence (time to first token is the
+        latency canary analysis judges), and a sampled greedy comparison of a canary with stable."""
+        pick, call, flight = gen.pick, gen.call, gen.flight
+        series, slot = pick.slot.series, pick.slot
+        usage = gen.usage
+        series.streams.set(gen.loop.streams)
+        series.prompt_tokens.inc(usage.prompt_tokens)
+        series.completion_tokens.inc(usage.completion_tokens)
+        series.first_token.observe(gen.first_token_s)
+        if usage.completion_tokens > 1 and flight.first_token_at is not None and gen.ended_at is not None:
+            series.per_token.observe((gen.ended_at - flight.first_token_at) / (usage.completion_tokens - 1))
+        series.request_duration.observe(gen.total_s)
+        if gen.outcome == "aborted":  # the client went: no verdict on the version
+            series.count(pick.route, "aborted", call)
+            self._release(pick)
+            return
+        ok = gen.outcome == "ok"
+        series.count(pick.route, "ok" if ok else "error", call)
+        if flight.error is None or flight.error.kind == "model_failure":
+            slot.circuit.record(ok)
+            series.circuit_state.set(slot.circuit.state.value)
+        self._release(pick)
+        self._evidence(pick.tag, pick.route, call.source, ok, gen.first_token_s)
+        if ok and pick.route == "canary" and call.source == "api" \
+                and random.random() < self.settings.canary_compare_sample:
+            self._spawn(self._compare_generation(pick.router, gen))
+
+    async def _compare_generation(self, router: Router, gen: Generation) -> None:
+        """Greedy tokens of the canary and of stable on the same prompt, as shadow work (only when nobody
+        waits): their agreement is the canary's, judged by the rollout's agreement check."""
+        canary, stable = gen.pick.slot, self.slots.get(router.stable)
+        if stable is None or stable.decode is None or canary.decode is None:
+            return
+        params = SamplingParams(max_tokens=AGREEMENT_TOKENS)
+        try:
+            reuse = gen.params.greedy and not gen.params.stop and gen.params.max_tokens >= AGREEMENT_TOKENS
+            mine = gen.flight.stream.ids if reuse else await self._greedy_ids(canary.decode, gen.prompt, params)
+            theirs = await self._greedy_ids(stable.decode, gen.prompt, params)
+        except Exception as exc:  # a comparison never affects the request it copies
+            log.debug("compare %s with %s: %s", gen.version, router.stable, exc)
+            return
+        agreement = canary.version.codec.agreement(mine, theirs)
+        self.metrics.shadow_agreement.labels(self.name, gen.version, router.stable).observe(agreement)
+        self.stats.record_agreement(self.name, gen.version, agreement)
+
+    async def _greedy_ids(self, loop: DecodeLoop, prompt: list[int], params: SamplingParams) -> list[int]:
+        flight = await loop.start(prompt, params, time.monotonic() + self.settings.request_timeout_s, shadow=True)
+        await flight.done.wait()
+        return list(flight.stream.ids)
 
     # --- shadow traffic ---------------------------------------------------------------
     def _mirror(self, version: str, items: list[Any], primary: str, primary_out: list[Any], call: Call = DIRECT,

@@ -16,6 +16,7 @@ from bentos.errors import ServingError
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 AGREEMENT_BUCKETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
 
 
@@ -37,6 +38,11 @@ class Metrics:
     applied_revision: Any
     drift_score: Any
     prediction_drift: Any
+    first_token: Any
+    per_token: Any
+    tokens: Any
+    kv_occupancy: Any
+    streams: Any
 
     def deny(self, exc: ServingError, key: str) -> None:
         """A request refused at the gate or by admission, before any model: by key name and status."""
@@ -51,11 +57,17 @@ class VersionSeries:
         "_counted",
         "batch_size",
         "circuit_state",
+        "completion_tokens",
         "endpoint",
+        "first_token",
         "inference_duration",
+        "kv_occupancy",
+        "per_token",
+        "prompt_tokens",
         "queue_wait",
         "request_duration",
         "requests",
+        "streams",
         "version",
     )
 
@@ -67,6 +79,13 @@ class VersionSeries:
         self.queue_wait = metrics.queue_wait.labels(*ev)
         self.batch_size = metrics.batch_size.labels(*ev)
         self.circuit_state = metrics.circuit_state.labels(*ev)
+        # Generation (text-generation versions): made for every version, unused by the others.
+        self.first_token = metrics.first_token.labels(*ev)
+        self.per_token = metrics.per_token.labels(*ev)
+        self.prompt_tokens = metrics.tokens.labels(*ev, "prompt")
+        self.completion_tokens = metrics.tokens.labels(*ev, "completion")
+        self.kv_occupancy = metrics.kv_occupancy.labels(*ev)
+        self.streams = metrics.streams.labels(*ev)
         self._counted: dict[tuple[str, str, str, str, str], Any] = {}
 
     def count(self, route: str, outcome: str, call: Call) -> None:
@@ -120,6 +139,16 @@ def get_metrics() -> Metrics:
                           "version's validation data.", [*ev, "feature"], multiprocess_mode="livemax"),
         prediction_drift=Gauge("switchyard_prediction_drift", "PSI of the predicted class mix against the "
                                "version's validation predictions.", ev, multiprocess_mode="livemax"),
+        first_token=Histogram("switchyard_time_to_first_token_seconds", "Generation: from arrival to the first "
+                              "token (queue and prefill).", ev, buckets=LATENCY_BUCKETS),
+        per_token=Histogram("switchyard_time_per_output_token_seconds", "Generation: mean time between a "
+                            "stream's tokens after the first.", ev, buckets=TOKEN_BUCKETS),
+        tokens=Counter("switchyard_tokens_total", "Generation: prompt and completion tokens; the rate of "
+                       "completion tokens is tokens per second.", [*ev, "kind"]),
+        kv_occupancy=Gauge("switchyard_kv_cache_occupancy", "Generation: the share of the version's KV-cache "
+                           "budget held, 0 to 1.", ev, multiprocess_mode="livemax"),
+        streams=Gauge("switchyard_streams_in_flight", "Generation: requests decoding or waiting to.", ev,
+                      multiprocess_mode="livesum"),
         applied_revision=Gauge("switchyard_applied_revision", "The deployment revision this worker serves.",
                                ["endpoint"], multiprocess_mode="liveall"),
     )

@@ -96,14 +96,39 @@ class LoadedVersion:
     metadata: dict[str, Any]
     path: Path
 
+    @property
+    def execution(self) -> str:
+        """"forward" (one pass per batch) or "decode" (token by token): the task's."""
+        return get_task(self.task).execution
+
     def run(self, items: list[Any]) -> list[Any]:
         """One result row per input item."""
         feed = self.codec.encode(items)
         return self.codec.split(feed, self.session.run(self.codec.output_names, feed))
 
     def warm(self) -> None:
+        if self.execution == "decode":
+            self._warm_decode()
+            return
         for batch in (1, 8):
             self.run(self.codec.warmup_items() * batch)
+
+    def _warm_decode(self) -> None:
+        """A prefill of 1 and 8 prompts, then a few decode steps: the shapes traffic brings first."""
+        from bentos.dataplane.decode.runner import DecodeRunner
+        from bentos.dataplane.decode.scheduler import StepPlan
+        from bentos.tasks.text_generation import GenerationCodec, SamplingParams
+
+        assert isinstance(self.codec, GenerationCodec)
+        prompt = self.codec.tokenize(self.codec.warmup_items()[0]) or [0]
+        for batch in (1, 8):
+            runner = DecodeRunner(self.session, self.codec)
+            ids = tuple(f"w{i}" for i in range(batch))
+            for rid in ids:
+                runner.add(rid, prompt, SamplingParams())
+            runner.step(StepPlan(prefill=ids))
+            for _ in range(3):
+                runner.step(StepPlan(decode=ids))
 
 
 def resolve_tag(tag: str) -> Any:

@@ -6,6 +6,7 @@ happens here, once, in this order:
 
     admit:  keys and rates (the gate) -> the endpoint -> admission (requests and bytes in flight) -> the pin
     infer:  the endpoint routes, batches and answers -> one payload-log entry
+    generate: the endpoint routes, the version's decode loop writes -> one payload-log entry at the end
 
 No request runs a control-plane query: an endpoint this worker does not know yet (created through
 another worker a moment ago) makes the engine's poll look at once, and the request waits for that look,
@@ -19,10 +20,12 @@ from typing import Any, Protocol
 from bentos.dataplane.access import AccessGate, Admission, Caller
 from bentos.dataplane.call import Call, CallMeta
 from bentos.dataplane.endpoint import DIRECT, Answer, Endpoint
+from bentos.dataplane.generation import Generation
 from bentos.dataplane.metrics import Metrics
 from bentos.dataplane.payloads import PayloadLog, entry
 from bentos.errors import BodyTooLarge, NotFound, ServingError
 from bentos.settings import ServeSettings
+from bentos.tasks.text_generation import SamplingParams
 
 
 class Registry(Protocol):
@@ -75,6 +78,18 @@ class Ticket:
         """`nbytes` more of the body arrived: held in admission until the call ends (503 past the cap)."""
         self.serving.deny_on(self.serving.admission.grow, nbytes, key=self.caller.key)
         self.size += nbytes
+
+    def body_read(self) -> None:
+        """The body is parsed: its bytes leave admission (a stream holds its request place, not its body)."""
+        self.serving.admission.give(self.size)
+        self.size = 0
+
+    async def generate(self, prompt: str, params: SamplingParams) -> Generation:
+        """Start writing on `prompt`: returns once the first token exists (every refusal before is an error);
+        the caller reads the generation and closes it on every exit, which writes its payload-log entry."""
+        generation = await self.endpoint.generate(prompt, params, self.call)
+        generation.on_close.append(lambda g: self.serving.log_generation(self, prompt, g))
+        return generation
 
     async def infer(self, items: list[Any], options: dict[str, Any] | None = None) -> Answer:
         """One forward pass over `items`; `options` are the task's decode options (for the payload log)."""
@@ -130,6 +145,18 @@ class Serving:
             if version in (tag, tag.split(":")[-1]):
                 return tag
         return await self.registry.preview(endpoint.name, version)
+
+    def log_generation(self, ticket: Ticket, prompt: str, gen: Generation) -> None:
+        if self.payloads is None or ticket.meta.source != "api" or not self.payloads.sampled():
+            return
+        endpoint, call = ticket.endpoint, ticket.call
+        usage = gen.usage
+        self.payloads.put(entry(endpoint=endpoint.name, redacted=endpoint.config.redact_payloads,
+                                version=gen.version, route=gen.route, latency_ms=gen.total_s * 1000, key=call.key,
+                                protocol=call.protocol, items=[prompt],
+                                response=[{"text": gen.text, "finish_reason": gen.finish_reason,
+                                           "outcome": gen.outcome, "prompt_tokens": usage.prompt_tokens,
+                                           "completion_tokens": usage.completion_tokens}]))
 
     def log_payload(self, ticket: Ticket, items: list[Any], answer: Answer, options: dict[str, Any]) -> None:
         """One sampled entry per answered call, whatever its protocol: inputs, decoded results, who and how."""

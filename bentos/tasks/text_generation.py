@@ -41,6 +41,7 @@ class SamplingParams:
     top_k: int = 0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # write max_tokens whatever the model says (benchmarks; vLLM's name)
 
     @property
     def greedy(self) -> bool:
@@ -207,6 +208,7 @@ def sampling_fields(limits: Limits) -> dict[str, Any]:
         "stop": (str | list[stop] | None, Field(None, description=f"Up to {MAX_STOPS} stop strings")),
         "seed": (int | None, Field(None, ge=0, le=2**63 - 1)),
         "stream": (bool, Field(False, description="Server-Sent Events, one per token")),
+        "ignore_eos": (bool, Field(False, description="Go on past the end-of-text token up to max_tokens")),
     }
 
 
@@ -226,7 +228,8 @@ def params_of(body: BaseModel) -> SamplingParams:
     stop = getattr(body, "stop", None)
     return SamplingParams(int(getattr(body, "max_tokens", 64) or 64), float(getattr(body, "temperature", 0) or 0),
                           float(getattr(body, "top_p", 1.0) or 1.0), int(getattr(body, "top_k", 0) or 0),
-                          tuple([stop] if isinstance(stop, str) else stop or ()), getattr(body, "seed", None))
+                          tuple([stop] if isinstance(stop, str) else stop or ()), getattr(body, "seed", None),
+                          bool(getattr(body, "ignore_eos", False)))
 
 
 def generate_request(limits: Limits) -> type[BaseModel]:

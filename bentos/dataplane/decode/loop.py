@@ -36,6 +36,7 @@ _ids = itertools.count()
 class Flight:
     """One request in the loop: its stream, the future its first token resolves, and its clock."""
 
+    request_id: str
     stream: TokenStream
     first: asyncio.Future[None]
     started: float
@@ -87,12 +88,12 @@ class DecodeLoop:
 
     async def stop(self) -> None:
         self._closing = True
-        for rid, flight in list(self.flights.items()):
-            self._end(rid, flight, Overloaded(f"{self.name} stopped"))
-        if self._task is not None:
+        if self._task is not None:  # first, so that no step runs while the requests are ended
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        for rid, flight in list(self.flights.items()):
+            self._end(rid, flight, Overloaded(f"{self.name} stopped"))
         self._executor.shutdown(wait=False)
 
     async def drain_and_stop(self, grace_s: float = 30.0) -> None:
@@ -104,7 +105,7 @@ class DecodeLoop:
 
     # --- the request's side ------------------------------------------------------------
     async def start(self, prompt: list[int], params: SamplingParams, deadline: float,
-                    shadow: bool = False) -> TokenStream:
+                    shadow: bool = False) -> Flight:
         """Queue a request and wait for its first token: QueueFull (503) when too many wait, DeadlineExceeded
         when it could not start before `deadline`, InvalidInput when it could never fit the KV budget."""
         if self._closing:
@@ -115,8 +116,8 @@ class DecodeLoop:
                                     length_bucket(len(prompt)), shadow))
         self.runner.add(rid, prompt, params)
         stream = TokenStream(rid, self.codec.detokenize, prompt_tokens=len(prompt), max_tokens=params.max_tokens,
-                             stop=params.stop, eos_id=self.codec.spec.eos_id)
-        flight = self.flights[rid] = Flight(stream, asyncio.get_running_loop().create_future(), now)
+                             stop=params.stop, eos_id=None if params.ignore_eos else self.codec.spec.eos_id)
+        flight = self.flights[rid] = Flight(rid, stream, asyncio.get_running_loop().create_future(), now)
         self._ensure_running()
         self._wake.set()
         try:
@@ -124,7 +125,7 @@ class DecodeLoop:
         except BaseException:
             self.abort(rid)
             raise
-        return stream
+        return flight
 
     def abort(self, request_id: str) -> None:
         """The client went, or a stop string ended the text: the request leaves at the next step."""
@@ -146,6 +147,7 @@ class DecodeLoop:
         loop = asyncio.get_running_loop()
         while True:
             if not self.scheduler.running and not self.scheduler.waiting and not self._aborts_pending():
+                self.runner.compact()
                 self._wake.clear()
                 await self._wake.wait()
             now = time.monotonic()
@@ -238,3 +240,17 @@ class DecodeLoop:
             else:
                 flight.first.set_result(None)
         flight.done.set()
+
+
+def decode_loop(version: Any, settings: Any, limits: Limits, series: Any) -> DecodeLoop:
+    """The decode loop of a loaded generative version, its steps counted on the version's metrics."""
+
+    def on_step(stats: StepStats) -> None:
+        series.batch_size.observe(stats.batch)
+        series.inference_duration.observe(stats.prefill_s + stats.decode_s)
+        series.kv_occupancy.set(stats.kv_occupancy)
+        series.streams.set(stats.streams)
+
+    return DecodeLoop(version.tag, DecodeRunner(version.session, version.codec), version.codec, limits,
+                      prefill_tokens=settings.prefill_tokens, stall_timeout_s=settings.stall_timeout_s,
+                      on_step=on_step)

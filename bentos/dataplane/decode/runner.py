@@ -95,6 +95,12 @@ class DecodeRunner:
         self._sampling.pop(request_id, None)
         self.parked.pop(request_id, None)
 
+    def compact(self) -> None:
+        """Drop the rows of requests that have left (the loop calls this before it goes idle: no step would)."""
+        if self.running is not None:
+            kept = [rid for rid in self.running.ids if rid in self._sampling]
+            self.running = self.running.take(kept) if kept else None
+
     @property
     def rows(self) -> int:
         return len(self.running.ids) if self.running else 0

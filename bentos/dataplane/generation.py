@@ -1,0 +1,96 @@
+"""One generation request through an endpoint: its version picked once, its tokens read, its books kept once.
+
+`Endpoint.generate` returns a `Generation` once the first token exists (every refusal before that is an
+ordinary error); the protocol adapter reads `pieces()` and calls `close()` on every exit. Closing a
+stream that has not finished is the client going away: the request is aborted (its KV freed at the next
+step) and nothing is recorded against the version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from bentos.dataplane.call import Call
+from bentos.dataplane.decode.loop import DecodeLoop, Flight
+from bentos.dataplane.decode.streams import Usage
+from bentos.tasks.text_generation import SamplingParams
+
+if TYPE_CHECKING:
+    from bentos.dataplane.endpoint import Endpoint, Pick
+
+Outcome = Literal["ok", "error", "aborted"]
+
+
+@dataclass
+class Generation:
+    endpoint: Endpoint
+    pick: Pick
+    call: Call
+    loop: DecodeLoop
+    flight: Flight
+    prompt: list[int]
+    params: SamplingParams
+    on_close: list[Callable[[Generation], None]] = field(default_factory=list)
+    outcome: Outcome | None = None
+    ended_at: float | None = None
+
+    @property
+    def version(self) -> str:
+        return self.pick.tag
+
+    @property
+    def route(self) -> str:
+        return self.pick.route
+
+    @property
+    def text(self) -> str:
+        return self.flight.stream.text
+
+    @property
+    def usage(self) -> Usage:
+        return self.flight.stream.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.flight.stream.finish_reason
+
+    @property
+    def first_token_s(self) -> float:
+        return (self.flight.first_token_at or time.monotonic()) - self.pick.start
+
+    @property
+    def total_s(self) -> float:
+        return (self.ended_at or time.monotonic()) - self.pick.start
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The text as it is written; the error that ended it, if one did, is raised after the last piece."""
+        stream = self.flight.stream
+        while (piece := await stream.next_piece()) is not None:
+            yield piece
+        if self.flight.error is not None:
+            raise self.flight.error
+
+    async def collect(self) -> str:
+        async for _ in self.pieces():
+            pass
+        return self.text
+
+    def close(self) -> None:
+        """The request's end, whatever it was (idempotent): abort it if it is still running, keep its books."""
+        if self.outcome is not None:
+            return
+        self.ended_at = time.monotonic()
+        flight = self.flight
+        if flight.error is not None:
+            self.outcome = "error"
+        elif flight.stream.finish_reason in (None, "abort"):
+            self.outcome = "aborted"
+            self.loop.abort(flight.request_id)
+        else:
+            self.outcome = "ok"
+        self.endpoint.settle_generation(self)
+        for callback in self.on_close:
+            callback(self)

@@ -1,0 +1,97 @@
+"""The decode loop on a real tiny GPT-2: late joiners share steps, aborts free their KV at the next step,
+a request that cannot fit the KV budget waits and is refused at its deadline, and stop strings end a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from bentos.dataplane.decode.loop import DecodeLoop, StepStats
+from bentos.dataplane.decode.runner import DecodeRunner
+from bentos.dataplane.runtime import load_session
+from bentos.errors import InvalidInput, Overloaded
+from bentos.tasks.base import Limits
+from bentos.tasks.text_generation import GenerationCodec, SamplingParams
+
+
+def make_loop(graph: Path, **limits: int) -> tuple[DecodeLoop, list[StepStats]]:
+    codec = GenerationCodec({"inputs": [], "outputs": []}, json.loads((graph / "meta.json").read_text()), graph)
+    steps: list[StepStats] = []
+    base = Limits(max_rows=1, max_chars=1000, max_body_bytes=10_000, max_image_pixels=1)
+    loop = DecodeLoop("t", DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec),
+                      codec, base.model_copy(update=limits), on_step=steps.append)
+    return loop, steps
+
+
+def ids(loop: DecodeLoop, text: str) -> list[int]:
+    return loop.codec.tokenize(text)
+
+
+async def read_all(flight) -> str:  # type: ignore[no-untyped-def]
+    while await flight.stream.next_piece() is not None:
+        pass
+    return flight.stream.text
+
+
+async def test_a_late_joiner_shares_decode_steps(tiny_lm_graphs: dict[str, Path]) -> None:
+    loop, steps = make_loop(tiny_lm_graphs["gpt2"])
+    first = await loop.start(ids(loop, "The cat"), SamplingParams(max_tokens=40), time.monotonic() + 10)
+    reader = asyncio.create_task(read_all(first))
+    while first.stream.usage.completion_tokens < 5:
+        await asyncio.sleep(0.001)
+    second = await loop.start(ids(loop, "The dog"), SamplingParams(max_tokens=10), time.monotonic() + 10)
+    await read_all(second)
+    await reader
+    assert max(s.batch for s in steps) == 2
+    assert first.stream.usage.completion_tokens > 0 and second.stream.finish_reason in ("length", "stop")
+    assert loop.streams == 0 and loop.scheduler.budget.used == 0
+    await loop.stop()
+
+
+async def test_an_abort_frees_the_slot_and_the_kv_at_the_next_step(tiny_lm_graphs: dict[str, Path]) -> None:
+    loop, _ = make_loop(tiny_lm_graphs["gpt2"])
+    flight = await loop.start(ids(loop, "The cat"), SamplingParams(max_tokens=200, ignore_eos=True),
+                              time.monotonic() + 10)
+    assert loop.streams == 1 and loop.scheduler.budget.used > 0
+    loop.abort(flight.request_id)
+    await asyncio.wait_for(flight.done.wait(), 5)
+    assert loop.streams == 0 and loop.scheduler.budget.used == 0
+    for _ in range(100):  # the loop drops the rows before it goes idle
+        if loop.runner.rows == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert loop.runner.rows == 0
+    await loop.stop()
+
+
+async def test_a_request_over_the_free_kv_waits_then_gets_503(tiny_lm_graphs: dict[str, Path]) -> None:
+    meta = json.loads((tiny_lm_graphs["gpt2"] / "meta.json").read_text())["generation"]
+    per_token = 2 * meta["layers"] * meta["kv_heads"] * meta["head_dim"] * 4
+    loop, _ = make_loop(tiny_lm_graphs["gpt2"], kv_cache_bytes=per_token * 150)
+    holder = await loop.start(ids(loop, "The cat"), SamplingParams(max_tokens=140, ignore_eos=True),
+                              time.monotonic() + 10)
+    with pytest.raises(Overloaded) as refused:
+        await loop.start(ids(loop, "The dog"), SamplingParams(max_tokens=100), time.monotonic() + 0.3)
+    assert "Retry-After" in refused.value.headers and "limits.kv_cache_bytes" in refused.value.message
+    with pytest.raises(InvalidInput, match="KV budget"):  # could never fit: the caller's to change
+        await loop.start(ids(loop, "The dog"), SamplingParams(max_tokens=400), time.monotonic() + 1)
+    loop.abort(holder.request_id)
+    await asyncio.wait_for(holder.done.wait(), 5)
+    fits = await loop.start(ids(loop, "The dog"), SamplingParams(max_tokens=5), time.monotonic() + 5)
+    assert await read_all(fits)
+    await loop.stop()
+
+
+async def test_a_stop_string_ends_the_text_before_it(tiny_lm_graphs: dict[str, Path]) -> None:
+    loop, _ = make_loop(tiny_lm_graphs["gpt2"])
+    whole = await read_all(await loop.start(ids(loop, "The cat"), SamplingParams(max_tokens=30),
+                                            time.monotonic() + 10))
+    assert " the " in whole, whole
+    cut = await read_all(await loop.start(ids(loop, "The cat"), SamplingParams(max_tokens=30, stop=(" the ",)),
+                                          time.monotonic() + 10))
+    assert cut == whole[:whole.index(" the ")]
+    await loop.stop()
