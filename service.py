@@ -9,6 +9,8 @@ from bentos.api.admin import admin_routes
 from bentos.api.app import EngineHolder, create_app
 from bentos.api.health import health_routes
 from bentos.api.oip import oip_routes
+from bentos.api.oip_generate import oip_generate_routes
+from bentos.api.openai import openai_routes
 from bentos.api.playground import build_playground
 from bentos.api.worker import in_worker
 from bentos.controlplane.engine import Engine
@@ -17,7 +19,8 @@ from bentos.dataplane.tracing import use_provider
 from bentos.settings import ServeSettings
 
 holder = EngineHolder()
-app = create_app(holder, [*health_routes(holder), *admin_routes(holder), *oip_routes(holder)])
+app = create_app(holder, [*health_routes(holder), *admin_routes(holder), *openai_routes(holder),
+                         *oip_routes(holder), *oip_generate_routes(holder)])
 
 
 @bentoml.asgi_app(app, path="/")

@@ -90,6 +90,8 @@ def window_stats(history: History, window_s: float) -> dict[tuple[str, str], dic
     errors = _by(requests, "endpoint", "version", where={"outcome": "error"})
     hits = _by(_delta(new.samples, old.samples, "switchyard_cache_hits_total"), "endpoint", "version")
     fallbacks = _by(_delta(new.samples, old.samples, "switchyard_fallbacks_total"), "endpoint", "version")
+    completion = _by(_delta(new.samples, old.samples, "switchyard_tokens_total"), "endpoint", "version",
+                     where={"kind": "completion"})
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for key, n in total.items():
         lat = _buckets(new.samples, old.samples, "switchyard_request_duration_seconds_bucket", key)
@@ -97,6 +99,7 @@ def window_stats(history: History, window_s: float) -> dict[tuple[str, str], dic
         bcnt = _by(_delta(new.samples, old.samples, "switchyard_batch_size_count"), "endpoint", "version").get(key, 0)
         agree_sum = _by(_delta(new.samples, old.samples, "switchyard_shadow_agreement_sum"), "endpoint", "version")
         agree_cnt = _by(_delta(new.samples, old.samples, "switchyard_shadow_agreement_count"), "endpoint", "version")
+        ttft = _buckets(new.samples, old.samples, "switchyard_time_to_first_token_seconds_bucket", key)
         out[(key[0], key[1])] = {
             "rps": n / dt, "error_rate": errors.get(key, 0.0) / n if n else 0.0,
             **{f"p{int(q * 100)}_ms": _ms(histogram_quantile(q, lat)) for q in (0.5, 0.95, 0.99)},
@@ -104,6 +107,10 @@ def window_stats(history: History, window_s: float) -> dict[tuple[str, str], dic
             "cache_hit_ratio": hits.get(key, 0.0) / n if n else 0.0,
             "fallbacks_per_s": fallbacks.get(key, 0.0) / dt,
             "shadow_agreement": (agree_sum.get(key, 0.0) / agree_cnt[key]) if agree_cnt.get(key) else None,
+            # Generation: completion tokens a second, and time to first token (None for one-forward versions).
+            "tokens_per_s": completion[key] / dt if completion.get(key) else None,
+            "ttft_p50_ms": _ms(histogram_quantile(0.5, ttft)) if any(ttft.values()) else None,
+            "ttft_p99_ms": _ms(histogram_quantile(0.99, ttft)) if any(ttft.values()) else None,
         }
     return out
 
@@ -149,6 +156,9 @@ PROMQL = {
                   'sum by (endpoint, version) (rate(switchyard_requests_total[1m]))',
     "p95_ms": '1000 * histogram_quantile(0.95, sum by (endpoint, version, le) '
               '(rate(switchyard_request_duration_seconds_bucket[1m])))',
+    "tokens_per_s": 'sum by (endpoint, version) (rate(switchyard_tokens_total{kind="completion"}[1m]))',
+    "ttft_p99_ms": '1000 * histogram_quantile(0.99, sum by (endpoint, version, le) '
+                   '(rate(switchyard_time_to_first_token_seconds_bucket[1m])))',
 }
 
 

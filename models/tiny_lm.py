@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,13 @@ from typing import Literal
 
 EOS = "<|endoftext|>"
 Arch = Literal["gpt2", "llama"]
-Kind = Literal["english", "digits"]
+Kind = Literal["english", "digits", "wide"]
+# "wide" adds the docstrings of these standard-library modules to the sentences: a vocabulary of a few
+# thousand BPE tokens (the benchmark's model has 2,000), from text every Python install ships.
+_WIDE_MODULES = ("argparse", "asyncio.events", "collections", "csv", "datetime", "decimal", "email.message",
+                 "functools", "http.client", "inspect", "json", "logging", "pathlib", "shutil", "socket",
+                 "statistics", "string", "subprocess", "tarfile", "textwrap", "threading", "typing", "unittest",
+                 "urllib.parse", "zipfile")
 
 _SUBJECTS = ["the cat", "the dog", "a small bird", "the old man", "my sister", "the teacher", "a young fox",
              "the farmer", "our neighbour", "the little girl"]
@@ -34,8 +41,23 @@ _TAILS = ["in the morning", "after lunch", "before the rain", "with great care",
           "without a sound", "for a long time"]
 
 
+def _docstring_lines() -> list[str]:
+    import importlib
+    import inspect
+
+    lines: list[str] = []
+    for name in _WIDE_MODULES:
+        module = importlib.import_module(name)
+        for obj in [module, *(v for _, v in inspect.getmembers(module) if inspect.isclass(v) or inspect.isfunction(v))]:
+            doc = inspect.getdoc(obj) or ""
+            lines += [line.strip() for line in doc.splitlines() if len(line.split()) >= 4]
+    return lines
+
+
 def sentences(kind: Kind, count: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
+    if kind == "wide":
+        return sentences("english", count, seed) + _docstring_lines()
     if kind == "digits":
         return [" ".join(str(rng.randrange(1000)) for _ in range(rng.randrange(4, 9))) + " ;" for _ in range(count)]
     out = []
@@ -57,7 +79,7 @@ class Shape:
     layers: int = 2
     heads: int = 4
     vocab: int = 512
-    context: int = 256
+    context: int = 1024
 
 
 def train_tokenizer(texts: list[str], vocab: int, out: Path) -> None:
@@ -86,19 +108,27 @@ def _config(shape: Shape, eos_id: int):  # type: ignore[no-untyped-def]
 
 
 def train(out: Path, shape: Shape = Shape(), kind: Kind = "english", seconds: float = 20.0, seed: int = 0,
-          max_steps: int = 2000) -> Path:
-    """Fit a model of `shape` to the corpus for about `seconds`; save it as a Hugging Face directory."""
+          max_steps: int = 2000, tokenizer_from: Path | None = None) -> Path:
+    """Fit a model of `shape` to the corpus for about `seconds`; save it as a Hugging Face directory.
+    `tokenizer_from`: another model directory whose tokenizer this one shares (a canary of the same
+    endpoint must read and write the same tokens), instead of one trained on this corpus."""
     import torch
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     out.mkdir(parents=True, exist_ok=True)
     texts = sentences(kind, 4000, seed)
-    train_tokenizer(texts, shape.vocab, out)
+    if tokenizer_from is not None:
+        shutil.copyfile(tokenizer_from / "tokenizer.json", out / "tokenizer.json")
+    else:
+        train_tokenizer(texts, shape.vocab, out)
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     eos_id = tok.token_to_id(EOS)
     ids = [i for t in texts for i in [*tok.encode(t).ids, eos_id]]
     torch.manual_seed(seed)
+    # The model's vocabulary is the tokenizer's (a small corpus stops BPE short of `shape.vocab`): every id it
+    # can write is one the tokenizer can show, trained or not.
+    shape = Shape(shape.arch, shape.width, shape.layers, shape.heads, tok.get_vocab_size(), shape.context)
     model = AutoModelForCausalLM.from_config(_config(shape, eos_id))
     data = torch.tensor(ids)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -106,7 +136,8 @@ def train(out: Path, shape: Shape = Shape(), kind: Kind = "english", seconds: fl
     gen = torch.Generator().manual_seed(seed)
     deadline = time.monotonic() + seconds
     model.train()
-    for _ in range(max_steps):
+    loss = torch.tensor(float("nan"))  # seconds=0: an untrained model (random weights, a real graph)
+    for _ in range(max_steps if seconds > 0 else 0):
         if time.monotonic() > deadline:
             break
         starts = torch.randint(0, len(data) - block - 1, (batch,), generator=gen)
@@ -118,7 +149,7 @@ def train(out: Path, shape: Shape = Shape(), kind: Kind = "english", seconds: fl
     model.eval()
     model.save_pretrained(str(out))
     GenerationConfig(eos_token_id=eos_id, bos_token_id=eos_id, do_sample=False).save_pretrained(str(out))
-    (out / "train.json").write_text(json.dumps({"arch": shape.arch, "kind": kind, "final_loss": float(loss),
+    (out / "train.json").write_text(json.dumps({"arch": shape.arch, "kind": kind, "final_loss": float(loss.detach()),
                                                 "tokens": len(ids), "seconds": seconds}))
     return out
 
@@ -127,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.tiny_lm", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
-    parser.add_argument("--kind", choices=["english", "digits"], default="english")
+    parser.add_argument("--kind", choices=["english", "digits", "wide"], default="english")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)

@@ -108,9 +108,9 @@ def tiny_lms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from models.tiny_lm import Shape, train
 
     root = tmp_path_factory.mktemp("tiny-lm")
-    return {"gpt2": train(root / "gpt2", Shape("gpt2"), "english", seconds=12),
-            "llama": train(root / "llama", Shape("llama"), "english", seconds=8),
-            "garbage": train(root / "garbage", Shape("gpt2"), "digits", seconds=4)}
+    gpt2 = train(root / "gpt2", Shape("gpt2"), "english", seconds=12)
+    return {"gpt2": gpt2, "llama": train(root / "llama", Shape("llama"), "english", seconds=8),
+            "garbage": train(root / "garbage", Shape("gpt2"), "digits", seconds=4, tokenizer_from=gpt2)}
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ several BentoML workers behind one port, put session affinity in front of /playg
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -51,6 +52,32 @@ def build_playground(holder: EngineHolder) -> Any:
         try:
             async with holder.serving().admit(meta) as ticket:
                 return await ticket.infer(items)
+        except ServingError as exc:
+            raise fail(playground_message(exc)) from None
+
+    async def write(name: str, prompt: str, params: Any, mode: str, key: str | None, pinned: str | None,
+                    api_key: str | None = None) -> AsyncIterator[tuple[str, str]]:
+        """Generation through the same serving path: the text so far as it grows, and what answered. Closing
+        this generator (the visitor left, or pressed Stop) aborts the request at the decode loop's next step."""
+        if mode == "pinned" and not pinned:
+            raise fail("Choose a version to pin, or switch to routed mode.")
+        credentials = {"x-api-key": api_key.strip()} if api_key and api_key.strip() else {}
+        meta = CallMeta(name, credentials, pin=pinned if mode == "pinned" else None,
+                        routing_key=(key or "").strip() or None, source="playground", protocol="playground",
+                        stored_pins=True)
+        try:
+            async with holder.serving().admit(meta) as ticket:
+                ticket.body_read()
+                generation = await ticket.generate(prompt, params)
+                try:
+                    async for _ in generation.pieces():
+                        yield generation.text, f"Writing: `{generation.version}` · {generation.route}"
+                    yield generation.text, (f"### Answered by `{generation.version}`\n\n{generation.route} · "
+                                            f"first token {generation.first_token_s * 1000:.0f} ms, "
+                                            f"{generation.usage.completion_tokens} tokens in "
+                                            f"{generation.total_s * 1000:.0f} ms")
+                finally:
+                    generation.close()
         except ServingError as exc:
             raise fail(playground_message(exc)) from None
 
@@ -102,7 +129,7 @@ def build_playground(holder: EngineHolder) -> Any:
                         gr.Markdown(f"**{endpoint.task.name}** · `POST /v1/{name}/{endpoint.task.verb}`"
                                     + (f" · {endpoint.config.description}" if endpoint.config.description else ""))
                         endpoint.task.playground(Kit(gr, endpoint, ask, choices(name),
-                                                     needs_key=engine.settings.require_api_key))
+                                                     needs_key=engine.settings.require_api_key, write=write))
                 with gr.Tab("About", id="tab-about"):
                     gr.Markdown("Every version in the registry, with its task, metrics, lineage and size.")
                     gr.JSON(about(), label="Versions")

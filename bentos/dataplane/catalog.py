@@ -15,7 +15,9 @@ def describe(model: Any) -> dict[str, Any]:
             "created": model.info.creation_time.isoformat(), "size_bytes": meta.get("size_bytes"),
             "metrics": meta.get("metrics", {}), "lineage": meta.get("lineage", {}), "sha256": meta.get("sha256", {}),
             "signature": meta.get("schema"), "gate": meta.get("gate"),
-            "batch_invariance_min_cosine": meta.get("batch_invariance_min_cosine")}
+            "batch_invariance_min_cosine": meta.get("batch_invariance_min_cosine"),
+            # text-generation: the graph's shape (layers, KV heads, head dim, context), what KV budgets are made of
+            "generation": (meta.get("preprocess") or {}).get("generation")}
 
 
 def list_versions(task: str | None = None, selector: str | None = None) -> list[dict[str, Any]]:

@@ -398,7 +398,6 @@ class Endpoint:
         pick, call, flight = gen.pick, gen.call, gen.flight
         series, slot = pick.slot.series, pick.slot
         usage = gen.usage
-        series.streams.set(gen.loop.streams)
         series.prompt_tokens.inc(usage.prompt_tokens)
         series.completion_tokens.inc(usage.completion_tokens)
         series.first_token.observe(gen.first_token_s)
@@ -421,8 +420,11 @@ class Endpoint:
             self._spawn(self._compare_generation(pick.router, gen))
 
     async def _compare_generation(self, router: Router, gen: Generation) -> None:
-        """Greedy tokens of the canary and of stable on the same prompt, as shadow work (only when nobody
-        waits): their agreement is the canary's, judged by the rollout's agreement check."""
+        """How often stable would have written the canary's greedy tokens: the canary's first AGREEMENT_TOKENS
+        greedy tokens on the prompt (the request's own when it was greedy, else a shadow run), and stable's
+        greedy choice at each of those positions given the same text before it (one forward pass). A canary
+        that writes what stable would is near 1 however the two diverge later; one that writes garbage near 0.
+        Run as background work: shadows are planned only when no user waits."""
         canary, stable = gen.pick.slot, self.slots.get(router.stable)
         if stable is None or stable.decode is None or canary.decode is None:
             return
@@ -430,7 +432,10 @@ class Endpoint:
         try:
             reuse = gen.params.greedy and not gen.params.stop and gen.params.max_tokens >= AGREEMENT_TOKENS
             mine = gen.flight.stream.ids if reuse else await self._greedy_ids(canary.decode, gen.prompt, params)
-            theirs = await self._greedy_ids(stable.decode, gen.prompt, params)
+            mine = list(mine[:AGREEMENT_TOKENS])
+            if not mine:
+                return
+            theirs = await stable.decode.next_tokens(gen.prompt, mine)
         except Exception as exc:  # a comparison never affects the request it copies
             log.debug("compare %s with %s: %s", gen.version, router.stable, exc)
             return

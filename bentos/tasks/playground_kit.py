@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,18 @@ from bentos.tasks.base import Codec, Limits
 
 # (endpoint, items, mode, routing key, pinned version, API key)
 Ask = Callable[[str, list[Any], str, str | None, str | None, str | None], Awaitable[Any]]
+# (endpoint, prompt, sampling, mode, routing key, pinned version, API key) -> (text so far, what answered), as
+# the text grows
+Write = Callable[[str, str, Any, str, str | None, str | None, str | None], AsyncIterator[tuple[str, str]]]
 
 
 class Kit:
-    def __init__(self, gr: Any, endpoint: Any, ask: Ask, choices: list[str], needs_key: bool = False) -> None:
+    def __init__(self, gr: Any, endpoint: Any, ask: Ask, choices: list[str], needs_key: bool = False,
+                 write: Write | None = None) -> None:
         self.gr, self.needs_key = gr, needs_key
         self.endpoint = endpoint
         self.ask = ask
+        self.write = write
         self.choices = choices
         self.examples = self._examples()
 
@@ -177,6 +182,94 @@ class Kit:
             return text, rows
 
         compare_go.click(compare, [*inputs, a, b, api_key], [verdict, table])
+
+
+    # --- generation: a chat that streams ---------------------------------------------------
+    def chat(self) -> None:
+        """A chat whose answer streams token by token, routed or pinned; and two versions side by side on the
+        same message, both streaming at once."""
+        from bentos.tasks.text_generation import SamplingParams, chat_prompt
+
+        gr, name, write = self.gr, self.endpoint.name, self.write
+        assert write is not None, "the playground passes `write` to generative endpoints"
+        with gr.Row():
+            mode = gr.Radio(["routed", "pinned"], value="routed", label="Mode", interactive=True)
+            key = gr.Textbox(label="Routing key (routed mode)", placeholder="user-42")
+            api_key = gr.Textbox(label="API key", type="password", placeholder="sy_...", visible=self.needs_key)
+            pin = gr.Dropdown(self.choices, value=self.choices[0] if self.choices else None,
+                              label="Version (pinned mode)", allow_custom_value=True, interactive=True)
+        with gr.Row():
+            max_tokens = gr.Slider(1, self.limits().max_new_tokens, value=min(64, self.limits().max_new_tokens),
+                                   step=1, label="max_tokens", interactive=True)
+            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0 = greedy)",
+                                    interactive=True)
+        chat = gr.Chatbot(label="Chat", elem_id=f"chat-{name}", height=320)
+        message = gr.Textbox(label="Message", value="The cat sat on", elem_id=f"message-{name}")
+        go = gr.Button("Send", variant="primary", elem_id=f"send-{name}")
+        info = gr.Markdown(elem_id=f"answer-{name}")
+
+        def params(tokens: float, temp: float) -> SamplingParams:
+            return SamplingParams(max_tokens=int(tokens), temperature=float(temp))
+
+        async def send(history: list[dict[str, Any]] | None, text: str, how: str, routing_key: str, pinned: str,
+                       secret: str, tokens: float, temp: float) -> AsyncIterator[tuple[Any, ...]]:
+            history = [*(history or []), {"role": "user", "content": text}]
+            prompt = chat_prompt([{"role": m["role"], "content": _content(m)} for m in history])
+            shown = [*history, {"role": "assistant", "content": ""}]
+            async for so_far, answered in write(name, prompt, params(tokens, temp), how, routing_key, pinned,
+                                                secret):
+                shown[-1] = {"role": "assistant", "content": so_far}
+                yield shown, answered
+
+        go.click(send, [chat, message, mode, key, pin, api_key, max_tokens, temperature], [chat, info])
+        with gr.Accordion("Two versions side by side", open=False):
+            with gr.Row():
+                a = gr.Dropdown(self.choices, value=self.choices[0] if self.choices else None, label="Version A",
+                                allow_custom_value=True, interactive=True)
+                b = gr.Dropdown(self.choices, value=self.choices[-1] if self.choices else None, label="Version B",
+                                allow_custom_value=True, interactive=True)
+            both = gr.Button("Send to both", elem_id=f"both-{name}")
+            with gr.Row():
+                left = gr.Textbox(label="A", lines=6, elem_id=f"left-{name}")
+                right = gr.Textbox(label="B", lines=6, elem_id=f"right-{name}")
+
+        async def side_by_side(text: str, left_tag: str, right_tag: str, secret: str, tokens: float,
+                               temp: float) -> AsyncIterator[tuple[str, str]]:
+            prompt = chat_prompt([{"role": "user", "content": text}])
+            texts = ["", ""]
+            queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+
+            async def one(i: int, tag: str) -> None:
+                try:
+                    async for so_far, _ in write(name, prompt, params(tokens, temp), "pinned", None, tag, secret):
+                        await queue.put((i, so_far))
+                finally:
+                    await queue.put(None)
+
+            tasks = [asyncio.create_task(one(i, tag)) for i, tag in enumerate((left_tag, right_tag))]
+            try:
+                ended = 0
+                while ended < 2:
+                    item = await queue.get()
+                    if item is None:
+                        ended += 1
+                        continue
+                    texts[item[0]] = item[1]
+                    yield texts[0], texts[1]
+                for task in tasks:
+                    task.result()  # an error in either is shown
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+        both.click(side_by_side, [message, a, b, api_key, max_tokens, temperature], [left, right])
+
+
+def _content(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # Gradio may hand back content as parts
+        return " ".join(str(p.get("text", p)) if isinstance(p, dict) else str(p) for p in content)
+    return str(content or "")
 
 
 def latency(answer: Any) -> str:

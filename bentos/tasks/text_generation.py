@@ -170,6 +170,19 @@ class GenerationCodec(Codec):
     def warmup_items(self) -> list[Any]:
         return ["A warm-up prompt before any traffic arrives."]
 
+    def drift_features(self, items: list[Any]) -> dict[str, np.ndarray]:
+        """Prompts drift in length: tokens per prompt."""
+        return {"tokens": np.array([len(self.tokenize(str(t))) for t in items], np.float64)}
+
+    def output_features(self, rows: list[Any]) -> dict[str, np.ndarray]:
+        return {}
+
+    def oip_inputs(self) -> list[dict[str, Any]]:
+        return [{"name": "text_input", "dtype": "object", "shape": [1]}]
+
+    def oip_outputs(self) -> list[dict[str, Any]]:
+        return [{"name": "text_output", "dtype": "object", "shape": [1]}]
+
     def check_prompt(self, ids: list[int], max_tokens: int, limits: Limits, field: str = "prompt") -> None:
         """A prompt this version can take: not empty, within limits.max_prompt_tokens, and with max_tokens
         within the model's context."""
@@ -196,11 +209,12 @@ class Message(BaseModel):
     content: str
 
 
-def sampling_fields(limits: Limits) -> dict[str, Any]:
+def sampling_fields(limits: Limits, max_tokens_default: int | None = 64) -> dict[str, Any]:
     """The sampling fields every generation route takes, with this endpoint's limits: 422 names the field."""
     stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
     return {
-        "max_tokens": (int, Field(64, ge=1, le=limits.max_new_tokens,
+        "max_tokens": (int if max_tokens_default else int | None, Field(max_tokens_default, ge=1,
+                                                                          le=limits.max_new_tokens,
                                   description=f"New tokens, 1 to {limits.max_new_tokens} (limits.max_new_tokens)")),
         "temperature": (float, Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False, description="0 = greedy")),
         "top_p": (float, Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)),

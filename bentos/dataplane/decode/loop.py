@@ -59,13 +59,14 @@ class StepStats:
 class DecodeLoop:
     def __init__(self, name: str, runner: DecodeRunner, codec: GenerationCodec, limits: Limits, *,
                  prefill_tokens: int = 2048, stall_timeout_s: float = 30.0,
-                 on_step: Any = None) -> None:
+                 on_step: Any = None, on_streams: Any = None) -> None:
         self.name, self.runner, self.codec = name, runner, codec
         budget = KvBudget(limits.kv_cache_bytes, bytes_per_token(codec.spec.as_meta()))
         self.scheduler = DecodeScheduler(budget, max_running=limits.max_streams, prefill_tokens=prefill_tokens,
                                          max_waiting=limits.max_waiting)
         self.stall_timeout_s = stall_timeout_s
         self.on_step = on_step  # called with StepStats after every step (metrics)
+        self.on_streams = on_streams  # called with the number of requests in the loop whenever it changes
         self.flights: dict[str, Flight] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -118,6 +119,7 @@ class DecodeLoop:
         stream = TokenStream(rid, self.codec.detokenize, prompt_tokens=len(prompt), max_tokens=params.max_tokens,
                              stop=params.stop, eos_id=None if params.ignore_eos else self.codec.spec.eos_id)
         flight = self.flights[rid] = Flight(rid, stream, asyncio.get_running_loop().create_future(), now)
+        self._streams_changed()
         self._ensure_running()
         self._wake.set()
         try:
@@ -134,6 +136,17 @@ class DecodeLoop:
             return
         self.scheduler.abort(request_id)
         self._wake.set()
+
+    async def next_tokens(self, prompt: list[int], written: list[int]) -> list[int]:
+        """The greedy token this version would write at each of `written`'s positions, given the prompt and
+        what precedes it there (one forward pass, on the loop's own thread between its steps)."""
+        feed = self.codec.prefill_feed([prompt + written])
+
+        def run() -> list[int]:
+            logits = self.runner.session.run(["logits"], feed)[0][0]
+            return [int(t) for t in logits[len(prompt) - 1:len(prompt) - 1 + len(written)].argmax(axis=-1)]
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     def flight(self, request_id: str) -> Flight | None:
         return self.flights.get(request_id)
@@ -215,6 +228,10 @@ class DecodeLoop:
             self.on_step(StepStats(plan.batch, len(plan.prefill), result.prefill_s, result.decode_s,
                                    self.scheduler.budget.occupancy, len(self.flights)))
 
+    def _streams_changed(self) -> None:
+        if self.on_streams is not None:
+            self.on_streams(len(self.flights))
+
     def _fail_step(self, plan: StepPlan, exc: Exception) -> None:
         log.warning("%s: a decode step of %d requests failed: %s", self.name, plan.batch, str(exc)[:500])
         error = ModelFailure(f"{self.name} failed while generating; the server log has the model's error")
@@ -228,6 +245,7 @@ class DecodeLoop:
     def _end(self, rid: str, flight: Flight, error: ServingError | None) -> None:
         """The request leaves: its stream ends (an error, or the reason it finished), its rows go."""
         self.flights.pop(rid, None)
+        self._streams_changed()
         self.runner.release(rid)
         self.scheduler.finish(rid)
         if error is not None:
@@ -249,8 +267,7 @@ def decode_loop(version: Any, settings: Any, limits: Limits, series: Any) -> Dec
         series.batch_size.observe(stats.batch)
         series.inference_duration.observe(stats.prefill_s + stats.decode_s)
         series.kv_occupancy.set(stats.kv_occupancy)
-        series.streams.set(stats.streams)
 
     return DecodeLoop(version.tag, DecodeRunner(version.session, version.codec), version.codec, limits,
                       prefill_tokens=settings.prefill_tokens, stall_timeout_s=settings.stall_timeout_s,
-                      on_step=on_step)
+                      on_step=on_step, on_streams=series.streams.set)

@@ -1,0 +1,333 @@
+"""Generation end to end on a real `bentoml serve`: a GPT-2-architecture model trained by the tests, imported
+with `python -m models import` as a user imports theirs, served through /v1/{name}/generate (whole and
+streamed), the official `openai` client and OIP's generate extension; continuous batching, disconnects,
+the KV budget, and rollouts that judge a generative canary."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.conftest import AUTH, deploy, serve_with
+from tests.servers import Served
+
+pytestmark = pytest.mark.integration
+PROMPT = "The cat sat on"
+
+
+def import_lm(hf: Path, name: str, validation: Path, *variants: str) -> list[str]:
+    """`python -m models import --task text-generation` into the session's store; the registered tags."""
+    args = [sys.executable, "-m", "models", "import", "--name", name, "--task", "text-generation", "--hf", str(hf),
+            "--validation", str(validation), "--min-token-agreement", "0.5", "--max-perplexity-ratio", "1.2"]
+    for v in variants:
+        args += ["--variant", v]
+    proc = subprocess.run(args, cwd=ROOT, env={**os.environ, "SWITCHYARD_THREADS": "2"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [line for line in proc.stdout.split() if line.startswith(f"{name}-")]
+
+
+@pytest.fixture(scope="module")
+def lm_tags(tiny_lms: dict[str, Path], tiny_lm_text: Path) -> dict[str, str]:
+    fp32, int8 = import_lm(tiny_lms["gpt2"], "tiny-gpt2", tiny_lm_text, "fp32", "int8-dynamic")
+    (garbage,) = import_lm(tiny_lms["garbage"], "tiny-garbage", tiny_lm_text, "fp32")
+    return {"fp32": fp32, "int8": int8, "garbage": garbage}
+
+
+@pytest.fixture(scope="module")
+def slow_tag(tmp_path_factory: pytest.TempPathFactory, tiny_lm_text: Path) -> str:
+    """An untrained model of the benchmark's size (256 wide, 6 layers): slow enough per token that a stream of
+    a thousand tokens is still writing seconds later."""
+    from models.tiny_lm import Shape, train
+
+    hf = train(tmp_path_factory.mktemp("slow-lm") / "hf", Shape("gpt2", 256, 6, 4, 2000), seconds=0)
+    (tag,) = import_lm(hf, "tiny-slow", tiny_lm_text, "fp32")
+    return tag
+
+
+@pytest.fixture(scope="module")
+def gen_server(tags: dict[str, str], lm_tags: dict[str, str],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from serve_with(tags, tmp_path_factory.mktemp("state-gen"), workers=1, canary_compare_sample="1.0",
+                          max_new_tokens="1000")
+
+
+@pytest.fixture(scope="module")
+def writer(gen_server: Served, lm_tags: dict[str, str]) -> str:
+    """Endpoint `writer`, created through the admin API on the imported fp32 version."""
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        r = c.post("/v1/admin/endpoints", headers=AUTH, json={
+            "name": "writer", "task": "text-generation", "model": lm_tags["fp32"], "reason": "test",
+            "limits": {"max_streams": 8}})
+        assert r.status_code == 201, r.text
+        assert r.json()["route"] == "/v1/writer/generate"
+    return "writer"
+
+
+def sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event name, data) per Server-Sent Event."""
+    name = "message"
+    for line in lines:
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            yield name, json.loads(line[6:])
+            name = "message"
+
+
+def in_process_greedy(hf: Path, prompt: str, tokens: int) -> str:
+    """What transformers writes, greedy, with its own cache: the reference the server must equal."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    tok = Tokenizer.from_file(str(hf / "tokenizer.json"))
+    model = AutoModelForCausalLM.from_pretrained(str(hf)).eval()
+    ids = tok.encode(prompt).ids
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, do_sample=False,
+                             pad_token_id=model.config.eos_token_id)[0, len(ids):].tolist()
+    return str(tok.decode([t for t in out if t != model.config.eos_token_id]))
+
+
+def in_process_seeded(tag: str, prompt: str, tokens: int, seed: int, temperature: float) -> str:
+    """The stored version run in this process by the serving code itself (the same numpy sampler)."""
+    import asyncio
+
+    from bentos.dataplane.decode.loop import DecodeLoop
+    from bentos.dataplane.decode.runner import DecodeRunner
+    from bentos.dataplane.runtime import load_version
+    from bentos.tasks.base import Limits
+    from bentos.tasks.text_generation import SamplingParams
+
+    version = load_version(tag, 1)
+
+    async def run() -> str:
+        loop = DecodeLoop("x", DecodeRunner(version.session, version.codec), version.codec,  # type: ignore[arg-type]
+                          Limits(max_rows=1, max_chars=1000, max_body_bytes=10_000, max_image_pixels=1))
+        flight = await loop.start(version.codec.tokenize(prompt),  # type: ignore[attr-defined]
+                                  SamplingParams(max_tokens=tokens, temperature=temperature, seed=seed),
+                                  time.monotonic() + 30)
+        while await flight.stream.next_piece() is not None:
+            pass
+        await loop.stop()
+        return flight.stream.text
+
+    return asyncio.run(run())
+
+
+def test_a_stream_writes_what_the_model_writes_in_process(gen_server: Served, writer: str,
+                                                          tiny_lms: dict[str, Path], lm_tags: dict[str, str]) -> None:
+    expected = in_process_greedy(tiny_lms["gpt2"], PROMPT, 24)
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        whole = c.post("/v1/writer/generate", json={"prompt": PROMPT, "max_tokens": 24})
+        assert whole.status_code == 200, whole.text
+        assert whole.json()["text"] == expected and whole.json()["model_version"] == lm_tags["fp32"]
+        with c.stream("POST", "/v1/writer/generate", json={"prompt": PROMPT, "max_tokens": 24, "stream": True}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            events = list(sse(r.iter_lines()))
+        pieces = [d["text"] for n, d in events if n == "message"]
+        assert len(pieces) > 3 and "".join(pieces) == expected  # token by token, the same text
+        name, done = events[-1]
+        assert name == "done" and done["model_version"] == lm_tags["fp32"]
+        assert done["usage"]["prompt_tokens"] > 0 and done["usage"]["completion_tokens"] >= len(pieces)
+        seeded = {"prompt": PROMPT, "max_tokens": 20, "temperature": 1.2, "seed": 11}
+        a, b = (c.post("/v1/writer/generate", json=seeded).json()["text"] for _ in range(2))
+        assert a == b == in_process_seeded(lm_tags["fp32"], PROMPT, 20, 11, 1.2)
+
+
+def test_the_official_openai_client_works_unchanged(gen_server: Served, writer: str,
+                                                    tiny_lms: dict[str, Path]) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{gen_server.url}/v1", api_key="unused")
+    expected = in_process_greedy(tiny_lms["gpt2"], PROMPT, 16)
+    done = client.completions.create(model="writer", prompt=PROMPT, max_tokens=16, temperature=0)
+    assert done.choices[0].text == expected and done.usage.completion_tokens > 0
+    chunks = list(client.completions.create(model="writer", prompt=PROMPT, max_tokens=16, temperature=0,
+                                            stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
+    chat = client.chat.completions.create(model="writer", messages=[{"role": "user", "content": "The dog"}],
+                                          max_tokens=12, temperature=0)
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
+    stream = client.chat.completions.create(model="writer", messages=[{"role": "user", "content": "The dog"}],
+                                            max_tokens=12, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    parts = list(stream)
+    assert "".join(p.choices[0].delta.content or "" for p in parts if p.choices) == chat.choices[0].message.content
+    assert parts[-1].usage is not None and parts[-1].usage.completion_tokens > 0
+    assert [m.id for m in client.models.list()] == ["writer"]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model="writer", prompt=PROMPT, max_tokens=16, temperature=7)
+    assert "temperature" in str(bad.value)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nowhere", prompt=PROMPT, max_tokens=4)
+
+
+def test_oip_generate_and_generate_stream(gen_server: Served, writer: str, tiny_lms: dict[str, Path]) -> None:
+    expected = in_process_greedy(tiny_lms["gpt2"], PROMPT, 16)
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        r = c.post("/v2/models/writer/generate", json={"text_input": PROMPT, "parameters": {"max_tokens": 16}})
+        assert r.status_code == 200, r.text
+        assert r.json()["text_output"] == expected and r.json()["model_name"] == "writer"
+        with c.stream("POST", "/v2/models/writer/generate_stream",
+                      json={"text_input": PROMPT, "max_tokens": 16}) as s:
+            events = [d for _, d in sse(s.iter_lines())]
+        assert "".join(e["text_output"] for e in events) == expected and events[-1]["finish_reason"]
+        bad = c.post("/v2/models/writer/generate", json={"text_input": PROMPT, "parameters": {"top_p": 0}})
+        assert bad.status_code == 400 and "top_p" in bad.json()["error"]
+
+
+def test_bad_sampling_values_get_422_naming_the_field(gen_server: Served, writer: str) -> None:
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        for body, field in (({"max_tokens": 100_000}, "max_tokens"), ({"temperature": -1}, "temperature"),
+                            ({"top_p": 1.5}, "top_p"), ({"top_k": -2}, "top_k"), ({"stop": ["a"] * 9}, "stop"),
+                            ({"seed": -1}, "seed")):
+            r = c.post("/v1/writer/generate", json={"prompt": PROMPT, **body})
+            assert r.status_code == 422 and r.json()["errors"][0]["field"] == field, r.text
+        long = c.post("/v1/writer/generate", json={"prompt": "word " * 1500, "max_tokens": 4})
+        assert long.status_code == 422 and long.json()["errors"][0]["field"] in ("prompt", "max_tokens")
+
+
+def metric(server: Served, name: str, **labels: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(w in line for w in want):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_two_streams_started_apart_share_decode_steps(gen_server: Served, writer: str,
+                                                      lm_tags: dict[str, str]) -> None:
+    tag = lm_tags["fp32"]
+    before = (metric(gen_server, "switchyard_batch_size_count", endpoint="writer", version=tag)
+              - metric(gen_server, "switchyard_batch_size_bucket", endpoint="writer", version=tag, le="1.0"))
+    texts: dict[str, str] = {}
+    started = threading.Event()
+
+    def stream(key: str) -> None:
+        if key == "b":  # starts while "a" is writing: it must join a's decode steps, not wait for a to end
+            started.wait(30)
+        with httpx.Client(base_url=gen_server.url, timeout=60) as c, c.stream(
+                "POST", "/v1/writer/generate",
+                json={"prompt": PROMPT, "max_tokens": 240, "ignore_eos": True, "stream": True}) as r:
+            pieces = []
+            for n, d in sse(r.iter_lines()):
+                pieces.append(d.get("text", "") if n == "message" else "")
+                if len(pieces) == 3:
+                    started.set()
+            texts[key] = "".join(pieces)
+
+    threads = [threading.Thread(target=stream, args=(k,)) for k in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    shared = (metric(gen_server, "switchyard_batch_size_count", endpoint="writer", version=tag)
+              - metric(gen_server, "switchyard_batch_size_bucket", endpoint="writer", version=tag, le="1.0"))
+    assert shared - before > 0, "no decode step ran both streams: " + "\n".join(
+        line for line in httpx.get(f"{gen_server.url}/metrics").text.splitlines() if "batch_size" in line)
+    assert texts["a"] == texts["b"] and len(texts["a"]) > 100  # greedy: the same text whatever shared the batch
+
+
+def test_a_client_that_disconnects_frees_its_slot(gen_server: Served, writer: str) -> None:
+    aborted = metric(gen_server, "switchyard_requests_total", endpoint="writer", outcome="aborted")
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c, c.stream(
+            "POST", "/v1/writer/generate",
+            json={"prompt": PROMPT, "max_tokens": 1000, "ignore_eos": True, "stream": True}) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 6:
+                break  # the client goes after a few tokens, long before the thousandth
+    end = time.monotonic() + 10
+    while metric(gen_server, "switchyard_streams_in_flight", endpoint="writer") != 0:
+        assert time.monotonic() < end, "the stream's slot was not freed after the client went"
+        time.sleep(0.05)
+    # Counted as aborted (the client went mid-stream), not as an answer or an error of the version.
+    assert metric(gen_server, "switchyard_requests_total", endpoint="writer", outcome="aborted") == aborted + 1
+
+
+def test_a_kv_budget_overflow_gets_503_and_the_server_stays_up(gen_server: Served, slow_tag: str) -> None:
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        models = c.get("/v1/admin/models", headers=AUTH).json()
+        g = next(m for m in models if m["tag"] == slow_tag)["generation"]
+        per_token = 2 * g["layers"] * g["kv_heads"] * g["head_dim"] * 4  # keys and values, float32
+        r = c.post("/v1/admin/endpoints", headers=AUTH, json={
+            "name": "tight", "task": "text-generation", "model": slow_tag, "reason": "test",
+            "limits": {"kv_cache_bytes": per_token * 1000}})
+        assert r.status_code == 201, r.text
+        # The first stream reserves its worst case (prompt + max_tokens) for its life: 994 of 1,000 tokens.
+        with c.stream("POST", "/v1/tight/generate", json={"prompt": PROMPT, "max_tokens": 990, "ignore_eos": True,
+                                                           "stream": True}) as holder:
+            assert holder.status_code == 200  # its headers come with its first token: it holds its KV now
+            refused = c.post("/v1/tight/generate", json={"prompt": PROMPT, "max_tokens": 100},
+                             headers={"X-Request-Timeout": "0.5"})
+            assert refused.status_code == 503 and "Retry-After" in refused.headers, refused.text
+            assert "kv_cache_bytes" in refused.json()["detail"]
+        fits = c.post("/v1/tight/generate", json={"prompt": PROMPT, "max_tokens": 8})  # once the first has gone
+        assert fits.status_code == 200, fits.text
+        assert c.get("/readyz").status_code == 200
+
+
+def _rollout(c: httpx.Client, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    r = c.post("/v1/admin/rollouts/writer", json=body, headers=AUTH) if body else \
+        c.get("/v1/admin/rollouts/writer", headers=AUTH)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _roll(server: Served, lm_tags: dict[str, str], canary: str) -> dict[str, Any]:
+    """A rollout of `canary` over fp32 on `writer`, under greedy traffic, to its end."""
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        assert deploy(c, "writer", [(lm_tags["fp32"], "stable", 100)]).status_code == 200
+        time.sleep(1)
+        policy = {"steps": [50, 100], "checks": ["errors", "agreement"], "min_agreement": 0.5,
+                  "min_requests": 60, "min_seconds": 1, "interval_s": 0.5}
+        _rollout(c, {"tag": lm_tags[canary], "policy": policy, "reason": f"{canary} canary"})
+        prompts = ["The cat", "A small bird", "My sister", "The old man", "The teacher", "Our neighbour"]
+        end, i = time.monotonic() + 240, 0
+        while time.monotonic() < end:
+            r = c.post("/v1/writer/generate", json={"prompt": prompts[i % len(prompts)], "max_tokens": 16})
+            assert r.status_code == 200, r.text
+            i += 1
+            state = _rollout(c)
+            if state["status"] in ("promoted", "rolled_back"):
+                return state
+        raise AssertionError(f"rollout of {canary} did not end: {state['history'][-3:]}")
+
+
+def test_a_garbage_canary_is_rolled_back(gen_server: Served, writer: str, lm_tags: dict[str, str]) -> None:
+    state = _roll(gen_server, lm_tags, "garbage")
+    assert state["status"] == "rolled_back" and "agreement" in state["decisions"][-1]["reason"]
+    agreement = state["decisions"][-1]["checks"]["agreement"]
+    assert agreement["effect"] < 0.5 and agreement["comparisons"] >= 50
+    print(f"garbage canary: agreement {agreement['effect']} over {agreement['comparisons']} comparisons")
+
+
+def test_a_good_canary_is_promoted(gen_server: Served, writer: str, lm_tags: dict[str, str]) -> None:
+    state = _roll(gen_server, lm_tags, "int8")
+    assert state["status"] == "promoted", state["decisions"][-1].get("checks")
+    agreement = state["decisions"][-1]["checks"]["agreement"]
+    assert agreement["effect"] >= 0.5
+    print(f"int8 canary: agreement {agreement['effect']} over {agreement['comparisons']} comparisons")
+
+
+def test_generation_metrics_are_exported(gen_server: Served, writer: str) -> None:
+    text = httpx.get(f"{gen_server.url}/metrics", timeout=10).text
+    for name in ("switchyard_time_to_first_token_seconds_count", "switchyard_time_per_output_token_seconds_count",
+                 "switchyard_tokens_total", "switchyard_kv_cache_occupancy", "switchyard_streams_in_flight"):
+        assert re.search(rf'^{name}{{[^}}]*endpoint="writer"', text, re.M), name
+    assert re.search(r'switchyard_requests_total{[^}]*endpoint="writer"[^}]*protocol="openai"', text)
