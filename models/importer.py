@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from bentos.dataplane.runtime import load_session
 from bentos.tasks import Codec, get_task
+from bentos.tasks.text_generation import GenerationCodec
 from models.errors import BuildError
 from models.families.base import Builder
 from models.registry import check_store_writable, graph_signature
@@ -266,6 +267,7 @@ def _export(builder: ImportedBuilder, md: ModelDir, example: dict[str, np.ndarra
     report: dict[str, Any] = {"source": source.kind, "opset": OPSET}
     if builder.task == "text-generation":
         half, codec = builder.half, builder.codec()
+        assert isinstance(codec, GenerationCodec)
         half.export(source.module, codec.spec, dest)
         session = load_session(dest, builder.settings.threads, cpu_only=True)
         report["parity"] = half.parity(source.module, session, codec, builder.data().items,

@@ -124,6 +124,7 @@ def train(out: Path, shape: Shape = Shape(), kind: Kind = "english", seconds: fl
         train_tokenizer(texts, shape.vocab, out)
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     eos_id = tok.token_to_id(EOS)
+    assert eos_id is not None, f"{EOS} is a special token of every tokenizer trained here"
     ids = [i for t in texts for i in [*tok.encode(t).ids, eos_id]]
     torch.manual_seed(seed)
     # The model's vocabulary is the tokenizer's (a small corpus stops BPE short of `shape.vocab`): every id it

@@ -40,12 +40,13 @@ with guard():
     endpoint = st.selectbox("Endpoint", endpoints, key="mon_endpoint")
 if endpoint is None:  # the service said why (shown above), or has no endpoint yet
     st.stop()
+name = str(endpoint)
 
 
 @st.fragment(run_every=conf.refresh_s)
 def monitoring() -> None:
     with guard():
-        versions = client().drift(endpoint)
+        versions = client().drift(name)
         if not versions:
             st.info("No version of this endpoint is watched: versions registered before drift existed, or "
                     "imported without validation data, have no reference profile.")
@@ -53,7 +54,7 @@ def monitoring() -> None:
         trail = st.session_state.setdefault("drift_trail", [])
         now = pd.Timestamp(time.time(), unit="s")
         for tag, report in versions.items():
-            trail.append({"time": now, "version": tag, "series": series_name(endpoint, tag),
+            trail.append({"time": now, "version": tag, "series": series_name(name, tag),
                           "input drift": report["score"], "prediction drift": report["prediction_drift"]})
         del trail[:-600]
         cols = st.columns(len(versions))
@@ -75,7 +76,7 @@ def monitoring() -> None:
             return
         worst = next((r["worst"][0]["feature"] for r in versions.values() if r["worst"]), features[0])
         feature = st.selectbox("Feature", features, index=features.index(worst), key="mon_feature")
-        detailed = client().drift(endpoint, feature)
+        detailed = client().drift(name, feature)
         for tag, report in detailed.items():
             if report.get("histogram"):
                 st.markdown(f"**{tag}**: `{feature}`, validation data against live traffic")
@@ -92,7 +93,7 @@ def payload_log() -> None:
         st.caption("Logged requests and answers are shown to operators and admins.")
         return
     try:
-        entries = client().payloads(endpoint, limit=50)
+        entries = client().payloads(name, limit=50)
     except ConsoleError as exc:
         st.caption(f"{exc} (the payload log is off unless SWITCHYARD_PAYLOAD_LOG is set)")
         return
