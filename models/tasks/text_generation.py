@@ -46,7 +46,8 @@ def graph_spec_of(config: Any, eos_id: int | None) -> GraphSpec:
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     given: Any = getattr(config, "head_dim", None)  # Llama configs carry it; GPT-2's follow from the width
     head_dim = int(given) if given else int(config.hidden_size) // heads
-    context = int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 2048))
+    positions: Any = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    context = int(positions or 2048)
     return GraphSpec(int(config.num_hidden_layers), kv_heads, head_dim, "float32", eos_id, context,
                      int(config.vocab_size))
 
