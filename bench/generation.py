@@ -64,7 +64,10 @@ def model_dir(train_seconds: float) -> Path:
     hf = LM_DIR / "hf"
     if not (hf / "train.json").is_file():
         train(hf, Shape("gpt2", 256, 6, 4, 2000, 1024), "wide", seconds=train_seconds, max_steps=100_000)
-    # What convert_hf_to_gguf.py and AutoTokenizer read besides tokenizer.json.
+    # What convert_hf_to_gguf.py and AutoTokenizer read besides tokenizer.json (GPT-2's legacy n_ctx too).
+    config = json.loads((hf / "config.json").read_text())
+    if "n_ctx" not in config:
+        (hf / "config.json").write_text(json.dumps({**config, "n_ctx": config["n_positions"]}, indent=2))
     (hf / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
                                                           "eos_token": "<|endoftext|>",
                                                           "bos_token": "<|endoftext|>"}))
@@ -315,15 +318,21 @@ def llama_server(hf: Path) -> tuple[Path, Path] | None:
 def convert(src: Path, hf: Path, out: Path) -> None:
     """convert_hf_to_gguf.py on our directory. Our tokenizer is byte-level BPE, GPT-2's kind, but trained
     here, so the script does not know its pre-tokenizer's hash: it is told "gpt-2" instead of giving up."""
-    script = (src / "convert_hf_to_gguf.py").read_text()
-    patched = LLAMA / "convert_patched.py"
-    marker = "        if res is None:\n"
-    if marker not in script:
-        raise OSError("convert_hf_to_gguf.py has changed: no unknown-pre-tokenizer branch to patch")
-    patched.write_text(script.replace(marker, '        if res is None:\n            res = "gpt-2"\n', 1))
-    env = {**os.environ, "PYTHONPATH": f"{src / 'gguf-py'}:{src}", "NO_LOCAL_GGUF": ""}
-    subprocess.run([sys.executable, str(patched), str(hf), "--outfile", str(out), "--outtype", "f32"], check=True,
-                   capture_output=True, env=env, cwd=src)
+    wrapper = LLAMA / "convert_ours.py"
+    wrapper.write_text(f"""import runpy, sys
+sys.path[:0] = [{str(src)!r}, {str(src / 'gguf-py')!r}]
+import conversion.base as base
+known = base.TextModel.get_vocab_base_pre
+def get_vocab_base_pre(self, tokenizer):
+    try:
+        return known(self, tokenizer)
+    except NotImplementedError:  # a byte-level BPE trained here: GPT-2's pre-tokenizer
+        return "gpt-2"
+base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+sys.argv = ["convert_hf_to_gguf.py", {str(hf)!r}, "--outfile", {str(out)!r}, "--outtype", "f32"]
+runpy.run_path({str(src / 'convert_hf_to_gguf.py')!r}, run_name="__main__")
+""")
+    subprocess.run([sys.executable, str(wrapper)], check=True, capture_output=True, cwd=src)
 
 
 # --- the in-process ceiling -------------------------------------------------------------------------

@@ -194,8 +194,9 @@ class Kit:
         assert write is not None, "the playground passes `write` to generative endpoints"
         with gr.Row():
             mode = gr.Radio(["routed", "pinned"], value="routed", label="Mode", interactive=True)
-            key = gr.Textbox(label="Routing key (routed mode)", placeholder="user-42")
-            api_key = gr.Textbox(label="API key", type="password", placeholder="sy_...", visible=self.needs_key)
+            key = gr.Textbox(label="Routing key (routed mode)", placeholder="user-42", interactive=True)
+            api_key = gr.Textbox(label="API key", type="password", placeholder="sy_...", visible=self.needs_key,
+                                 interactive=True)
             pin = gr.Dropdown(self.choices, value=self.choices[0] if self.choices else None,
                               label="Version (pinned mode)", allow_custom_value=True, interactive=True)
         with gr.Row():
@@ -204,7 +205,8 @@ class Kit:
             temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0 = greedy)",
                                     interactive=True)
         chat = gr.Chatbot(label="Chat", elem_id=f"chat-{name}", height=320)
-        message = gr.Textbox(label="Message", value="The cat sat on", elem_id=f"message-{name}")
+        # interactive=True: inside gr.render, Gradio 6 otherwise shows inputs of these events disabled.
+        message = gr.Textbox(label="Message", value="The cat sat on", elem_id=f"message-{name}", interactive=True)
         go = gr.Button("Send", variant="primary", elem_id=f"send-{name}")
         info = gr.Markdown(elem_id=f"answer-{name}")
 

@@ -331,3 +331,91 @@ def test_generation_metrics_are_exported(gen_server: Served, writer: str) -> Non
                  "switchyard_tokens_total", "switchyard_kv_cache_occupancy", "switchyard_streams_in_flight"):
         assert re.search(rf'^{name}{{[^}}]*endpoint="writer"', text, re.M), name
     assert re.search(r'switchyard_requests_total{[^}]*endpoint="writer"[^}]*protocol="openai"', text)
+
+
+def test_the_playground_chat_streams_in_a_browser(gen_server: Served, writer: str, tiny_lms: dict[str, Path],
+                                                  lm_tags: dict[str, str]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        assert deploy(c, "writer", [(lm_tags["fp32"], "stable", 100)]).status_code == 200
+    time.sleep(1)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1300})
+        page.goto(f"{gen_server.url}/playground/", wait_until="networkidle", timeout=60_000)
+        page.get_by_role("tab", name="writer", exact=True).click()
+        page.locator("#message-writer textarea").fill("The cat")
+        page.locator("#send-writer").click()
+        answer = page.locator("#answer-writer")
+        answer.get_by_text("Answered by").wait_for(timeout=30_000)
+        chat = page.locator("#chat-writer").inner_text()
+        page.get_by_text("Two versions side by side").click()
+        page.locator("#both-writer").click()
+        page.wait_for_function("document.querySelector('#right-writer textarea').value.length > 3", timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "playground-chat.png"), full_page=True)
+        left = page.locator("#left-writer textarea").input_value()
+        right = page.locator("#right-writer textarea").input_value()
+        info = answer.inner_text()
+        browser.close()
+    assert lm_tags["fp32"] in info and "first token" in info
+    assert "The cat" in chat and len(chat) > len("The cat") + 5  # the message and a streamed answer
+    assert left and right
+
+
+def test_the_console_shows_tokens_per_second_while_streams_flow(gen_server: Served, writer: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.conftest import TOKEN
+    from tests.integration.test_console import not_blank, start_console
+    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
+
+    stop = threading.Event()
+
+    def streams() -> None:
+        with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+            while not stop.is_set():
+                c.post("/v1/writer/generate", json={"prompt": PROMPT, "max_tokens": 64, "ignore_eos": True})
+
+    flowing = [threading.Thread(target=streams) for _ in range(3)]
+    for t in flowing:
+        t.start()
+    shot = ARTIFACTS / "console-generation.png"
+    try:
+        console = start_console(gen_server.url, TOKEN)
+        url = next(console)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+            pg = browser.new_page(viewport={"width": 1400, "height": 1400})
+            pg.goto(f"{url}/live", wait_until="networkidle", timeout=60_000)
+            pg.get_by_text("tokens/s (generation)").wait_for(timeout=60_000)
+            time.sleep(8)  # a few refreshes with traffic
+            pg.screenshot(path=str(shot), full_page=True)
+            text = pg.inner_text("body")
+            browser.close()
+        next(console, None)
+    finally:
+        stop.set()
+        for t in flowing:
+            t.join(30)
+    assert "tokens/s (generation)" in text and "time to first token p99 (ms)" in text
+    assert not_blank(shot)
+
+
+def test_the_readme_generation_block_runs_as_written(gen_server: Served, tmp_path: Path) -> None:
+    from tests.integration.conftest import TOKEN
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Generative models", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```bash\n(.*?)```", section, re.S)
+    env = {**os.environ, "SWITCHYARD": gen_server.url, "TOKEN": TOKEN, "TMPDIR": str(tmp_path),
+           "SWITCHYARD_WORK_DIR": str(tmp_path / "build")}
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, f"stdout:\n{out.stdout[-3000:]}\nstderr:\n{out.stderr[-3000:]}"
+    whole = json.loads(next(line for line in out.stdout.splitlines() if line.startswith('{"text"')))
+    assert whole["model_version"].startswith("writer-lm-fp32:") and whole["usage"]["completion_tokens"] > 0
+    assert "event: done" in out.stdout and out.stdout.count("data: ") > 3
