@@ -268,7 +268,7 @@ def _export(builder: ImportedBuilder, md: ModelDir, example: dict[str, np.ndarra
     if builder.task == "text-generation":
         half, codec = builder.half, builder.codec()
         assert isinstance(codec, GenerationCodec)
-        half.export(source.module, codec.spec, dest)
+        report["exporter"] = half.export(source.module, codec.spec, dest)
         session = load_session(dest, builder.settings.threads, cpu_only=True)
         report["parity"] = half.parity(source.module, session, codec, builder.data().items,
                                        builder.opts.parity_tolerance)

@@ -176,6 +176,8 @@ def _headline(metrics: dict[str, Any]) -> str:
         return f"agree {metrics['top1_agreement']:.4f}"
     if "relative_l2" in metrics:
         return f"relL2 {metrics['relative_l2']:.1e}"
+    if "perplexity" in metrics:
+        return f"ppl {metrics['perplexity']:.3f}"
     return "-"
 
 
