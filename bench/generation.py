@@ -269,7 +269,8 @@ def run_server(name: str, proc_url: tuple[subprocess.Popen[bytes], str], path: s
 
 def switchyard(tag: str, logs: Path) -> tuple[subprocess.Popen[bytes], str]:
     state = logs / "switchyard"
-    state.mkdir(exist_ok=True)
+    shutil.rmtree(state, ignore_errors=True)  # a fresh control plane: the endpoint is created each run
+    state.mkdir()
     env = serve_env(Path(os.environ["BENTOML_HOME"]), state, admin_token=TOKEN, playground="false",
                     config=str(state / "none.yaml"), max_new_tokens="1024")
     (state / "none.yaml").write_text("endpoints: []\n")
@@ -430,6 +431,11 @@ def main() -> None:
         return
     os.environ.setdefault("BENTOML_HOME", str(STATE / "bentoml"))
     os.environ.setdefault("SWITCHYARD_THREADS", "2")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()  # the code measured: read before anything starts
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    commit += " (with uncommitted changes)" if dirty else ""
     streams = [int(s) for s in args.streams.split(",")]
     wanted = args.servers.split(",")
     hf = model_dir(args.train_seconds)
@@ -465,8 +471,6 @@ def main() -> None:
         if key in wanted:
             points += run_server(name, start(argv, peer_env(hf, logs), logs / f"{key}.log", ready), "/generate",
                                  peer_body, streams, args.seconds)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     meta = {"commit": commit, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
             "model": "GPT-2 architecture, 256 wide, 6 layers, 4 heads, 2,000-token vocabulary, fp32 ONNX with "

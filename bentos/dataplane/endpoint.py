@@ -415,33 +415,45 @@ class Endpoint:
             series.circuit_state.set(slot.circuit.state.value)
         self._release(pick)
         self._evidence(pick.tag, pick.route, call.source, ok, gen.first_token_s)
+        spec = self.spec
+        if ok and call.source == "api" and spec is not None and pick.router.shadows \
+                and random.random() * 100 < spec.shadow_sample:
+            for shadow in pick.router.shadows:  # shadows write too (greedy, never answering): a shadow step's evidence
+                self._spawn(self._judge_generation(shadow, pick.tag, gen, "shadow"))
         if ok and pick.route == "canary" and call.source == "api" \
                 and random.random() < self.settings.canary_compare_sample:
-            self._spawn(self._compare_generation(pick.router, gen))
+            self._spawn(self._judge_generation(pick.tag, pick.router.stable, gen, "compare"))
 
-    async def _compare_generation(self, router: Router, gen: Generation) -> None:
-        """How often stable would have written the canary's greedy tokens: the canary's first AGREEMENT_TOKENS
-        greedy tokens on the prompt (the request's own when it was greedy, else a shadow run), and stable's
-        greedy choice at each of those positions given the same text before it (one forward pass). A canary
-        that writes what stable would is near 1 however the two diverge later; one that writes garbage near 0.
-        Run as background work: shadows are planned only when no user waits."""
-        canary, stable = gen.pick.slot, self.slots.get(router.stable)
-        if stable is None or stable.decode is None or canary.decode is None:
+    async def _judge_generation(self, candidate: str, reference: str, gen: Generation, route: str) -> None:
+        """How often `reference` would have written `candidate`'s greedy tokens: `candidate`'s first
+        AGREEMENT_TOKENS greedy tokens on the prompt (the request's own when `candidate` answered it greedily,
+        else a shadow run), and `reference`'s greedy choice at each of those positions given the same text
+        before it (one forward pass). A version that writes what the reference would is near 1 however the two
+        diverge later; one that writes garbage is near 0. Background work: shadows are planned only when no
+        user waits, and a comparison never affects the request it copies."""
+        mine, theirs = self.slots.get(candidate), self.slots.get(reference)
+        if mine is None or theirs is None or mine.decode is None or theirs.decode is None:
             return
-        params = SamplingParams(max_tokens=AGREEMENT_TOKENS)
+        start = time.monotonic()
         try:
-            reuse = gen.params.greedy and not gen.params.stop and gen.params.max_tokens >= AGREEMENT_TOKENS
-            mine = gen.flight.stream.ids if reuse else await self._greedy_ids(canary.decode, gen.prompt, params)
-            mine = list(mine[:AGREEMENT_TOKENS])
-            if not mine:
+            reuse = candidate == gen.version and gen.params.greedy and not gen.params.stop \
+                and gen.params.max_tokens >= AGREEMENT_TOKENS
+            written = gen.flight.stream.ids if reuse else await self._greedy_ids(
+                mine.decode, gen.prompt, SamplingParams(max_tokens=AGREEMENT_TOKENS))
+            written = list(written[:AGREEMENT_TOKENS])
+            if route == "shadow":
+                self._evidence(candidate, route, "shadow", True, time.monotonic() - start)
+            if not written:
                 return
-            theirs = await stable.decode.next_tokens(gen.prompt, mine)
-        except Exception as exc:  # a comparison never affects the request it copies
-            log.debug("compare %s with %s: %s", gen.version, router.stable, exc)
+            expected = await theirs.decode.next_tokens(gen.prompt, written)
+        except Exception as exc:
+            if route == "shadow":
+                self._evidence(candidate, route, "shadow", False, time.monotonic() - start)
+            log.debug("%s %s against %s: %s", route, candidate, reference, exc)
             return
-        agreement = canary.version.codec.agreement(mine, theirs)
-        self.metrics.shadow_agreement.labels(self.name, gen.version, router.stable).observe(agreement)
-        self.stats.record_agreement(self.name, gen.version, agreement)
+        agreement = mine.version.codec.agreement(written, expected)
+        self.metrics.shadow_agreement.labels(self.name, candidate, reference).observe(agreement)
+        self.stats.record_agreement(self.name, candidate, agreement)
 
     async def _greedy_ids(self, loop: DecodeLoop, prompt: list[int], params: SamplingParams) -> list[int]:
         flight = await loop.start(prompt, params, time.monotonic() + self.settings.request_timeout_s, shadow=True)

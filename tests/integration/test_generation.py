@@ -289,12 +289,12 @@ def _rollout(c: httpx.Client, body: dict[str, Any] | None = None) -> dict[str, A
     return dict(r.json())
 
 
-def _roll(server: Served, lm_tags: dict[str, str], canary: str) -> dict[str, Any]:
+def _roll(server: Served, lm_tags: dict[str, str], canary: str, steps: tuple[int, ...] = (50, 100)) -> dict[str, Any]:
     """A rollout of `canary` over fp32 on `writer`, under greedy traffic, to its end."""
     with httpx.Client(base_url=server.url, timeout=60) as c:
         assert deploy(c, "writer", [(lm_tags["fp32"], "stable", 100)]).status_code == 200
         time.sleep(1)
-        policy = {"steps": [50, 100], "checks": ["errors", "agreement"], "min_agreement": 0.5,
+        policy = {"steps": list(steps), "checks": ["errors", "agreement"], "min_agreement": 0.5,
                   "min_requests": 60, "min_seconds": 1, "interval_s": 0.5}
         _rollout(c, {"tag": lm_tags[canary], "policy": policy, "reason": f"{canary} canary"})
         prompts = ["The cat", "A small bird", "My sister", "The old man", "The teacher", "Our neighbour"]
@@ -315,6 +315,13 @@ def test_a_garbage_canary_is_rolled_back(gen_server: Served, writer: str, lm_tag
     agreement = state["decisions"][-1]["checks"]["agreement"]
     assert agreement["effect"] < 0.5 and agreement["comparisons"] >= 50
     print(f"garbage canary: agreement {agreement['effect']} over {agreement['comparisons']} comparisons")
+
+
+def test_a_garbage_shadow_is_rolled_back_before_it_answers_anyone(gen_server: Served, writer: str,
+                                                                   lm_tags: dict[str, str]) -> None:
+    state = _roll(gen_server, lm_tags, "garbage", steps=(0, 50, 100))
+    assert state["status"] == "rolled_back" and state["decisions"][-1]["step"] == 0
+    assert state["decisions"][-1]["checks"]["agreement"]["effect"] < 0.5
 
 
 def test_a_good_canary_is_promoted(gen_server: Served, writer: str, lm_tags: dict[str, str]) -> None:
