@@ -27,7 +27,7 @@ from bentos.dataplane.routing import Router
 from bentos.dataplane.runtime import LoadedVersion, available_cores
 from bentos.dataplane.slot_queue import ForwardQueue, SlotQueue
 from bentos.dataplane.stats import StatsRecorder
-from bentos.dataplane.tracing import batch_spans, now_ns, recording, span
+from bentos.dataplane.tracing import batch_spans, now_ns, recording, span, stream_spans
 from bentos.errors import CALLERS_FAULT, ModelFailure, NoDeployment, NotFound, Overloaded, ServingError, TooBusy
 from bentos.request_context import request_id
 from bentos.schemas import DeploymentSpec
@@ -404,6 +404,10 @@ class Endpoint:
         if usage.completion_tokens > 1 and flight.first_token_at is not None and gen.ended_at is not None:
             series.per_token.observe((gen.ended_at - flight.first_token_at) / (usage.completion_tokens - 1))
         series.request_duration.observe(gen.total_s)
+        if recording():
+            stream_spans(time.monotonic() - (gen.ended_at or time.monotonic()), gen.first_token_s, gen.total_s,
+                         endpoint=self.name, version=pick.tag, route=pick.route, outcome=gen.outcome or "",
+                         prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
         if gen.outcome == "aborted":  # the client went: no verdict on the version
             series.count(pick.route, "aborted", call)
             self._release(pick)

@@ -143,7 +143,10 @@ def resolve_tag(tag: str) -> Any:
         raise VersionLoadError(f"{tag!r} is not a valid tag: {exc}") from None
 
 
-def load_version(tag: str, threads: int, providers: tuple[str, ...] = ()) -> LoadedVersion:
+def load_version(tag: str, threads: int, providers: tuple[str, ...] = (),
+                 decode_threads: int | None = None) -> LoadedVersion:
+    """A stored version, verified, loaded and warmed; `threads` per batch of a one-forward version,
+    `decode_threads` (default `threads`) for a generative one, whose loop runs one step at a time."""
     model = resolve_tag(tag)
     labels, meta = model.info.labels, model.info.metadata
     root = Path(model.path)
@@ -154,7 +157,9 @@ def load_version(tag: str, threads: int, providers: tuple[str, ...] = ()) -> Loa
     if problems or not meta.get("sha256"):
         raise VersionLoadError(f"{model.tag} failed its sha256 check: {'; '.join(problems) or 'no hashes recorded'}")
     try:
-        session = load_session(root / "model.onnx", threads, providers=providers)
+        decodes = get_task(task).execution == "decode"
+        session = load_session(root / "model.onnx", (decode_threads or threads) if decodes else threads,
+                               providers=providers)
         meta = {**meta, "preprocess": {**_LEGACY_PREPROCESS.get(labels.get("family", ""), {}),
                                        **(meta.get("preprocess") or {})}}
         codec = get_task(task).codec(meta, root)

@@ -51,5 +51,17 @@ def batch_spans(began_ns: int, queue_s: float, inference_s: float, **attributes:
         end_time=queued_until + int(inference_s * 1e9))
 
 
+def stream_spans(ended_ago_s: float, first_token_s: float, total_s: float, **attributes: Any) -> None:
+    """A generation's two phases as spans, timed after the fact (its tokens came from a loop shared by every
+    stream, one step at a time): "prefill" from arrival to the first token (the wait for a place included),
+    "decode" from there to the end. No span per token."""
+    attrs = {f"switchyard.{k}": v for k, v in attributes.items()}
+    end = time.time_ns() - int(ended_ago_s * 1e9)
+    began = end - int(total_s * 1e9)
+    first = began + int(first_token_s * 1e9)
+    _tracer.start_span("switchyard.prefill", start_time=began, attributes=attrs).end(end_time=first)
+    _tracer.start_span("switchyard.decode", start_time=first, attributes=attrs).end(end_time=end)
+
+
 def now_ns() -> int:
     return time.time_ns()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -55,3 +56,27 @@ def test_one_request_gives_route_queue_and_inference_spans_under_the_http_span(
     assert names["switchyard.queue"]["end"] <= inference["start"] + 1000
     http = [s for s in tree if s["span_id"] == request["parent_id"]]
     assert http, "switchyard.request has no parent: BentoML's HTTP span is missing"
+
+
+def test_a_generation_gives_prefill_and_decode_spans(traced: tuple[Served, OtlpReceiver],
+                                                     tiny_lms: dict[str, Path], tiny_lm_text: Path) -> None:
+    from tests.integration.conftest import AUTH
+    from tests.integration.test_generation import import_lm
+
+    served, receiver = traced
+    (tag,) = import_lm(tiny_lms["gpt2"], "traced-gpt2", tiny_lm_text, "fp32")
+    r = httpx.post(f"{served.url}/v1/admin/endpoints", headers=AUTH, timeout=60,
+                   json={"name": "traced-writer", "task": "text-generation", "model": tag, "reason": "test"})
+    assert r.status_code == 201, r.text
+    with httpx.stream("POST", f"{served.url}/v1/traced-writer/generate", timeout=30,
+                      json={"prompt": "The cat", "max_tokens": 12, "ignore_eos": True, "stream": True}) as s:
+        assert s.status_code == 200 and sum(1 for _ in s.iter_lines()) > 12
+    end, phases = time.monotonic() + 30, {}
+    while time.monotonic() < end and len(phases) < 2:
+        phases = {s["name"]: s for s in receiver.spans if s["name"] in ("switchyard.prefill", "switchyard.decode")
+                  and s["attributes"].get("switchyard.endpoint") == "traced-writer"}
+        time.sleep(0.5)
+    prefill, decode = phases["switchyard.prefill"], phases["switchyard.decode"]
+    assert prefill["end"] <= decode["start"] + 1000 and decode["end"] > decode["start"]
+    assert decode["attributes"]["switchyard.completion_tokens"] == 12
+    assert prefill["trace_id"] == decode["trace_id"]
