@@ -192,12 +192,6 @@ class ServeSettings(BaseSettings):
         in_flight = self.batches_in_flight or max(1, min(2, share // (self.threads or 1)))
         return in_flight, self.threads or max(1, share // in_flight)
 
-    def decode_threads(self, cores: int) -> int:
-        """Intra-op threads of a generative version: its decode loop runs one step at a time, so the step has
-        this worker's whole share of the cores (SWITCHYARD_THREADS when set). On 2 cores, two threads wrote
-        about twice the tokens of one at 32 streams (docs/benchmarks-generation.md)."""
-        return self.threads or max(1, cores // self.workers)
-
     def tokens(self) -> dict[str, Principal]:
         """Token value -> who it is; SWITCHYARD_ADMIN_TOKEN is the actor "admin" with the admin role."""
         named = {}

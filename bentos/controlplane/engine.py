@@ -78,7 +78,6 @@ class Engine:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.threads = settings.parallelism(available_cores())[1]  # per batch; Slot takes the batch count
-        self.decode_threads = settings.decode_threads(available_cores())  # per generative version: one step at a time
         self.providers = tuple(settings.providers)
         self.metrics = get_metrics()
         self.stats = StatsRecorder()
@@ -270,8 +269,7 @@ class Engine:
 
     async def _preload(self, endpoint: Endpoint, spec: DeploymentSpec) -> dict[str, LoadedVersion]:
         missing = endpoint.missing(spec)
-        versions = await asyncio.gather(*(asyncio.to_thread(load_version, tag, self.threads, self.providers,
-                                                            self.decode_threads)
+        versions = await asyncio.gather(*(asyncio.to_thread(load_version, tag, self.threads, self.providers)
                                           for tag in missing))  # side by side: ORT sessions load in C++
         return dict(zip(missing, versions, strict=True))
 
@@ -609,8 +607,7 @@ class Engine:
                                     "be pinned as previews (deploy it to serve it anyway)")
             endpoint.preview_room(time.monotonic())  # 503 before a load when every slot is in use
             try:
-                endpoint.add_preview(await asyncio.to_thread(load_version, full, self.threads, self.providers,
-                                                                         self.decode_threads))
+                endpoint.add_preview(await asyncio.to_thread(load_version, full, self.threads, self.providers))
             except VersionLoadError as exc:
                 raise InvalidChange(str(exc)) from None
         return full
