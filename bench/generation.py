@@ -337,13 +337,13 @@ runpy.run_path({str(src / 'convert_hf_to_gguf.py')!r}, run_name="__main__")
 
 
 # --- the in-process ceiling -------------------------------------------------------------------------
-def in_process(tag: str, batches: list[int]) -> list[Point]:
+def in_process(tag: str, batches: list[int], threads: int) -> list[Point]:
     from bentos.dataplane.decode.runner import DecodeRunner
     from bentos.dataplane.decode.scheduler import StepPlan
     from bentos.dataplane.runtime import load_version
     from bentos.tasks.text_generation import SamplingParams
 
-    version = load_version(tag, 2)
+    version = load_version(tag, threads)
     texts = prompts()
     points = []
     for batch in batches:
@@ -362,9 +362,10 @@ def in_process(tag: str, batches: list[int]) -> list[Point]:
             runs.append((first - began, (time.perf_counter() - first) / (NEW_TOKENS - 1),
                          batch * NEW_TOKENS / (time.perf_counter() - began)))
         ttft, tpot, tps = (statistics.median(x) for x in zip(*runs, strict=True))
-        point = Point("in-process ORT loop (static batch)", batch, tps, 5 * batch, ttft * 1000, max(r[0] for r in runs)
-                      * 1000, tpot * 1000, max(r[1] for r in runs) * 1000)
-        print(f"  in-process batch {batch:3d}: {tps:8.0f} tok/s  ttft {ttft * 1000:.1f} ms  tpot {tpot * 1000:.2f} ms")
+        name = f"in-process ORT loop, {threads} thread{'s' if threads > 1 else ''} (static batch)"
+        point = Point(name, batch, tps, 5 * batch, ttft * 1000, max(r[0] for r in runs) * 1000, tpot * 1000,
+                      max(r[1] for r in runs) * 1000)
+        print(f"  {name} {batch:3d}: {tps:8.0f} tok/s  ttft {ttft * 1000:.1f} ms  tpot {tpot * 1000:.2f} ms")
         points.append(point)
     return points
 
@@ -385,7 +386,8 @@ def render(results: Path, out_md: Path) -> None:
              f"(commit `{meta['commit']}`, {meta['when']}, {meta['machine']}). Model: {meta['model']}. "
              f"{NEW_TOKENS} new tokens per request, greedy, the same prompts for every server; "
              f"{meta['seconds']:g} s of load per point after a warm-up. The in-process loop has no server: static "
-             "batches of the given size, the ceiling.\n",
+             "batches of the given size, the ceiling; once with one intra-op thread, as Switchyard's worker runs its "
+             "decode loop on 2 cores (the event loop's stream work has the other core), and once with two.\n",
              "| server | streams | output tokens/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | TPOT p99 ms | "
              "server CPU (cores) | RSS MB | requests | errors |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -444,8 +446,9 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     points: list[Point] = []
     left_out: list[str] = []
-    if "in-process" in wanted:
-        points += in_process(tag, streams)
+    if "in-process" in wanted:  # with the server's threads (one, on 2 cores), and with two
+        for threads in (1, 2):
+            points += in_process(tag, streams, threads)
     if "switchyard" in wanted:
         points += run_server("Switchyard", switchyard(tag, logs), f"/v1/{ENDPOINT}/generate", switchyard_body,
                              streams, args.seconds)
