@@ -27,7 +27,7 @@ from bentos.dataplane.routing import Router
 from bentos.dataplane.runtime import LoadedVersion, available_cores
 from bentos.dataplane.slot_queue import ForwardQueue, SlotQueue
 from bentos.dataplane.stats import StatsRecorder
-from bentos.dataplane.tracing import batch_spans, now_ns, recording, span, stream_spans
+from bentos.dataplane.tracing import batch_spans, current, now_ns, recording, span, stream_spans
 from bentos.errors import CALLERS_FAULT, ModelFailure, NoDeployment, NotFound, Overloaded, ServingError, TooBusy
 from bentos.request_context import request_id
 from bentos.schemas import DeploymentSpec
@@ -385,7 +385,7 @@ class Endpoint:
                 self.metrics.fallbacks.labels(self.name, pick.tag).inc()
                 pick = self._fallback(pick.router, pick.start)
                 continue
-            return Generation(self, pick, call, loop, flight, ids, params)
+            return Generation(self, pick, call, loop, flight, ids, params, trace_parent=current())
 
     @staticmethod
     def _release(pick: Pick) -> None:
@@ -404,8 +404,9 @@ class Endpoint:
         if usage.completion_tokens > 1 and flight.first_token_at is not None and gen.ended_at is not None:
             series.per_token.observe((gen.ended_at - flight.first_token_at) / (usage.completion_tokens - 1))
         series.request_duration.observe(gen.total_s)
-        if recording():
-            stream_spans(time.monotonic() - (gen.ended_at or time.monotonic()), gen.first_token_s, gen.total_s,
+        if gen.trace_parent is not None:
+            ago = time.monotonic() - (gen.ended_at or time.monotonic())
+            stream_spans(gen.trace_parent, ago, gen.first_token_s, gen.total_s,
                          endpoint=self.name, version=pick.tag, route=pick.route, outcome=gen.outcome or "",
                          prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
         if gen.outcome == "aborted":  # the client went: no verdict on the version

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bentos.dataplane.call import Call
 from bentos.dataplane.decode.loop import DecodeLoop, Flight
@@ -36,6 +36,9 @@ class Generation:
     on_close: list[Callable[[Generation], None]] = field(default_factory=list)
     outcome: Outcome | None = None
     ended_at: float | None = None
+    # The span current when it started (the request's), when tracing records: the stream ends after the
+    # handler that started it, where that span is no longer current.
+    trace_parent: Any = None
 
     @property
     def version(self) -> str:

@@ -51,7 +51,14 @@ def batch_spans(began_ns: int, queue_s: float, inference_s: float, **attributes:
         end_time=queued_until + int(inference_s * 1e9))
 
 
-def stream_spans(ended_ago_s: float, first_token_s: float, total_s: float, **attributes: Any) -> None:
+def current() -> Any | None:
+    """The current span when it records, else None: kept by work that ends after its request's handler (a
+    stream), to parent the spans it makes later."""
+    now = trace.get_current_span()
+    return now if now.is_recording() else None
+
+
+def stream_spans(parent: Any, ended_ago_s: float, first_token_s: float, total_s: float, **attributes: Any) -> None:
     """A generation's two phases as spans, timed after the fact (its tokens came from a loop shared by every
     stream, one step at a time): "prefill" from arrival to the first token (the wait for a place included),
     "decode" from there to the end. No span per token."""
@@ -59,8 +66,9 @@ def stream_spans(ended_ago_s: float, first_token_s: float, total_s: float, **att
     end = time.time_ns() - int(ended_ago_s * 1e9)
     began = end - int(total_s * 1e9)
     first = began + int(first_token_s * 1e9)
-    _tracer.start_span("switchyard.prefill", start_time=began, attributes=attrs).end(end_time=first)
-    _tracer.start_span("switchyard.decode", start_time=first, attributes=attrs).end(end_time=end)
+    context = trace.set_span_in_context(parent)
+    _tracer.start_span("switchyard.prefill", context=context, start_time=began, attributes=attrs).end(end_time=first)
+    _tracer.start_span("switchyard.decode", context=context, start_time=first, attributes=attrs).end(end_time=end)
 
 
 def now_ns() -> int:

@@ -224,11 +224,13 @@ class Kit:
                 yield shown, answered
 
         go.click(send, [chat, message, mode, key, pin, api_key, max_tokens, temperature], [chat, info])
-        with gr.Accordion("Two versions side by side", open=False):
-            with gr.Row():
-                a = gr.Dropdown(self.choices, value=self.choices[0] if self.choices else None, label="Version A",
+        spec = self.endpoint.spec
+        live = [v.tag for v in spec.versions] if spec else []
+        with gr.Accordion("Two versions side by side", open=False, elem_id=f"side-{name}"):
+            with gr.Row():  # by default the live ones (stable and its canary): the store may hold other models
+                a = gr.Dropdown(self.choices, value=(live or self.choices or [None])[0], label="Version A",
                                 allow_custom_value=True, interactive=True)
-                b = gr.Dropdown(self.choices, value=self.choices[-1] if self.choices else None, label="Version B",
+                b = gr.Dropdown(self.choices, value=(live or self.choices or [None])[-1], label="Version B",
                                 allow_custom_value=True, interactive=True)
             both = gr.Button("Send to both", elem_id=f"both-{name}")
             with gr.Row():

@@ -347,8 +347,9 @@ def test_the_playground_chat_streams_in_a_browser(gen_server: Served, writer: st
     from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
 
     ARTIFACTS.mkdir(exist_ok=True)
-    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
-        assert deploy(c, "writer", [(lm_tags["fp32"], "stable", 100)]).status_code == 200
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:  # version B side by side: the live canary
+        r = deploy(c, "writer", [(lm_tags["fp32"], "stable", 90), (lm_tags["int8"], "canary", 10)])
+        assert r.status_code == 200, r.text
     time.sleep(1)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
@@ -360,7 +361,7 @@ def test_the_playground_chat_streams_in_a_browser(gen_server: Served, writer: st
         answer = page.locator("#answer-writer")
         answer.get_by_text("Answered by").wait_for(timeout=30_000)
         chat = page.locator("#chat-writer").inner_text()
-        page.get_by_text("Two versions side by side").click()
+        page.locator("#side-writer").get_by_text("Two versions side by side").first.click()
         page.locator("#both-writer").click()
         page.wait_for_function("document.querySelector('#right-writer textarea').value.length > 3", timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "playground-chat.png"), full_page=True)

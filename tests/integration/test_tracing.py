@@ -76,6 +76,8 @@ def test_a_generation_gives_prefill_and_decode_spans(traced: tuple[Served, OtlpR
         phases = {s["name"]: s for s in receiver.spans if s["name"] in ("switchyard.prefill", "switchyard.decode")
                   and s["attributes"].get("switchyard.endpoint") == "traced-writer"}
         time.sleep(0.5)
+    seen = sorted({(s["name"], str(s["attributes"].get("switchyard.endpoint"))) for s in receiver.spans})
+    assert len(phases) == 2, seen
     prefill, decode = phases["switchyard.prefill"], phases["switchyard.decode"]
     assert prefill["end"] <= decode["start"] + 1000 and decode["end"] > decode["start"]
     assert decode["attributes"]["switchyard.completion_tokens"] == 12
