@@ -23,14 +23,21 @@ PROBLEM = {"type": "object", "required": ["detail"], "properties": {
     "more_errors": {"type": "integer"}, "request_id": {"type": "string"}}}
 # OIP errors carry "error"; its readiness routes answer 503 with their usual body, so both fit.
 OIP_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
+# The OpenAI-compatible routes answer errors as the official client reads them (bentos/api/openai.py).
+OPENAI_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "properties": {
+    "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
+    "code": {"type": "string"}, "request_id": {"type": "string"}}}}}
 LATENCY = {"type": "object", "properties": {k: {"type": "number"} for k in ("queue", "inference", "total")}}
 WORDS = {400: "malformed request", 401: "missing or wrong credential", 403: "the role or scope does not allow it",
          404: "no such endpoint, version, rollout or key", 409: "conflicts with the current state",
          413: "body too large", 422: "invalid input: the field and its limit", 429: "over the key's or client's rate",
+         500: "the model failed; the server log has its error",
          503: "overloaded, no model deployed, or control plane unavailable; see Retry-After"}
 ADMIN_ERRORS = (401, 403, 404, 409, 413, 422, 503)
 INFER_ERRORS = (401, 403, 404, 413, 422, 429, 503)
 OIP_ERRORS = (400, 401, 403, 404, 413, 429, 503)
+OPENAI_ERRORS = (400, 401, 403, 404, 413, 429, 500, 503)
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 # What each path parameter can be: anything else matches no route at all.
 PATH_PARAMS: dict[str, dict[str, Any]] = {
     "endpoint": {"type": "string", "pattern": "^[a-z0-9-]{1,40}$"},
@@ -96,7 +103,7 @@ class Components:
     """Collects schemas under components/schemas: pydantic models with their $defs hoisted."""
 
     def __init__(self) -> None:
-        self.schemas: dict[str, Any] = {"Problem": PROBLEM, "OipError": OIP_ERROR}
+        self.schemas: dict[str, Any] = {"Problem": PROBLEM, "OipError": OIP_ERROR, "OpenAIError": OPENAI_ERROR}
 
     def model(self, model: type[BaseModel]) -> dict[str, str]:
         schema = model.model_json_schema(ref_template=REF)
@@ -169,7 +176,12 @@ def route_operation(method: str, path: str, route: Route, parts: Components) -> 
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": parts.model(body)}}}
     status = 201 if method == "POST" and path in ("/v1/admin/endpoints", "/v1/admin/keys") else 200
-    if oip:
+    if path in OPENAI_PATHS:
+        op["security"] = [{}, {"apiKey": []}]
+        op["responses"] = {**ok({"type": "object"}), **errors(OPENAI_ERRORS, "OpenAIError")}
+        if method == "POST":
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+    elif oip:
         op["responses"] = {**ok({"type": "object"}), **errors(OIP_ERRORS, "OipError")}
         if method == "POST":
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}},
