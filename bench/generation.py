@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import cpu_seconds, rss_mb, wait_http  # noqa: E402
+from bench.peers import stop_peer  # noqa: E402
 from tests.servers import Served, free_port, isolated_home, serve_env  # noqa: E402
 
 STATE = ROOT / ".state"
@@ -231,17 +232,11 @@ def start(argv: list[str], env: dict[str, str], log: Path, ready: str) -> tuple[
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    import signal
-
+    """The server's process group, then any worker that left it (BentoML's run in sessions of their own)."""
     import psutil
 
     children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    stop_peer(proc)
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()

@@ -39,16 +39,20 @@ def build_playground(holder: EngineHolder) -> Any:
         stored = [v["tag"] for v in list_versions(endpoint.task.name) if v["metrics"].get("validation_passed")]
         return live + [t for t in stored if t not in live]
 
+    def visitor(name: str, mode: str, key: str | None, pinned: str | None, api_key: str | None) -> CallMeta:
+        """A playground call as the serving path sees it: the visitor's API key, routed or pinned."""
+        if mode == "pinned" and not pinned:
+            raise fail("Choose a version to pin, or switch to routed mode.")
+        credentials = {"x-api-key": api_key.strip()} if api_key and api_key.strip() else {}
+        return CallMeta(name, credentials, pin=pinned if mode == "pinned" else None,
+                        routing_key=(key or "").strip() or None, source="playground", protocol="playground",
+                        stored_pins=True)
+
     async def ask(name: str, items: list[Any], mode: str, key: str | None, pinned: str | None,
                   api_key: str | None = None) -> Answer:
         """Through the service's own serving path, as any protocol: the gate (the visitor's API key, rates,
         pin scope), admission, routing, pins."""
-        if mode == "pinned" and not pinned:
-            raise fail("Choose a version to pin, or switch to routed mode.")
-        credentials = {"x-api-key": api_key.strip()} if api_key and api_key.strip() else {}
-        meta = CallMeta(name, credentials, pin=pinned if mode == "pinned" else None,
-                        routing_key=(key or "").strip() or None, source="playground", protocol="playground",
-                        stored_pins=True)
+        meta = visitor(name, mode, key, pinned, api_key)
         try:
             async with holder.serving().admit(meta) as ticket:
                 return await ticket.infer(items)
@@ -59,12 +63,7 @@ def build_playground(holder: EngineHolder) -> Any:
                     api_key: str | None = None) -> AsyncIterator[tuple[str, str]]:
         """Generation through the same serving path: the text so far as it grows, and what answered. Closing
         this generator (the visitor left, or pressed Stop) aborts the request at the decode loop's next step."""
-        if mode == "pinned" and not pinned:
-            raise fail("Choose a version to pin, or switch to routed mode.")
-        credentials = {"x-api-key": api_key.strip()} if api_key and api_key.strip() else {}
-        meta = CallMeta(name, credentials, pin=pinned if mode == "pinned" else None,
-                        routing_key=(key or "").strip() or None, source="playground", protocol="playground",
-                        stored_pins=True)
+        meta = visitor(name, mode, key, pinned, api_key)
         try:
             async with holder.serving().admit(meta) as ticket:
                 ticket.body_read()

@@ -30,15 +30,21 @@ def load_tokenizer(tokenizer_file: Path, max_tokens: int = MAX_TOKENS, pad_id: i
     return tok
 
 
+def tokenizer_file(preprocess: dict[str, Any], model_dir: Path | None) -> Path:
+    """The version's `tokenizer.json`: `preprocess.tokenizer`, relative to its model directory."""
+    path = Path(preprocess.get("tokenizer", "tokenizer.json"))
+    found = path if path.is_absolute() or model_dir is None else model_dir / path
+    if not found.is_file():
+        raise FileNotFoundError(f"tokenizer file {found} is missing")
+    return found
+
+
 class TextCodec(Codec):
     """`preprocess`: tokenizer (file name in the model dir), max_tokens, pad_id, pad_token."""
 
     def __init__(self, signature: dict[str, Any], preprocess: dict[str, Any], model_dir: Path | None = None) -> None:
         super().__init__(signature, preprocess, model_dir)
-        path = Path(preprocess.get("tokenizer", "tokenizer.json"))
-        self.tokenizer_file = path if path.is_absolute() or model_dir is None else model_dir / path
-        if not self.tokenizer_file.is_file():
-            raise FileNotFoundError(f"tokenizer file {self.tokenizer_file} is missing")
+        self.tokenizer_file = tokenizer_file(preprocess, model_dir)
         self.max_tokens = int(preprocess.get("max_tokens", MAX_TOKENS))
         self._tok = load_tokenizer(self.tokenizer_file, self.max_tokens, int(preprocess.get("pad_id", 0)),
                                    str(preprocess.get("pad_token", "[PAD]")))

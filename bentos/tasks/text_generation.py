@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 
 from bentos.errors import InvalidInput
 from bentos.tasks.base import Codec, Feed, Limits, Task
+from bentos.tasks.text import tokenizer_file
 
 if TYPE_CHECKING:
     from bentos.tasks.playground_kit import Kit
@@ -123,10 +124,7 @@ class GenerationCodec(Codec):
 
     def __init__(self, signature: dict[str, Any], preprocess: dict[str, Any], model_dir: Path | None = None) -> None:
         super().__init__(signature, preprocess, model_dir)
-        path = Path(preprocess.get("tokenizer", "tokenizer.json"))
-        self.tokenizer_file = path if path.is_absolute() or model_dir is None else model_dir / path
-        if not self.tokenizer_file.is_file():
-            raise FileNotFoundError(f"tokenizer file {self.tokenizer_file} is missing")
+        self.tokenizer_file = tokenizer_file(preprocess, model_dir)
         self.tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
