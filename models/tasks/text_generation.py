@@ -217,7 +217,3 @@ def gate(metrics: dict[str, Any], thresholds: dict[str, float], data: Dataset) -
 
 def headline(metrics: dict[str, Any]) -> str:
     return f"ppl {metrics['perplexity']:.3f}"
-
-
-def output_axes(outputs: int) -> list[dict[int, str]]:
-    return [{0: "batch"} for _ in range(outputs)]

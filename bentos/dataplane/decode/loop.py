@@ -148,9 +148,6 @@ class DecodeLoop:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
-    def flight(self, request_id: str) -> Flight | None:
-        return self.flights.get(request_id)
-
     # --- the loop ------------------------------------------------------------------------
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
@@ -159,7 +156,7 @@ class DecodeLoop:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self.scheduler.running and not self.scheduler.waiting and not self._aborts_pending():
+            if not self.scheduler.has_work:
                 self.runner.compact()
                 self._wake.clear()
                 await self._wake.wait()
@@ -176,9 +173,6 @@ class DecodeLoop:
                 self._fail_step(plan, exc)
                 continue
             self._deliver(plan, result)
-
-    def _aborts_pending(self) -> bool:
-        return bool(self.scheduler._aborted)
 
     def _hold_slow_readers(self, now: float) -> None:
         for rid in list(self.scheduler.running):

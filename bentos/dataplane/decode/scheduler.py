@@ -104,6 +104,11 @@ class DecodeScheduler:
             seq.held = held
 
     @property
+    def has_work(self) -> bool:
+        """Something to plan: requests running or waiting, or aborts to apply."""
+        return bool(self.running or self.waiting or self._aborted)
+
+    @property
     def has_spare(self) -> bool:
         """Nobody waits: background work (shadow copies) may run."""
         return not any(not s.shadow for s in self.waiting)
