@@ -7,6 +7,7 @@ from bentoml._internal.configuration.containers import BentoMLContainer  # its t
 
 from bentos.api.admin import admin_routes
 from bentos.api.app import EngineHolder, create_app
+from bentos.api.grpc.server import grpc_server
 from bentos.api.health import health_routes
 from bentos.api.oip import oip_routes
 from bentos.api.oip_generate import oip_generate_routes
@@ -20,7 +21,7 @@ from bentos.settings import ServeSettings
 
 holder = EngineHolder()
 app = create_app(holder, [*health_routes(holder), *admin_routes(holder), *openai_routes(holder),
-                         *oip_routes(holder), *oip_generate_routes(holder)])
+                         *oip_routes(holder), *oip_generate_routes(holder)], beside=[grpc_server])
 
 
 @bentoml.asgi_app(app, path="/")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -19,6 +21,21 @@ def request_id() -> str:
     return REQUEST_ID.get()
 
 
+def accepted_or_new(given: str | None) -> str:
+    """The caller's id when it is short and plain, else a new one."""
+    return given if given and ACCEPTED.match(given) else uuid.uuid4().hex
+
+
+@contextmanager
+def request_scope(given: str | None) -> Iterator[str]:
+    """The current request's id for the block (protocols without the middleware: gRPC)."""
+    token = REQUEST_ID.set(accepted_or_new(given))
+    try:
+        yield REQUEST_ID.get()
+    finally:
+        REQUEST_ID.reset(token)
+
+
 class RequestIds:
     """ASGI middleware: take X-Request-ID from the request or make one; answer with it."""
 
@@ -29,8 +46,7 @@ class RequestIds:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        rid = given if ACCEPTED.match(given) else uuid.uuid4().hex
+        rid = accepted_or_new(next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None))
         token = REQUEST_ID.set(rid)
 
         async def send_with_id(message: dict[str, Any]) -> None:

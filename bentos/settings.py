@@ -108,6 +108,10 @@ class ServeSettings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="Extra wait for a fuller batch; 0 = never wait.")
     max_queue: int = Field(1024, ge=1, description="Queued requests per version before 503.")
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline for a request to get a model slot.")
+    grpc_port: int | None = Field(3001, ge=1, le=65535, description=(
+        "The Open Inference Protocol over gRPC, in every worker; false turns it off."))
+    grpc_host: str | None = Field(None, description=(
+        "The address gRPC listens on; default: the HTTP server's own (bentoml serve --host)."))
     fast_lane: bool = Field(True, description=(
         "Send /v1 and /v2 requests to Switchyard's app directly, around BentoML's middleware (README: Performance)."))
 
@@ -154,6 +158,11 @@ class ServeSettings(BaseSettings):
     canary_compare_sample: float = Field(
         0.2, ge=0, le=1, description="Share of a canary's answers also asked of stable, in the background and "
                                      "dropped when busy, so a rollout's agreement check works in canary steps.")
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _port_or_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("false", "off", "no", "") else value
 
     @field_validator("admin_token")
     @classmethod

@@ -158,8 +158,13 @@ class ServerErrors:
         await response(scope, receive, send)
 
 
-def create_app(holder: EngineHolder, extra_routes: list[Any] | None = None) -> ServingApp:
-    """The app is built at import; the engine is bound when the service starts."""
+Beside = Callable[[EngineHolder], contextlib.AbstractAsyncContextManager[None]]
+
+
+def create_app(holder: EngineHolder, extra_routes: list[Any] | None = None,
+               beside: list[Beside] | None = None) -> ServingApp:
+    """The app is built at import; the engine is bound when the service starts, and `beside` (servers for
+    other protocols, such as gRPC) run for the app's life, after the engine starts, on its event loop."""
 
     async def predict(request: Request) -> Response:
         return await infer(holder.serving(), request)
@@ -172,7 +177,10 @@ def create_app(holder: EngineHolder, extra_routes: list[Any] | None = None) -> S
         engine = holder.get()
         await engine.start()
         try:
-            yield
+            async with contextlib.AsyncExitStack() as servers:
+                for server in beside or []:
+                    await servers.enter_async_context(server(holder))
+                yield
         finally:
             await engine.stop()
 

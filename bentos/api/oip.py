@@ -9,8 +9,6 @@ outputs go back in binary when the client asks, as tritonclient does by default.
 from __future__ import annotations
 
 import json
-import math
-import struct
 from typing import Any
 
 import numpy as np
@@ -21,22 +19,34 @@ from starlette.routing import Route
 
 from bentos.api.app import EngineHolder
 from bentos.api.http import ascii_int, counted, http_meta, read_body
+from bentos.api.oip_tensors import (
+    MAX_DIMS,
+    MAX_INPUTS,
+    OipError,
+    check_batch,
+    check_names,
+    check_tensor,
+    chosen,
+    from_raw,
+    from_values,
+    items_of,
+    raw_of,
+    served_codec,
+    tensor_meta,
+)
 from bentos.api.problems import first_error, json_response, oip_problem
-from bentos.dataplane.endpoint import Endpoint
-from bentos.errors import InvalidInput, NoDeployment, ServingError
-from bentos.tasks.base import OIP_DTYPES, Codec, oip_datatype
+from bentos.errors import ServingError
+from bentos.tasks.base import Codec, oip_datatype
 
 HEADER = "inference-header-content-length"
-
-
-class OipError(ServingError):
-    status = 400
+# What GET /v2 and gRPC's ServerMetadata say.
+SERVER = {"name": "switchyard", "version": "1", "extensions": ["binary_tensor_data"]}
 
 
 class TensorIn(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = Field(min_length=1)
-    shape: list[int] = Field(max_length=8)
+    shape: list[int] = Field(max_length=MAX_DIMS)
     datatype: str
     data: Any = None
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -51,88 +61,43 @@ class OutputRequest(BaseModel):
 class InferRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: str | None = None
-    inputs: list[TensorIn] = Field(min_length=1, max_length=64)
+    inputs: list[TensorIn] = Field(min_length=1, max_length=MAX_INPUTS)
     outputs: list[OutputRequest] | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-def _shape(spec: dict[str, Any]) -> list[int]:
-    return [d if isinstance(d, int) and d > 0 else -1 for d in spec["shape"]]
-
-
-def tensor_meta(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"name": s["name"], "datatype": oip_datatype(s["dtype"]), "shape": _shape(s)} for s in specs]
-
-
-def _bytes_elements(raw: bytes, count: int, name: str) -> np.ndarray:
-    """BYTES in the binary extension: each element a 4-byte little-endian length, then the bytes."""
-    out, offset = [], 0
-    for _ in range(count):
-        if offset + 4 > len(raw):
-            raise OipError(f"input {name}: binary BYTES data ends early")
-        (n,) = struct.unpack_from("<I", raw, offset)
-        out.append(raw[offset + 4:offset + 4 + n])
-        offset += 4 + n
-    return np.array(out, dtype=object)
-
-
 def decode_input(t: TensorIn, spec: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarray, int]:
-    want = oip_datatype(spec["dtype"])
-    if t.datatype != want:
-        raise OipError(f"input {t.name}: datatype {t.datatype} does not match the model's {want}")
-    expected = _shape(spec)
-    if len(t.shape) != len(expected) or any(e not in (-1, g) for e, g in zip(expected, t.shape, strict=True)):
-        raise OipError(f"input {t.name}: shape {t.shape} does not fit the model's {expected}")
-    count = math.prod(t.shape)
+    """One input from JSON `data` or, with `binary_data_size`, from the binary part after the JSON header."""
+    want = check_tensor(t.name, t.datatype, t.shape, spec)
     size = t.parameters.get("binary_data_size")
-    if size is not None:
-        raw = binary[offset:offset + int(size)]
-        if len(raw) != int(size):
-            raise OipError(f"input {t.name}: binary_data_size {size} runs past the request body")
-        if want == "BYTES":
-            return _bytes_elements(raw, count, t.name).reshape(t.shape), offset + int(size)
-        dtype = np.dtype(OIP_DTYPES[want]).newbyteorder("<")
-        if len(raw) != count * dtype.itemsize:
-            raise OipError(f"input {t.name}: {len(raw)} bytes do not make {want} of shape {t.shape}")
-        return np.frombuffer(raw, dtype).reshape(t.shape), offset + int(size)
-    if t.data is None:
-        raise OipError(f"input {t.name}: no data and no binary_data_size")
-    try:
-        arr = np.array(t.data, dtype=object if want == "BYTES" else OIP_DTYPES[want])
-    except (TypeError, ValueError, OverflowError):
-        raise OipError(f"input {t.name}: data is not {want}") from None
-    if arr.size != count:
-        raise OipError(f"input {t.name}: {arr.size} values do not fill shape {t.shape}")
-    return arr.reshape(t.shape), offset
+    if size is None:
+        if t.data is None:
+            raise OipError(f"input {t.name}: no data and no binary_data_size", field=t.name)
+        return from_values(t.data, want, t.shape, t.name), offset
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise OipError(f"input {t.name}: binary_data_size must be a byte count", field=t.name)
+    raw = binary[offset:offset + size]
+    if len(raw) != size:
+        raise OipError(f"input {t.name}: binary_data_size {size} runs past the request body", field=t.name)
+    return from_raw(raw, want, t.shape, t.name), offset + size
 
 
 def encode_outputs(tensors: dict[str, np.ndarray], request: InferRequest) -> tuple[list[dict[str, Any]], bytes]:
     wanted = {o.name: o for o in request.outputs} if request.outputs else None
-    if wanted:
-        unknown = [n for n in wanted if n not in tensors]
-        if unknown:
-            raise OipError(f"unknown output {unknown[0]!r}; outputs: {', '.join(tensors)}")
     all_binary = bool(request.parameters.get("binary_data_output"))
     outputs, chunks = [], []
-    for name, arr in tensors.items():
-        if wanted is not None and name not in wanted:
-            continue
+    for name, arr in chosen(tensors, wanted).items():
         binary = bool(wanted[name].parameters.get("binary_data", all_binary)) if wanted else all_binary
         entry: dict[str, Any] = {"name": name, "datatype": oip_datatype(arr.dtype.name), "shape": list(arr.shape)}
         if binary:
-            raw = np.ascontiguousarray(arr, arr.dtype.newbyteorder("<")).tobytes()
+            raw = raw_of(arr)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = arr.reshape(-1).tolist()
+            entry["data"] = [v.decode(errors="replace") if isinstance(v, bytes) else v
+                             for v in arr.reshape(-1).tolist()]
         outputs.append(entry)
     return outputs, b"".join(chunks)
-
-
-def _codec(endpoint: Endpoint) -> Codec:
-    if endpoint.spec is None or endpoint.spec.stable.tag not in endpoint.slots:
-        raise NoDeployment(f"model {endpoint.name} has no deployed version yet")
-    return endpoint.slots[endpoint.spec.stable.tag].version.codec
 
 
 def oip_routes(holder: EngineHolder) -> list[Route]:
@@ -144,12 +109,12 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
         return json_response({"ready": ok}, 200 if ok else 503)
 
     async def server(request: Request) -> Response:
-        return json_response({"name": "switchyard", "version": "1", "extensions": ["binary_tensor_data"]})
+        return json_response(SERVER)
 
     async def metadata(request: Request) -> Response:
         try:
             endpoint = await holder.serving().endpoint(request.path_params["model"])
-            codec = _codec(endpoint)
+            codec = served_codec(endpoint)
         except ServingError as exc:
             return oip_problem(exc)
         versions = [v.tag for v in endpoint.spec.versions] if endpoint.spec else []
@@ -174,10 +139,8 @@ def oip_routes(holder: EngineHolder) -> list[Route]:
                 body = await read_body(counted(request, ticket), endpoint.limits.max_body_bytes,
                                        "limits.max_body_bytes")
                 parsed, binary = _parse(body, request.headers.get(HEADER))
-                codec = _codec(endpoint)
-                items = codec.from_oip(_inputs(parsed, codec, binary))
-                if len(items) > endpoint.limits.max_rows:
-                    raise InvalidInput("inputs", f"at most {endpoint.limits.max_rows} rows (limits.max_rows)")
+                codec = served_codec(endpoint)
+                items = items_of(codec, _inputs(parsed, codec, binary), endpoint.limits.max_rows)
                 answer = await ticket.infer(items)
             outputs, raw = encode_outputs(answer.codec.to_oip(answer.outputs), parsed)
         except ServingError as exc:
@@ -215,18 +178,8 @@ def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]
 
 
 def _inputs(request: InferRequest, codec: Codec, binary: bytes) -> dict[str, np.ndarray]:
-    specs = {s["name"]: s for s in codec.oip_inputs()}
-    names = [t.name for t in request.inputs]
-    for name in names:
-        if name not in specs:
-            raise OipError(f"unknown input {name!r}; the model takes {', '.join(specs)}")
-    missing = [n for n in specs if n not in names]
-    if missing:
-        raise OipError(f"missing input {missing[0]!r}; the model takes {', '.join(specs)}")
+    specs = check_names([t.name for t in request.inputs], codec)
     tensors, offset = {}, 0
     for t in request.inputs:
         tensors[t.name], offset = decode_input(t, specs[t.name], binary, offset)
-    batch = {len(a) for a in tensors.values()}
-    if len(batch) != 1 or 0 in batch:
-        raise OipError("every input needs the same, non-zero first dimension (the batch)")
-    return tensors
+    return check_batch(tensors)

@@ -50,10 +50,15 @@ async def read_prompt(request: Request, ticket: Ticket, stream: bool) -> Prompt:
     params = body.get("parameters") or {}
     if not isinstance(params, dict):
         raise InvalidInput("parameters", "must be an object")
-    text = body.get("text_input")
-    fields = {**{k: body[k] for k in SAMPLING if k in body}, **{k: params[k] for k in SAMPLING if k in params}}
+    return prompt_of(ticket, body.get("text_input"), {**body, **params}, stream)
+
+
+def prompt_of(ticket: Ticket, text: Any, fields: dict[str, Any], stream: bool) -> Prompt:
+    """`text_input` and the sampling fields among `fields`, checked by the endpoint's request model (errors name
+    text_input, as the caller sent it): OIP's generate extension and OIP over gRPC."""
+    sampling = {k: fields[k] for k in SAMPLING if k in fields}
     try:
-        parsed = ticket.endpoint.request_model.model_validate({"prompt": text, **fields})
+        parsed = ticket.endpoint.request_model.model_validate({"prompt": text, **sampling})
     except ValidationError as exc:
         errors = validation_errors(exc)
         for e in errors:

@@ -76,6 +76,8 @@ class RolloutHook(Protocol):
 class Engine:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
+        # What else this worker listens on, for health (the gRPC server says so when it starts).
+        self.listeners: dict[str, dict[str, Any]] = {}
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.threads = settings.parallelism(available_cores())[1]  # per batch; Slot takes the batch count
         self.providers = tuple(settings.providers)
@@ -677,7 +679,7 @@ class Engine:
         return await asyncio.to_thread(list_versions, task)
 
     def health(self) -> dict[str, Any]:
-        return {"ready": self.ready, "worker": self.worker_id,
+        return {"ready": self.ready, "worker": self.worker_id, **self.listeners,
                 "control_plane": {"ok": self.store is not None and self.store_error is None,
                                   "error": self.store_error},
                 "endpoints": {name: e.health() for name, e in self.endpoints.items()}}

@@ -10,11 +10,11 @@ callers skip even that.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 
 _tracer: Any = trace.get_tracer("switchyard")
 
@@ -39,6 +39,16 @@ def span(name: str, **attributes: Any) -> Iterator[Any]:
     with _tracer.start_as_current_span(f"switchyard.{name}",
                                       attributes={f"switchyard.{k}": v for k, v in attributes.items()}) as s:
         yield s
+
+
+@contextmanager
+def server_span(name: str, carrier: Mapping[str, str], **attributes: Any) -> Iterator[None]:
+    """A request's own span where no HTTP server made one (gRPC), parented on the caller's `traceparent`, so
+    `span` and `batch_spans` below it have a parent. Not recording unless BentoML's sampler says so."""
+    with _tracer.start_as_current_span(f"switchyard.{name}", context=propagate.extract(carrier),
+                                      kind=trace.SpanKind.SERVER,
+                                      attributes={f"switchyard.{k}": v for k, v in attributes.items()}):
+        yield
 
 
 def batch_spans(began_ns: int, queue_s: float, inference_s: float, **attributes: Any) -> None:
