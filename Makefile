@@ -64,6 +64,7 @@ host-check:
 
 serve: host-check models $(TOKEN_FILE)
 	@echo "API:         http://$(HOST):$(PORT)   (OpenAPI /v1/openapi.json, health /v1/health)"
+	@echo "OIP gRPC:    $(HOST):$${SWITCHYARD_GRPC_PORT:-3001}"
 	@echo "playground:  http://$(HOST):$(PORT)/playground/"
 	@echo "console:     http://$(HOST):$(CONSOLE_PORT)"
 	@echo "admin token: $${SWITCHYARD_ADMIN_TOKEN:-$$(cat $(TOKEN_FILE))}   (also in $(TOKEN_FILE))"

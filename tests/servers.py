@@ -75,6 +75,8 @@ class Served:
                  port: int | None = None, log_dir: Path | None = None, cpu_list: str | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        grpc_port = env.get("SWITCHYARD_GRPC_PORT", "false")
+        self.grpc = f"127.0.0.1:{grpc_port}" if grpc_port.isdigit() else None  # host:port, when gRPC is on
         self.log_path = (log_dir or Path(tempfile.gettempdir())) / f"bentoml-serve-{self.port}.log"
         cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)]
         if cpu_list:  # benchmarks pin the server away from the load generator
@@ -140,9 +142,12 @@ def isolated_home(shared: Path, where: Path) -> Path:
 
 
 def serve_env(bentoml_home: Path, state_dir: Path, **settings: str) -> dict[str, str]:
+    """A server's environment; gRPC is off unless `grpc_port` is given (every worker of every server would
+    otherwise share the default port 3001, through SO_REUSEPORT)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
     env.update(BENTOML_HOME=str(isolated_home(bentoml_home, state_dir)), BENTOML_DO_NOT_TRACK="True",
-               HF_HUB_OFFLINE="1", SWITCHYARD_STATE_DIR=str(state_dir), PYTHONUNBUFFERED="1")
+               HF_HUB_OFFLINE="1", SWITCHYARD_STATE_DIR=str(state_dir), PYTHONUNBUFFERED="1",
+               SWITCHYARD_GRPC_PORT="false")
     env.update({f"SWITCHYARD_{k.upper()}": v for k, v in settings.items()})
     return env
 

@@ -45,7 +45,8 @@ def status(ctx: click.Context, window: int) -> None:
     def render(out: Console) -> None:
         store = health["control_plane"]
         out.print(f"[bold]{connection(ctx).url}[/bold]  {'ready' if health['ready'] else '[red]not ready[/red]'}"
-                  f"  control plane {'ok' if store['ok'] else '[red]' + str(store['error']) + '[/red]'}")
+                  f"  control plane {'ok' if store['ok'] else '[red]' + str(store['error']) + '[/red]'}"
+                  f"  {_grpc(health.get('grpc'))}")
         t = table("endpoint", "version", "role", "weight", "req/s", "p95 ms", "errors", "rollout")
         for name, endpoint in sorted(health["endpoints"].items()):
             rollout = rollouts.get(name)
@@ -60,6 +61,13 @@ def status(ctx: click.Context, window: int) -> None:
         out.print(t)
 
     emit(ctx, data, render)
+
+
+def _grpc(listener: dict[str, Any] | None) -> str:
+    """gRPC as the worker that answered reports it."""
+    if not listener or listener.get("port") is None:
+        return "gRPC off"
+    return f"gRPC :{listener['port']} {'up' if listener.get('up') else '[red]down[/red]'}"
 
 
 @click.command()

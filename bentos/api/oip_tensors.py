@@ -113,6 +113,9 @@ def check_names(names: list[str], codec: Codec) -> dict[str, dict[str, Any]]:
     specs = {s["name"]: s for s in codec.oip_inputs()}
     if len(names) > MAX_INPUTS:
         raise OipError(f"inputs: at most {MAX_INPUTS} tensors", field="inputs", limit={"max_inputs": MAX_INPUTS})
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise OipError(f"input {twice!r} is sent more than once", field="inputs")
     for name in names:
         if name not in specs:
             raise OipError(f"unknown input {name!r}; the model takes {', '.join(specs)}", field="inputs")

@@ -16,7 +16,7 @@ import yaml
 
 from tests.conftest import ROOT
 from tests.integration.conftest import AUTH, TOKEN
-from tests.servers import Served, serve_env
+from tests.servers import Served, free_port, serve_env
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,8 @@ def bento_tag(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
 def bento(bento_tag: str, tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     empty = tmp_path_factory.mktemp("empty-cwd")
     state = tmp_path_factory.mktemp("bento-state")
-    served = Served(serve_env(Path(os.environ["BENTOML_HOME"]), state, admin_token=TOKEN), target=bento_tag,
-                    cwd=empty, log_dir=state)
+    served = Served(serve_env(Path(os.environ["BENTOML_HOME"]), state, admin_token=TOKEN, grpc_port=str(free_port())),
+                    target=bento_tag, cwd=empty, log_dir=state)
     try:
         served.wait_ready()
         yield served
@@ -61,6 +61,7 @@ def test_bento_carries_code_models_and_no_torch(bento_tag: str, tags: dict[str, 
     assert "onnxruntime" in requirements and "tokenizers" in requirements
     assert "torch" not in requirements and "transformers" not in requirements
     assert "scikit-learn" not in requirements
+    assert "grpcio-health-checking" in requirements and "tritonclient[grpc]" in requirements
     assert (root / "src" / "switchyard.yaml").is_file() and (root / "src" / "bentos" / "tasks" / "tensor.py").is_file()
     assert {e.name for e in info.info.envs} >= {"SWITCHYARD_STATE_DIR", "SWITCHYARD_THREADS", "HF_HUB_OFFLINE"}
 
@@ -104,3 +105,11 @@ def test_served_bento_answers_everything(bento: Served, tags: dict[str, str]) ->
         assert "switchyard_requests_total" in c.get("/metrics").text
         assert c.get("/v1/admin/deployments", headers=AUTH).status_code == 200
         assert c.get("/v1/admin/deployments").status_code == 401
+    import numpy as np
+    import tritonclient.grpc as tc
+
+    assert bento.grpc is not None  # the bento starts the gRPC server too
+    client = tc.InferenceServerClient(bento.grpc)
+    pixels = tc.InferInput("pixels", [1, 64], "FP32")
+    pixels.set_data_from_numpy(np.array([[0.0] * 20 + [16.0] * 10 + [4.0] * 34], np.float32))
+    assert client.infer("digits", [pixels]).as_numpy("probabilities").shape == (1, 10)

@@ -1,5 +1,6 @@
 """Endpoints as data on a running `bentoml serve`: created through the admin API, no restart,
-served through REST and the Open Inference Protocol (with tritonclient, Triton's own client)."""
+served through REST and the Open Inference Protocol over HTTP and gRPC (with tritonclient, Triton's own
+client)."""
 
 from __future__ import annotations
 
@@ -104,26 +105,50 @@ def test_tensor_endpoint_takes_json_and_base64_binary(server: Served, live: dict
             assert r.json()["outputs"]["sum"] == (a + b).tolist() and r.json()["outputs"]["dot"] == [6.0, 15.0]
 
 
-def test_tritonclient_infers_on_every_tensor_task_and_pins_a_version(server: Served, live: dict[str, str]) -> None:
-    import tritonclient.http as triton
+def triton_client(server: Served, protocol: str) -> tuple[Any, Any]:
+    """Triton's own client module and a client of it, over HTTP or gRPC."""
+    if protocol == "http":
+        import tritonclient.http as http
 
-    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+        return http, http.InferenceServerClient(url=server.url.removeprefix("http://"))
+    import tritonclient.grpc as grpc
+
+    assert server.grpc is not None
+    return grpc, grpc.InferenceServerClient(server.grpc)
+
+
+def answered_version(result: Any) -> str:
+    response = result.get_response()
+    return str(response["model_version"] if isinstance(response, dict) else response.model_version)
+
+
+def tensors(meta: Any) -> list[dict[str, Any]]:
+    if isinstance(meta, dict):
+        return list(meta["inputs"])
+    return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.inputs]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_tritonclient_infers_on_every_tensor_task_and_pins_a_version(server: Served, live: dict[str, str],
+                                                                     protocol: str) -> None:
+    triton, client = triton_client(server, protocol)
+    json_data = {"binary_data": False} if protocol == "http" else {}  # gRPC has raw contents only
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("colors")
-    meta = client.get_model_metadata("colors")
-    assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 16, 16]}]
+    assert tensors(client.get_model_metadata("colors")) == [{"name": "image", "datatype": "FP32",
+                                                             "shape": [-1, 3, 16, 16]}]
     pics, labels = color_images(4, seed=3)
     image = triton.InferInput("image", [4, 3, 16, 16], "FP32")
     image.set_data_from_numpy(normalise(pics))  # binary tensor data, the client's default
     probs = client.infer("colors", [image]).as_numpy("probabilities")
     assert probs.shape == (4, 3) and probs.argmax(1).tolist() == labels.tolist()
     pinned = client.infer("colors", [image], model_version=live["cnn2"].split(":")[1])
-    assert pinned.get_response()["model_version"] == live["cnn2"]
+    assert answered_version(pinned) == live["cnn2"]
 
     a, b = triton.InferInput("a", [2, 3], "FP32"), triton.InferInput("b", [2, 3], "FP32")
-    a.set_data_from_numpy(np.arange(6, dtype=np.float32).reshape(2, 3), binary_data=False)
+    a.set_data_from_numpy(np.arange(6, dtype=np.float32).reshape(2, 3), **json_data)
     b.set_data_from_numpy(np.ones((2, 3), np.float32))
-    out = client.infer("adder", [a, b], outputs=[triton.InferRequestedOutput("dot", binary_data=False)])
+    out = client.infer("adder", [a, b], outputs=[triton.InferRequestedOutput("dot", **json_data)])
     assert out.as_numpy("dot").tolist() == [3.0, 12.0] and out.as_numpy("sum") is None
 
     text = triton.InferInput("text", [2], "BYTES")
@@ -131,21 +156,22 @@ def test_tritonclient_infers_on_every_tensor_task_and_pins_a_version(server: Ser
     assert client.infer("sentiment", [text]).as_numpy("probabilities").shape == (2, 2)
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
 @pytest.mark.parametrize(("datatype", "shape", "needle"), [
     ("FP64", [1, 3, 16, 16], "datatype FP64 does not match the model's FP32"),
     ("FP32", [1, 3, 8, 8], "shape [1, 3, 8, 8] does not fit the model's [-1, 3, 16, 16]"),
 ])
 def test_tritonclient_gets_a_clear_400(server: Served, live: dict[str, str], datatype: str, shape: list[int],
-                                       needle: str) -> None:
-    import tritonclient.http as triton
+                                       needle: str, protocol: str) -> None:
     from tritonclient.utils import InferenceServerException
 
-    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    triton, client = triton_client(server, protocol)
     bad = triton.InferInput("image", shape, datatype)
     bad.set_data_from_numpy(np.zeros(shape, np.float64 if datatype == "FP64" else np.float32))
     with pytest.raises(InferenceServerException) as info:
         client.infer("colors", [bad])
-    assert info.value.status() == "400" and needle in info.value.message()
+    assert info.value.status() == {"http": "400", "grpc": "StatusCode.INVALID_ARGUMENT"}[protocol]
+    assert needle in info.value.message() and "input image" in info.value.message()
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
 
 

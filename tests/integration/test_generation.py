@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.integration.conftest import AUTH, deploy, serve_with
-from tests.servers import Served
+from tests.servers import Served, free_port
 
 pytestmark = pytest.mark.integration
 PROMPT = "The cat sat on"
@@ -61,7 +61,7 @@ def slow_tag(tmp_path_factory: pytest.TempPathFactory, tiny_lm_text: Path) -> st
 def gen_server(tags: dict[str, str], lm_tags: dict[str, str],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     yield from serve_with(tags, tmp_path_factory.mktemp("state-gen"), workers=1, canary_compare_sample="1.0",
-                          max_new_tokens="1000")
+                          max_new_tokens="1000", grpc_port=str(free_port()))
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +188,43 @@ def test_oip_generate_and_generate_stream(gen_server: Served, writer: str, tiny_
         assert "".join(e["text_output"] for e in events) == expected and events[-1]["finish_reason"]
         bad = c.post("/v2/models/writer/generate", json={"text_input": PROMPT, "parameters": {"top_p": 0}})
         assert bad.status_code == 400 and "top_p" in bad.json()["error"]
+
+
+def test_generation_over_grpc_whole_and_streamed_with_tritonclient(gen_server: Served, writer: str,
+                                                                   tiny_lms: dict[str, Path]) -> None:
+    """ModelInfer answers the whole text; ModelStreamInfer a response per piece, as Triton's decoupled models do,
+    the last flagged triton_final_response; bad sampling values are INVALID_ARGUMENT naming the field."""
+    import numpy as np
+    import tritonclient.grpc as tc
+    from tritonclient.utils import InferenceServerException
+
+    expected = in_process_greedy(tiny_lms["gpt2"], PROMPT, 16)
+    assert gen_server.grpc is not None
+    client = tc.InferenceServerClient(gen_server.grpc)
+    text = tc.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([PROMPT.encode()], dtype=object))
+    whole = client.infer(writer, [text], parameters={"max_tokens": 16})
+    assert whole.as_numpy("text_output")[0].decode() == expected
+    assert whole.get_response().parameters["finish_reason"].string_param == "length"
+
+    pieces: list[Any] = []
+    final = threading.Event()
+
+    def collect(result: Any, error: Any) -> None:
+        pieces.append(error or result)
+        if error is not None or result.get_response().parameters["triton_final_response"].bool_param:
+            final.set()
+
+    client.start_stream(callback=collect)
+    client.async_stream_infer(writer, [text], parameters={"max_tokens": 16})
+    assert final.wait(60)
+    client.stop_stream()
+    assert not any(isinstance(p, InferenceServerException) for p in pieces), pieces
+    assert len(pieces) > 2 and "".join(p.as_numpy("text_output")[0].decode() for p in pieces) == expected
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(writer, [text], parameters={"top_p": 0})
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and "top_p" in info.value.message()
+    client.close()
 
 
 def test_bad_sampling_values_get_422_naming_the_field(gen_server: Served, writer: str) -> None:

@@ -98,13 +98,17 @@ def test_a_good_canary_is_promoted_step_by_step(client: httpx.Client, server: Se
     print("promotion:", _timeline(state, began))
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_a_bad_canary_is_rolled_back_and_clients_see_no_errors(client: httpx.Client, server: Served,
-                                                               tags: dict[str, str], mlp_stable: None) -> None:
+                                                               tags: dict[str, str], mlp_stable: None,
+                                                               protocol: str) -> None:
+    """Driven by one protocol's traffic alone: the evidence is the same whichever way requests came."""
     began = time.time()
     policy = {"steps": [10, 50, 100], "min_requests": 200, "min_seconds": 5, "interval_s": 0.5}
     r = _rollout(client, body={"tag": tags["faulty"], "policy": policy, "reason": "a bad canary"})
     assert r.status_code == 200, r.text
-    with Traffic(server.url, [WITH_ZERO, NO_ZERO, NO_ZERO]) as traffic:  # a third of the rows fail on it
+    grpc = server.grpc if protocol == "grpc" else None
+    with Traffic(server.url, [WITH_ZERO, NO_ZERO, NO_ZERO], grpc=grpc) as traffic:  # a third fail on it
         state = _wait_status(client, {"promoted", "rolled_back"})
     assert state["status"] == "rolled_back"
     assert set(traffic.status) == {200}, traffic.status  # the fallback to stable answered every failure

@@ -16,11 +16,18 @@ NO_ZERO = [1.0] * 20 + [16.0] * 10 + [4.0] * 34
 FAST = {"min_requests": 60, "min_seconds": 1, "interval_s": 0.5, "latency_ratio": 4.0}
 
 
-class Traffic:
-    """Client threads posting digits until stopped; counts status codes and versions."""
+# gRPC statuses as the HTTP status the same error gets (bentos/api/problems.py), so counts compare.
+GRPC_AS_HTTP = {"StatusCode.INVALID_ARGUMENT": 400, "StatusCode.RESOURCE_EXHAUSTED": 429,
+                "StatusCode.UNAVAILABLE": 503, "StatusCode.INTERNAL": 500, "StatusCode.NOT_FOUND": 404,
+                "StatusCode.DEADLINE_EXCEEDED": 504}
 
-    def __init__(self, url: str, rows: list[list[float]], threads: int = 3) -> None:
-        self.url, self.rows = url, rows
+
+class Traffic:
+    """Client threads posting digits until stopped; counts status codes and versions. With `grpc` (host:port)
+    they call ModelInfer with Triton's gRPC client instead, and count a gRPC error as its HTTP twin."""
+
+    def __init__(self, url: str, rows: list[list[float]], threads: int = 3, grpc: str | None = None) -> None:
+        self.url, self.rows, self.grpc = url, rows, grpc
         self.status: Counter[int] = Counter()
         self.versions: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()  # transport errors by kind, to say what went wrong
@@ -28,6 +35,9 @@ class Traffic:
         self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
 
     def _run(self, seed: int) -> None:
+        if self.grpc is not None:
+            self._run_grpc(seed, self.grpc)
+            return
         with httpx.Client(base_url=self.url, timeout=30) as c:
             i = seed
             while not self._stop.is_set():
@@ -41,6 +51,28 @@ class Traffic:
                 self.status[r.status_code] += 1
                 self.versions[r.headers.get("x-model-version", "?")] += 1
                 i += 1
+
+    def _run_grpc(self, seed: int, target: str) -> None:
+        import numpy as np
+        import tritonclient.grpc as tc
+        from tritonclient.utils import InferenceServerException
+
+        client, i = tc.InferenceServerClient(target), seed
+        try:
+            while not self._stop.is_set():
+                tensor = tc.InferInput("pixels", [1, 64], "FP32")
+                tensor.set_data_from_numpy(np.array([self.rows[i % len(self.rows)]], np.float32))
+                try:
+                    answer = client.infer("digits", [tensor], client_timeout=30)
+                except InferenceServerException as e:
+                    self.status[GRPC_AS_HTTP.get(str(e.status()), 0)] += 1
+                    self.errors[f"{e.status()}: {e.message()}"] += 1
+                    continue
+                self.status[200] += 1
+                self.versions[answer.get_response().model_version] += 1
+                i += 1
+        finally:
+            client.close()
 
     def __enter__(self) -> Traffic:
         for t in self._threads:
