@@ -34,7 +34,8 @@ class Switchyard:
 
     def __init__(self) -> None:
         # Settings and switchyard.yaml are read here, when a worker starts, never at import time.
-        use_provider(BentoMLContainer.tracer_provider.get())  # BentoML's `tracing` config, for our spans too
+        # BentoML's `tracing` config, for our spans too
+        use_provider(BentoMLContainer.tracer_provider.get(), bool(BentoMLContainer.tracing.exporter_type.get()))
         self.engine = Engine(ServeSettings())
         self.engine.rollouts = RolloutController(self.engine)
         holder.engine = self.engine

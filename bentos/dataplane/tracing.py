@@ -17,12 +17,14 @@ from typing import Any
 from opentelemetry import propagate, trace
 
 _tracer: Any = trace.get_tracer("switchyard")
+_exporting = False
 
 
-def use_provider(provider: Any) -> None:
-    """Make spans with `provider` (BentoML's), so they reach its exporter under its HTTP spans."""
-    global _tracer
-    _tracer = provider.get_tracer("switchyard")
+def use_provider(provider: Any, exporting: bool) -> None:
+    """Make spans with `provider` (BentoML's), so they reach its exporter under its HTTP spans. `exporting`:
+    BentoML has an exporter configured (its sampler records every span, exported or not)."""
+    global _tracer, _exporting
+    _tracer, _exporting = provider.get_tracer("switchyard"), exporting
 
 
 def recording() -> bool:
@@ -44,7 +46,11 @@ def span(name: str, **attributes: Any) -> Iterator[Any]:
 @contextmanager
 def server_span(name: str, carrier: Mapping[str, str], **attributes: Any) -> Iterator[None]:
     """A request's own span where no HTTP server made one (gRPC), parented on the caller's `traceparent`, so
-    `span` and `batch_spans` below it have a parent. Not recording unless BentoML's sampler says so."""
+    `span` and `batch_spans` below it have a parent. None when nothing is exported: BentoML's sampler would
+    record every span (sampled or not) for nobody."""
+    if not _exporting:
+        yield
+        return
     with _tracer.start_as_current_span(f"switchyard.{name}", context=propagate.extract(carrier),
                                       kind=trace.SpanKind.SERVER,
                                       attributes={f"switchyard.{k}": v for k, v in attributes.items()}):

@@ -8,6 +8,7 @@ Protocol mapping and the playground widget.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -32,6 +33,7 @@ OIP_DTYPES: dict[str, str] = {
 NUMPY_TO_OIP = {v: k for k, v in OIP_DTYPES.items()}
 
 
+@functools.lru_cache(maxsize=64)  # once per dtype name: np.dtype() costs more than the rest of a small answer
 def oip_datatype(dtype: str) -> str:
     return NUMPY_TO_OIP.get(np.dtype(dtype).name if dtype != "string" else "object", "BYTES")
 

@@ -99,7 +99,7 @@ class Inference:
         md = metadata(context)
         with request_scope(md.get("x-request-id")) as rid, server_span("grpc.ModelInfer", md):
             try:
-                answer = [r async for r in self._run(raw, md, context, stream=False)][-1]
+                answer = await self._one(raw, md, context)
             except ServingError as exc:
                 await abort(context, exc)
             context.set_trailing_metadata((("x-request-id", rid),))
@@ -116,7 +116,7 @@ class Inference:
         async def one(raw: bytes) -> None:
             with request_scope(None), server_span("grpc.ModelStreamInfer", md):
                 try:
-                    async for answer in self._run(raw, md, context, stream=True):
+                    async for answer in self._run(raw, md, context):
                         await out.put(pb.ModelStreamInferResponse(infer_response=answer))
                 except ServingError as exc:
                     await out.put(pb.ModelStreamInferResponse(error_message=f"{exc.message} "
@@ -148,23 +148,37 @@ class Inference:
                 task.cancel()
             out.put_nowait(None)
 
-    async def _run(self, raw: bytes, md: Mapping[str, str], context: Context,
-                   stream: bool) -> AsyncIterator[pb.ModelInferResponse]:
-        """One request through the serving path: one response, or for a generative model streamed, one per
-        piece of text."""
+    async def _one(self, raw: bytes, md: Mapping[str, str], context: Context) -> pb.ModelInferResponse:
+        """One request, one response (a generative model's whole text). The hot path: no generator."""
+        request = parse(pb.ModelInferRequest, raw)
+        meta = call_meta(context, md, request.model_name, request.model_version, len(raw))
+        async with self.holder.serving().admit(meta) as ticket:
+            ticket.reserve(len(raw))
+            if ticket.endpoint.task.execution != "decode":
+                return await self._forward(ticket, request)
+            async for answer in self._write(ticket, request, stream=False):
+                return answer
+        raise AssertionError("a generation ends with a final response")
+
+    async def _run(self, raw: bytes, md: Mapping[str, str], context: Context) -> AsyncIterator[pb.ModelInferResponse]:
+        """One request of a stream: one response, or for a generative model one per piece of text."""
         request = parse(pb.ModelInferRequest, raw)
         meta = call_meta(context, md, request.model_name, request.model_version, len(raw))
         async with self.holder.serving().admit(meta) as ticket:
             ticket.reserve(len(raw))
             if ticket.endpoint.task.execution == "decode":
-                async for answer in self._write(ticket, request, stream):
+                async for answer in self._write(ticket, request, stream=True):
                     yield answer
                 return
-            endpoint = ticket.endpoint
-            codec = served_codec(endpoint)
-            answer = await ticket.infer(items_of(codec, tensors_of(request, codec), endpoint.limits.max_rows))
+            yield await self._forward(ticket, request)
+
+    @staticmethod
+    async def _forward(ticket: Ticket, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        endpoint = ticket.endpoint
+        codec = served_codec(endpoint)
+        answer = await ticket.infer(items_of(codec, tensors_of(request, codec), endpoint.limits.max_rows))
         outputs = chosen(answer.codec.to_oip(answer.outputs), [o.name for o in request.outputs] or None)
-        yield response(request, endpoint.name, answer.version, outputs, wants_raw(request), route=answer.route)
+        return response(request, endpoint.name, answer.version, outputs, wants_raw(request), route=answer.route)
 
     async def _write(self, ticket: Ticket, request: pb.ModelInferRequest,
                      stream: bool) -> AsyncIterator[pb.ModelInferResponse]:
