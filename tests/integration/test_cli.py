@@ -61,6 +61,7 @@ def test_a_canary_by_hand_deploy_promote_roll_back_and_the_audit(server: Served,
     deployed = out["revision"]
     text = ok(run(server.url, "status"))
     assert "digits" in text and tags["cnn"] in text and "canary" in text
+    assert server.grpc is not None and f"gRPC :{server.grpc.rsplit(':', 1)[1]} up" in text
     promoted = ok(run(server.url, "promote", "digits", "--reason", "cli: cnn is better", "--yes", "-o", "json"))
     assert promoted["versions"][0] == {"tag": tags["cnn"], "role": "stable", "weight": 100}
     assert promoted["versions"][1]["role"] == "shadow" and promoted["shadow_sample"] == 25  # shadows stay

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from bench.harness import wrk
 from tests.conftest import ROOT
 from tests.integration.conftest import AUTH, TOKEN, console_on_loopback, serve_with
-from tests.servers import Served
+from tests.servers import Served, free_port
 
 pytestmark = pytest.mark.integration
 BOUND_MB, FILE_MB = 0.5, 0.05
@@ -26,7 +27,8 @@ ROW = [0.0] * 20 + [16.0] * 10 + [4.0] * 34
 def logged(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Path]]:
     where = tmp_path_factory.mktemp("payloads")
     setting = {"sample": 1.0, "dir": str(where), "max_file_mb": FILE_MB, "max_total_mb": BOUND_MB}
-    for served in serve_with(tags, tmp_path_factory.mktemp("state-logged"), 1, payload_log=json.dumps(setting)):
+    for served in serve_with(tags, tmp_path_factory.mktemp("state-logged"), 1, payload_log=json.dumps(setting),
+                             grpc_port=str(free_port())):
         yield served, where
 
 
@@ -63,6 +65,27 @@ def test_payload_log_rotates_stays_bounded_and_is_read_back(logged: tuple[Served
             break
     assert newest[0]["request_id"] == "find-me" and newest[0]["version"] == r.headers["x-model-version"]
     assert newest[0]["inputs"] == [ROW] and newest[0]["outputs"][0]["label"] == r.json()["predictions"][0]["label"]
+
+
+def test_a_grpc_call_is_logged_with_its_request_id_and_protocol(logged: tuple[Served, Path]) -> None:
+    import numpy as np
+    import tritonclient.grpc as tc
+
+    served, _ = logged
+    assert served.grpc is not None
+    pixels = tc.InferInput("pixels", [1, 64], "FP32")
+    pixels.set_data_from_numpy(np.array([ROW], np.float32))
+    answer = tc.InferenceServerClient(served.grpc).infer("digits", [pixels], headers={"x-request-id": "grpc-7"})
+    entry: dict[str, Any] = {}
+    for _ in range(50):  # the writer thread flushes within moments
+        rows = httpx.get(f"{served.url}/v1/admin/payloads", params={"endpoint": "digits", "limit": 20},
+                         headers=AUTH, timeout=30).json()
+        entry = next((e for e in rows if e["request_id"] == "grpc-7"), {})
+        if entry:
+            break
+        time.sleep(0.1)
+    assert entry["protocol"] == "grpc" and entry["version"] == answer.get_response().model_version
+    assert entry["inputs"] == [ROW] and entry["outputs"][0]["label"] == int(answer.as_numpy("probabilities").argmax())
 
 
 def test_a_redacting_endpoint_leaves_no_raw_input_on_disk(logged: tuple[Served, Path],

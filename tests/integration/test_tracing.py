@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import serve_with
 from tests.otlp import OtlpReceiver
-from tests.servers import Served
+from tests.servers import Served, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,8 @@ def traced(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     tracing = "services.switchyard.tracing"
     options = (f"{tracing}.exporter_type=otlp {tracing}.sample_rate=1.0 {tracing}.otlp.protocol=http "
                f"{tracing}.otlp.endpoint={receiver.url}")
-    for served in serve_with(tags, tmp_path_factory.mktemp("state-traced"), 1, bentoml_options=options):
+    for served in serve_with(tags, tmp_path_factory.mktemp("state-traced"), 1, bentoml_options=options,
+                             grpc_port=str(free_port())):
         yield served, receiver
     receiver.close()
 
@@ -82,3 +83,31 @@ def test_a_generation_gives_prefill_and_decode_spans(traced: tuple[Served, OtlpR
     assert prefill["end"] <= decode["start"] + 1000 and decode["end"] > decode["start"]
     assert decode["attributes"]["switchyard.completion_tokens"] == 12
     assert prefill["trace_id"] == decode["trace_id"]
+
+
+def test_a_grpc_call_continues_the_callers_trace(traced: tuple[Served, OtlpReceiver], tags: dict[str, str]) -> None:
+    """No HTTP server makes a span for gRPC: Switchyard's own server span takes the caller's traceparent, and the
+    request's spans hang under it as under BentoML's HTTP span."""
+    import numpy as np
+    import tritonclient.grpc as tc
+
+    served, receiver = traced
+    trace_id, caller = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    assert served.grpc is not None
+    client = tc.InferenceServerClient(served.grpc)
+    pixels = tc.InferInput("pixels", [1, 64], "FP32")
+    pixels.set_data_from_numpy(np.zeros((1, 64), np.float32))
+    client.infer("digits", [pixels], headers={"traceparent": f"00-{trace_id}-{caller}-01"})
+    end, tree = time.monotonic() + 30, []
+    while time.monotonic() < end:
+        tree = [s for s in receiver.spans if s["trace_id"] == trace_id]
+        if {"switchyard.grpc.ModelInfer", "switchyard.request", "switchyard.inference"} <= {s["name"] for s in tree}:
+            break
+        time.sleep(0.5)
+    names = {s["name"]: s for s in tree}
+    print(sorted((s["name"], s["parent_id"][:6], s["span_id"][:6]) for s in tree))
+    server = names["switchyard.grpc.ModelInfer"]
+    assert server["parent_id"] == caller
+    assert names["switchyard.request"]["parent_id"] == server["span_id"]
+    assert names["switchyard.request"]["attributes"]["switchyard.version"] == tags["mlp"]
+    assert names["switchyard.inference"]["parent_id"] == names["switchyard.request"]["span_id"]
