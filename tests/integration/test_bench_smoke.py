@@ -1,4 +1,4 @@
-"""`bench/serving.py --smoke`: every installed server answers every smoke workload, so the harness cannot rot."""
+"""`bench/serving.py --smoke`: a server of every kind answers every smoke workload, so the harness cannot rot."""
 
 from __future__ import annotations
 
@@ -28,9 +28,8 @@ def test_smoke_run_measures_every_installed_server(tags: dict[str, str], digits_
 
     runs = {r["name"]: r for r in json.loads(out.with_suffix(".json").read_text())["runs"]}
     expected = {"HTTP floor (Starlette, no model)", "naive FastAPI + torch eager fp32",
-                "naive FastAPI + ORT (same file)",
-                "stock BentoML max_latency_ms=100", "stock BentoML max_latency_ms=1000",
-                "LitServe batch_timeout=0ms", "LitServe batch_timeout=5ms", "Switchyard 1-version", "Switchyard 90-10"}
+                "naive FastAPI + ORT (same file)", "stock BentoML max_latency_ms=100", "LitServe batch_timeout=0ms",
+                "Switchyard 90-10"}
     assert set(runs) == expected  # all are installed by `make install`
     for name, run in runs.items():
         assert {load["workload"] for load in run["loads"]} == {"embed-one", "digits-one"}, name
