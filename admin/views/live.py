@@ -8,6 +8,7 @@ import httpx
 import pandas as pd
 import streamlit as st
 
+from admin.charts import time_chart
 from admin.common import client, guard, history, settings
 from admin.metrics import PROMQL, promql, series, series_name
 
@@ -57,13 +58,13 @@ def live() -> None:
         rows["series"] = [series_name(e, v) for e, v in zip(rows["endpoint"], rows["version"], strict=True)]
         cols = st.columns(3)
         for i, (metric, title) in enumerate(CHARTS):
-            data = rows.pivot_table(index="time", columns="series", values=metric, aggfunc="mean")
+            data = rows[["time", "series", metric]].dropna(subset=[metric])
             with cols[i % 3]:
                 st.markdown(f"**{title}**")
-                if data.dropna(how="all").empty:
+                if data.empty:
                     st.caption("no data")
                 else:
-                    st.line_chart(data, height=200)
+                    st.altair_chart(time_chart(data, metric), width="stretch")
 
 
 live()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -26,6 +27,12 @@ def row(m: dict[str, Any]) -> dict[str, Any]:
             "created": m.get("created", "")[:19]}
 
 
+def shown_value(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return str(value)
+
+
 with guard():
     models = client().models()
     table = pd.DataFrame([row(m) for m in models])
@@ -47,5 +54,6 @@ with guard():
     left = a.selectbox("Version A", table["tag"], key="compare_a")
     right = b.selectbox("Version B", table["tag"], index=min(1, len(table) - 1), key="compare_b")
     by_tag = {m["tag"]: m for m in models}
-    cmp = pd.DataFrame({"A": row(by_tag[left]), "B": row(by_tag[right])})
+    # Text only: a column of names and numbers together cannot become an Arrow column (it logged a traceback).
+    cmp = pd.DataFrame({"A": row(by_tag[left]), "B": row(by_tag[right])}).map(shown_value)
     st.dataframe(cmp, width="stretch")

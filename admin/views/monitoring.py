@@ -3,14 +3,13 @@ live distribution against the version's validation data. A pure client of GET /v
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
-from typing import Any
 
 import pandas as pd
 import streamlit as st
 
+from admin.charts import bin_names, bins_chart, time_chart
 from admin.client import ConsoleError
 from admin.common import client, guard, may, settings
 from admin.metrics import series_name
@@ -22,15 +21,6 @@ conf = settings()
 st.caption(f"Drift of each version's traffic against its validation data (PSI; {THRESHOLD} alerts), from the "
            "sampled share of requests (SWITCHYARD_DRIFT_SAMPLE). Refreshing every "
            f"{conf.refresh_s:g} s.")
-
-
-def bins(histogram: dict[str, Any]) -> pd.DataFrame:
-    edges = histogram["edges"]
-    names = [f"< {edges[0]:g}"] + [f"{a:g} to {b:g}" for a, b in itertools.pairwise(edges)] \
-        + [f">= {edges[-1]:g}"] if edges else ["all"]
-    names = [f"{i + 1}: {name}" for i, name in enumerate(names)]  # the chart sorts bins by name
-    return pd.DataFrame({"validation data": histogram["reference"], "live": histogram["live"]},
-                        index=pd.Index(names, name="bin"))
 
 
 endpoint = None
@@ -64,9 +54,12 @@ def monitoring() -> None:
                        help=f"{report['rows']} sampled rows")
             if score is not None and score > THRESHOLD:
                 col.error(f"drifting: {report['worst'][0]['feature']} PSI {report['worst'][0]['psi']:.2f}")
-        history = pd.DataFrame([t for t in trail if t["version"] in versions])
+        history = pd.DataFrame([t for t in trail if t["version"] in versions]).dropna(subset=["input drift"])
         st.subheader("Drift over time")
-        st.line_chart(history.pivot_table(index="time", columns="series", values="input drift"), height=220)
+        if history.empty:
+            st.caption("collecting")
+        else:
+            st.altair_chart(time_chart(history, "input drift", height=220), width="stretch")
         st.subheader("Features drifting most")
         st.dataframe(pd.DataFrame([{"version": tag, **w} for tag, r in versions.items() for w in r["worst"]]),
                      hide_index=True)
@@ -80,7 +73,8 @@ def monitoring() -> None:
         for tag, report in detailed.items():
             if report.get("histogram"):
                 st.markdown(f"**{tag}**: `{feature}`, validation data against live traffic")
-                st.bar_chart(bins(report["histogram"]), height=220, stack=False)
+                h = report["histogram"]
+                st.altair_chart(bins_chart(bin_names(h["edges"]), h["reference"], h["live"]), width="stretch")
 
 
 monitoring()
@@ -94,8 +88,8 @@ def payload_log() -> None:
         return
     try:
         entries = client().payloads(name, limit=50)
-    except ConsoleError as exc:
-        st.caption(f"{exc} (the payload log is off unless SWITCHYARD_PAYLOAD_LOG is set)")
+    except ConsoleError as exc:  # the service's own words say how to turn it on
+        st.caption(str(exc))
         return
     if not entries:
         st.caption("Nothing logged yet for this endpoint.")

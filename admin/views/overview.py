@@ -33,7 +33,10 @@ with guard():
                 left, right = st.columns([2, 3])
                 weights = pd.DataFrame(split_rows(dep["versions"])).set_index("version")[["weight %"]]
                 left.bar_chart(weights, horizontal=True, height=120 + 30 * len(weights))
-                left.dataframe(pd.DataFrame(split_rows(dep["versions"])), hide_index=True)
+                # A static table, weights first: in the narrow column a data grid cut "weight %" to "weigh" and
+                # scrolled the weights out of sight behind long tags.
+                left.table(pd.DataFrame(split_rows(dep["versions"]))[["weight %", "role", "version"]]
+                           .set_index("weight %"))
                 versions = [(k, v) for k, v in stats.items() if k[0] == endpoint]
                 rps = sum(v["rps"] for _, v in versions)
                 errors = sum(v["rps"] * v["error_rate"] for _, v in versions) / rps if rps else 0.0

@@ -50,6 +50,13 @@ def history_table(state: dict[str, Any]) -> pd.DataFrame:
                          for h in reversed(state["decisions"])])
 
 
+def flash(message: str) -> None:
+    """The page again at once, showing what the change did and the rollout as it now stands (drawn below the
+    form, the old state stayed on screen until Refresh)."""
+    st.session_state["rollout_flash"] = message
+    st.rerun()
+
+
 def controls(api: AdminClient, endpoint: str, state: dict[str, Any]) -> None:
     if state["status"] not in ("running", "paused"):
         return
@@ -65,7 +72,7 @@ def controls(api: AdminClient, endpoint: str, state: dict[str, Any]) -> None:
     if action:
         with guard():
             done = api.rollout_action(endpoint, action, reason.strip())
-            st.success(f"Rollout {done['status']}.")
+            flash(f"Rollout {done['status']}.")
 
 
 def start_form(api: AdminClient, endpoint: str, stable: str | None) -> None:
@@ -105,9 +112,11 @@ def start_form(api: AdminClient, endpoint: str, stable: str | None) -> None:
                       "checks": checks, "min_agreement": min_agreement}
             with guard():
                 state = api.start_rollout(endpoint, tag, policy, reason.strip())
-                st.success(f"Rollout of {state['canary']} started at {state['percent']} %.")
+                flash(f"Rollout of {state['canary']} started at {state['percent']} %.")
 
 
+if "rollout_flash" in st.session_state:
+    st.success(st.session_state.pop("rollout_flash"))
 with guard():
     api = client()
     endpoints = list(api.deployments())

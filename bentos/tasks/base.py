@@ -76,11 +76,22 @@ class Codec(ABC):
 
     # Set for tasks whose rows are one float vector (classifiers, embeddings): the v2 output's name.
     oip_output: ClassVar[str | None] = None
+    # How two versions' `agreement` is judged: the accuracy gate's threshold on the same measure, by the name
+    # the build side stores it under (metadata gate.thresholds) and its default there (models/cli.py).
+    agreement_name: ClassVar[str] = "top-1 agreement"
+    agreement_key: ClassVar[str] = "min_agreement"
+    agreement_default: ClassVar[float] = 0.99
 
     def __init__(self, signature: dict[str, Any], preprocess: dict[str, Any], model_dir: Path | None = None) -> None:
         self.signature = signature
         self.preprocess = preprocess
         self.model_dir = model_dir
+        self.gate: dict[str, float] = {}  # the thresholds this version's accuracy gate used (Task.codec)
+
+    def agreement_floor(self) -> float:
+        """The least `agreement` this version's gate let through against fp32: two versions that agree at least
+        this well are as close as their gates asked."""
+        return float(self.gate.get(self.agreement_key, self.agreement_default))
 
     # --- what the build side stores ------------------------------------------------------
     def schema(self) -> dict[str, Any]:
@@ -215,7 +226,10 @@ class Task(ABC):
 
     @classmethod
     def codec(cls, metadata: dict[str, Any], model_dir: Path | None) -> Codec:
-        return cls.codec_class(metadata["schema"], metadata.get("preprocess") or {}, model_dir)
+        codec = cls.codec_class(metadata["schema"], metadata.get("preprocess") or {}, model_dir)
+        thresholds = (metadata.get("gate") or {}).get("thresholds") or {}
+        codec.gate = {k: float(v) for k, v in thresholds.items() if isinstance(v, int | float)}
+        return codec
 
     @classmethod
     @abstractmethod

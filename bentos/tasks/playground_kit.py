@@ -298,7 +298,11 @@ async def compare_versions(ask: Ask, endpoint: str, items: list[Any], left_tag: 
     rows = [[short(i if isinstance(i, str) else "input"), short(da), short(db), round(s, 5)]
             for i, da, db, s in zip(items, decoded_a, decoded_b, scores, strict=True)]
     mean = float(np.mean(scores))
-    word = "agree" if mean >= 0.999 else "disagree"
-    text = (f"**They {word}**: mean agreement {mean:.4f}, lowest {min(scores):.4f}.\n\n"
+    # Each version passed a gate against fp32 on this same measure: the looser of the two is the agreement
+    # they were both allowed (a fixed 0.999 called two int8 embeddings at cosine 0.9905 "disagreeing").
+    floor = min(left.codec.agreement_floor(), right.codec.agreement_floor())
+    word = "agree" if mean >= floor else "disagree"
+    text = (f"**They {word}**: mean {left.codec.agreement_name} {mean:.4f} (agreeing means at least {floor:.4f}, "
+            f"the looser of the two versions' accuracy gates), lowest {min(scores):.4f}.\n\n"
             f"`{left.version}`: {latency(left)}\n\n`{right.version}`: {latency(right)}")
     return rows, text

@@ -69,6 +69,14 @@ def _check_column(name: str, spec: dict[str, Any], rows: list[Any]) -> None:
 
 
 class TensorCodec(Codec):
+    agreement_name: ClassVar[str] = "1 - relative L2"
+    agreement_key: ClassVar[str] = "max_rel_l2"
+    agreement_default: ClassVar[float] = 0.01
+
+    def agreement_floor(self) -> float:
+        """The gate bounds the relative L2 distance; agreement is one minus it."""
+        return 1.0 - float(self.gate.get(self.agreement_key, self.agreement_default))
+
     def check(self, items: list[Any], limits: Limits) -> None:
         """Every row of every input: a regular array of numbers, of the model's row shape and within its
         dtype's range, so that nothing the batch thread does with them can fail on the caller's data."""

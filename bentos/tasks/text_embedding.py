@@ -24,6 +24,9 @@ PROJECTIONS, PROJECTION_SEED = 4, 20_261_124
 
 
 class EmbeddingCodec(TextCodec):
+    agreement_name: ClassVar[str] = "cosine"
+    agreement_key: ClassVar[str] = "min_cosine"
+
     oip_output: ClassVar[str | None] = "embeddings"
 
     def split(self, feed: Feed, outputs: list[np.ndarray]) -> list[Any]:

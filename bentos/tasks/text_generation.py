@@ -119,6 +119,10 @@ def left_padded(rows: list[list[int]], pad: int = 0) -> tuple[np.ndarray, np.nda
 
 
 class GenerationCodec(Codec):
+    agreement_name: ClassVar[str] = "greedy-token agreement"
+    agreement_key: ClassVar[str] = "min_token_agreement"
+    agreement_default: ClassVar[float] = 0.9
+
     """`preprocess`: tokenizer (file in the model dir), generation (GraphSpec's fields), chat_template
     (optional: "plain" joins messages as "role: content" lines)."""
 

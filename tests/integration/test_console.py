@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import subprocess
@@ -66,8 +67,12 @@ def test_overview_shows_health_and_splits(console_env: Served, tags: dict[str, s
     assert any("/digits" in s.value for s in at.subheader)
 
 
-def test_models_lists_the_registry_with_lineage(console_env: Served, tags: dict[str, str]) -> None:
+def test_models_lists_the_registry_with_lineage(console_env: Served, tags: dict[str, str],
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     at = page("models")
+    # the compare table mixed names and numbers in a column: Streamlit logged an ArrowTypeError on every render
+    assert not [r for r in caplog.records if "Arrow" in r.getMessage()], caplog.text[-2000:]
     table = at.dataframe[0].value
     assert {tags["mlp"], tags["cnn"]} <= set(table["tag"])
     row = table[table["tag"] == tags["cnn"]].iloc[0]
@@ -269,6 +274,13 @@ def shared_console(single_worker: Served) -> Iterator[str]:
     yield from start_console(single_worker.url, None)
 
 
+def chart_texts(pg: Any) -> list[list[str]]:
+    """The words of each Vega chart on the page (Streamlit draws them as SVG): axis labels and legends."""
+    charts = pg.locator("[data-testid='stVegaLiteChart']")
+    return [[t.strip() for t in charts.nth(i).locator("svg text").all_inner_texts() if t.strip()]
+            for i in range(charts.count())]
+
+
 def canary_in_browser(pg: Any, tag: str, reason: str) -> None:
     """On the Deployments page: `tag` as a 10 % canary, with a reason and the confirmation."""
     pg.get_by_label("Canary version").click()
@@ -289,9 +301,11 @@ def test_browser_changes_the_split_and_every_page_renders(streamlit_app: str, si
     with httpx.Client(base_url=single_worker.url) as c:
         deploy(c, "digits", [(tags["mlp"], "stable", 100)])
     ARTIFACTS.mkdir(exist_ok=True)
+    asked: list[str] = []  # every URL any page asks for: a stack on a machine without internet loads nothing outside
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.on("request", lambda request: asked.append(request.url))
         pg.goto(f"{streamlit_app}/deployments", wait_until="networkidle", timeout=60_000)
         pg.get_by_text("Change the split").wait_for(timeout=30_000)
         canary_in_browser(pg, tags["cnn"], "browser: 10 % to the CNN")
@@ -315,7 +329,21 @@ def test_browser_changes_the_split_and_every_page_renders(streamlit_app: str, si
             pg.screenshot(path=str(shot), full_page=True)
             assert pg.locator("[data-testid='stException']").count() == 0
             assert not_blank(shot), f"{shot} looks blank"
+            if path == "":  # the split's weights are on screen, next to their roles
+                split = pg.locator("[data-testid='stTable']").first.inner_text()
+                assert "weight %" in split and "90" in split and "10" in split, split
+            if path == "live":
+                charts = chart_texts(pg)
+                from admin.metrics import series_name
+
+                series = {series_name("digits", t) for t in (tags["mlp"], tags["cnn"])}
+                for legend in charts:  # every chart names every series it draws, in full
+                    assert not any(t.endswith("…") for t in legend), legend
+                assert any(series <= set(texts) for texts in charts), charts
+                assert not any("0.000000" in t for texts in charts for t in texts)
         browser.close()
+    outside = [u for u in asked if not u.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:"))]
+    assert not outside, outside
 
 
 def set_split(tag: str, pct: int, reason: str) -> AppTest:
@@ -382,6 +410,10 @@ def test_rollouts_page_starts_shows_evidence_pauses_and_aborts(console_env: Serv
     at.text_input(key="start_reason").input("console: roll out the CNN")
     next(b for b in at.button if b.label == "Start rollout").click().run()
     assert any("started at 20 %" in s.value for s in at.success), [e.value for e in at.error]
+    # the rollout as it now stands, at once: no "no rollout yet" and no start form under the message
+    assert not any("No rollout on this endpoint yet" in i.value for i in at.info)
+    assert not any(b.label == "Start rollout" for b in at.button)
+    assert any("canary requests this step" in str(p.proto) for p in at.get("progress"))
 
     traffic(console_env.url, 200)
     time.sleep(1.5)

@@ -4,6 +4,7 @@ so that 500 requests are 500 rows; the default samples 5 %."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,11 +55,18 @@ def test_in_distribution_stays_under_the_threshold_and_inverted_digits_cross_it(
     assert 'switchyard_drift_score{' in metrics and "switchyard_prediction_drift{" in metrics
 
 
+def edges_of(labels: list[str]) -> list[float]:
+    """The edges named by bin labels ("< 0", "0 to 1", ..., ">= 16"), whatever order they came in."""
+    edges = {float(x) for label in labels for x in re.findall(r"-?\d+(?:\.\d+)?", label)}
+    return sorted(edges)
+
+
 def test_the_monitoring_page_shows_the_drift_its_features_and_their_bins(watched: Served, tmp_path: Any) -> None:
     """Looked at in Chromium, with a screenshot (test-artifacts/console-monitoring.png)."""
     from playwright.sync_api import sync_playwright
 
-    from tests.integration.test_console import ARTIFACTS, start_console
+    from admin.charts import bin_names
+    from tests.integration.test_console import ARTIFACTS, chart_texts, start_console
     from tests.integration.test_playground import CHROMIUM_FLAGS
 
     rows = splits()["val"][0]
@@ -81,7 +89,15 @@ def test_the_monitoring_page_shows_the_drift_its_features_and_their_bins(watched
             page.wait_for_timeout(2000)
             page.screenshot(path=str(shot), full_page=True)
             assert page.locator("[data-testid='stException']").count() == 0
+            charts = chart_texts(page)
             browser.close()
+        # "Drift over time" reads clock times (it read ".500" at every tick); the histogram's bins come in value
+        # order (their labels sorted as text: "10: >= 16" before "1: < 0").
+        assert any(re.fullmatch(r"\d\d:\d\d:\d\d", t) for t in charts[0]), charts[0]
+        assert not any(t == ".500" for t in charts[0])
+        binned = next(texts for texts in charts if "validation data" in texts)
+        shown = [t for t in binned if t.startswith(("<", ">=")) or " to " in t]
+        assert shown == bin_names(edges_of(shown)), shown
         assert shot.stat().st_size > 20_000
     finally:
         console.close()

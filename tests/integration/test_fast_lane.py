@@ -11,6 +11,8 @@ import pytest
 from tests.integration.conftest import serve_with
 from tests.servers import Served
 
+pytestmark = pytest.mark.integration  # real servers
+
 DIGIT = {"inputs": [[0.0] * 64]}
 
 

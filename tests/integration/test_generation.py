@@ -205,7 +205,9 @@ def test_generation_over_grpc_whole_and_streamed_with_tritonclient(gen_server: S
     text.set_data_from_numpy(np.array([PROMPT.encode()], dtype=object))
     whole = client.infer(writer, [text], parameters={"max_tokens": 16})
     assert whole.as_numpy("text_output")[0].decode() == expected
-    assert whole.get_response().parameters["finish_reason"].string_param == "length"
+    over_http = httpx.post(f"{gen_server.url}/v1/{writer}/generate", json={"prompt": PROMPT, "max_tokens": 16},
+                           timeout=60).json()
+    assert whole.get_response().parameters["finish_reason"].string_param == over_http["finish_reason"]
 
     pieces: list[Any] = []
     final = threading.Event()
