@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 
@@ -9,6 +11,12 @@ from admin.common import client, guard, history, settings, split_rows
 from admin.metrics import window_stats
 
 ERROR_ALERT, P95_ALERT_MS = 0.01, 500.0
+
+
+def split_table(versions: list[dict[str, Any]]) -> str:
+    """The split as a Markdown table: weight, role, version (the tag in code, so it wraps, never hides)."""
+    rows = [f"| {v['weight']} | {v['role']} | `{v['tag']}` |" for v in versions]
+    return "\n".join(["| weight % | role | version |", "|---:|---|---|", *rows])
 
 st.title("Overview")
 with guard():
@@ -33,10 +41,9 @@ with guard():
                 left, right = st.columns([2, 3])
                 weights = pd.DataFrame(split_rows(dep["versions"])).set_index("version")[["weight %"]]
                 left.bar_chart(weights, horizontal=True, height=120 + 30 * len(weights))
-                # A static table, weights first: in the narrow column a data grid cut "weight %" to "weigh" and
-                # scrolled the weights out of sight behind long tags.
-                left.table(pd.DataFrame(split_rows(dep["versions"]))[["weight %", "role", "version"]]
-                           .set_index("weight %"))
+                # Text, weights first: in the narrow column a data grid cut "weight %" to "weigh" and scrolled
+                # the weights out of sight behind long tags.
+                left.markdown(split_table(dep["versions"]))
                 versions = [(k, v) for k, v in stats.items() if k[0] == endpoint]
                 rps = sum(v["rps"] for _, v in versions)
                 errors = sum(v["rps"] * v["error_rate"] for _, v in versions) / rps if rps else 0.0
