@@ -50,7 +50,9 @@ def test_payload_log_rotates_stays_bounded_and_is_read_back(logged: tuple[Served
     body = json.dumps({"inputs": [ROW]})
     load = wrk(f"{served.url}/v1/digits/predict", [body], connections=16, seconds=10, pid=served.proc.pid,
                rows_per_request=1)
-    assert load.requests >= 10_000 and load.non2xx == 0, load
+    # Enough entries to rotate many times over (the bound holds about 2,000): a claim about the log, not about
+    # speed, which on a loaded 2-core machine has dipped under 10,000 requests in 10 s.
+    assert load.requests >= 4_000 and load.non2xx == 0, load
     r = httpx.post(f"{served.url}/v1/digits/predict", json={"inputs": [ROW]}, headers={"X-Request-ID": "find-me"},
                    timeout=30)
     files = list(where.glob("payloads-*.jsonl"))
