@@ -104,6 +104,15 @@ def settle(pid: int, idle_share: float = 0.1, timeout: float = 60.0) -> float:
     return time.monotonic() - start
 
 
+def wrk_summary(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The WRKJSON line our lua scripts print at the end of a wrk run."""
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+    summary: dict[str, Any] = json.loads(line.removeprefix("WRKJSON "))
+    return summary
+
+
 def wrk(url: str, bodies: list[str], connections: int, seconds: float, pid: int, rows_per_request: int,
         threads: int = 2, sticky: bool = False, cpus: str | None = None) -> Load:
     """wrk with post.lua; `cpus` pins wrk with taskset (the server is pinned where it starts)."""
@@ -117,10 +126,7 @@ def wrk(url: str, bodies: list[str], connections: int, seconds: float, pid: int,
     out = subprocess.run([*pin, *cmd], capture_output=True, text=True, env=env, timeout=seconds + 60)
     cpu = cpu_seconds(pid) - cpu0
     Path(fh.name).unlink()
-    line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
-    s = json.loads(line.removeprefix("WRKJSON "))
+    s = wrk_summary(out)
     rps = s["requests"] / (s["duration_us"] / 1e6)
     ok = s["requests"] - s["non2xx"]
     return Load(connections, rps, ok * rows_per_request / (s["duration_us"] / 1e6), s["p50_us"] / 1000,

@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import cpu_seconds, settle, wrk  # noqa: E402
+from bench.harness import cpu_seconds, settle, wrk, wrk_summary  # noqa: E402
 from bench.serving import digits_rows  # noqa: E402
 from tests.servers import Served, free_port, serve_env  # noqa: E402
 
@@ -73,10 +73,7 @@ def wrk_binary(url: str, records: list[bytes], header_bytes: int, connections: i
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60)
     cpu = cpu_seconds(pid) - cpu0
     Path(fh.name).unlink()
-    line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
-    s = json.loads(line.removeprefix("WRKJSON "))
+    s = wrk_summary(out)
     seconds_run = s["duration_us"] / 1e6
     return {"rps": s["requests"] / seconds_run, "p50_ms": s["p50_us"] / 1000, "p99_ms": s["p99_us"] / 1000,
             "failed": s["non2xx"] + s["socket_errors"], "requests": s["requests"],
