@@ -14,6 +14,8 @@ export HF_HUB_OFFLINE := 1
 HOST ?= 127.0.0.1
 PORT ?= 3000
 CONSOLE_PORT ?= 8501
+# Longer than any client or proxy keeps an idle connection (bentos/api/worker.py: KEEP_ALIVE_S)
+KEEP_ALIVE ?= 120
 TOKEN_FILE := .state/admin-token
 
 # Debian packages the tests and benchmarks use (installed only when missing).
@@ -73,7 +75,7 @@ serve: host-check models $(TOKEN_FILE)
 	$(VENV)/bin/streamlit run admin/app.py --server.headless true --server.address $(HOST) --client.toolbarMode minimal \
 	  --server.port $(CONSOLE_PORT) >.state/console.log 2>&1 & console=$$!; \
 	trap "kill $$console 2>/dev/null" EXIT INT TERM; \
-	$(VENV)/bin/bentoml serve service:Switchyard --host $(HOST) --port $(PORT)
+	$(VENV)/bin/bentoml serve service:Switchyard --host $(HOST) --port $(PORT) --timeout-keep-alive $(KEEP_ALIVE)
 
 test: install system-deps
 	$(PY) -m pytest

@@ -154,6 +154,8 @@ def _import_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                       help="text-generation: greedy next-token agreement with fp32 (default 0.9)")
     data.add_argument("--parity-tolerance", type=float, default=1e-4, help="ONNX vs torch, max abs (default 1e-4)")
     data.add_argument("--force", action="store_true", help="register variants that fail the gate")
+    data.add_argument("--allow-non-finite", action="store_true",
+                      help="serving passes NaN and Infinity in inputs to the model (default: refused with 422)")
     pre = sp.add_argument_group("preprocessing, stored with the model")
     pre.add_argument("--labels", type=Path, help="class names, one per line (Hugging Face: id2label by default)")
     pre.add_argument("--image-size", type=_ints, help="HxW the model takes (default: from the input shape)")

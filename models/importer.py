@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import shutil
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,7 @@ class ImportOptions(BaseModel):
     min_token_agreement: float = Field(0.9, ge=0.0, le=1.0)
     parity_tolerance: float = 1e-4
     force: bool = False
+    allow_non_finite: bool = False
 
     def thresholds(self) -> dict[str, float]:
         return {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "min_cosine": self.min_cosine,
@@ -102,7 +104,8 @@ class ImportedBuilder(Builder):
         self.calibration: Dataset | None = None
 
     def codec(self) -> Codec:
-        return get_task(self.task).codec({"schema": self.signature, "preprocess": self.preprocess}, self.staging)
+        schema = {**self.signature, **({"allow_non_finite": True} if self.opts.allow_non_finite else {})}
+        return get_task(self.task).codec({"schema": schema, "preprocess": self.preprocess}, self.staging)
 
     def extra_artifacts(self) -> dict[str, Path]:
         tok = self.staging / "tokenizer.json"
@@ -378,6 +381,14 @@ def _check_data_fits(builder: ImportedBuilder) -> None:
         check_labels(data.labels, len(np.atleast_1d(rows[0])), data.source)
 
 
+def cause_of(exc: BaseException) -> str:
+    """One line: the exception, its first line, and the file it came from (whose tool failed)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (in {'/'.join(Path(frames[-1].filename).parts[-3:])})" if frames else ""
+    first = next(iter(str(exc).strip().splitlines()), "")[:240]
+    return f"{type(exc).__name__}: {first}{where}"
+
+
 def run_import(opts: ImportOptions, settings: BuildSettings, log: Log) -> list[str]:
     from tqdm import tqdm
 
@@ -388,25 +399,38 @@ def run_import(opts: ImportOptions, settings: BuildSettings, log: Log) -> list[s
 
     builder, md = prepare(opts, settings, log)
     variants = list(opts.variants)
+    skipped: dict[str, str] = {}
     if "int8-static" in variants and builder.calibration is None:
         variants.remove("int8-static")
-        log(f"[{opts.name}] int8-static skipped: it calibrates on your inputs; give --calibration FILE")
+        skipped["int8-static"] = "it calibrates on your inputs; give --calibration FILE"
+        log(f"[{opts.name}] int8-static skipped: {skipped['int8-static']}")
     if any(v != "fp32" for v in variants) and "fp32" not in variants:
         variants.insert(0, "fp32")  # fp16 starts from it, and it is every variant's reference
     failures = []
-    # Every variant is optimized and gated before any is registered: a failure stores nothing.
+    # Every variant is optimized and gated before any is registered: a gate failure stores nothing. A variant
+    # the tools cannot build (a quantizer that does not know a foreign graph's operators) is skipped instead:
+    # the others go on, since nothing about them depends on it.
     for variant in tqdm(variants, desc=f"optimize and gate {opts.name}", unit="variant"):
-        optimize(builder, md, variant)
         try:
+            optimize(builder, md, variant)
             validate(builder, md, variant, opts.max_drop, opts.force)
         except BuildError as exc:
             failures.append(str(exc))
+        except Exception as exc:  # any tool's failure on this one graph, reported in one line
+            if variant == "fp32":
+                raise BuildError(f"fp32 cannot be built from this graph: {cause_of(exc)}") from None
+            skipped[variant] = f"cannot be built: {cause_of(exc)}"
+            shutil.rmtree(md.variant_dir(variant), ignore_errors=True)
+            log(f"[{opts.name}] {variant} skipped: {skipped[variant]}")
     if failures:
         raise BuildError("; ".join(failures))
+    variants = [v for v in variants if v not in skipped]
     tags = []
     for variant in tqdm(variants, desc=f"benchmark and register {opts.name}", unit="variant"):
         benchmark(builder, md, variant, latency_iters=20, seconds=0.5)
         tags.append(register(builder, md, variant, opts.force))
         log(f"[{opts.name}] registered {tags[-1]}")
+    log(f"[{opts.name}] registered {', '.join(variants)}"
+        + "".join(f"; skipped {v} ({why})" for v, why in skipped.items()))
     write_report(md)
     return tags

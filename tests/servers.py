@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from bentos.api.worker import KEEP_ALIVE_S
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -78,7 +80,8 @@ class Served:
         grpc_port = env.get("SWITCHYARD_GRPC_PORT", "false")
         self.grpc = f"127.0.0.1:{grpc_port}" if grpc_port.isdigit() else None  # host:port, when gRPC is on
         self.log_path = (log_dir or Path(tempfile.gettempdir())) / f"bentoml-serve-{self.port}.log"
-        cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port),
+               "--timeout-keep-alive", str(KEEP_ALIVE_S)]
         if cpu_list:  # benchmarks pin the server away from the load generator
             cmd = ["taskset", "-c", cpu_list, *cmd]
         self._log = self.log_path.open("w")

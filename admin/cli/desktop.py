@@ -4,15 +4,17 @@ process lives as long as the window does."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -40,6 +42,33 @@ def start_console(conn: Connection, port: int, host: str = "127.0.0.1") -> subpr
     command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "admin" / "app.py"), "--server.headless", "true",
                "--server.address", host, "--server.port", str(port), "--client.toolbarMode", "minimal"]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def stoppable() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and a supervisor's SIGTERM both raise KeyboardInterrupt here, whatever dispositions
+    this process inherited: a job a non-interactive shell puts in the background starts with SIGINT ignored,
+    and Python then never installs its own handler, so Ctrl-C would do nothing."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_console(process: subprocess.Popen[bytes]) -> None:
+    """Streamlit gets SIGTERM and 5 s to go, then SIGKILL; then the console says it stopped."""
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    click.echo("console stopped")
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -136,19 +165,15 @@ def open_window(url: str, window: str) -> None:
 def run_desktop(conn: Connection, window: str) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = start_console(conn, port)
-    try:
-        wait_ready(url, process)
-        open_window(url, window)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        process.terminate()
+    with stoppable():
+        process = start_console(conn, port)
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    click.echo("console stopped")
+            wait_ready(url, process)
+            open_window(url, window)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_console(process)
 
 
 def install_desktop_launcher() -> list[Path]:

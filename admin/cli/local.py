@@ -10,7 +10,7 @@ import click
 from click.shell_completion import get_completion_class
 
 from admin.cli.base import common, connection
-from admin.cli.desktop import ROOT, install_desktop_launcher, run_desktop, start_console
+from admin.cli.desktop import ROOT, install_desktop_launcher, run_desktop, start_console, stop_console, stoppable
 from admin.cli.observe import models_list
 
 
@@ -78,11 +78,14 @@ def console(ctx: click.Context, desktop: bool, window: str, port: int, install_l
         run_desktop(conn, window)
         return
     click.echo(f"console at http://127.0.0.1:{port} for {conn.url}; Ctrl-C stops it")
-    process = start_console(conn, port)
-    try:
-        process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
+    with stoppable():
+        process = start_console(conn, port)
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_console(process)
 
 
 @click.command()

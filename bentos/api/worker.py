@@ -8,12 +8,38 @@ and started (their lifespans) as if service.py had mounted them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from _bentoml_sdk.service.factory import Service  # to_asgi: what the worker hands to uvicorn (1.4)
 
 from bentos.api.fast_lane import with_fast_lane
+
+log = logging.getLogger("switchyard")
+# uvicorn closes a connection idle this long; a client that reuses it at that very moment gets a reset
+# (httpx's own idle expiry is 5 s, uvicorn's default too: one request in 512 of a burst failed so). The
+# server must keep idle connections longer than any client or proxy in front of it does (nginx 60 s,
+# AWS ALB 60 s, Go 90 s), so the client always closes first: `bentoml serve --timeout-keep-alive 120`.
+KEEP_ALIVE_S = 120
+UVICORN_KEEP_ALIVE_S = 5
+
+
+def keep_alive_of(argv: Sequence[str]) -> int:
+    """The idle-connection timeout this worker's uvicorn was given (`--timeout-keep-alive`), else its default."""
+    for i, arg in enumerate(argv):
+        if arg == "--timeout-keep-alive" and i + 1 < len(argv) and argv[i + 1].isdigit():
+            return int(argv[i + 1])
+        if arg.startswith("--timeout-keep-alive="):
+            return int(arg.split("=", 1)[1])
+    return UVICORN_KEEP_ALIVE_S
+
+
+def warn_short_keep_alive(argv: Sequence[str]) -> None:
+    if (seconds := keep_alive_of(argv)) < KEEP_ALIVE_S:
+        log.warning("idle connections close after %d s: a client reusing one then gets a connection reset; "
+                    "serve with `bentoml serve --timeout-keep-alive %d` (make serve does)", seconds, KEEP_ALIVE_S)
 
 
 class WorkerService(Service):  # type: ignore[misc]
@@ -28,6 +54,7 @@ class WorkerService(Service):  # type: ignore[misc]
     def to_asgi(self, is_main: bool = True) -> Any:
         cls = type(self)
         if not cls.mounted:
+            warn_short_keep_alive(sys.argv)
             for build, path in cls.late_mounts:
                 self.mount_asgi_app(build(), path=path)
             cls.mounted = True

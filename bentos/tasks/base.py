@@ -105,6 +105,12 @@ class Codec(ABC):
         return list(self.signature["inputs"])
 
     @property
+    def allow_non_finite(self) -> bool:
+        """NaN and Infinity reach the model only where its signature says it takes them (import
+        --allow-non-finite): elsewhere they are a caller's mistake that a model answers with NaN."""
+        return bool(self.signature.get("allow_non_finite", False))
+
+    @property
     def outputs(self) -> list[dict[str, Any]]:
         return list(self.signature["outputs"])
 
@@ -237,14 +243,20 @@ class Task(ABC):
         """Build this task's widget inside the current Gradio context."""
 
 
-def check_rows(items: list[Any], field: str, count: int, low: float | None, high: float | None) -> None:
-    """Each item flattens to `count` finite numbers within [low, high]; InvalidInput names the first bad one."""
+NON_FINITE = "values must be finite numbers: NaN and Infinity are refused (a model imported with " \
+             "--allow-non-finite takes them)"
+
+
+def check_rows(items: list[Any], field: str, count: int, low: float | None, high: float | None,
+               allow_non_finite: bool = False) -> None:
+    """Each item flattens to `count` numbers within [low, high], finite unless `allow_non_finite`;
+    InvalidInput names the first bad one."""
     if not items:
         return
     try:  # the common case in one vectorized pass: a rectangular batch that is all good
         whole = np.asarray(items, dtype=np.float64).reshape(len(items), -1)
-        if whole.shape[1] == count and np.isfinite(whole).all() and (low is None or whole.min() >= low) and (
-                high is None or whole.max() <= high):
+        if whole.shape[1] == count and (allow_non_finite or np.isfinite(whole).all()) and (
+                low is None or whole.min() >= low) and (high is None or whole.max() <= high):
             return
     except (ValueError, TypeError):  # ragged, or not numbers: the loop below names the row
         pass
@@ -256,8 +268,8 @@ def check_rows(items: list[Any], field: str, count: int, low: float | None, high
                                {"values": count}) from None
         if arr.size != count:
             raise InvalidInput(f"{field}.{i}", f"expected {count} values, got {arr.size}", {"values": count})
-        if not np.isfinite(arr).all():
-            raise InvalidInput(f"{field}.{i}", "values must be finite numbers")
+        if not allow_non_finite and not np.isfinite(arr).all():
+            raise InvalidInput(f"{field}.{i}", NON_FINITE)
         if low is not None and float(arr.min()) < low:
             raise InvalidInput(f"{field}.{i}", f"values must be greater than or equal to {low:g}", {"ge": low})
         if high is not None and float(arr.max()) > high:

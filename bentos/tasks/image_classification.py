@@ -119,7 +119,7 @@ class ImageCodec(Codec):
                                "(limits.max_request_pixels)", {"max_request_pixels": limits.max_request_pixels})
         arrays = [i for i in items if not isinstance(i, bytes)]
         low, high = self.preprocess.get("pixel_range") or (None, None)
-        check_rows(arrays, "inputs", math.prod(self.row), low, high)
+        check_rows(arrays, "inputs", math.prod(self.row), low, high, self.allow_non_finite)
 
     def encode(self, items: list[Any]) -> Feed:
         dtype = self.input["dtype"]

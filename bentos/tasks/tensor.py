@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from bentos.errors import InvalidInput
-from bentos.tasks.base import Codec, Feed, Limits, Task, row_shape
+from bentos.tasks.base import NON_FINITE, Codec, Feed, Limits, Task, row_shape
 
 if TYPE_CHECKING:
     from bentos.tasks.playground_kit import Kit
@@ -37,7 +37,7 @@ def _fits(shape: tuple[int, ...], spec: list[int | str]) -> bool:
                                                                                                      strict=True))
 
 
-def _check_column(name: str, spec: dict[str, Any], rows: list[Any]) -> None:
+def _check_column(name: str, spec: dict[str, Any], rows: list[Any], allow_non_finite: bool) -> None:
     try:  # the common case in one pass: a regular batch of numbers
         column = np.asarray(rows)
         regular = column.dtype.kind in "fiub"
@@ -58,6 +58,9 @@ def _check_column(name: str, spec: dict[str, Any], rows: list[Any]) -> None:
     if not _fits(shape, row_shape(spec)):
         raise InvalidInput(f"inputs.{name}", f"rows of shape {list(shape)} do not fit the model's "
                            f"{row_shape(spec)}", {"shape": spec["shape"]})
+    if column.dtype.kind == "f" and not allow_non_finite and not np.isfinite(column).all():
+        row = int(np.flatnonzero(~np.isfinite(column.reshape(len(column), -1)).all(axis=1))[0])
+        raise InvalidInput(f"inputs.{name}.{row}", NON_FINITE)
     target = np.dtype(spec["dtype"])
     if target.kind in "iub" and column.dtype.kind == "f":
         raise InvalidInput(f"inputs.{name}", f"the model takes {spec['dtype']}; got floating-point values")
@@ -95,7 +98,7 @@ class TensorCodec(Codec):
                     where = f"inputs.{name}" if i == 0 else f"inputs.{name}.{i}"
                     raise InvalidInput(where, f"missing; the model takes {', '.join(want)}")
         for name, spec in want.items():
-            _check_column(name, spec, [item[name] for item in items])
+            _check_column(name, spec, [item[name] for item in items], self.allow_non_finite)
 
     def bucket(self, items: list[Any]) -> int:
         # Rows of different shapes cannot share a batch; spread shape classes far apart.

@@ -47,9 +47,13 @@ def display() -> Iterator[str]:
     xvfb.wait(10)
 
 
-def console(url: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+def console(url: str, env: dict[str, str], *args: str,
+            sigint: signal.Handlers = signal.SIG_DFL) -> subprocess.Popen[str]:
+    """The console as a terminal would start it, with the SIGINT disposition it inherits stated rather than
+    taken from whatever ran the suite (a background job's children start with SIGINT ignored)."""
     return subprocess.Popen([SWITCHYARD, "console", "--desktop", "--url", url, *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
 
 
 def xdotool(display: str, *args: str) -> str:
@@ -102,14 +106,20 @@ def test_the_console_opens_in_its_own_window_and_stops_when_it_closes(server: Se
         httpx.get(f"{console_url(out)}/_stcore/health", timeout=2)
 
 
-def test_without_a_display_it_falls_back_to_the_default_browser(server: Served, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sigint, stop", [
+    (signal.SIG_DFL, signal.SIGINT),  # Ctrl-C in the terminal that ran it
+    (signal.SIG_IGN, signal.SIGINT),  # the same, started from a background job (`make test &`, nohup, CI)
+    (signal.SIG_IGN, signal.SIGTERM),  # a supervisor stopping it
+], ids=["ctrl-c", "ctrl-c-inherited-ignore", "sigterm-inherited-ignore"])
+def test_without_a_display_it_falls_back_to_the_default_browser(server: Served, tmp_path: Path,
+                                                               sigint: signal.Handlers, stop: int) -> None:
     opened = tmp_path / "opened"
     browser = tmp_path / "browser.sh"
     browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
     browser.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env.update({"BROWSER": str(browser), "SWITCHYARD_TOKEN": TOKEN})
-    proc = console(server.url, env)
+    proc = console(server.url, env, sigint=sigint)
     try:
         end = time.monotonic() + 90
         while not opened.exists():
@@ -117,11 +127,16 @@ def test_without_a_display_it_falls_back_to_the_default_browser(server: Served, 
             time.sleep(0.2)
         url = opened.read_text().strip()
         assert httpx.get(f"{url}/_stcore/health", timeout=5).status_code == 200
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal that ran it
+        time.sleep(1)  # past the echo: the console is waiting, as it would be when someone stops it
+        started = time.monotonic()
+        os.killpg(proc.pid, stop) if stop == signal.SIGINT else proc.send_signal(stop)
         out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - started
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    print(f"console stopped {took:.2f} s after {signal.Signals(stop).name}")
+    assert took < 5, f"the console took {took:.1f} s to stop"
     assert "in the default browser" in out and "console stopped" in out
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/_stcore/health", timeout=2)

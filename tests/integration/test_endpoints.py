@@ -175,6 +175,28 @@ def test_tritonclient_gets_a_clear_400(server: Served, live: dict[str, str], dat
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
 
 
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_inputs_are_refused_on_every_protocol(server: Served, live: dict[str, str], bad: str) -> None:
+    """NaN and Infinity once reached the model and came back as 200 with null outputs."""
+    from tritonclient.utils import InferenceServerException
+
+    body = f'{{"inputs": {{"a": [[1, 2, 3], [4, {bad}, 6]], "b": [[1, 1, 1], [1, 1, 1]]}}}}'
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        r = c.post("/v1/adder/infer", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "inputs.a.1", r.text
+        assert "finite" in r.text
+    value = np.array([[1, 2, 3], [4, float(bad), 6]], np.float32)
+    for protocol in ("http", "grpc"):
+        triton, client = triton_client(server, protocol)
+        a, b = triton.InferInput("a", [2, 3], "FP32"), triton.InferInput("b", [2, 3], "FP32")
+        a.set_data_from_numpy(value)
+        b.set_data_from_numpy(np.ones((2, 3), np.float32))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("adder", [a, b])
+        assert info.value.status() == {"http": "400", "grpc": "StatusCode.INVALID_ARGUMENT"}[protocol]
+        assert "inputs.a.1" in info.value.message() and "finite" in info.value.message()
+
+
 def test_new_endpoints_show_in_metrics_openapi_and_admin(server: Served, live: dict[str, str]) -> None:
     with httpx.Client(base_url=server.url, timeout=60) as c:
         c.post("/v1/adder/infer", json={"inputs": {"a": [[1, 2, 3]], "b": [[1, 2, 3]]}})

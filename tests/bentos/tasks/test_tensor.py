@@ -61,3 +61,16 @@ def test_ragged_or_mismatched_batches_are_refused() -> None:
         items({"inputs": {"a": [[1.0], [1.0, 2.0]], "b": [[1, 2], [3, 4]]}})
     with pytest.raises(InvalidInput, match="bytes do not make"):
         items({"inputs": {"a": {"b64": base64.b64encode(b"abc").decode(), "dtype": "float32", "shape": [1, 3]}}})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_values_are_refused_naming_the_row_unless_the_signature_allows_them(bad: float) -> None:
+    a = np.ones((3, 3), np.float32)
+    a[2, 1] = bad
+    raw = base64.b64encode(a.astype("<f4").tobytes()).decode()
+    for body in ({"inputs": {"a": a.tolist(), "b": [[1, 2]] * 3}},
+                 {"inputs": {"a": {"b64": raw, "dtype": "float32", "shape": [3, 3]}, "b": [[1, 2]] * 3}}):
+        with pytest.raises(InvalidInput, match="values must be finite") as caught:
+            TensorCodec(SIG, {}).check(items(body), LIMITS)
+        assert caught.value.field == "inputs.a.2"
+        TensorCodec({**SIG, "allow_non_finite": True}, {}).check(items(body), LIMITS)
