@@ -101,7 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     gate_opts(sp)
     _import_parser(sub, common)
     cmd("list", "registered versions with their key metrics").add_argument("--json", action="store_true")
-    cmd("verify", "re-check the sha256 of every artifact of a stored version").add_argument("tag")
+    cmd("verify", "re-check every artifact's sha256 and the manifest's signature").add_argument("tag")
+    signer = cmd("sign", "sign versions stored before signing existed (after checking their sha256)")
+    signer.add_argument("tags", nargs="*", metavar="TAG")
+    signer.add_argument("--unsigned", action="store_true", help="every unsigned Switchyard version in the store")
     return p
 
 
@@ -199,6 +202,15 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _sign(tags: list[str], unsigned: bool) -> None:
+    from models.registry import describe_all, sign_stored
+
+    if bool(tags) == unsigned:
+        raise BuildError("sign takes TAG... or --unsigned (not both)")
+    for tag in tags or [row["tag"] for row in describe_all() if not row["signed_with"]]:
+        print(sign_stored(tag))
+
+
 def run(args: argparse.Namespace) -> Any:
     if args.command == "list":
         return _list(args.json)
@@ -209,8 +221,10 @@ def run(args: argparse.Namespace) -> Any:
         from models.registry import verify
 
         hashes = verify(args.tag)
-        print(f"{args.tag}: {len(hashes)} artifacts match their recorded sha256")
+        print(f"{args.tag}: {len(hashes)} artifacts match their recorded sha256; the manifest its signature")
         return None
+    if args.command == "sign":
+        return _sign(args.tags, args.unsigned)
 
     from models.families import BUILDERS, DEFAULT_SET, check_variant, get_builder
     from models.workdir import ModelDir

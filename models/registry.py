@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from bentos.artifacts import find_mismatches, sha256_file
+from bentos.signing import Trust, load_trust, problem, sign
 from models.errors import BuildError
 from models.export import check_onnx
 from models.families.base import Builder
@@ -143,6 +144,7 @@ def register(builder: Builder, md: ModelDir, variant: str, force: bool = False) 
         problems = find_mismatches(root, hashes)
         if problems:  # raising inside the block leaves nothing in the store
             raise BuildError("copy into the store was corrupted: " + "; ".join(problems))
+        sign_new(bento_model)
     return str(bento_model.tag)
 
 
@@ -181,13 +183,29 @@ def _headline(metrics: dict[str, Any]) -> str:
     return "-"
 
 
-def verify(tag: str) -> dict[str, str]:
+def build_trust() -> Trust:
+    """The build side's key: SWITCHYARD_SIGNING_KEY, else the key file, made on first use."""
+    try:
+        return load_trust(create=True)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
+
+
+def sign_new(model: Any) -> None:
+    """Sign a version inside its `bentoml.models.create` block, so it is stored signed or not at all."""
+    model.info.metadata["signed"] = sign(str(model.tag), model.info.metadata, build_trust())
+
+
+def _stored(tag: str) -> Any:
     import bentoml
 
     try:
-        model = bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound:
+        return bentoml.models.get(tag)
+    except (bentoml.exceptions.NotFound, bentoml.exceptions.BentoMLException, ValueError):
         raise BuildError(f"model {tag!r} is not in the store {store_dir()}") from None
+
+
+def _hashes_hold(model: Any) -> dict[str, str]:
     expected = cast(dict[str, str] | None, model.info.metadata.get("sha256"))
     if not expected:
         raise BuildError(f"{model.tag} has no recorded sha256 values: was it registered by switchyard?")
@@ -195,6 +213,33 @@ def verify(tag: str) -> dict[str, str]:
     if problems:
         raise BuildError(f"{model.tag} failed verification: " + "; ".join(problems))
     return dict(expected)
+
+
+def verify(tag: str) -> dict[str, str]:
+    """Every artifact matches its recorded sha256, and the manifest its signature under this key."""
+    model = _stored(tag)
+    hashes = _hashes_hold(model)
+    try:
+        trust = load_trust()
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
+    if why := problem(str(model.tag), model.info.metadata, trust):
+        raise BuildError(f"{model.tag} failed verification: {why}")
+    return hashes
+
+
+def sign_stored(tag: str) -> str:
+    """Sign a version stored before signing existed, once its artifacts match their hashes: the operator
+    vouches for it. model.yaml is replaced whole, never half-written."""
+    model = _stored(tag)
+    _hashes_hold(model)
+    model.info.metadata["signed"] = sign(str(model.tag), model.info.metadata, build_trust())
+    target = Path(model.path) / "model.yaml"
+    temporary = target.with_name(f".model.yaml.{uuid.uuid4().hex}")
+    with temporary.open("w", encoding="utf8") as fh:
+        model.info.dump(fh)
+    os.replace(temporary, target)
+    return str(model.tag)
 
 
 def graph_signature(path: Path) -> dict[str, Any]:
@@ -252,4 +297,5 @@ def register_file(name: str, onnx_path: Path, *, task: str, preprocess: dict[str
         problems_copy = find_mismatches(root, hashes)
         if problems_copy:
             raise BuildError("copy into the store was corrupted: " + "; ".join(problems_copy))
+        sign_new(bento_model)
     return str(bento_model.tag)

@@ -21,6 +21,9 @@ CLI = Callable[..., subprocess.CompletedProcess[str]]
 def pytest_configure(config: pytest.Config) -> None:
     # In-process registration uses this session's own store, never the user's.
     os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="switchyard-test-bentoml-")
+    # ...and its own signing key, made by the first build (bentos/signing.py), never the user's.
+    os.environ["SWITCHYARD_SIGNING_KEY_FILE"] = str(Path(os.environ["BENTOML_HOME"]).parent /
+                                                    f"{Path(os.environ['BENTOML_HOME']).name}-signing.key")
     os.environ["BENTOML_DO_NOT_TRACK"] = "True"
     os.environ["HF_HUB_OFFLINE"] = "1"
 

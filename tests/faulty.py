@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 
 from bentos.artifacts import sha256_file
 from models.families.digits import PREPROCESS, SIGNATURE
+from models.registry import sign_new
 
 
 def faulty_graph(src: Path, dest: Path) -> None:
@@ -63,6 +64,7 @@ def register_graph(src: Path, name: str, model: str, variant: str, rewrite: Call
         rewrite(src, root / "model.onnx")
         (root / "schema.json").write_text(json.dumps(SIGNATURE))
         stored.info.metadata["sha256"] = {"model.onnx": sha256_file(root / "model.onnx")}
+        sign_new(stored)
     return str(stored.tag)
 
 
@@ -93,4 +95,5 @@ def register_copy(tag: str, name: str) -> tuple[str, Path]:
     src = bentoml.models.get(tag)
     with bentoml.models.create(name, labels=dict(src.info.labels), metadata=dict(src.info.metadata)) as model:
         shutil.copytree(src.path, model.path, dirs_exist_ok=True)
+        sign_new(model)  # the manifest names the tag: a copy is signed as itself
     return str(model.tag), Path(bentoml.models.get(model.tag).path)

@@ -144,10 +144,13 @@ def isolated_home(shared: Path, where: Path) -> Path:
     return home
 
 
+SIGNING_KEY_FILE = "SWITCHYARD_SIGNING_KEY_FILE"  # the session's key (tests/conftest.py) reaches every server
+
+
 def serve_env(bentoml_home: Path, state_dir: Path, **settings: str) -> dict[str, str]:
     """A server's environment; gRPC is off unless `grpc_port` is given (every worker of every server would
     otherwise share the default port 3001, through SO_REUSEPORT)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_") or k == SIGNING_KEY_FILE}
     env.update(BENTOML_HOME=str(isolated_home(bentoml_home, state_dir)), BENTOML_DO_NOT_TRACK="True",
                HF_HUB_OFFLINE="1", SWITCHYARD_STATE_DIR=str(state_dir), PYTHONUNBUFFERED="1",
                SWITCHYARD_GRPC_PORT="false")

@@ -43,6 +43,7 @@ from bentos.dataplane.stats import StatsRecorder, bucket_of, summarize
 from bentos.errors import Conflict, InvalidChange, NotFound, ServingError, Unavailable
 from bentos.schemas import DeploymentRequest, DeploymentSpec, KeyRequest, KeyUpdate, VersionSpec
 from bentos.settings import ServeSettings
+from bentos.signing import load_trust
 from bentos.tasks import load_plugins
 
 log = logging.getLogger("switchyard.engine")
@@ -51,6 +52,9 @@ SYSTEM_ACTOR = "switchyard"
 # Shared stats older than this are deleted (canary analysis and /stats look back minutes, not days).
 STATS_RETENTION_S = 3600
 PRUNE_EVERY_FLUSHES = 60
+LOAD_SAMPLE_S = 1.0
+HEARTBEAT_S = 1.0
+FLEET_TTL_S = 5.0
 # A request for an endpoint this worker lacks has the control plane looked at, at most this often...
 REFRESH_MIN_S = 0.1
 # ...and waits at most this long for the look (the database's own timeout bounds the look itself).
@@ -107,6 +111,7 @@ class Engine:
         self.gate = AccessGate(settings)
         self.payloads = PayloadLog(settings.payload_log) if settings.payload_log else None
         self.admission = Admission(settings.max_concurrency, settings.max_inflight_bytes)
+        self.trust = load_trust()  # the key every version's manifest must be signed with
         self._nudged = asyncio.Event()  # a request asked for an early look
         self._looked = asyncio.Event()  # set when the next look is done (a new one each poll)
         # The data plane's serving path; requests never go through the engine itself.
@@ -124,7 +129,10 @@ class Engine:
         else:
             await self._serve_offline()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._poll_loop()), loop.create_task(self._flush_loop())]
+        self._tasks = [loop.create_task(self._poll_loop()), loop.create_task(self._flush_loop()),
+                       loop.create_task(self._load_loop())]
+        if self.settings.db_url is not None:  # a fleet: replicas share one PostgreSQL control plane
+            self._tasks.append(loop.create_task(self._fleet_loop()))
         if self.rollouts is not None:
             self._tasks.append(loop.create_task(self.rollouts.run()))
 
@@ -138,6 +146,9 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.flush_stats()
+        if self.settings.db_url is not None and self.store is not None:
+            with contextlib.suppress(StoreUnavailable):  # else the others find out after FLEET_TTL_S
+                await self.db(self.store.leave, self.worker_id)
         for endpoint in self.endpoints.values():
             await endpoint.stop()
         if self.store is not None:
@@ -269,9 +280,12 @@ class Engine:
         log.info("%s now at revision %d: %s", name, revision,
                  ", ".join(f"{v.tag} {v.role} {v.weight}%" for v in spec.versions))
 
+    def _load(self, tag: str) -> LoadedVersion:
+        return load_version(tag, self.threads, self.providers, self.trust)
+
     async def _preload(self, endpoint: Endpoint, spec: DeploymentSpec) -> dict[str, LoadedVersion]:
         missing = endpoint.missing(spec)
-        versions = await asyncio.gather(*(asyncio.to_thread(load_version, tag, self.threads, self.providers)
+        versions = await asyncio.gather(*(asyncio.to_thread(self._load, tag)
                                           for tag in missing))  # side by side: ORT sessions load in C++
         return dict(zip(missing, versions, strict=True))
 
@@ -332,6 +346,25 @@ class Engine:
         # Taken before the queries, so a write landing during them is seen at the next poll.
         self._seen_stamp, self._full_sync_at = stamp, now
         return True
+
+    async def _fleet_loop(self) -> None:
+        """Every HEARTBEAT_S: say this worker is alive and count the fleet's live workers, whose number
+        divides each key's rate (a replica that joins or dies is counted within FLEET_TTL_S). While the
+        database is away the last share stays: limits fail open at it, never closed on every request."""
+        while True:
+            if self.store is not None:
+                try:
+                    self.gate.share_among(await self.db(self.store.heartbeat, self.worker_id, FLEET_TTL_S))
+                except StoreUnavailable as exc:
+                    self.store_down(exc)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _load_loop(self) -> None:
+        """Queue depth and in-flight gauges, every LOAD_SAMPLE_S: what autoscalers read."""
+        while True:
+            for endpoint in self.endpoints.values():
+                endpoint.sample_load()
+            await asyncio.sleep(LOAD_SAMPLE_S)
 
     async def _flush_loop(self) -> None:
         flushes = 0
@@ -609,7 +642,7 @@ class Engine:
                                     "be pinned as previews (deploy it to serve it anyway)")
             endpoint.preview_room(time.monotonic())  # 503 before a load when every slot is in use
             try:
-                endpoint.add_preview(await asyncio.to_thread(load_version, full, self.threads, self.providers))
+                endpoint.add_preview(await asyncio.to_thread(self._load, full))
             except VersionLoadError as exc:
                 raise InvalidChange(str(exc)) from None
         return full
@@ -682,6 +715,8 @@ class Engine:
         return {"ready": self.ready, "worker": self.worker_id, **self.listeners,
                 "control_plane": {"ok": self.store is not None and self.store_error is None,
                                   "error": self.store_error},
+                # this worker's part of each key's rate: 1 / the live workers of the fleet (or of this host)
+                "rate_share": round(self.gate.share, 6),
                 "endpoints": {name: e.health() for name, e in self.endpoints.items()}}
 
 

@@ -132,6 +132,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     name TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE, rate DOUBLE PRECISION NOT NULL,
     burst DOUBLE PRECISION NOT NULL, scopes TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
     created_by TEXT NOT NULL, revoked_at DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
 """
 KEY_COLUMNS = "name, digest, rate, burst, scopes, created_at, created_by, revoked_at"
 # Key changes are audited under this endpoint name (the audit log's endpoint column is not null).
@@ -475,6 +477,22 @@ class ControlPlane(ABC):
     def release_lease(self, name: str, holder: str) -> None:
         with self.transaction() as cur:
             self._exec(cur, "DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    # --- the fleet -------------------------------------------------------------------
+    def heartbeat(self, worker_id: str, ttl_s: float) -> int:
+        """Say this worker is alive, forget workers silent for `ttl_s` (by the database's clock), and
+        return how many are alive: what a key's rate is shared among."""
+        with self.transaction() as cur:
+            now = self._db_now(cur)
+            self._exec(cur, "INSERT INTO workers (worker_id, seen_at) VALUES (?, ?) ON CONFLICT (worker_id) "
+                            "DO UPDATE SET seen_at = excluded.seen_at", (worker_id, now))
+            self._exec(cur, "DELETE FROM workers WHERE seen_at < ?", (now - ttl_s,))
+            return int(self._exec(cur, "SELECT COUNT(*) FROM workers").fetchone()[0])
+
+    def leave(self, worker_id: str) -> None:
+        """A worker stopping: the others take its share at their next heartbeat, not after the TTL."""
+        with self.transaction() as cur:
+            self._exec(cur, "DELETE FROM workers WHERE worker_id = ?", (worker_id,))
 
     def change_stamp(self) -> Any:
         """Something that changes whenever another writer commits, if the store can tell cheaply; None

@@ -1,8 +1,11 @@
 """Who may call inference, how often, and how much may be in flight: API keys, token buckets, admission.
 
 Keys live in the control plane as SHA-256 digests; every worker holds the live ones (synced with the
-deployments) and a token bucket per key. Buckets are per worker process: a key's rate is divided by
-SWITCHYARD_WORKERS, so that one host enforces the rate it was given when connections spread over workers.
+deployments) and a token bucket per key. Buckets are per worker process, each with a share of a key's
+rate: 1 / SWITCHYARD_WORKERS on one host, and with PostgreSQL 1 / the workers of every replica alive by
+their heartbeats (Engine._fleet_loop), so a fleet enforces the rate a key was given when its load spreads
+over workers and replicas. During a database outage each worker keeps its last share: it fails open at
+that rate, never closed.
 """
 
 from __future__ import annotations
@@ -87,6 +90,29 @@ class AccessGate:
     def _limits(self, key: LiveKey) -> tuple[float, float]:
         return key.rate * self._share, max(1.0, key.burst * self._share)
 
+    def _ip_limits(self) -> tuple[float, float]:
+        return self.settings.ip_rate * self._share, max(1.0, self.settings.ip_burst * self._share)
+
+    @property
+    def share(self) -> float:
+        return self._share
+
+    def share_among(self, workers: int) -> None:
+        """Rates divided among `workers` live workers of the fleet; buckets keep their tokens (at most the
+        new burst), so a change of share neither refills nor empties them."""
+        share = 1.0 / max(1, workers)
+        if share == self._share:
+            return
+        self._share = share
+        live = {k.name: k for k in self._keys.values()}
+        for name, bucket in self._buckets.items():
+            if name in live:
+                bucket.rate, bucket.burst = self._limits(live[name])
+                bucket.tokens = min(bucket.tokens, bucket.burst)
+        for bucket in self._ips.values():
+            bucket.rate, bucket.burst = self._ip_limits()
+            bucket.tokens = min(bucket.tokens, bucket.burst)
+
     def admit(self, headers: Mapping[str, str], client_host: str | None) -> Caller:
         """Raise 401 (no or revoked key), 429 (over the rate); else who the caller is."""
         get = headers.get
@@ -129,8 +155,7 @@ class AccessGate:
         """A bounded LRU: a flood of addresses evicts the oldest, memory never grows past ip_table_size."""
         bucket = self._ips.get(ip)
         if bucket is None:
-            bucket = self._ips[ip] = TokenBucket(self.settings.ip_rate * self._share,
-                                                 max(1.0, self.settings.ip_burst * self._share), now)
+            bucket = self._ips[ip] = TokenBucket(*self._ip_limits(), now)
             if len(self._ips) > self.settings.ip_table_size:
                 self._ips.popitem(last=False)
         else:

@@ -65,12 +65,18 @@ class AdaptiveBatcher:
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()  # batches handed to the model, not yet answered
         self._in_flight = 0  # batches in the model now
+        self._requests_in_model = 0  # the requests those batches answer
         self._stopped = False
 
     @property
     def queue_depth(self) -> int:
         """Requests waiting for a batch."""
         return len(self._queue)
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests waiting or in a batch in the model."""
+        return len(self._queue) + self._requests_in_model
 
     @property
     def busy(self) -> bool:
@@ -185,8 +191,12 @@ class AdaptiveBatcher:
         self._queue.remove(pending)
         self._queued_rows -= len(pending.rows)
 
-    async def _call(self, rows: list[Any]) -> Sequence[Any]:
-        results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, rows)
+    async def _call(self, rows: list[Any], requests: int) -> Sequence[Any]:
+        self._requests_in_model += requests
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, rows)
+        finally:
+            self._requests_in_model -= requests
         if len(results) != len(rows):
             raise BatchSizeMismatch(f"{self.name}: model returned {len(results)} results for {len(rows)} inputs")
         return results
@@ -196,7 +206,7 @@ class AdaptiveBatcher:
         start = time.monotonic()
         self._in_flight += 1
         try:
-            results = await self._call(rows)
+            results = await self._call(rows, len(batch))
         except BatchSizeMismatch as exc:
             _fail(batch, exc)
             return

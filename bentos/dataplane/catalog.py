@@ -15,6 +15,8 @@ def describe(model: Any) -> dict[str, Any]:
             "created": model.info.creation_time.isoformat(), "size_bytes": meta.get("size_bytes"),
             "metrics": meta.get("metrics", {}), "lineage": meta.get("lineage", {}), "sha256": meta.get("sha256", {}),
             "signature": meta.get("schema"), "gate": meta.get("gate"),
+            # the id of the key its manifest is signed with (bentos/signing.py); None when unsigned
+            "signed_with": (meta.get("signed") or {}).get("key_id"),
             "batch_invariance_min_cosine": meta.get("batch_invariance_min_cosine"),
             # text-generation: the graph's shape (layers, KV heads, head dim, context), what KV budgets are made of
             "generation": (meta.get("preprocess") or {}).get("generation")}

@@ -151,7 +151,18 @@ class Endpoint:
         self._export_roles(spec)
         self.metrics.applied_revision.labels(self.name).set(revision)
         for slot in retired:
-            self._spawn(slot.drain_and_stop())
+            self._spawn(self._retire(slot))
+
+    async def _retire(self, slot: Slot) -> None:
+        await slot.drain_and_stop()
+        slot.series.queue_depth.set(0)  # a gone version holds nothing; its last sample would linger
+        slot.series.in_flight.set(0)
+
+    def sample_load(self) -> None:
+        """Each live version's waiting and in-flight requests into their gauges (the engine, every second)."""
+        for slot in [*self.slots.values(), *self.previews.values()]:
+            slot.series.queue_depth.set(slot.queue.queue_depth)
+            slot.series.in_flight.set(slot.queue.requests_in_flight)
 
     def _slot(self, version: LoadedVersion) -> Slot:
         return Slot(version, self.settings, self.policy, VersionSeries(self.metrics, self.name, version.tag),
@@ -184,7 +195,7 @@ class Endpoint:
         evict = self.preview_room(now)
         if evict is not None:
             self._preview_used.pop(evict)
-            self._spawn(self.previews.pop(evict).drain_and_stop())
+            self._spawn(self._retire(self.previews.pop(evict)))
         self.previews[version.tag] = self._slot(version)
         self._preview_used[version.tag] = now
 

@@ -43,6 +43,8 @@ class Metrics:
     tokens: Any
     kv_occupancy: Any
     streams: Any
+    queue_depth: Any
+    in_flight: Any
 
     def deny(self, exc: ServingError, key: str) -> None:
         """A request refused at the gate or by admission, before any model: by key name and status."""
@@ -60,10 +62,12 @@ class VersionSeries:
         "completion_tokens",
         "endpoint",
         "first_token",
+        "in_flight",
         "inference_duration",
         "kv_occupancy",
         "per_token",
         "prompt_tokens",
+        "queue_depth",
         "queue_wait",
         "request_duration",
         "requests",
@@ -86,6 +90,8 @@ class VersionSeries:
         self.completion_tokens = metrics.tokens.labels(*ev, "completion")
         self.kv_occupancy = metrics.kv_occupancy.labels(*ev)
         self.streams = metrics.streams.labels(*ev)
+        self.queue_depth = metrics.queue_depth.labels(*ev)
+        self.in_flight = metrics.in_flight.labels(*ev)
         self._counted: dict[tuple[str, str, str, str, str], Any] = {}
 
     def count(self, route: str, outcome: str, call: Call) -> None:
@@ -149,6 +155,11 @@ def get_metrics() -> Metrics:
                            "budget held, 0 to 1.", ev, multiprocess_mode="livemax"),
         streams=Gauge("switchyard_streams_in_flight", "Generation: requests decoding or waiting to.", ev,
                       multiprocess_mode="livesum"),
+        # What autoscaling reads (deploy/k8s/autoscaling): each worker's, summed over the pod's workers.
+        queue_depth=Gauge("switchyard_queue_depth", "Requests waiting for the model, sampled every second.", ev,
+                          multiprocess_mode="livesum"),
+        in_flight=Gauge("switchyard_requests_in_flight", "Requests waiting or in the model, sampled every "
+                        "second.", ev, multiprocess_mode="livesum"),
         applied_revision=Gauge("switchyard_applied_revision", "The deployment revision this worker serves.",
                                ["endpoint"], multiprocess_mode="liveall"),
     )

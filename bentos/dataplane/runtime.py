@@ -10,6 +10,8 @@ from typing import Any
 import onnxruntime as ort
 
 from bentos.artifacts import find_mismatches
+from bentos.signing import Trust, load_trust
+from bentos.signing import problem as signature_problem
 from bentos.tasks import Codec, get_task
 
 # Preferred order; only those this onnxruntime build offers are used.
@@ -143,11 +145,12 @@ def resolve_tag(tag: str) -> Any:
         raise VersionLoadError(f"{tag!r} is not a valid tag: {exc}") from None
 
 
-def load_version(tag: str, threads: int, providers: tuple[str, ...] = ()) -> LoadedVersion:
+def load_version(tag: str, threads: int, providers: tuple[str, ...] = (), trust: Trust | None = None) -> LoadedVersion:
     """A stored version, verified, loaded and warmed, with `threads` intra-op threads. A generative version
     gets as many as a one-forward batch (one, on 2 cores): its decode loop's event-loop work (streams, SSE)
     needs the other core; two ORT threads wrote fewer tokens per second, not more, at every concurrency
-    measured here (1, 8, 32 streams; TPOT at 1 stream 3.1 against 2.2 ms)."""
+    measured here (1, 8, 32 streams; TPOT at 1 stream 3.1 against 2.2 ms). Its artifacts must match their
+    hashes, and its manifest the signature made with `trust`'s key (SWITCHYARD_SIGNING_KEY by default)."""
     model = resolve_tag(tag)
     labels, meta = model.info.labels, model.info.metadata
     root = Path(model.path)
@@ -157,6 +160,8 @@ def load_version(tag: str, threads: int, providers: tuple[str, ...] = ()) -> Loa
     problems = find_mismatches(root, meta.get("sha256") or {})
     if problems or not meta.get("sha256"):
         raise VersionLoadError(f"{model.tag} failed its sha256 check: {'; '.join(problems) or 'no hashes recorded'}")
+    if why := signature_problem(str(model.tag), meta, trust or load_trust()):
+        raise VersionLoadError(why)
     try:
         session = load_session(root / "model.onnx", threads, providers=providers)
         meta = {**meta, "preprocess": {**_LEGACY_PREPROCESS.get(labels.get("family", ""), {}),

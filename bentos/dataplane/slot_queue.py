@@ -19,7 +19,14 @@ class SlotQueue(Protocol):
         ...
 
     @property
-    def queue_depth(self) -> int: ...
+    def queue_depth(self) -> int:
+        """Requests waiting for the model."""
+        ...
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests waiting or in the model: what autoscaling reads (switchyard_requests_in_flight)."""
+        ...
 
     async def stop(self) -> None:
         """Stop now; every request still held gets an answer (an error) instead of waiting for ever."""

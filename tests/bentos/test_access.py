@@ -72,6 +72,23 @@ def test_rates_are_shared_between_a_hosts_workers() -> None:
     assert (bucket.rate, bucket.burst) == (5, 2)
 
 
+def test_the_fleets_live_workers_share_a_key_and_a_change_keeps_the_tokens() -> None:
+    g = AccessGate(ServeSettings(workers=1, ip_rate=8, ip_burst=8))
+    secret = new_secret()
+    g.set_keys([(digest(secret), LiveKey("k", 10, 8, frozenset()))])
+    g.admit({"x-api-key": secret}, None)
+    g.admit({}, "1.2.3.4")
+    g.share_among(4)  # two replicas of two workers
+    bucket, ip = g._buckets["k"], g._ips["1.2.3.4"]
+    assert (bucket.rate, bucket.burst, bucket.tokens) == (2.5, 2, 2) and (ip.rate, ip.burst) == (2, 2)
+    g.set_keys([(digest(secret), LiveKey("k", 10, 8, frozenset()))])  # a sync keeps the shared bucket
+    assert g._buckets["k"] is bucket
+    g.share_among(2)  # a replica died: the survivors take its part, without a refill
+    assert (bucket.rate, bucket.burst, bucket.tokens) == (5, 4, 2)
+    g.share_among(0)  # a count of nobody (this worker not yet counted) is treated as this worker alone
+    assert g.share == 1.0
+
+
 def test_pinning_with_a_key_needs_the_pin_scope() -> None:
     g, gold, plain = gate()
     assert g.pin_for(g.admit({"x-api-key": gold}, None), "digits:v2") == "digits:v2"

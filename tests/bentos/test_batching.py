@@ -174,20 +174,21 @@ async def test_array_rows_from_many_requests_share_a_batch() -> None:
 
 
 async def test_busy_while_a_batch_is_in_the_model_or_requests_wait() -> None:
-    """What decides whether a shadow copy may run: spare capacity means neither."""
+    """What decides whether a shadow copy may run (spare capacity means neither), and what autoscaling
+    reads: requests waiting, and requests waiting or in the model."""
     model = Model()
     model.gate.clear()
     b = AdaptiveBatcher(model, max_batch_size=1, max_queue=10, name="busy")
-    assert not b.busy
+    assert not b.busy and b.requests_in_flight == 0
     first = asyncio.ensure_future(b.submit(["a"], deadline()))
     await asyncio.to_thread(model.started.wait, 10)
-    assert b.busy and b.queue_depth == 0  # in the model, nothing waiting
+    assert b.busy and b.queue_depth == 0 and b.requests_in_flight == 1  # in the model, nothing waiting
     second = asyncio.ensure_future(b.submit(["b"], deadline()))
     await asyncio.sleep(0)
-    assert b.busy and b.queue_depth == 1
+    assert b.busy and b.queue_depth == 1 and b.requests_in_flight == 2
     model.gate.set()
     await asyncio.gather(first, second)
-    assert not b.busy
+    assert not b.busy and b.requests_in_flight == 0
     await b.stop()
 
 

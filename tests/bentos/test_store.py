@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,14 @@ def test_api_keys_keep_only_a_digest_are_audited_and_a_live_name_is_not_reused(s
     assert [e["action"] for e in entries] == ["key-create", "key-revoke", "key-update", "key-create"]
     assert [e["actor"] for e in entries] == ["bob", "carol", "bob", "alice"]
     assert "sy_secret" not in json.dumps(entries)
+
+
+def test_heartbeats_count_the_live_workers_and_forget_the_silent_and_the_gone(store: ControlPlane) -> None:
+    assert store.heartbeat("host-a:1", ttl_s=5) == 1
+    assert store.heartbeat("host-b:1", ttl_s=5) == 2
+    assert store.heartbeat("host-a:1", ttl_s=5) == 2  # a worker is counted once
+    store.leave("host-b:1")
+    assert store.heartbeat("host-a:1", ttl_s=5) == 1
+    store.heartbeat("host-c:1", ttl_s=5)
+    time.sleep(0.3)
+    assert store.heartbeat("host-a:1", ttl_s=0.2) == 1  # c went silent: by the database's clock, forgotten

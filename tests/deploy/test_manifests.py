@@ -16,6 +16,7 @@ import yaml
 from admin.settings import ConsoleSettings
 from bentos.dataplane.metrics import get_metrics
 from bentos.settings import ServeSettings
+from bentos.signing import SigningSettings
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -91,6 +92,8 @@ def test_serving_deployment_has_probes_resources_and_secrets(base: list[dict[str
     env = env_map(c)
     assert env["SWITCHYARD_ADMIN_TOKEN"] == {"secretKeyRef": {"name": "switchyard", "key": "admin-token"}}
     assert env["SWITCHYARD_DB_URL"] == {"secretKeyRef": {"name": "switchyard", "key": "db-url"}}
+    assert env["SWITCHYARD_SIGNING_KEY"] == {"secretKeyRef": {"name": "switchyard", "key": "signing-key"}}
+    assert c["args"] == ["serve", "--timeout-keep-alive", "120"]  # idle connections outlive every client's
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
     assert c["ports"][0]["containerPort"] == int(annotations["prometheus.io/port"]) == 3000
@@ -129,8 +132,41 @@ def test_gpu_overlay_asks_for_a_gpu_and_cuda() -> None:
     assert json.loads(env_map(c)["SWITCHYARD_PROVIDERS"]) == ["CUDAExecutionProvider"]
 
 
+def merged(base: Any, patch: Any) -> Any:
+    """A strategic-merge patch as kustomize applies this one: maps merge, lists (HPA metrics have no merge
+    key) are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {**base, **{k: merged(base.get(k), v) for k, v in patch.items()}}
+    return patch
+
+
+def test_the_queue_autoscaling_overlay_scales_on_requests_in_flight_and_cpu(base: list[dict[str, Any]]) -> None:
+    overlay = K8S / "overlays" / "queue-autoscaling"
+    if shutil.which("kubectl"):
+        docs = render(overlay)
+    else:  # without kustomize: the base with the patch applied as kustomize would
+        patch = yaml.safe_load((overlay / "hpa-patch.yaml").read_text())
+        docs = [merged(d, patch) if d["kind"] == "HorizontalPodAutoscaler" else d for d in base]
+        docs.append(yaml.safe_load((overlay / "prometheus-adapter-rules.yaml").read_text()))
+    validate_schema(docs)
+    hpa = by_kind(docs, "HorizontalPodAutoscaler", "switchyard")["spec"]
+    metrics = {m["type"]: m for m in hpa["metrics"]}
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
+    pods = metrics["Pods"]["pods"]
+    assert pods["target"]["type"] == "AverageValue" and float(pods["target"]["averageValue"]) > 0
+    assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    assert hpa["minReplicas"] >= 2 and hpa["scaleTargetRef"]["name"] == "switchyard"
+    rules = yaml.safe_load(by_kind(docs, "ConfigMap", "prometheus-adapter-switchyard")["data"]["config.yaml"])
+    rule = rules["rules"][0]
+    assert rule["name"]["as"] == pods["metric"]["name"]
+    series = rule["seriesQuery"].split("{")[0]
+    assert series in {m._name for m in vars(get_metrics()).values()}  # a metric the service exports
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+
+
 def _setting_names() -> set[str]:
-    return {f"SWITCHYARD_{n.upper()}" for n in [*ServeSettings.model_fields, *ConsoleSettings.model_fields]}
+    return {f"SWITCHYARD_{n.upper()}" for n in [*ServeSettings.model_fields, *ConsoleSettings.model_fields,
+                                                 *SigningSettings.model_fields]}
 
 
 def test_every_switchyard_variable_in_deploy_is_a_real_setting() -> None:

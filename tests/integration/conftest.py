@@ -18,7 +18,7 @@ from models.settings import BuildSettings
 from models.validate import validate
 from models.workdir import ModelDir
 from tests.faulty import register_biased, register_faulty
-from tests.servers import Served, free_port, serve_env
+from tests.servers import Postgres, Served, free_port, serve_env
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -82,6 +82,15 @@ def serve_with(tags: dict[str, str], state: Path, workers: int, bentoml_options:
 def server(tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Two workers, so control-plane changes must reach a worker that did not make them; gRPC on."""
     yield from serve_with(tags, tmp_path_factory.mktemp("state"), workers=2, grpc_port=str(free_port()))
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[Postgres]:
+    """A PostgreSQL server of the module's own: its tests may stop it."""
+    server = Postgres()
+    server.start()
+    yield server
+    server.destroy()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -96,3 +97,38 @@ def test_dashboard_queries_run(prometheus: Prometheus) -> None:
                       .replace('"$version"', '".*"'))
             prometheus.query(promql)  # asserts status success: the query parses and evaluates
     assert prometheus.query('sum(rate(switchyard_batch_size_count{endpoint="digits"}[1m]))')
+
+
+def test_the_autoscaling_query_follows_requests_in_flight(prometheus: Prometheus, server: Served) -> None:
+    """prometheus-adapter's rule (deploy/k8s/overlays/queue-autoscaling) on real scrapes: its metricsQuery,
+    with the labels a static scrape has in place of namespace and pod, rises with load."""
+    import yaml
+
+    rules = yaml.safe_load((ROOT / "deploy" / "k8s" / "overlays" / "queue-autoscaling" /
+                            "prometheus-adapter-rules.yaml").read_text())
+    rule = yaml.safe_load(rules["data"]["config.yaml"])["rules"][0]
+    series = rule["seriesQuery"].split("{")[0]
+    promql = (rule["metricsQuery"].replace("<<.Series>>", series).replace("<<.LabelMatchers>>", 'job="switchyard"')
+              .replace("<<.GroupBy>>", "instance"))
+
+    async def load(seconds: float) -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60,
+                                     limits=httpx.Limits(max_connections=64)) as c:
+            end = time.monotonic() + seconds
+
+            async def one_client(i: int) -> None:
+                while time.monotonic() < end:
+                    r = await c.post("/v1/minilm/embed", json={"texts": [f"a sentence to keep the queue full {i}"]})
+                    assert r.status_code == 200, r.text
+            await asyncio.gather(*(one_client(i) for i in range(64)))
+
+    asyncio.run(load(8))
+    time.sleep(2)  # a sample and a scrape after the load
+    in_flight = float(_wait_for(prometheus, promql, 1)[0]["value"][1])  # type: ignore[index]
+    peak_queue = prometheus.query('max_over_time(sum(switchyard_queue_depth{endpoint="minilm"})[30s:1s])')
+    print(f"adapter metric {in_flight:.1f} requests in flight (1 min average); queue peak "
+          f"{float(peak_queue[0]['value'][1]):.0f}")  # type: ignore[index]
+    assert in_flight > 1  # 64 clients for 8 s of the last minute
+    assert float(peak_queue[0]["value"][1]) > 1  # type: ignore[index]
+    now = prometheus.query('sum(switchyard_requests_in_flight{endpoint="minilm"})')
+    assert float(now[0]["value"][1]) == 0  # type: ignore[index]  # back to nothing once the load stopped

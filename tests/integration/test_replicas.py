@@ -35,14 +35,6 @@ class Replicas:
 
 
 @pytest.fixture(scope="module")
-def pg() -> Iterator[Postgres]:
-    server = Postgres()
-    server.start()
-    yield server
-    server.destroy()
-
-
-@pytest.fixture(scope="module")
 def replicas(pg: Postgres, tags: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     pair = Replicas(tags, pg.url, tmp_path_factory.mktemp("replicas"))
     yield pair

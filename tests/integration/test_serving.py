@@ -197,6 +197,25 @@ def test_version_failing_its_sha256_is_refused(client: httpx.Client, tags: dict[
     assert predict(client, [ROW]).headers["x-model-version"] == tags["mlp"]
 
 
+def test_version_altered_with_its_hash_is_refused_by_its_signature(client: httpx.Client,
+                                                                   tags: dict[str, str]) -> None:
+    """Whoever can write the store can make a file and its recorded sha256 agree; not the signature."""
+    import bentoml
+
+    from bentos.artifacts import sha256_file
+
+    tag, path = register_copy(tags["cnn"], "digits-resigned-fp32")
+    with (path / "model.onnx").open("ab") as fh:
+        fh.write(b"\0")
+    model = bentoml.models.get(tag)
+    model.info.metadata["sha256"]["model.onnx"] = sha256_file(path / "model.onnx")
+    model._write_info()
+    deploy(client, "digits", [(tags["mlp"], "stable", 100)])
+    r = deploy(client, "digits", [(tags["mlp"], "stable", 90), (tag, "canary", 10)])
+    assert r.status_code == 422 and "altered after it was signed" in r.text, r.text
+    assert predict(client, [ROW]).headers["x-model-version"] == tags["mlp"]
+
+
 def test_promote_rollback_and_audit(client: httpx.Client, tags: dict[str, str]) -> None:
     deploy(client, "digits", [(tags["mlp"], "stable", 100)], reason="baseline")
     r = deploy(client, "digits", [(tags["mlp"], "stable", 90), (tags["cnn"], "canary", 10)], reason="try cnn")

@@ -83,6 +83,10 @@ class DecodeLoop:
         return len(self.scheduler.waiting)
 
     @property
+    def requests_in_flight(self) -> int:
+        return self.streams
+
+    @property
     def streams(self) -> int:
         """Requests admitted or waiting: what `streams in flight` counts (0 once every client has gone)."""
         return len(self.flights)
