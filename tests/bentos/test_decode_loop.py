@@ -39,11 +39,13 @@ async def read_all(flight) -> str:  # type: ignore[no-untyped-def]
 
 async def test_a_late_joiner_shares_decode_steps(tiny_lm_graphs: dict[str, Path]) -> None:
     loop, steps = make_loop(tiny_lm_graphs["gpt2"])
-    first = await loop.start(ids(loop, "The cat"), SamplingParams(max_tokens=40), time.monotonic() + 10)
+    # ignore_eos: the first must still be decoding when the second joins (the tiny LM may end a text early).
+    first = await loop.start(ids(loop, "The cat"), SamplingParams(max_tokens=120, ignore_eos=True),
+                             time.monotonic() + 30)
     reader = asyncio.create_task(read_all(first))
     while first.stream.usage.completion_tokens < 5:
         await asyncio.sleep(0.001)
-    second = await loop.start(ids(loop, "The dog"), SamplingParams(max_tokens=10), time.monotonic() + 10)
+    second = await loop.start(ids(loop, "The dog"), SamplingParams(max_tokens=10), time.monotonic() + 30)
     await read_all(second)
     await reader
     assert max(s.batch for s in steps) == 2
