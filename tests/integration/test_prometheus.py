@@ -117,8 +117,11 @@ def test_the_autoscaling_query_follows_requests_in_flight(prometheus: Prometheus
             end = time.monotonic() + seconds
 
             async def one_client(i: int) -> None:
-                while time.monotonic() < end:
-                    r = await c.post("/v1/minilm/embed", json={"texts": [f"a sentence to keep the queue full {i}"]})
+                n = 0
+                while time.monotonic() < end:  # a new, long text each time: the model, not this client, is
+                    n += 1                      # the bottleneck, and the prediction cache must not answer
+                    text = f"client {i} keeps the queue full, {n}: " + "a long sentence of many words " * 50
+                    r = await c.post("/v1/minilm/embed", json={"texts": [text]})
                     assert r.status_code == 200, r.text
             await asyncio.gather(*(one_client(i) for i in range(64)))
 
