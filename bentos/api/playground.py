@@ -25,6 +25,21 @@ from bentos.dataplane.endpoint import Answer
 from bentos.errors import ServingError
 from bentos.tasks.playground_kit import Kit, compare_versions, latency
 
+# Gradio 6.31's sketchpad opens with no tool chosen: dragging drew nothing ("select the draw tool to start")
+# and Run then said the sketchpad was empty. It has no parameter for the starting tool, so the page picks the
+# brush for each sketchpad as it appears, once: a visitor who then picks another tool keeps it.
+CHOOSE_BRUSH_JS = f"""() => {{
+  const choose = () => {{
+    for (const b of document.querySelectorAll('.{Kit.SKETCHPAD_CLASS} button[aria-label="Brush"]')) {{
+      if (b.dataset.switchyardChosen) continue;
+      b.dataset.switchyardChosen = "1";
+      if (!b.classList.contains("highlight")) b.click();
+    }}
+  }};
+  new MutationObserver(choose).observe(document.body, {{childList: true, subtree: true}});
+  choose();
+}}"""
+
 
 def build_playground(holder: EngineHolder) -> Any:
     import gradio as gr
@@ -151,7 +166,8 @@ def build_playground(holder: EngineHolder) -> Any:
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     # A middleware, not a wrapper: BentoML runs the FastAPI app's lifespan, which starts Gradio's queue.
     app.add_middleware(Switchable, holder=holder)
-    return gr.mount_gradio_app(app, demo, path="/playground", max_file_size=PLAYGROUND_MAX_UPLOAD)
+    return gr.mount_gradio_app(app, demo, path="/playground", max_file_size=PLAYGROUND_MAX_UPLOAD,
+                               js=CHOOSE_BRUSH_JS)
 
 
 PLAYGROUND_QUEUE = 64

@@ -282,7 +282,8 @@ class ImageClassification(Task):
                 names = [name for name, _, _ in kit.examples]
                 example = gr.Dropdown(names, value=names[0] if names else None, label="Example",
                                       visible=bool(names), interactive=True)
-                sketch = gr.Sketchpad(type="numpy", image_mode="RGBA", canvas_size=(280, 280), label="Draw")
+                sketch = gr.Sketchpad(type="numpy", image_mode="RGBA", canvas_size=(280, 280), label="Draw",
+                                      elem_classes=[kit.SKETCHPAD_CLASS])  # opened with its brush (playground.py)
                 # A path, not pixels: Gradio would decode the upload before our limits could look at it.
                 upload = gr.Image(type="filepath", image_mode=None, label="Upload an image")
             with gr.Column():

@@ -26,6 +26,9 @@ Write = Callable[[str, str, Any, str, str | None, str | None, str | None], Async
 
 
 class Kit:
+    # The class of every sketchpad: the playground page opens each with its brush chosen (api/playground.py).
+    SKETCHPAD_CLASS = "sy-sketchpad"
+
     def __init__(self, gr: Any, endpoint: Any, ask: Ask, choices: list[str], needs_key: bool = False,
                  write: Write | None = None) -> None:
         self.gr, self.needs_key = gr, needs_key

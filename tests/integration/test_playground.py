@@ -127,6 +127,43 @@ def test_a_browser_can_predict_from_the_playground(server: Served) -> None:
     assert {"digits", "minilm", "About"} <= set(tabs)
 
 
+def test_the_sketchpad_draws_at_once_and_the_page_loads_nothing_from_outside(server: Served) -> None:
+    """The sketchpad opened with no tool chosen: a drag drew nothing and Run said it was empty. And a stack
+    on a machine without internet must not ask it for anything."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        seen: list[tuple[str, str]] = []
+        page.on("response", lambda r: seen.append((str(r.status), r.url)))
+        # ERR_ABORTED is the page closing a stream it is done with (Gradio's queue), not a resource missing.
+        page.on("requestfailed", lambda r: None if "ERR_ABORTED" in (r.failure or "") else
+                seen.append(("failed", r.url)))
+        page.goto(f"{server.url}/playground/", wait_until="networkidle", timeout=60_000)
+        page.get_by_role("tab", name="digits", exact=True).click()
+        page.get_by_label("sketch").filter(visible=True).first.check()
+        canvas = page.locator(".sy-sketchpad canvas").filter(visible=True).first
+        box = canvas.bounding_box()
+        assert box is not None
+        x, top = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2
+        page.mouse.move(x, top)
+        page.mouse.down()
+        for i in range(20):  # a vertical stroke, without touching the toolbar first
+            page.mouse.move(x, top + i * box["height"] * 0.03)
+        page.mouse.up()
+        page.locator("#run-digits").click()
+        answer = page.locator("#answer-digits")
+        answer.get_by_text("Answered by").wait_for(timeout=30_000)
+        body = page.locator("body").inner_text()
+        requests = list(seen)  # before closing, which aborts Gradio's open event stream
+        browser.close()
+    assert "empty" not in body
+    outside = [(status, url) for status, url in requests if not url.startswith((server.url, "data:"))]
+    failed = [(status, url) for status, url in requests if status == "failed" or status.startswith(("4", "5"))]
+    assert not outside and not failed, (outside, failed)
+
+
 def test_the_screenshot_directory_is_ignored_by_git() -> None:
     assert "test-artifacts/" in Path(ROOT / ".gitignore").read_text()
 
