@@ -10,7 +10,9 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-NUMBER = "~g"  # 0 reads "0", 0.0123 reads "0.0123", 12000 reads "12000": never "0.000000"
+# 0 reads "0", 0.0123 "0.0123", 10 "10", 12000 "12000": never "0.000000". The precision is explicit: without
+# one, Vega derives it from the tick step, and a step of 5 made 10 read "1e+1".
+NUMBER = ".6~g"
 CLOCK = "%H:%M:%S"
 
 

@@ -162,13 +162,20 @@ PROMQL = {
 }
 
 
+VERSION_ID_CHARS = 8  # of a tag's version id in a chart label: enough to tell a model's versions apart
+
+
 def series_name(endpoint: str, version: str) -> str:
-    """A chart column name that Altair takes literally.
+    """A chart label that fits a legend and that Altair takes literally: "digits · cnn-fp32 @ ucqktphr" for
+    digits-cnn-fp32:ucqktphrrszekax4 (the endpoint's own name is not repeated; the full tag is in the
+    tooltip and on the Models page).
 
     Altair reads "a:b" as field a of encoding type b (a tag's version suffix broke the live
     charts), and dots and brackets as nested access.
     """
-    name = f"{endpoint} · {version}"
+    model, _, vid = version.partition(":")
+    model = model.removeprefix(f"{endpoint}-") or model
+    name = f"{endpoint} · {model}" + (f":{vid[:VERSION_ID_CHARS]}" if vid else "")
     for char, safe in ((":", " @ "), (".", "_"), ("[", "("), ("]", ")"), ("\\", "/")):
         name = name.replace(char, safe)
     return name

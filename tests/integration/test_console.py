@@ -281,6 +281,17 @@ def chart_texts(pg: Any) -> list[list[str]]:
             for i in range(charts.count())]
 
 
+def clipped_chart_texts(pg: Any) -> list[str]:
+    """Chart words (legend entries, ticks) that run past their chart's edge, where the page cuts them."""
+    return list(pg.evaluate("""() => [...document.querySelectorAll("[data-testid='stVegaLiteChart']")]
+        .flatMap((chart) => {
+            const edge = chart.getBoundingClientRect().right + 1;
+            return [...chart.querySelectorAll("svg text")]
+                .filter((t) => t.textContent.trim() && t.getBoundingClientRect().right > edge)
+                .map((t) => t.textContent);
+        })"""))
+
+
 def canary_in_browser(pg: Any, tag: str, reason: str) -> None:
     """On the Deployments page: `tag` as a 10 % canary, with a reason and the confirmation."""
     pg.get_by_label("Canary version").click()
@@ -339,8 +350,9 @@ def test_browser_changes_the_split_and_every_page_renders(streamlit_app: str, si
                 series = {series_name("digits", t) for t in (tags["mlp"], tags["cnn"])}
                 for legend in charts:  # every chart names every series it draws, in full
                     assert not any(t.endswith("…") for t in legend), legend
+                assert not clipped_chart_texts(pg), clipped_chart_texts(pg)
                 assert any(series <= set(texts) for texts in charts), charts
-                assert not any("0.000000" in t for texts in charts for t in texts)
+                assert not any("0.000000" in t or "e+" in t for texts in charts for t in texts), charts
         browser.close()
     outside = [u for u in asked if not u.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:"))]
     assert not outside, outside
