@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -240,18 +241,22 @@ def not_blank(png: Path) -> bool:
         return bool(ImageStat.Stat(img.convert("L")).stddev[0] > 15 and png.stat().st_size > 20_000)
 
 
+CONSOLE_LOGS: dict[str, Path] = {}  # each started console's URL -> its Streamlit log (stdout and stderr)
+
+
 def start_console(service_url: str, token: str | None) -> Iterator[str]:
     """`streamlit run admin/app.py` on a free port; with `token` its one user is signed in (as `make serve`)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "SWITCHYARD_ADMIN_TOKEN"}
     env.update(SWITCHYARD_SERVICE_URL=service_url, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
                **({"SWITCHYARD_ADMIN_TOKEN": token} if token else {}))
+    url = f"http://127.0.0.1:{port}"
+    log = CONSOLE_LOGS[url] = Path(tempfile.mkdtemp(prefix="switchyard-console-")) / "streamlit.log"
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "admin" / "app.py"),
                              "--server.headless", "true", "--server.address", "127.0.0.1",
                              "--server.port", str(port), "--client.toolbarMode", "minimal"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+                            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     for _ in range(100):
         try:
             if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
@@ -279,6 +284,31 @@ def chart_texts(pg: Any) -> list[list[str]]:
     charts = pg.locator("[data-testid='stVegaLiteChart']")
     return [[t.strip() for t in charts.nth(i).locator("svg text").all_text_contents() if t.strip()]
             for i in range(charts.count())]
+
+
+def rollout_in_browser(pg: Any, console: str, served: Served, tags: dict[str, str]) -> None:
+    """Start a rollout on the Rollouts page: the page shows it at once, not the empty state and the form."""
+    with httpx.Client(base_url=served.url, headers=AUTH) as c:
+        deploy(c, "digits", [(tags["mlp"], "stable", 100)], reason="browser: before a rollout")
+        try:
+            pg.goto(f"{console}/rollouts", wait_until="networkidle", timeout=60_000)
+            pg.get_by_label("Endpoint").click()
+            pg.get_by_role("option", name="digits", exact=True).click()
+            pg.get_by_text("No rollout on this endpoint yet").wait_for(timeout=30_000)
+            pg.get_by_label("Canary version").click()
+            pg.get_by_role("option", name=tags["cnn"]).click()
+            pg.get_by_label("Steps (%)").fill("20, 100")
+            pg.get_by_label("Min requests per step").fill("1000000")  # it stays at its first step
+            pg.get_by_label("Reason (recorded in the audit log)").fill("browser: roll out the CNN")
+            pg.get_by_role("button", name="Start rollout").click()
+            pg.get_by_text("started at 20 %").wait_for(timeout=30_000)
+            pg.wait_for_timeout(1000)
+            assert pg.get_by_text("No rollout on this endpoint yet").count() == 0
+            assert pg.get_by_role("button", name="Start rollout").count() == 0
+            assert pg.get_by_text("running").count() >= 1
+        finally:
+            c.post("/v1/admin/rollouts/digits/abort", json={"reason": "browser: done"})
+            deploy(c, "digits", [(tags["mlp"], "stable", 100)], reason="browser: after a rollout")
 
 
 def clipped_chart_texts(pg: Any) -> list[str]:
@@ -324,8 +354,8 @@ def test_browser_changes_the_split_and_every_page_renders(streamlit_app: str, si
         assert {v["tag"]: v["weight"] for v in current["versions"]} == {tags["mlp"]: 90, tags["cnn"]: 10}
         assert pg.get_by_role("button", name="Deploy").count() == 0  # Streamlit's cloud button is hidden
         for path, title in [("", "Overview"), ("models", "Models"), ("endpoints", "Endpoints"),
-                            ("deployments", "Deployments"),
-                            ("rollouts", "Rollouts"), ("live", "Live metrics"), ("audit", "Audit log")]:
+                            ("deployments", "Deployments"), ("rollouts", "Rollouts"), ("live", "Live metrics"),
+                            ("monitoring", "Monitoring"), ("audit", "Audit log")]:
             pg.goto(f"{streamlit_app}/{path}", wait_until="networkidle", timeout=60_000)
             pg.get_by_role("heading", name=title).first.wait_for(timeout=30_000)
             if path == "live":  # keep traffic flowing until two scrapes have drawn the charts
@@ -353,7 +383,13 @@ def test_browser_changes_the_split_and_every_page_renders(streamlit_app: str, si
                 assert not clipped_chart_texts(pg), clipped_chart_texts(pg)
                 assert any(series <= set(texts) for texts in charts), charts
                 assert not any("0.000000" in t or "e+" in t for texts in charts for t in texts), charts
+            if path == "monitoring":  # the service's words about the payload log, said once
+                said = pg.get_by_text("payload logging is off").all_inner_texts()
+                assert len(said) == 1 and said[0].count("SWITCHYARD_PAYLOAD_LOG") == 1, said
+        rollout_in_browser(pg, streamlit_app, single_worker, tags)
         browser.close()
+    log = CONSOLE_LOGS[streamlit_app].read_text()
+    assert "Traceback" not in log and "ArrowTypeError" not in log, log[-3000:]  # ordinary use logs nothing
     outside = [u for u in asked if not u.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:"))]
     assert not outside, outside
 

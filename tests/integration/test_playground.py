@@ -156,9 +156,17 @@ def test_the_sketchpad_draws_at_once_and_the_page_loads_nothing_from_outside(ser
         answer = page.locator("#answer-digits")
         answer.get_by_text("Answered by").wait_for(timeout=30_000)
         body = page.locator("body").inner_text()
+        # Two versions on the same drawing: the verdict names the task's own measure, the number and the
+        # threshold the versions' gate used (not one cut-off for every task).
+        page.get_by_text("Compare two versions on this input").filter(visible=True).first.click()
+        page.get_by_role("button", name="Compare", exact=True).filter(visible=True).first.click()
+        verdict = page.get_by_text("agreeing means at least").filter(visible=True).first
+        verdict.wait_for(timeout=30_000)
+        said = verdict.inner_text()
         requests = list(seen)  # before closing, which aborts Gradio's open event stream
         browser.close()
     assert "empty" not in body
+    assert said.startswith(("They agree", "They disagree")) and "mean top-1 agreement" in said, said
     outside = [(status, url) for status, url in requests if not url.startswith((server.url, "data:"))]
     failed = [(status, url) for status, url in requests if status == "failed" or status.startswith(("4", "5"))]
     assert not outside and not failed, (outside, failed)
