@@ -22,8 +22,9 @@ from tests.integration.conftest import TOKEN, serve_with
 from tests.servers import Served
 
 pytestmark = pytest.mark.integration
-# Fixed, so that the run is the same every time and stays well under 3 minutes (about 75 s here).
-SEED, EXAMPLES = 1, 25
+# Fixed, so that the run is the same every time; 15 examples per operation keep it near 3 minutes here (the
+# API has grown to many operations) with well over a thousand cases.
+SEED, EXAMPLES = 1, 15
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 
 
