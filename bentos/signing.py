@@ -96,12 +96,15 @@ def manifest(tag: str, metadata: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
 
 
+def _mac(key: bytes, tag: str, metadata: dict[str, Any]) -> str:
+    return hmac.new(key, manifest(tag, metadata), hashlib.sha256).hexdigest()
+
+
 def sign(tag: str, metadata: dict[str, Any], trust: Trust) -> dict[str, str]:
     """What is stored as the version's `signed` metadata."""
     if trust.key is None:
         raise ValueError(f"no signing key: set SWITCHYARD_SIGNING_KEY or write one to {trust.source}; {MAKE_KEY}")
-    mac = hmac.new(trust.key, manifest(tag, metadata), hashlib.sha256).hexdigest()
-    return {"algorithm": ALGORITHM, "key_id": trust.key_id, "mac": mac}
+    return {"algorithm": ALGORITHM, "key_id": trust.key_id, "mac": _mac(trust.key, tag, metadata)}
 
 
 def problem(tag: str, metadata: dict[str, Any], trust: Trust) -> str | None:
@@ -120,8 +123,7 @@ def problem(tag: str, metadata: dict[str, Any], trust: Trust) -> str | None:
     if signed.get("algorithm") != ALGORITHM or signed.get("key_id") != trust.key_id:
         return (f"{tag} is signed with key {signed.get('key_id')} ({signed.get('algorithm')}), not with this "
                 f"key {trust.key_id} ({trust.source})")
-    want = hmac.new(trust.key, manifest(tag, metadata), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(want, str(signed.get("mac", ""))):
+    if not hmac.compare_digest(_mac(trust.key, tag, metadata), str(signed.get("mac", ""))):
         return (f"{tag} was altered after it was signed: its manifest (artifact hashes, task, signature, "
                 "preprocessing, lineage, gate) does not match its signature")
     return None

@@ -155,7 +155,7 @@ def get_metrics() -> Metrics:
                            "budget held, 0 to 1.", ev, multiprocess_mode="livemax"),
         streams=Gauge("switchyard_streams_in_flight", "Generation: requests decoding or waiting to.", ev,
                       multiprocess_mode="livesum"),
-        # What autoscaling reads (deploy/k8s/autoscaling): each worker's, summed over the pod's workers.
+        # What autoscaling reads (deploy/k8s/overlays/queue-autoscaling): each worker's, summed over the pod's workers.
         queue_depth=Gauge("switchyard_queue_depth", "Requests waiting for the model, sampled every second.", ev,
                           multiprocess_mode="livesum"),
         in_flight=Gauge("switchyard_requests_in_flight", "Requests waiting or in the model, sampled every "
