@@ -13,6 +13,7 @@ from bentos.api.oip import oip_routes
 from bentos.api.oip_generate import oip_generate_routes
 from bentos.api.openai import openai_routes
 from bentos.api.playground import build_playground
+from bentos.api.repository import repository_routes
 from bentos.api.worker import in_worker
 from bentos.controlplane.engine import Engine
 from bentos.controlplane.rollout_controller import RolloutController
@@ -21,7 +22,8 @@ from bentos.settings import ServeSettings
 
 holder = EngineHolder()
 app = create_app(holder, [*health_routes(holder), *admin_routes(holder), *openai_routes(holder),
-                         *oip_routes(holder), *oip_generate_routes(holder)], beside=[grpc_server])
+                         *oip_routes(holder), *oip_generate_routes(holder), *repository_routes(holder)],
+                 beside=[grpc_server])
 
 
 @bentoml.asgi_app(app, path="/")

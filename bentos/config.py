@@ -72,6 +72,9 @@ class EndpointConfig(BaseModel):
     signature: SignatureDecl | None = Field(None, description="Declared inputs; versions must match it.")
     description: str = Field("", max_length=500)
     redact_payloads: bool = Field(False, description="The payload log keeps only hashes of this endpoint's inputs.")
+    residency: Literal["always", "on-demand"] = Field("always", description=(
+        "always: every deployed version is loaded before traffic and stays; on-demand: a version loads on its "
+        "first request and may be unloaded when idle to stay within SWITCHYARD_MODEL_MEMORY."))
 
     @field_validator("name")
     @classmethod

@@ -154,6 +154,15 @@ class Overloaded(ServingError):
         super().__init__(f"overloaded, retry later: {detail}", headers=retry_after(self.retry_after_s))
 
 
+class MemoryFull(ServingError):
+    """An on-demand version cannot load: the worker's model memory budget is held by versions in use."""
+
+    kind = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, headers=retry_after(retry_after_s))
+
+
 class QueueFull(Overloaded):
     pass
 

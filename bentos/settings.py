@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -63,6 +64,42 @@ class PayloadLogSettings(BaseModel):
     max_total_mb: float = Field(256, gt=0, le=1_000_000, description="All files together stay under this.")
 
 
+UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+         "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*|%)\s*$")
+
+
+def parse_memory(text: str, limit: int) -> int:
+    """'2000000000', '1.5GiB', '512Mi', '40%' (of `limit`) -> bytes."""
+    match = MEMORY.match(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or (unit != "%" and unit not in UNITS):
+        raise ValueError(f"SWITCHYARD_MODEL_MEMORY: {text!r} is not a size like 2000000000, 1.5GiB, 512MiB or 40%")
+    number = float(match.group(1))
+    if unit == "%":
+        if not 0 < number <= 100:
+            raise ValueError(f"SWITCHYARD_MODEL_MEMORY: a share must be over 0 and at most 100%, got {text!r}")
+        return int(limit * number / 100)
+    return int(number * UNITS[unit])
+
+
+def memory_limit(cgroup: Path = Path("/sys/fs/cgroup/memory.max"), meminfo: Path = Path("/proc/meminfo")) -> int:
+    """This container's memory limit (cgroup v2, a Kubernetes `limits.memory`), else the machine's memory."""
+    try:
+        raw = cgroup.read_text().strip()
+        if raw != "max":
+            return int(raw)
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 34
+
+
 class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
 
@@ -102,6 +139,15 @@ class ServeSettings(BaseSettings):
     providers: list[str] = Field(
         default_factory=list, description='ORT execution providers that must be present, in order, e.g. '
         '["CUDAExecutionProvider"]; empty = the best available (TensorRT, CUDA, CPU).')
+
+    # Many models: residency (endpoints with `residency: on-demand` load on their first request)
+    model_memory: str | None = Field(None, description=(
+        "Memory for loaded model versions, per worker: bytes (2000000000, 1.5GiB, 512MiB) or a share of the "
+        "container's memory limit (40%). A load that would pass it unloads the least recently used idle "
+        "on-demand versions first; unset: no budget."))
+    min_resident_s: float = Field(10.0, ge=0, le=3600, description=(
+        "Thrash guard: a version loaded less than this long ago is not unloaded to make room for one that "
+        "was itself unloaded less than this long ago (that request gets 503 instead)."))
 
     # Batching
     max_batch_size: int = Field(32, ge=1, le=1024, description="Rows per model call.")
@@ -158,6 +204,17 @@ class ServeSettings(BaseSettings):
     canary_compare_sample: float = Field(
         0.2, ge=0, le=1, description="Share of a canary's answers also asked of stable, in the background and "
                                      "dropped when busy, so a rollout's agreement check works in canary steps.")
+
+    @field_validator("model_memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_memory(value, 1 << 40)  # a ValueError naming the variable and the forms it takes
+        return value
+
+    def memory_budget(self) -> int | None:
+        """SWITCHYARD_MODEL_MEMORY in bytes (a share of the cgroup's memory limit, or of the machine's)."""
+        return None if self.model_memory is None else parse_memory(self.model_memory, memory_limit())
 
     @field_validator("grpc_port", mode="before")
     @classmethod

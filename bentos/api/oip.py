@@ -40,7 +40,7 @@ from bentos.tasks.base import Codec, oip_datatype
 
 HEADER = "inference-header-content-length"
 # What GET /v2 and gRPC's ServerMetadata say.
-SERVER = {"name": "switchyard", "version": "1", "extensions": ["binary_tensor_data"]}
+SERVER = {"name": "switchyard", "version": "1", "extensions": ["binary_tensor_data", "model_repository"]}
 
 
 class TensorIn(BaseModel):

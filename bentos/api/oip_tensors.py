@@ -95,9 +95,10 @@ def from_values(values: Any, want: str, shape: list[int], name: str) -> np.ndarr
 
 def served_codec(endpoint: Endpoint) -> Codec:
     """The codec of the endpoint's stable version: what its tensors are, for metadata and decoding."""
-    if endpoint.spec is None or endpoint.spec.stable.tag not in endpoint.slots:
+    codec = endpoint.codec_of(endpoint.spec.stable.tag) if endpoint.spec is not None else None
+    if codec is None:
         raise NoDeployment(f"model {endpoint.name} has no deployed version yet")
-    return endpoint.slots[endpoint.spec.stable.tag].version.codec
+    return codec
 
 
 def items_of(codec: Codec, tensors: dict[str, np.ndarray], max_rows: int) -> list[Any]:

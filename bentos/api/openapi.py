@@ -35,7 +35,7 @@ WORDS = {400: "malformed request", 401: "missing or wrong credential", 403: "the
          503: "overloaded, no model deployed, or control plane unavailable; see Retry-After"}
 ADMIN_ERRORS = (401, 403, 404, 409, 413, 422, 503)
 INFER_ERRORS = (401, 403, 404, 413, 422, 429, 503)
-OIP_ERRORS = (400, 401, 403, 404, 413, 429, 503)
+OIP_ERRORS = (400, 401, 403, 404, 409, 413, 429, 503)
 OPENAI_ERRORS = (400, 401, 403, 404, 413, 429, 500, 503)
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 # What each path parameter can be: anything else matches no route at all.
@@ -96,6 +96,9 @@ SUMMARY: dict[tuple[str, str], str] = {
     ("GET", "/v2/models/{model}/ready"): "OIP model readiness",
     ("POST", "/v2/models/{model}/infer"): "OIP inference (JSON or the binary tensor extension)",
     ("POST", "/v2/models/{model}/versions/{version}/infer"): "OIP inference pinned to a version",
+    ("POST", "/v2/repository/index"): "Triton's repository index: each endpoint, READY when loaded here",
+    ("POST", "/v2/repository/models/{model}/load"): "Load an endpoint's versions and keep them loaded",
+    ("POST", "/v2/repository/models/{model}/unload"): "Let an on-demand endpoint's idle versions go",
 }
 
 

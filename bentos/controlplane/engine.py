@@ -37,7 +37,17 @@ from bentos.dataplane.catalog import check_version, is_validated, list_versions,
 from bentos.dataplane.endpoint import Endpoint
 from bentos.dataplane.metrics import get_metrics
 from bentos.dataplane.payloads import PayloadLog, tail
-from bentos.dataplane.runtime import LoadedVersion, VersionLoadError, available_cores, load_version, resolve_tag
+from bentos.dataplane.residency import ROLLOUT as ROLLOUT_PIN
+from bentos.dataplane.residency import Residency
+from bentos.dataplane.runtime import (
+    LoadedVersion,
+    StoredVersion,
+    VersionLoadError,
+    available_cores,
+    inspect_version,
+    load_version,
+    resolve_tag,
+)
 from bentos.dataplane.serving import Serving
 from bentos.dataplane.stats import StatsRecorder, bucket_of, summarize
 from bentos.errors import Conflict, InvalidChange, NotFound, ServingError, Unavailable
@@ -90,6 +100,10 @@ class Engine:
         load_plugins(settings.task_modules)
         # A bad file stops the worker here, naming the key (ConfigError).
         self.declared = {e.name: e for e in load_config(config_path(settings.config)).endpoints}
+        # Which versions this worker holds in memory, within SWITCHYARD_MODEL_MEMORY (many models).
+        self.residency = Residency(settings.memory_budget(), settings.min_resident_s, self._load, self.metrics,
+                                   on_measured=self._measured)
+        self._repository: set[str] = set()  # endpoints loaded through the model-repository API
         self.endpoints: dict[str, Endpoint] = {name: self._new_endpoint(c) for name, c in self.declared.items()}
         self.store: ControlPlane | None = None
         self.store_error: str | None = None
@@ -118,7 +132,10 @@ class Engine:
         self.serving = Serving(self, self.gate, self.admission, self.metrics, self.payloads, settings)
 
     def _new_endpoint(self, config: EndpointConfig) -> Endpoint:
-        return Endpoint(config, self.settings, self.metrics, self.stats)
+        endpoint = Endpoint(config, self.settings, self.metrics, self.stats)
+        endpoint.residency = self.residency
+        endpoint.repository_pinned = config.name in self._repository
+        return endpoint
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -205,6 +222,9 @@ class Engine:
                     log.error("cannot serve endpoint %s: %s", name, str(exc).splitlines()[0])
                     self._unservable.add(name)
                 continue
+            if current is not None and current.config == config:  # stored before a field with a default existed
+                continue
+            self.residency.forget(name)
             self.endpoints[name] = self._new_endpoint(config)
             self._unservable.discard(name)
             self._expected.pop(name, None)
@@ -218,6 +238,7 @@ class Engine:
     async def _retire(self, name: str) -> None:
         endpoint = self.endpoints.pop(name)
         self._expected.pop(name, None)
+        self.residency.forget(name)
         self._retire_later(endpoint)
         log.info("endpoint %s was deleted", name)
 
@@ -234,6 +255,7 @@ class Engine:
         assert self.store is not None
         await self._sync_endpoints()
         await self._sync_keys()
+        repository = await self._sync_residency()
         revisions = await self.db(self.store.current_revisions)
         self.store_error = None
         due = []
@@ -243,7 +265,9 @@ class Engine:
             self._expected[name] = revision
             if revision != self.endpoints[name].revision and not self._gave_up_on(name, revision):
                 due.append(self._apply(name, revision))
-        await asyncio.gather(*due)  # endpoints load side by side: start-up waits for the slowest, not the sum
+        await asyncio.gather(*due)
+        for name in repository:
+            await self._repin(name)
         self._synced = True
         if due:
             self._remember()
@@ -253,6 +277,52 @@ class Engine:
         keys = await self.db(self.store.api_keys)
         self.gate.set_keys([(k.digest, LiveKey(k.name, k.rate, k.burst, frozenset(k.scopes)))
                             for k in keys if k.revoked_at is None])
+
+    async def _sync_residency(self) -> set[str]:
+        """Measured sizes, and which endpoints the repository API loaded; the endpoints whose load changed."""
+        assert self.store is not None
+        sizes, pinned = await self.db(self.store.residency)
+        self.residency.sizes.update(sizes)
+        changed = pinned ^ self._repository
+        self._repository = pinned
+        for name in changed:
+            if name in self.endpoints:
+                self.endpoints[name].repository_pinned = name in pinned
+        return {n for n in changed if n in self.endpoints}
+
+    async def _repin(self, name: str) -> None:
+        """The repository API loaded or unloaded `name`: load what is now pinned, unload what is idle."""
+        endpoint = self.endpoints[name]
+        if endpoint.spec is None:
+            return
+        if endpoint.repository_pinned:
+            try:
+                loaded, cold = await self._preload(endpoint, endpoint.spec)
+            except VersionLoadError as exc:
+                endpoint.load_error = f"repository load: {exc}"
+                self._settle(endpoint)
+                return
+            endpoint.swap(endpoint.revision, endpoint.spec, loaded, cold)
+        else:
+            self._settle(endpoint)
+            self.residency.unload_idle(endpoint)
+
+    def _settle(self, endpoint: Endpoint) -> None:
+        """The ledger's pins as the endpoint's deployment says, after a change that did not swap."""
+        self.residency.settle(endpoint, endpoint.pins(endpoint.spec) if endpoint.spec else {}, endpoint.slots)
+
+    def _measured(self, tag: str, nbytes: int) -> None:
+        """A version's first measured size goes to the control plane (in the background, best effort)."""
+        if self.store is None or self.store_error:
+            return
+        task = asyncio.get_running_loop().create_task(self._store_size(tag, nbytes))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _store_size(self, tag: str, nbytes: int) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            assert self.store is not None
+            await self.db(self.store.put_version_size, tag, nbytes)
 
     def _gave_up_on(self, name: str, revision: int) -> bool:
         failed = self._failed.get(name)
@@ -266,28 +336,40 @@ class Engine:
         spec = DeploymentSpec.model_validate(record.spec)
         endpoint = self.endpoints[name]
         try:
-            loaded = await self._preload(endpoint, spec)
+            loaded, cold = await self._preload(endpoint, spec)
         except VersionLoadError as exc:
             # Keep serving what we have; try this revision again later, not on every poll.
             self._failed[name] = (revision, time.monotonic() + RETRY_FAILED_S)
             endpoint.load_error = f"revision {revision}: {exc}"
             log.error("cannot apply %s revision %d: %s", name, revision, exc)
+            self._settle(endpoint)
             return
         if endpoint.revision > revision:
             # A change made through this worker while we loaded wrote a newer revision: never step back.
+            self._settle(endpoint)
             return
-        endpoint.swap(revision, spec, loaded)
+        endpoint.swap(revision, spec, loaded, cold)
         log.info("%s now at revision %d: %s", name, revision,
                  ", ".join(f"{v.tag} {v.role} {v.weight}%" for v in spec.versions))
 
     def _load(self, tag: str) -> LoadedVersion:
         return load_version(tag, self.threads, self.providers, self.trust)
 
-    async def _preload(self, endpoint: Endpoint, spec: DeploymentSpec) -> dict[str, LoadedVersion]:
+    async def _preload(self, endpoint: Endpoint, spec: DeploymentSpec
+                       ) -> tuple[dict[str, LoadedVersion], dict[str, StoredVersion]]:
+        """What `spec` needs before it serves: its pinned versions loaded and warmed (all of them unless the
+        endpoint is on-demand), one at a time through the ledger, which measures each; the others verified and
+        described, to load on their first request."""
         missing = endpoint.missing(spec)
-        versions = await asyncio.gather(*(asyncio.to_thread(self._load, tag)
-                                          for tag in missing))  # side by side: ORT sessions load in C++
-        return dict(zip(missing, versions, strict=True))
+        pinned = set(endpoint.resident_in(spec))
+        loaded: dict[str, LoadedVersion] = {}
+        for tag in [t for t in missing if t in pinned]:
+            version = await self.residency.load(endpoint, tag)
+            assert version is not None
+            loaded[tag] = version
+        later = [t for t in missing if t not in pinned]
+        described = await asyncio.gather(*(asyncio.to_thread(inspect_version, t, self.trust) for t in later))
+        return loaded, dict(zip(later, described, strict=True))
 
     async def _poll_loop(self) -> None:
         backoff = self.settings.poll_interval_s
@@ -453,7 +535,7 @@ class Engine:
             if spec is None:
                 continue
             try:
-                endpoint.swap(cached["revision"] if cached else 0, spec, await self._preload(endpoint, spec))
+                endpoint.swap(cached["revision"] if cached else 0, spec, *await self._preload(endpoint, spec))
                 self._expected[name] = endpoint.revision
             except VersionLoadError as exc:
                 endpoint.load_error = f"offline start: {exc}"
@@ -588,8 +670,9 @@ class Engine:
             rollout = self.rollouts.on_manual_change(actor, action)
         async with self._write_lock:
             try:
-                loaded = await self._preload(endpoint, spec)  # before any traffic can reach it
+                loaded, cold = await self._preload(endpoint, spec)  # before any traffic can reach it
             except VersionLoadError as exc:
+                self._settle(endpoint)
                 raise InvalidChange(f"refused, traffic stays where it was: {exc}") from None
             try:
                 record: Revision = await self.store_call(store.write_deployment, name, spec.model_dump(),
@@ -597,9 +680,13 @@ class Engine:
                                                          expect_revision=expect_revision, details=details,
                                                          rollout=rollout, fence=fence)
             except RevisionConflict as exc:
+                self._settle(endpoint)
                 raise Conflict(f"{exc}; reload and try again") from None
+            except BaseException:
+                self._settle(endpoint)
+                raise
             self._expected[name] = record.revision
-            endpoint.swap(record.revision, spec, loaded)
+            endpoint.swap(record.revision, spec, loaded, cold)
             self._remember()
         return record
 
@@ -709,7 +796,40 @@ class Engine:
             await self._sync_keys()
 
     async def models(self, task: str | None = None) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(list_versions, task)
+        """The stored versions, each with its size measured at its first load (None before one)."""
+        sizes = self.residency.sizes
+        return [{**v, "resident_bytes": sizes.get(v["tag"])} for v in await asyncio.to_thread(list_versions, task)]
+
+    # --- the model repository (Triton's extension) ------------------------------------------
+    def repository_index(self) -> list[dict[str, Any]]:
+        """Each endpoint as Triton lists a model: READY when its stable version is loaded in this worker."""
+        out = []
+        for name, endpoint in sorted(self.endpoints.items()):
+            spec = endpoint.spec
+            if spec is None:
+                out.append({"name": name, "state": "UNAVAILABLE", "reason": "no deployment yet"})
+                continue
+            loaded = spec.stable.tag in endpoint.slots
+            out.append({"name": name, "version": spec.stable.tag.split(":")[-1],
+                        "state": "READY" if loaded else "UNAVAILABLE",
+                        "reason": "" if loaded else "unloaded (residency: on-demand; it loads on its first request)"})
+        return out
+
+    async def repository_load(self, name: str, loaded: bool, actor: str) -> None:
+        """Load (and keep loaded) or unload an endpoint's versions: stored, audited, applied here at once and by
+        every other worker and replica at its next poll."""
+        endpoint = await self.known_endpoint(name)
+        if not loaded and not endpoint.on_demand:
+            raise InvalidChange(f"{name} has residency: always, so its versions stay loaded; create it with "
+                                "residency: on-demand to load and unload it")
+        if not loaded and endpoint.spec is not None and ROLLOUT_PIN in endpoint.pins(endpoint.spec)[
+                endpoint.spec.stable.tag]:
+            raise Conflict(f"{name} has a canary or shadow, whose versions stay loaded until the rollout ends")
+        await self.store_call(self.require_store().pin_endpoint, name, loaded, actor=actor,
+                              reason=f"repository {'load' if loaded else 'unload'}")
+        await self.sync()
+        if loaded and endpoint.load_error:
+            raise InvalidChange(endpoint.load_error)
 
     def health(self) -> dict[str, Any]:
         return {"ready": self.ready, "worker": self.worker_id, **self.listeners,
@@ -717,6 +837,7 @@ class Engine:
                                   "error": self.store_error},
                 # this worker's part of each key's rate: 1 / the live workers of the fleet (or of this host)
                 "rate_share": round(self.gate.share, 6),
+                "memory": self.residency.report(),
                 "endpoints": {name: e.health() for name, e in self.endpoints.items()}}
 
 

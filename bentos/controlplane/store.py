@@ -134,6 +134,10 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_by TEXT NOT NULL, revoked_at DOUBLE PRECISION);
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS version_sizes (
+    tag TEXT PRIMARY KEY, bytes BIGINT NOT NULL, measured_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS repository_pins (
+    endpoint TEXT PRIMARY KEY, actor TEXT NOT NULL, pinned_at DOUBLE PRECISION NOT NULL);
 """
 KEY_COLUMNS = "name, digest, rate, burst, scopes, created_at, created_by, revoked_at"
 # Key changes are audited under this endpoint name (the audit log's endpoint column is not null).
@@ -211,7 +215,8 @@ class ControlPlane(ABC):
             if rollout is not None and json.loads(rollout[0]).get("status") in ("running", "paused"):
                 raise EndpointBusy(f"a rollout is {json.loads(rollout[0])['status']} on {name}: abort it first")
             last = self._get(cur, name, None)
-            for table, column in (("endpoints", "name"), ("deployments", "endpoint"), ("rollouts", "endpoint")):
+            for table, column in (("endpoints", "name"), ("deployments", "endpoint"), ("rollouts", "endpoint"),
+                                  ("repository_pins", "endpoint")):
                 self._exec(cur, f"DELETE FROM {table} WHERE {column} = ?", (name,))
             self._audit(cur, actor, "endpoint-delete", name, _load(row[0]), None, reason,
                         {"last_deployment": last.spec if last else None})
@@ -477,6 +482,35 @@ class ControlPlane(ABC):
     def release_lease(self, name: str, holder: str) -> None:
         with self.transaction() as cur:
             self._exec(cur, "DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    # --- many models: sizes and the repository's loads ----------------------------------
+    def put_version_size(self, tag: str, nbytes: int) -> None:
+        """A version's size, measured at its first load anywhere; the first measurement stays."""
+        with self.transaction() as cur:
+            self._exec(cur, "INSERT INTO version_sizes (tag, bytes, measured_at) VALUES (?, ?, ?) "
+                            "ON CONFLICT (tag) DO NOTHING", (tag, nbytes, time.time()))
+
+    def residency(self) -> tuple[dict[str, int], set[str]]:
+        """Every measured version size, and the endpoints loaded through the repository API."""
+        with self.transaction() as cur:
+            sizes = self._exec(cur, "SELECT tag, bytes FROM version_sizes").fetchall()
+            pinned = self._exec(cur, "SELECT endpoint FROM repository_pins").fetchall()
+        return {r[0]: int(r[1]) for r in sizes}, {r[0] for r in pinned}
+
+    def pin_endpoint(self, name: str, pinned: bool, *, actor: str, reason: str) -> bool:
+        """Load (`pinned`) or unload an endpoint through the repository API, audited; whether it changed."""
+        with self.transaction() as cur:
+            had = self._exec(cur, "SELECT 1 FROM repository_pins WHERE endpoint = ?", (name,)).fetchone() is not None
+            if had == pinned:
+                return False
+            if pinned:
+                self._exec(cur, "INSERT INTO repository_pins (endpoint, actor, pinned_at) VALUES (?, ?, ?)",
+                           (name, actor, time.time()))
+            else:
+                self._exec(cur, "DELETE FROM repository_pins WHERE endpoint = ?", (name,))
+            self._audit(cur, actor, "repository-load" if pinned else "repository-unload", name,
+                        {"pinned": had}, {"pinned": pinned}, reason, None)
+        return True
 
     # --- the fleet -------------------------------------------------------------------
     def heartbeat(self, worker_id: str, ttl_s: float) -> int:

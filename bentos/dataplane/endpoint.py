@@ -23,8 +23,9 @@ from bentos.dataplane.decode.loop import DecodeLoop, decode_loop
 from bentos.dataplane.drift import DriftMonitor, features_of
 from bentos.dataplane.generation import Generation
 from bentos.dataplane.metrics import Metrics, VersionSeries
+from bentos.dataplane.residency import ALWAYS, REPOSITORY, ROLLOUT, Entry, Residency
 from bentos.dataplane.routing import Router
-from bentos.dataplane.runtime import LoadedVersion, available_cores
+from bentos.dataplane.runtime import LoadedVersion, StoredVersion, available_cores
 from bentos.dataplane.slot_queue import ForwardQueue, SlotQueue
 from bentos.dataplane.stats import StatsRecorder
 from bentos.dataplane.tracing import batch_spans, current, now_ns, recording, span, stream_spans
@@ -65,6 +66,7 @@ class Pick:
     route: str
     start: float
     probe: Slot | None = None
+    hold: Entry | None = None  # an on-demand version is not unloaded while a request holds it
 
 
 class Slot:
@@ -133,18 +135,47 @@ class Endpoint:
         self._roles: set[tuple[str, str]] = set()
         self._shadow_inflight = 0
         self._background: set[asyncio.Task[Any]] = set()
+        # Many models: the worker's ledger (set by the engine; None serves every version always, as in tests),
+        # and what is known of the deployed versions not loaded now (on-demand endpoints).
+        self.residency: Residency | None = None
+        self.cold: dict[str, StoredVersion] = {}
+        self.repository_pinned = False  # loaded through the model-repository API: stays until unloaded
+
+    @property
+    def on_demand(self) -> bool:
+        return self.config.residency == "on-demand"
 
     # --- deployment changes -----------------------------------------------------------
     def missing(self, spec: DeploymentSpec) -> list[str]:
         return [v.tag for v in spec.versions if v.tag not in self.slots]
 
-    def swap(self, revision: int, spec: DeploymentSpec, loaded: dict[str, LoadedVersion]) -> None:
-        """Switch to `spec`; every version in it is already loaded and warmed."""
-        slots = {v.tag: self.slots.get(v.tag) or self._slot(loaded[v.tag]) for v in spec.versions}
+    def resident_in(self, spec: DeploymentSpec) -> list[str]:
+        """The versions of `spec` that must be loaded before it serves: all of them unless this endpoint is
+        on-demand and nothing pins them (a canary or shadow, the repository API)."""
+        return [v.tag for v in spec.versions if self.pins(spec).get(v.tag)]
+
+    def pins(self, spec: DeploymentSpec) -> dict[str, set[str]]:
+        """Why each version of `spec` must stay loaded (no reason: it may be unloaded when idle)."""
+        why = set() if self.on_demand else {ALWAYS}
+        if any(v.role != "stable" for v in spec.versions):
+            why.add(ROLLOUT)  # both sides of a split, and a shadow, answer at once
+        if self.repository_pinned:
+            why.add(REPOSITORY)
+        return {v.tag: set(why) for v in spec.versions}
+
+    def swap(self, revision: int, spec: DeploymentSpec, loaded: dict[str, LoadedVersion],
+             cold: dict[str, StoredVersion] | None = None) -> None:
+        """Switch to `spec`; every version in it is loaded and warmed, or (on-demand) described in `cold`."""
+        slots = {v.tag: self.slots.get(v.tag) or self._slot(loaded[v.tag]) for v in spec.versions
+                 if v.tag in self.slots or v.tag in loaded}
+        self.cold = {tag: info for tag, info in (cold or {}).items() if tag not in slots}
         retired = [slot for tag, slot in self.slots.items() if tag not in slots]
-        variants = {tag: slot.version.variant for tag, slot in slots.items()}
+        variants = {tag: slot.version.variant for tag, slot in slots.items()} | \
+            {tag: info.variant for tag, info in self.cold.items()}
         self.spec, self.router, self.slots, self.revision = spec, Router(spec, variants), slots, revision
         self.load_error = None
+        if self.residency is not None:
+            self.residency.settle(self, self.pins(spec), slots)
         for tag, slot in slots.items():
             self.drift.watch(tag, slot.version.metadata.get("drift_reference"))
         self.drift.forget(set(slots))
@@ -163,6 +194,38 @@ class Endpoint:
         for slot in [*self.slots.values(), *self.previews.values()]:
             slot.series.queue_depth.set(slot.queue.queue_depth)
             slot.series.in_flight.set(slot.queue.requests_in_flight)
+
+    # --- residency (the ledger calls these) ----------------------------------------------
+    def serve_loaded(self, version: LoadedVersion) -> None:
+        if self.spec is None or version.tag not in {v.tag for v in self.spec.versions} or version.tag in self.slots:
+            return  # redeployed while it loaded
+        self.slots[version.tag] = self._slot(version)
+        self.cold.pop(version.tag, None)
+
+    def unload(self, tag: str) -> None:
+        slot = self.slots.pop(tag, None)
+        if slot is None:
+            return
+        if self.spec is not None and tag in {v.tag for v in self.spec.versions}:
+            self.cold[tag] = StoredVersion(tag, slot.version.task, slot.version.variant, slot.version.codec,
+                                           slot.version.metadata, slot.version.path)
+        self._spawn(self._retire(slot))
+
+    def busy(self, tag: str) -> bool:
+        slot = self.slots.get(tag)
+        return slot is not None and slot.queue.requests_in_flight > 0
+
+    def size_hint(self, tag: str) -> int:
+        """Before a first load: twice the graph file (ORT holds the weights, and prepacked copies of some)."""
+        info = self.cold.get(tag)
+        return 2 * info.file_bytes if info is not None else 0
+
+    def codec_of(self, tag: str) -> Codec | None:
+        slot = self.slots.get(tag)
+        if slot is not None:
+            return slot.version.codec
+        info = self.cold.get(tag)
+        return info.codec if info is not None else None
 
     def _slot(self, version: LoadedVersion) -> Slot:
         return Slot(version, self.settings, self.policy, VersionSeries(self.metrics, self.name, version.tag),
@@ -230,20 +293,20 @@ class Endpoint:
             return answer
 
     async def _handle(self, items: list[Any], call: Call) -> Answer:
-        pick = self.pick(call)
+        pick = await self.pick(call)
         try:
             pick.slot.version.codec.check(items, self.limits)  # a 422 before anything is queued
             outputs, timing, answered = await self._answer(pick, items, call)
         finally:
-            if pick.probe is not None:
-                pick.probe.circuit.release()
+            self._release(pick)
         total = time.monotonic() - pick.start
         self.settle(answered, call, items, outputs, total)
         return Answer(outputs, answered.tag, answered.route, timing, total, answered.slot.version.codec)
 
-    def pick(self, call: Call) -> Pick:
+    async def pick(self, call: Call) -> Pick:
         """The version for this call: a pin (a preview, or a live version), else the split; a canary whose
-        breaker refuses is answered by stable instead (route "fallback")."""
+        breaker refuses is answered by stable instead (route "fallback"). An on-demand version not loaded now
+        is loaded first, and held (not unloaded) until the call releases its pick."""
         router = self.router
         if router is None:
             raise NoDeployment(f"endpoint {self.name} has no deployed model yet: build one with "
@@ -255,11 +318,25 @@ class Endpoint:
             return Pick(router, self.previews[pin], pin, "pinned", start)
         with span("route", endpoint=self.name):
             choice = router.choose(call.routing_key, pin)
-        slot = self.slots[choice.tag]
+        hold = None
+        if self.on_demand and self.residency is not None:
+            hold = self.residency.hold(self, choice.tag)
+            try:
+                await self.residency.ready(self, hold, call.deadline_or(self.settings.request_timeout_s))
+            except BaseException:
+                self.residency.release(hold)
+                raise
+        slot = self.slots.get(choice.tag)
+        if slot is None:  # redeployed while it loaded
+            if hold is not None:
+                self.residency.release(hold)  # type: ignore[union-attr]
+            raise NoDeployment(f"{self.name} changed its deployment while {choice.tag} loaded; retry")
         if choice.route == "canary" and not slot.circuit.allow():
+            if hold is not None:
+                self.residency.release(hold)  # type: ignore[union-attr]
             self.metrics.fallbacks.labels(self.name, choice.tag).inc()
             return self._fallback(router, start)
-        return Pick(router, slot, choice.tag, choice.route, start, slot if choice.route == "canary" else None)
+        return Pick(router, slot, choice.tag, choice.route, start, slot if choice.route == "canary" else None, hold)
 
     def _fallback(self, router: Router, start: float) -> Pick:
         return Pick(router, self.slots[router.stable], router.stable, "fallback", start)
@@ -365,7 +442,7 @@ class Endpoint:
     async def generate(self, prompt: str, params: SamplingParams, call: Call = DIRECT) -> Generation:
         """Route a prompt to a version and wait for its first token; a canary that fails before it is the
         canary's error, and stable writes instead (fallback is allowed only before the first token)."""
-        pick = self.pick(call)
+        pick = await self.pick(call)
         while True:
             slot = pick.slot
             loop = slot.decode
@@ -398,10 +475,11 @@ class Endpoint:
                 continue
             return Generation(self, pick, call, loop, flight, ids, params, trace_parent=current())
 
-    @staticmethod
-    def _release(pick: Pick) -> None:
+    def _release(self, pick: Pick) -> None:
         if pick.probe is not None:
             pick.probe.circuit.release()
+        if pick.hold is not None and self.residency is not None:
+            self.residency.release(pick.hold)
 
     def settle_generation(self, gen: Generation) -> None:
         """The books of a stream at its end: metrics, the breaker, rollout evidence (time to first token is the
@@ -555,15 +633,19 @@ class Endpoint:
     def health(self) -> dict[str, Any]:
         spec = self.spec
         versions = []
+        ledger = self.residency.entries(self.name) if self.residency is not None else {}
         for v in spec.versions if spec else []:
-            slot = self.slots.get(v.tag)
+            slot, cold, entry = self.slots.get(v.tag), self.cold.get(v.tag), ledger.get(v.tag)
+            state = "loaded" if slot else "loading" if entry and entry.loading else "cold" if cold else "missing"
             versions.append({"tag": v.tag, "role": v.role, "weight": v.weight,
-                             "variant": slot.version.variant if slot else None,
-                             "state": "loaded" if slot else "missing",
+                             "variant": slot.version.variant if slot else cold.variant if cold else None,
+                             "state": state, "resident_bytes": entry.bytes if entry and entry.resident else None,
+                             "pins": sorted(entry.pins) if entry else [],
                              "circuit": slot.circuit.state.name.lower() if slot else None,
                              "queue_depth": slot.queue.queue_depth if slot else 0})
         return {"task": self.task.name, "route": f"/v1/{self.name}/{self.task.verb}", "revision": self.revision,
-                "sticky": bool(spec and spec.sticky), "shadow_sample": spec.shadow_sample if spec else 100.0,
+                "residency": self.config.residency, "sticky": bool(spec and spec.sticky),
+                "shadow_sample": spec.shadow_sample if spec else 100.0,
                 "ready": self.ready, "versions": versions,
                 "load_error": self.load_error}
 
@@ -572,5 +654,5 @@ class Endpoint:
         declared = self.config.declared_signature()
         if declared is not None:
             return declared
-        stable = self.slots.get(self.spec.stable.tag) if self.spec else None
-        return stable.version.codec.schema() if stable else None
+        codec = self.codec_of(self.spec.stable.tag) if self.spec else None
+        return codec.schema() if codec else None

@@ -17,6 +17,7 @@ from bentos.errors import ServingError
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TOKEN_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+COLD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 AGREEMENT_BUCKETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
 
 
@@ -45,6 +46,14 @@ class Metrics:
     streams: Any
     queue_depth: Any
     in_flight: Any
+    memory_budget: Any
+    resident_bytes: Any
+    resident_versions: Any
+    resident_total: Any
+    loads: Any
+    evictions: Any
+    cold_start: Any
+    load_waits: Any
 
     def deny(self, exc: ServingError, key: str) -> None:
         """A request refused at the gate or by admission, before any model: by key name and status."""
@@ -160,6 +169,22 @@ def get_metrics() -> Metrics:
                           multiprocess_mode="livesum"),
         in_flight=Gauge("switchyard_requests_in_flight", "Requests waiting or in the model, sampled every "
                         "second.", ev, multiprocess_mode="livesum"),
+        # Many models (bentos/dataplane/residency.py): one series per worker (pid), as the budget is per worker.
+        memory_budget=Gauge("switchyard_model_memory_budget_bytes", "SWITCHYARD_MODEL_MEMORY of each worker.",
+                            multiprocess_mode="liveall"),
+        resident_bytes=Gauge("switchyard_resident_bytes", "A loaded version's measured size (0 once unloaded).", ev,
+                             multiprocess_mode="liveall"),
+        resident_versions=Gauge("switchyard_resident_versions", "Versions loaded in the worker.",
+                                multiprocess_mode="liveall"),
+        resident_total=Gauge("switchyard_resident_total_bytes", "Bytes of all versions loaded in the worker, "
+                             "against its budget.", multiprocess_mode="liveall"),
+        loads=Counter("switchyard_model_loads_total", "Versions loaded (deployments and on-demand loads).", ev),
+        evictions=Counter("switchyard_model_evictions_total", "Versions unloaded to fit the memory budget or by "
+                          "the repository API.", ev),
+        cold_start=Histogram("switchyard_cold_start_seconds", "An on-demand load: from the first request to the "
+                             "version serving.", ["endpoint"], buckets=COLD_BUCKETS),
+        load_waits=Counter("switchyard_load_waits_total", "Requests that waited for an on-demand load.",
+                           ["endpoint"]),
         applied_revision=Gauge("switchyard_applied_revision", "The deployment revision this worker serves.",
                                ["endpoint"], multiprocess_mode="liveall"),
     )

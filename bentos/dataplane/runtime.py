@@ -145,12 +145,29 @@ def resolve_tag(tag: str) -> Any:
         raise VersionLoadError(f"{tag!r} is not a valid tag: {exc}") from None
 
 
-def load_version(tag: str, threads: int, providers: tuple[str, ...] = (), trust: Trust | None = None) -> LoadedVersion:
-    """A stored version, verified, loaded and warmed, with `threads` intra-op threads. A generative version
-    gets as many as a one-forward batch (one, on 2 cores): its decode loop's event-loop work (streams, SSE)
-    needs the other core; two ORT threads wrote fewer tokens per second, not more, at every concurrency
-    measured here (1, 8, 32 streams; TPOT at 1 stream 3.1 against 2.2 ms). Its artifacts must match their
-    hashes, and its manifest the signature made with `trust`'s key (SWITCHYARD_SIGNING_KEY by default)."""
+@dataclass(frozen=True)
+class StoredVersion:
+    """A stored version, verified (hashes and signature), with its codec but no session: what serving knows of
+    an on-demand version before it loads (its tensors for OIP metadata, its size for the memory budget)."""
+
+    tag: str
+    task: str
+    variant: str
+    codec: Codec
+    metadata: dict[str, Any]
+    path: Path
+
+    @property
+    def file_bytes(self) -> int:
+        try:
+            return (self.path / "model.onnx").stat().st_size
+        except OSError:
+            return 0
+
+
+def inspect_version(tag: str, trust: Trust | None = None) -> StoredVersion:
+    """A stored version's verified description: its artifacts must match their hashes, and its manifest the
+    signature made with `trust`'s key (SWITCHYARD_SIGNING_KEY by default)."""
     model = resolve_tag(tag)
     labels, meta = model.info.labels, model.info.metadata
     root = Path(model.path)
@@ -162,15 +179,28 @@ def load_version(tag: str, threads: int, providers: tuple[str, ...] = (), trust:
         raise VersionLoadError(f"{model.tag} failed its sha256 check: {'; '.join(problems) or 'no hashes recorded'}")
     if why := signature_problem(str(model.tag), meta, trust or load_trust()):
         raise VersionLoadError(why)
+    meta = {**meta, "preprocess": {**_LEGACY_PREPROCESS.get(labels.get("family", ""), {}),
+                                   **(meta.get("preprocess") or {})}}
     try:
-        session = load_session(root / "model.onnx", threads, providers=providers)
-        meta = {**meta, "preprocess": {**_LEGACY_PREPROCESS.get(labels.get("family", ""), {}),
-                                       **(meta.get("preprocess") or {})}}
         codec = get_task(task).codec(meta, root)
-        version = LoadedVersion(str(model.tag), task, labels.get("variant", "?"), codec, session, dict(meta), root)
+    except Exception as exc:
+        raise VersionLoadError(f"{model.tag} failed to load: {str(exc).splitlines()[0][:300]}") from exc
+    return StoredVersion(str(model.tag), task, labels.get("variant", "?"), codec, dict(meta), root)
+
+
+def load_version(tag: str, threads: int, providers: tuple[str, ...] = (), trust: Trust | None = None) -> LoadedVersion:
+    """A stored version, verified (`inspect_version`), loaded and warmed, with `threads` intra-op threads. A
+    generative version gets as many as a one-forward batch (one, on 2 cores): its decode loop's event-loop work
+    (streams, SSE) needs the other core; two ORT threads wrote fewer tokens per second, not more, at every
+    concurrency measured here (1, 8, 32 streams; TPOT at 1 stream 3.1 against 2.2 ms)."""
+    stored = inspect_version(tag, trust)
+    try:
+        session = load_session(stored.path / "model.onnx", threads, providers=providers)
+        version = LoadedVersion(stored.tag, stored.task, stored.variant, stored.codec, session, stored.metadata,
+                                stored.path)
         version.warm()
     except VersionLoadError:  # a missing provider names its setting: keep that message
         raise
     except Exception as exc:  # a corrupt graph raises ORT's own exception types
-        raise VersionLoadError(f"{model.tag} failed to load: {str(exc).splitlines()[0][:300]}") from exc
+        raise VersionLoadError(f"{stored.tag} failed to load: {str(exc).splitlines()[0][:300]}") from exc
     return version

@@ -41,8 +41,7 @@ class Kit:
     # --- what a widget needs to know ------------------------------------------------------
     def codec(self) -> Codec | None:
         spec = self.endpoint.spec
-        slot = self.endpoint.slots.get(spec.stable.tag) if spec else None
-        return slot.version.codec if slot else None
+        return self.endpoint.codec_of(spec.stable.tag) if spec else None
 
     def _examples(self) -> list[tuple[str, Any, Any]]:
         """Examples stored with the stable version (examples.json: name, input, label)."""

@@ -49,10 +49,10 @@ async def test_a_poll_that_read_an_older_revision_does_not_undo_a_newer_one(tmp_
     endpoint = engine.endpoints["shop"]
     swapped: list[int] = []
 
-    async def slow_load(_endpoint: Any, _spec: Any) -> dict[str, Any]:
+    async def slow_load(_endpoint: Any, _spec: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         endpoint.revision = 2  # a change through this worker lands while revision 1 loads
         await asyncio.sleep(0)
-        return {}
+        return {}, {}
 
     monkeypatch.setattr(engine, "_preload", slow_load)
     monkeypatch.setattr(endpoint, "swap", lambda revision, *_: swapped.append(revision))
