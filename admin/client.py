@@ -80,6 +80,10 @@ class AdminClient:
     def health(self) -> dict[str, Any]:
         return dict(self._send("GET", "/v1/health").json())
 
+    def repository_load(self, endpoint: str, loaded: bool) -> None:
+        """Triton's repository API: keep an endpoint's versions loaded, or let an on-demand one's go."""
+        self._send("POST", f"/v2/repository/models/{endpoint}/{'load' if loaded else 'unload'}")
+
     def metrics_text(self) -> str:
         return str(self._call("GET", "/metrics"))
 

@@ -46,21 +46,35 @@ def status(ctx: click.Context, window: int) -> None:
         store = health["control_plane"]
         out.print(f"[bold]{connection(ctx).url}[/bold]  {'ready' if health['ready'] else '[red]not ready[/red]'}"
                   f"  control plane {'ok' if store['ok'] else '[red]' + str(store['error']) + '[/red]'}"
-                  f"  {_grpc(health.get('grpc'))}")
-        t = table("endpoint", "version", "role", "weight", "req/s", "p95 ms", "errors", "rollout")
+                  f"  {_grpc(health.get('grpc'))}  {memory_line(health.get('memory'))}")
+        t = table("endpoint", "version", "role", "weight", "loaded", "MiB", "req/s", "p95 ms", "errors", "rollout")
         for name, endpoint in sorted(health["endpoints"].items()):
             rollout = rollouts.get(name)
             active = f"{rollout['status']} {rollout['percent']} % {rollout['canary']}" if rollout and \
                 rollout["status"] in ("running", "paused") else "-"
             for i, v in enumerate(endpoint["versions"] or [{"tag": "(no deployment)", "role": "", "weight": None}]):
                 s = stats.get(name, {}).get(v["tag"], {})
-                t.add_row(name if i == 0 else "", v["tag"], v["role"], str(v["weight"] if v["weight"] is not None
-                                                                         else "-"),
+                label = f"{name} ({endpoint.get('residency', 'always')})" if i == 0 else ""
+                t.add_row(label, v["tag"], v["role"], str(v["weight"] if v["weight"] is not None else "-"),
+                          v.get("state", "-"), mib(v.get("resident_bytes")),
                           _rate(s, window), number(s.get("latency_ms", {}).get("p95")),
                           str(s.get("errors", "-")), active if i == 0 else "")
         out.print(t)
 
     emit(ctx, data, render)
+
+
+def mib(nbytes: int | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / (1 << 20):.1f}"
+
+
+def memory_line(memory: dict[str, Any] | None) -> str:
+    """The answering worker's model memory against its budget (SWITCHYARD_MODEL_MEMORY)."""
+    if not memory:
+        return ""
+    budget = memory.get("budget_bytes")
+    return (f"models {memory['resident']} loaded, {mib(memory['used_bytes'])} MiB of "
+            f"{mib(budget) + ' MiB' if budget else 'no budget'}")
 
 
 def _grpc(listener: dict[str, Any] | None) -> str:

@@ -18,14 +18,32 @@ def split_table(versions: list[dict[str, Any]]) -> str:
     rows = [f"| {v['weight']} | {v['role']} | `{v['tag']}` |" for v in versions]
     return "\n".join(["| weight % | role | version |", "|---:|---|---|", *rows])
 
+def mib(nbytes: float | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / (1 << 20):.1f}"
+
+
+def residency_line(endpoint: dict[str, Any]) -> str:
+    """`on-demand · 1 of 2 versions loaded · 6.2 MiB` for one endpoint, as the answering worker holds it."""
+    versions = endpoint.get("versions", [])
+    loaded = [v for v in versions if v.get("state") == "loaded"]
+    held = sum(v.get("resident_bytes") or 0 for v in loaded)
+    return (f"residency {endpoint.get('residency', 'always')}  ·  {len(loaded)} of {len(versions)} versions loaded"
+            f"  ·  {mib(held)} MiB")
+
+
 st.title("Overview")
 with guard():
     api = client()
     health = api.health()
-    cols = st.columns(3)
+    cols = st.columns(4)
     cols[0].metric("Ready", "yes" if health.get("ready") else "no")
     cols[1].metric("Control plane", "ok" if health["control_plane"]["ok"] else "unreachable")
     cols[2].metric("Endpoints", len(health["endpoints"]))
+    memory = health.get("memory") or {}
+    cols[3].metric("Model memory (a worker)", f"{mib(memory.get('used_bytes'))} MiB",
+                   help=f"{memory.get('resident', 0)} versions loaded; budget "
+                        f"{mib(memory.get('budget_bytes')) + ' MiB' if memory.get('budget_bytes') else 'none'} "
+                        "(SWITCHYARD_MODEL_MEMORY)")
     if not health["control_plane"]["ok"]:
         st.warning(f"Control plane: {health['control_plane']['error']}")
     deployments = api.deployments()
@@ -38,6 +56,7 @@ with guard():
             stats = window_stats(hist, 60)
             for endpoint, dep in deployments.items():
                 st.subheader(f"/{endpoint}  ·  revision {dep['revision']}{'  ·  sticky' if dep['sticky'] else ''}")
+                st.caption(residency_line(health["endpoints"].get(endpoint, {})))
                 left, right = st.columns([2, 3])
                 weights = pd.DataFrame(split_rows(dep["versions"])).set_index("version")[["weight %"]]
                 left.bar_chart(weights, horizontal=True, height=120 + 30 * len(weights))

@@ -61,7 +61,7 @@ async def _object_body(request: Request) -> None:
 
 def repository_routes(holder: EngineHolder) -> list[Route]:
     async def index(request: Request, actor: str) -> Response:
-        models = holder.get().repository_index()
+        models = await holder.get().repository_index()
         if getattr(request.state, "body", {}).get("ready") is True:
             models = [m for m in models if m["state"] == "READY"]
         return json_response(models)

@@ -801,8 +801,10 @@ class Engine:
         return [{**v, "resident_bytes": sizes.get(v["tag"])} for v in await asyncio.to_thread(list_versions, task)]
 
     # --- the model repository (Triton's extension) ------------------------------------------
-    def repository_index(self) -> list[dict[str, Any]]:
-        """Each endpoint as Triton lists a model: READY when its stable version is loaded in this worker."""
+    async def repository_index(self) -> list[dict[str, Any]]:
+        """Each endpoint as Triton lists a model: READY when its stable version is loaded in this worker (after a
+        look at the control plane, so an endpoint made through another worker a moment ago is listed)."""
+        await self.look()
         out = []
         for name, endpoint in sorted(self.endpoints.items()):
             spec = endpoint.spec

@@ -215,10 +215,9 @@ class Endpoint:
         slot = self.slots.get(tag)
         return slot is not None and slot.queue.requests_in_flight > 0
 
-    def size_hint(self, tag: str) -> int:
-        """Before a first load: twice the graph file (ORT holds the weights, and prepacked copies of some)."""
+    def file_bytes(self, tag: str) -> int:
         info = self.cold.get(tag)
-        return 2 * info.file_bytes if info is not None else 0
+        return info.file_bytes if info is not None else 0
 
     def codec_of(self, tag: str) -> Codec | None:
         slot = self.slots.get(tag)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bentos.dataplane.runtime import LoadedVersion
+from bentos.dataplane.runtime import LoadedVersion, warm_runtime
 from bentos.dataplane.tracing import span
 from bentos.errors import DeadlineExceeded, MemoryFull
 
@@ -69,8 +69,8 @@ class Host(Protocol):
         """Requests wait for the version or are in its model."""
         ...
 
-    def size_hint(self, tag: str) -> int:
-        """A guess at the version's size before its first load."""
+    def file_bytes(self, tag: str) -> int:
+        """The version's graph file: what its size is guessed from before its first load."""
         ...
 
 
@@ -103,6 +103,9 @@ class Residency:
         self._entries: dict[tuple[str, str], Entry] = {}
         self._hosts: dict[str, Host] = {}
         self._lock = asyncio.Lock()  # one load at a time: the budget check and the measurement are exact
+        self._runtime_started = False
+        # Loaded size per byte of graph file, the largest seen (a first guess of 3: weights, a prepacked copy).
+        self._ratio = 3.0
         if metrics is not None and budget is not None:
             metrics.memory_budget.set(budget)
 
@@ -172,24 +175,41 @@ class Residency:
         async with self._lock:
             if strict and entry.resident:
                 return None
-            need = self.sizes.get(tag) or host.size_hint(tag)
+            need = self.sizes.get(tag) or int(host.file_bytes(tag) * self._ratio)
             self.make_room(need, entry, strict)
             if not strict:
                 entry.pins.add(DEPLOYING)  # until the swap that serves it settles its pins
             with span("load", endpoint=host.name, version=tag):
-                version, measured = await asyncio.to_thread(self._measured_load, tag)
-            entry.bytes = self.sizes.setdefault(tag, measured)
-            if self.sizes[tag] == measured and self._on_measured is not None:
-                self._on_measured(tag, measured)
+                version, measured, graph = await asyncio.to_thread(self._measured_load, tag)
+            if tag not in self.sizes:
+                self.sizes[tag] = measured
+                self._ratio = max(self._ratio, measured / graph) if graph else self._ratio
+                if self._on_measured is not None:
+                    self._on_measured(tag, measured)
+            entry.bytes = self.sizes[tag]
             entry.resident, entry.loaded_at = True, self._clock()
             entry.last_used = max(entry.last_used, entry.loaded_at)
-        self._count("loads", entry)
+            self._count("loads", entry)
+            self._fit_after(entry, strict)
         self._export(entry)
         return version
 
-    def _measured_load(self, tag: str) -> tuple[LoadedVersion, int]:
+    def _fit_after(self, entry: Entry, strict: bool) -> None:
+        """A first load measured more than its guess: others make room now; if none can, an on-demand version
+        is unloaded again (the budget holds, and its size is known for next time)."""
+        try:
+            self.make_room(0, entry, strict)
+        except MemoryFull:
+            entry.resident, entry.unloaded_at = False, self._clock()
+            self._export(entry)
+            raise
+
+    def _measured_load(self, tag: str) -> tuple[LoadedVersion, int, int]:
         """The version, and how much the worker's resident memory grew while it loaded and warmed (at least
         its graph file: ORT holds the weights once whatever the allocator reuses)."""
+        if not self._runtime_started:
+            warm_runtime()  # the runtime's own start is not the first version's size
+            self._runtime_started = True
         give_back_freed()
         before = self._rss()
         version = self._loader(tag)
@@ -198,7 +218,7 @@ class Residency:
             floor = (version.path / "model.onnx").stat().st_size
         except (OSError, AttributeError, TypeError):
             floor = 0
-        return version, max(grew, floor, 1)
+        return version, max(grew, floor, 1), floor
 
     def make_room(self, need: int, incoming: Entry, strict: bool) -> None:
         """Unload least recently used idle versions until `need` more bytes fit the budget."""

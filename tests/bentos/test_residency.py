@@ -49,8 +49,8 @@ class Host:
     def busy(self, tag: str) -> bool:
         return tag in self.busy_tags
 
-    def size_hint(self, tag: str) -> int:
-        return 10 * MB
+    def file_bytes(self, tag: str) -> int:
+        return 10 * MB // 3
 
 
 class Loader:
