@@ -114,15 +114,16 @@ def wrk_summary(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 def wrk(url: str, bodies: list[str], connections: int, seconds: float, pid: int, rows_per_request: int,
-        threads: int = 2, sticky: bool = False, cpus: str | None = None) -> Load:
-    """wrk with post.lua; `cpus` pins wrk with taskset (the server is pinned where it starts)."""
+        threads: int = 2, sticky: bool = False, cpus: str | None = None, script: str = "post.lua") -> Load:
+    """wrk with post.lua (or `script`, a file in bench/lua); `cpus` pins wrk with taskset (the server is pinned
+    where it starts)."""
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as fh:
         fh.write("\n".join(bodies) + "\n")
     cpu0 = cpu_seconds(pid)
     pin = ["taskset", "-c", cpus] if cpus else []
     env = {"WRK_BODIES": fh.name, "PATH": "/usr/bin:/bin", "WRK_STICKY": "1" if sticky else "0"}
     cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-           "--timeout", "30s", "-s", str(BENCH / "lua" / "post.lua"), url]
+           "--timeout", "30s", "-s", str(BENCH / "lua" / script), url]
     out = subprocess.run([*pin, *cmd], capture_output=True, text=True, env=env, timeout=seconds + 60)
     cpu = cpu_seconds(pid) - cpu0
     Path(fh.name).unlink()

@@ -185,7 +185,9 @@ def route_operation(method: str, path: str, route: Route, parts: Components) -> 
         if method == "POST":
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
     elif oip:
-        op["responses"] = {**ok({"type": "object"}), **errors(OIP_ERRORS, "OipError")}
+        listed = path == "/v2/repository/index"
+        answer = {"type": "array", "items": {"type": "object"}} if listed else {"type": "object"}
+        op["responses"] = {**ok(answer), **errors(OIP_ERRORS, "OipError")}
         if method == "POST":
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}},
                                                                "application/octet-stream": {"schema": {}}}}

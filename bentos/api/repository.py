@@ -68,11 +68,11 @@ def repository_routes(holder: EngineHolder) -> list[Route]:
 
     async def load(request: Request, actor: str) -> Response:
         await holder.get().repository_load(request.path_params["model"], True, actor)
-        return Response(status_code=200)
+        return json_response({})  # Triton's body is empty; tritonclient reads only the status
 
     async def unload(request: Request, actor: str) -> Response:
         await holder.get().repository_load(request.path_params["model"], False, actor)
-        return Response(status_code=200)
+        return json_response({})
 
     return [
         Route("/v2/repository/index", _guarded(holder, index, "viewer"), methods=["POST"]),
