@@ -32,6 +32,8 @@ from bentos.errors import DeadlineExceeded, MemoryFull
 
 log = logging.getLogger("switchyard.residency")
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+# A load waiting for room looks again at least this often (a request finishing also wakes it).
+WAIT_S = 0.05
 # Pins: why an entry may not be unloaded.
 ALWAYS, ROLLOUT, REPOSITORY, DEPLOYING = "always", "rollout", "repository", "deploying"
 
@@ -104,6 +106,7 @@ class Residency:
         self._hosts: dict[str, Host] = {}
         self._lock = asyncio.Lock()  # one load at a time: the budget check and the measurement are exact
         self._runtime_started = False
+        self._freed = asyncio.Event()  # set when a version may have become idle
         # Loaded size per byte of graph file, the largest seen (a first guess of 3: weights, a prepacked copy).
         self._ratio = 3.0
         if metrics is not None and budget is not None:
@@ -139,6 +142,8 @@ class Residency:
     def release(self, entry: Entry) -> None:
         entry.holds -= 1
         entry.last_used = self._clock()
+        if entry.holds == 0:
+            self._freed.set()  # a load waiting for room may find it now
 
     async def ready(self, host: Host, entry: Entry, deadline: float) -> None:
         """Return once `entry` serves: at once if resident, else after its load (one load however many
@@ -149,16 +154,16 @@ class Residency:
         if self._metrics is not None:
             self._metrics.load_waits.labels(host.name).inc()
         if entry.loading is None:
-            entry.loading = asyncio.get_running_loop().create_task(self._load_on_demand(host, entry))
+            entry.loading = asyncio.get_running_loop().create_task(self._load_on_demand(host, entry, deadline))
         try:
             await asyncio.wait_for(asyncio.shield(entry.loading), max(0.0, deadline - self._clock()))
         except TimeoutError:
             raise DeadlineExceeded(f"{entry.tag} was still loading at the request's deadline") from None
 
-    async def _load_on_demand(self, host: Host, entry: Entry) -> None:
+    async def _load_on_demand(self, host: Host, entry: Entry, deadline: float) -> None:
         start = self._clock()
         try:
-            version = await self.load(host, entry.tag, strict=True)
+            version = await self.load(host, entry.tag, strict=True, deadline=deadline)
             if version is not None and entry.key in self._entries:  # not forgotten meanwhile (endpoint deleted)
                 host.serve_loaded(version)
             if self._metrics is not None:
@@ -167,16 +172,19 @@ class Residency:
             entry.loading = None
 
     # --- loading and unloading -------------------------------------------------------------
-    async def load(self, host: Host, tag: str, strict: bool = False) -> LoadedVersion | None:
-        """Load and warm `tag` for `host`, making room first. `strict` (on-demand loads): MemoryFull when
-        nothing can be unloaded to fit it, and None when another path loaded it meanwhile. Otherwise (pinned
-        loads: `always`, rollouts, repository) it loads anyway and says so: those are the operator's to size."""
+    async def load(self, host: Host, tag: str, strict: bool = False,
+                   deadline: float = math.inf) -> LoadedVersion | None:
+        """Load and warm `tag` for `host`, making room first. `strict` (on-demand loads): when what holds the
+        memory is in use or just loaded, wait for it to go idle until `deadline`; MemoryFull when that passes,
+        or at once when only pinned versions hold the budget; None when another path loaded it meanwhile.
+        Otherwise (pinned loads: `always`, rollouts, repository) it loads anyway and says so: those are the
+        operator's to size."""
         entry = self.entry(host, tag)
         async with self._lock:
             if strict and entry.resident:
                 return None
             need = self.sizes.get(tag) or int(host.file_bytes(tag) * self._ratio)
-            self.make_room(need, entry, strict)
+            await self._room(need, entry, strict, deadline)
             if not strict:
                 entry.pins.add(DEPLOYING)  # until the swap that serves it settles its pins
             with span("load", endpoint=host.name, version=tag):
@@ -219,6 +227,23 @@ class Residency:
         except (OSError, AttributeError, TypeError):
             floor = 0
         return version, max(grew, floor, 1), floor
+
+    async def _room(self, need: int, entry: Entry, strict: bool, deadline: float) -> None:
+        """`make_room`, waiting while the versions that could go are only busy for now (requests in them, or
+        loaded within the thrash guard): they go idle within milliseconds, or the guard's seconds."""
+        while True:
+            try:
+                self.make_room(need, entry, strict)
+                return
+            except MemoryFull:
+                now = self._clock()
+                if now >= deadline or not any(e.resident and not e.pins and e is not entry for e in self.resident()):
+                    raise
+                self._freed.clear()
+                guard = min((e.loaded_at + self.min_resident_s - now for e in self.resident()
+                             if e.loaded_at + self.min_resident_s > now), default=WAIT_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._freed.wait(), max(0.001, min(deadline - now, guard, WAIT_S)))
 
     def make_room(self, need: int, incoming: Entry, strict: bool) -> None:
         """Unload least recently used idle versions until `need` more bytes fit the budget."""

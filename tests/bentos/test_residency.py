@@ -123,13 +123,16 @@ async def test_a_held_or_busy_version_is_never_unloaded_and_a_full_budget_is_a_5
     held = r.hold(a, "a:1")  # a request between routing and the queue
     b.busy_tags.add("b:1")  # requests queued or in the model
     clock.now += 60
-    with pytest.raises(MemoryFull) as refused:
-        await serve(r, c, "c:1")
+    with pytest.raises(MemoryFull) as refused:  # its deadline is now: no waiting for a to go idle
+        await r.load(c, "c:1", strict=True, deadline=clock.now)
     assert "SWITCHYARD_MODEL_MEMORY" in refused.value.message and refused.value.kind == "overloaded"
     assert int(refused.value.headers["Retry-After"]) >= 1
     assert a.served == {"a:1"} and b.served == {"b:1"}
+    waiting = asyncio.create_task(serve(r, c, "c:1", deadline=clock.now + 30))
+    await asyncio.sleep(0.2)
+    assert not waiting.done() and a.served == {"a:1"}  # it waits while a's request is on its way
     r.release(held)
-    await serve(r, c, "c:1")  # a is idle now, and b still busy: a goes
+    await asyncio.wait_for(waiting, 5)  # a is idle now, and b still busy: a goes
     assert a.served == set() and b.served == {"b:1"} and c.served == {"c:1"}
 
 
@@ -139,8 +142,8 @@ async def test_pinned_versions_stay_and_a_pinned_load_passes_the_budget_rather_t
     await r.load(a, "a:1")  # as the engine loads an `always` version, then settles its pins
     r.settle(a, {"a:1": {ALWAYS}}, ["a:1"])
     clock.now += 60
-    with pytest.raises(MemoryFull):
-        await serve(r, b, "b:1")
+    with pytest.raises(MemoryFull):  # only a pinned version holds the budget: at once, whatever the deadline
+        await serve(r, b, "b:1", deadline=clock.now + 30)
     await r.load(b, "b:2")  # pinned: loads anyway
     assert r.used == 20 * MB and {e.tag for e in r.resident()} == {"a:1", "b:2"}
 
@@ -153,7 +156,7 @@ async def test_no_ping_pong_between_two_versions_just_swapped() -> None:
     await serve(r, b, "b:1")  # a goes: it was loaded long ago
     clock.now += 1
     with pytest.raises(MemoryFull) as refused:  # a comes back at once: b is not thrown out for it
-        await serve(r, a, "a:1")
+        await r.load(a, "a:1", strict=True, deadline=clock.now)
     assert refused.value.headers["Retry-After"] == "9"
     clock.now += 10
     await serve(r, a, "a:1")
@@ -226,10 +229,8 @@ async def test_a_version_answering_a_slow_request_is_not_unloaded_under_it(digit
         if "slow:1" in slow.slots:
             break
         await asyncio.sleep(0.01)
-    with pytest.raises(MemoryFull):
-        await other.handle(ROWS)
-    assert len((await first).outputs) == len(ROWS)
-    answer = await other.handle(ROWS)  # slow is idle now: it goes, other loads
+    answer = await other.handle(ROWS)  # waits for slow's request to finish: only then may slow go
+    assert first.done() and len(first.result().outputs) == len(ROWS)
     assert answer.version == "mlp:2" and "slow:1" not in slow.slots and slow.cold.keys() == {"slow:1"}
     assert slow.health()["versions"][0]["state"] == "cold"
     assert other.health()["versions"][0]["state"] == "loaded"
