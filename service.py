@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bentoml
 from bentoml._internal.configuration.containers import BentoMLContainer  # its tracer provider (1.4)
+from pydantic import ValidationError
 
 from bentos.api.admin import admin_routes
 from bentos.api.app import EngineHolder, create_app
@@ -14,10 +15,11 @@ from bentos.api.oip_generate import oip_generate_routes
 from bentos.api.openai import openai_routes
 from bentos.api.playground import build_playground
 from bentos.api.repository import repository_routes
-from bentos.api.worker import in_worker
+from bentos.api.worker import in_worker, stop_serving
 from bentos.controlplane.engine import Engine
 from bentos.controlplane.rollout_controller import RolloutController
 from bentos.dataplane.tracing import use_provider
+from bentos.errors import ConfigError
 from bentos.settings import ServeSettings
 
 holder = EngineHolder()
@@ -38,7 +40,10 @@ class Switchyard:
         # Settings and switchyard.yaml are read here, when a worker starts, never at import time.
         # BentoML's `tracing` config, for our spans too
         use_provider(BentoMLContainer.tracer_provider.get(), bool(BentoMLContainer.tracing.exporter_type.get()))
-        self.engine = Engine(ServeSettings())
+        try:
+            self.engine = Engine(ServeSettings())
+        except (ConfigError, ValidationError) as exc:
+            stop_serving(str(exc))
         self.engine.rollouts = RolloutController(self.engine)
         holder.engine = self.engine
 

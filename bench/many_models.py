@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=10.0, help="load before each measurement")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--endpoints", type=int, default=40)
+    parser.add_argument("--min-resident-s", type=float, default=None,
+                        help="SWITCHYARD_MIN_RESIDENT_S for the runs with a budget (default: the service's)")
     parser.add_argument("--out", type=Path, default=root / "bench" / "results" / "many_models.json")
     parser.add_argument("--doc", type=Path, default=root / "docs" / "benchmarks-many-models.md")
     args = parser.parse_args()
@@ -111,21 +113,23 @@ def main() -> None:
     lines = [f"/v1/{name}/infer\t{body}" for name in zipf_paths(args.endpoints, 20_000)]
     runs: list[dict[str, Any]] = []
     cold: dict[str, Any] = {}
-    for budget in (args.endpoints, 8, 4):
-        run, cold_here = _one_budget(state, tags, sized, budget, lines, args, first=budget == args.endpoints)
+    for budget, guard in ((args.endpoints, None), (8, args.min_resident_s), (4, args.min_resident_s), (8, 1.0)):
+        run, cold_here = _one_budget(state, tags, sized, budget, lines, args, first=budget == args.endpoints,
+                                     guard=guard)
         runs.append(run)
         cold = cold or cold_here
     result = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
               "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
               "endpoints": args.endpoints, "zipf_s": ZIPF_S, "connections": args.connections,
-              "seconds": args.seconds, "cold_start": cold, "budgets": runs}
+              "seconds": args.seconds, "min_resident_s": args.min_resident_s, "cold_start": cold, "budgets": runs}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.doc.write_text(report(result))
     print(report(result))
 
 
 def _one_budget(state: Path, tags: dict[str, str], sized: dict[str, str], budget: int,
-                lines: list[str], args: Any, first: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+                lines: list[str], args: Any, first: bool,
+                guard: float | None) -> tuple[dict[str, Any], dict[str, Any]]:
     token = "bench-admin-token-0123"
     auth = {"Authorization": f"Bearer {token}"}
     settings = {"admin_token": token, "config": str(state / "switchyard.yaml"), "grpc_port": "false"}
@@ -133,6 +137,8 @@ def _one_budget(state: Path, tags: dict[str, str], sized: dict[str, str], budget
         sizes, _ = SQLiteControlPlane(state / "control.db").residency()
         largest = max(sizes[t] for t in tags.values())
         settings["model_memory"] = str(budget * largest + largest // 2)
+        if guard is not None:
+            settings["min_resident_s"] = str(guard)
     env = serve_env(Path(os.environ["BENTOML_HOME"]), state, **settings)
     server = Served(env, log_dir=state, cpu_list="0")
     cold: dict[str, Any] = {}
@@ -153,6 +159,7 @@ def _one_budget(state: Path, tags: dict[str, str], sized: dict[str, str], budget
         after = _counters(server.url)
         loads = after["loads"] - before["loads"]
         return {"budget_versions": budget, "model_memory": settings.get("model_memory"),
+                "min_resident_s": settings.get("min_resident_s", "default"),
                 "rps": round(load.rps, 1), "p50_ms": round(load.p50_ms, 2), "p99_ms": round(load.p99_ms, 2),
                 "non2xx": load.non2xx, "socket_errors": load.socket_errors, "requests": load.requests,
                 "loads": int(loads), "hit_rate": round(1 - loads / max(1, load.requests), 4),
@@ -204,15 +211,30 @@ def report(result: dict[str, Any]) -> str:
         f"{result['zipf_s']}) over them, {result['connections']} connections, {result['seconds']:g} s per budget "
         "after a warm-up.",
         "- A budget of N holds N of the largest measured versions (SWITCHYARD_MODEL_MEMORY = N x the largest + "
-        "half of one); the first run has no budget, so all 40 stay loaded.\n",
-        "| versions the budget holds | requests/s | vs all loaded | p50 ms | p99 ms | non-2xx | hit rate | loads "
-        "| models MiB | worker RSS MiB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "half of one); the first run has no budget, so all 40 stay loaded. The last row turns the thrash guard "
+        "on (1 s).",
+        "- Hit rate: 1 - loads / requests (requests that waited for the same load share it).\n",
+        "| versions the budget holds | SWITCHYARD_MIN_RESIDENT_S | requests/s | vs all loaded | p50 ms | p99 ms "
+        "| non-2xx | hit rate | loads | models MiB | worker RSS MiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
-        lines.append(f"| {r['budget_versions']} | {r['rps']:.0f} | {r['rps'] / full['rps']:.2f}x | {r['p50_ms']} | "
+        lines.append(f"| {r['budget_versions']} | {r.get('min_resident_s', 'default')} | {r['rps']:.0f} | "
+                     f"{r['rps'] / full['rps']:.2f}x | {r['p50_ms']} | "
                      f"{r['p99_ms']} | {r['non2xx']} | {100 * r['hit_rate']:.2f} % | {r['loads']} | "
                      f"{r['model_bytes'] / 2**20:.1f} | {r['rss_mb']} |")
+    eight = next(r for r in runs if r["budget_versions"] == 8)
+    lines += ["", "## The goal\n",
+              f"At a budget of 8 the issue asks for at least 0.8x the requests/s of all 40 loaded, at under a third "
+              f"of the memory. This run: {eight['rps'] / full['rps']:.2f}x the requests/s, at "
+              f"{eight['model_bytes'] / max(1, full['model_bytes']):.2f} of the model memory "
+              f"({eight['rss_mb'] / full['rss_mb']:.2f} of the worker's whole RSS). The memory goal is met; the "
+              "throughput goal is not. Under Zipf(1.1) over 40 endpoints, 8 resident versions answer "
+              f"{100 * eight['hit_rate']:.0f} % of requests; every other request pays a load (verify the graph's "
+              "hashes, create the ONNX Runtime session, warm it) on the same core that answers everyone else: "
+              f"{eight['loads']} loads in {eight['window_s']:g} s here. Meeting it on this load needs loads much "
+              "cheaper than these, or a hit rate close to 100 %, which Zipf(1.1) over 40 gives only with most "
+              "of them resident."]
     lines += ["", "## Cold start\n", "| graph file | first request ms (load, warm-up, answer) | warm p50 ms |",
               "|---|---:|---:|"]
     for label, c in result["cold_start"].items():

@@ -145,9 +145,10 @@ class ServeSettings(BaseSettings):
         "Memory for loaded model versions, per worker: bytes (2000000000, 1.5GiB, 512MiB) or a share of the "
         "container's memory limit (40%). A load that would pass it unloads the least recently used idle "
         "on-demand versions first; unset: no budget."))
-    min_resident_s: float = Field(1.0, ge=0, le=3600, description=(
-        "Thrash guard: a version loaded less than this long ago is not unloaded to make room for one that "
-        "was itself unloaded less than this long ago (that request gets 503 instead)."))
+    min_resident_s: float = Field(0.0, ge=0, le=3600, description=(
+        "Thrash guard, for models that take seconds to load: a version loaded less than this long ago is not "
+        "unloaded to make room for one itself unloaded that recently; that request waits (within its "
+        "deadline) instead. 0: off (a cheap load costs less than the wait)."))
 
     # Batching
     max_batch_size: int = Field(32, ge=1, le=1024, description="Rows per model call.")

@@ -9,6 +9,8 @@ and started (their lifespans) as if service.py had mounted them.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -24,6 +26,15 @@ log = logging.getLogger("switchyard")
 # AWS ALB 60 s, Go 90 s), so the client always closes first: `bentoml serve --timeout-keep-alive 120`.
 KEEP_ALIVE_S = 120
 UVICORN_KEEP_ALIVE_S = 5
+
+
+def stop_serving(problem: str) -> None:
+    """A worker cannot start for a reason that restarting will not fix (a typo in switchyard.yaml, a bad
+    SWITCHYARD_* value): say why once and stop the whole server, so that it exits instead of respawning the
+    worker for ever, never ready (a supervisor then shows the exit and this line)."""
+    log.critical("switchyard cannot start: %s", problem)
+    os.kill(os.getppid(), signal.SIGTERM)  # the `bentoml serve` supervisor: it stops every worker and exits
+    raise SystemExit(2)
 
 
 def keep_alive_of(argv: Sequence[str]) -> int:

@@ -352,8 +352,8 @@ class Engine:
         log.info("%s now at revision %d: %s", name, revision,
                  ", ".join(f"{v.tag} {v.role} {v.weight}%" for v in spec.versions))
 
-    def _load(self, tag: str) -> LoadedVersion:
-        return load_version(tag, self.threads, self.providers, self.trust)
+    def _load(self, tag: str, stored: StoredVersion | None = None) -> LoadedVersion:
+        return load_version(tag, self.threads, self.providers, self.trust, stored)
 
     async def _preload(self, endpoint: Endpoint, spec: DeploymentSpec
                        ) -> tuple[dict[str, LoadedVersion], dict[str, StoredVersion]]:

@@ -219,6 +219,9 @@ class Endpoint:
         info = self.cold.get(tag)
         return info.file_bytes if info is not None else 0
 
+    def stored(self, tag: str) -> StoredVersion | None:
+        return self.cold.get(tag)
+
     def codec_of(self, tag: str) -> Codec | None:
         slot = self.slots.get(tag)
         if slot is not None:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bentos.dataplane.runtime import LoadedVersion, warm_runtime
+from bentos.dataplane.runtime import LoadedVersion, StoredVersion, warm_runtime
 from bentos.dataplane.tracing import span
 from bentos.errors import DeadlineExceeded, MemoryFull
 
@@ -75,6 +75,10 @@ class Host(Protocol):
         """The version's graph file: what its size is guessed from before its first load."""
         ...
 
+    def stored(self, tag: str) -> StoredVersion | None:
+        """What is known of the version already (verified once): a reload skips the model store's lookup."""
+        ...
+
 
 @dataclass
 class Entry:
@@ -95,7 +99,8 @@ class Entry:
 
 
 class Residency:
-    def __init__(self, budget: int | None, min_resident_s: float, loader: Callable[[str], LoadedVersion],
+    def __init__(self, budget: int | None, min_resident_s: float,
+                 loader: Callable[[str, StoredVersion | None], LoadedVersion],
                  metrics: Any = None, on_measured: Callable[[str, int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, rss: Callable[[], int] = resident_memory) -> None:
         self.budget, self.min_resident_s = budget, min_resident_s
@@ -180,26 +185,37 @@ class Residency:
         Otherwise (pinned loads: `always`, rollouts, repository) it loads anyway and says so: those are the
         operator's to size."""
         entry = self.entry(host, tag)
-        async with self._lock:
-            if strict and entry.resident:
-                return None
-            need = self.sizes.get(tag) or int(host.file_bytes(tag) * self._ratio)
-            await self._room(need, entry, strict, deadline)
-            if not strict:
-                entry.pins.add(DEPLOYING)  # until the swap that serves it settles its pins
-            with span("load", endpoint=host.name, version=tag):
-                version, measured, graph = await asyncio.to_thread(self._measured_load, tag)
-            if tag not in self.sizes:
-                self.sizes[tag] = measured
-                self._ratio = max(self._ratio, measured / graph) if graph else self._ratio
-                if self._on_measured is not None:
-                    self._on_measured(tag, measured)
-            entry.bytes = self.sizes[tag]
-            entry.resident, entry.loaded_at = True, self._clock()
-            entry.last_used = max(entry.last_used, entry.loaded_at)
-            self._count("loads", entry)
-            self._fit_after(entry, strict)
+        while True:
+            async with self._lock:
+                if strict and entry.resident:
+                    return None
+                need = self.sizes.get(tag) or int(host.file_bytes(tag) * self._ratio)
+                wait = self._room(need, entry, strict, deadline)
+                if wait is None:
+                    version = await self._load_now(host, entry, strict)
+                    break
+            # Outside the lock: other loads, which may find room elsewhere, go on meanwhile.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), wait)
         self._export(entry)
+        return version
+
+    async def _load_now(self, host: Host, entry: Entry, strict: bool) -> LoadedVersion:
+        tag = entry.tag
+        if not strict:
+            entry.pins.add(DEPLOYING)  # until the swap that serves it settles its pins
+        with span("load", endpoint=host.name, version=tag):
+            version, measured, graph = await asyncio.to_thread(self._measured_load, tag, host.stored(tag))
+        if tag not in self.sizes:
+            self.sizes[tag] = measured
+            self._ratio = max(self._ratio, measured / graph) if graph else self._ratio
+            if self._on_measured is not None:
+                self._on_measured(tag, measured)
+        entry.bytes = self.sizes[tag]
+        entry.resident, entry.loaded_at = True, self._clock()
+        entry.last_used = max(entry.last_used, entry.loaded_at)
+        self._count("loads", entry)
+        self._fit_after(entry, strict)
         return version
 
     def _fit_after(self, entry: Entry, strict: bool) -> None:
@@ -212,7 +228,7 @@ class Residency:
             self._export(entry)
             raise
 
-    def _measured_load(self, tag: str) -> tuple[LoadedVersion, int, int]:
+    def _measured_load(self, tag: str, stored: StoredVersion | None) -> tuple[LoadedVersion, int, int]:
         """The version, and how much the worker's resident memory grew while it loaded and warmed (at least
         its graph file: ORT holds the weights once whatever the allocator reuses)."""
         if not self._runtime_started:
@@ -220,7 +236,7 @@ class Residency:
             self._runtime_started = True
         give_back_freed()
         before = self._rss()
-        version = self._loader(tag)
+        version = self._loader(tag, stored)
         grew = self._rss() - before
         try:
             floor = (version.path / "model.onnx").stat().st_size
@@ -228,22 +244,22 @@ class Residency:
             floor = 0
         return version, max(grew, floor, 1), floor
 
-    async def _room(self, need: int, entry: Entry, strict: bool, deadline: float) -> None:
-        """`make_room`, waiting while the versions that could go are only busy for now (requests in them, or
-        loaded within the thrash guard): they go idle within milliseconds, or the guard's seconds."""
-        while True:
-            try:
-                self.make_room(need, entry, strict)
-                return
-            except MemoryFull:
-                now = self._clock()
-                if now >= deadline or not any(e.resident and not e.pins and e is not entry for e in self.resident()):
-                    raise
-                self._freed.clear()
-                guard = min((e.loaded_at + self.min_resident_s - now for e in self.resident()
-                             if e.loaded_at + self.min_resident_s > now), default=WAIT_S)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._freed.wait(), max(0.001, min(deadline - now, guard, WAIT_S)))
+    def _room(self, need: int, entry: Entry, strict: bool, deadline: float) -> float | None:
+        """`make_room`: None when there is room now; else how long to wait before looking again, while the
+        versions that could go are only busy for now (requests in them, or loaded within the thrash guard):
+        they go idle within milliseconds, or the guard's seconds. MemoryFull past the deadline, or at once
+        when only pinned versions hold the budget."""
+        try:
+            self.make_room(need, entry, strict)
+            return None
+        except MemoryFull:
+            now = self._clock()
+            if now >= deadline or not any(not e.pins and e is not entry for e in self.resident()):
+                raise
+            self._freed.clear()
+            guard = min((e.loaded_at + self.min_resident_s - now for e in self.resident()
+                         if e.loaded_at + self.min_resident_s > now), default=WAIT_S)
+            return max(0.001, min(deadline - now, guard, WAIT_S))
 
     def make_room(self, need: int, incoming: Entry, strict: bool) -> None:
         """Unload least recently used idle versions until `need` more bytes fit the budget."""

@@ -203,12 +203,18 @@ def inspect_version(tag: str, trust: Trust | None = None) -> StoredVersion:
     return StoredVersion(str(model.tag), task, labels.get("variant", "?"), codec, dict(meta), root)
 
 
-def load_version(tag: str, threads: int, providers: tuple[str, ...] = (), trust: Trust | None = None) -> LoadedVersion:
+def load_version(tag: str, threads: int, providers: tuple[str, ...] = (), trust: Trust | None = None,
+                 stored: StoredVersion | None = None) -> LoadedVersion:
     """A stored version, verified (`inspect_version`), loaded and warmed, with `threads` intra-op threads. A
     generative version gets as many as a one-forward batch (one, on 2 cores): its decode loop's event-loop work
     (streams, SSE) needs the other core; two ORT threads wrote fewer tokens per second, not more, at every
-    concurrency measured here (1, 8, 32 streams; TPOT at 1 stream 3.1 against 2.2 ms)."""
-    stored = inspect_version(tag, trust)
+    concurrency measured here (1, 8, 32 streams; TPOT at 1 stream 3.1 against 2.2 ms). `stored`, verified
+    before (an on-demand version loading again): its files are hashed again against the verified manifest,
+    without the model store's lookup."""
+    if stored is None:
+        stored = inspect_version(tag, trust)
+    elif problems := find_mismatches(stored.path, stored.metadata.get("sha256") or {}):
+        raise VersionLoadError(f"{tag} failed its sha256 check: {'; '.join(problems)}")
     try:
         session = load_session(stored.path / "model.onnx", threads, providers=providers)
         version = LoadedVersion(stored.tag, stored.task, stored.variant, stored.codec, session, stored.metadata,

@@ -52,6 +52,9 @@ class Host:
     def file_bytes(self, tag: str) -> int:
         return 10 * MB // 3
 
+    def stored(self, tag: str) -> None:
+        return None
+
 
 class Loader:
     """Loads take `seconds` and grow a fake RSS by each tag's size; counts the loads."""
@@ -61,7 +64,7 @@ class Loader:
         self.rss, self.calls, self.fail = 100 * MB, [], False
         self.lock = threading.Lock()
 
-    def __call__(self, tag: str) -> Any:
+    def __call__(self, tag: str, stored: Any = None) -> Any:
         time.sleep(self.seconds)
         if self.fail:
             raise RuntimeError("corrupt graph")
@@ -219,7 +222,7 @@ def stored(v: LoadedVersion) -> StoredVersion:
 async def test_a_version_answering_a_slow_request_is_not_unloaded_under_it(digits_root: Path) -> None:
     versions = {"slow:1": version(digits_root, "digits-mlp", "slow:1", Slow),
                 "mlp:2": version(digits_root, "digits-mlp", "mlp:2")}
-    residency = Residency(15, 0.0, versions.__getitem__, get_metrics())  # room for one version at a time
+    residency = Residency(15, 0.0, lambda tag, _: versions[tag], get_metrics())  # room for one version at a time
     residency.sizes = {"slow:1": 10, "mlp:2": 10}
     slow = on_demand("slow", "slow:1", residency, stored(versions["slow:1"]))
     other = on_demand("other", "mlp:2", residency, stored(versions["mlp:2"]))
