@@ -12,7 +12,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -68,6 +70,40 @@ class Postgres:
             self.stop()
         shutil.rmtree(self.datadir, ignore_errors=True)
         self.log.unlink(missing_ok=True)
+
+
+def worker_of(client: httpx.Client) -> str:
+    """The worker behind this client's connection: a connection stays with the worker that accepted it."""
+    return str(client.get("/v1/health").json()["worker"])
+
+
+def every_worker(url: str, ok: Callable[[httpx.Client], bool], workers: int, timeout_s: float = 10.0) -> float:
+    """Seconds until each of `workers` workers has answered `ok` on a connection of its own (fresh
+    connections until every worker was reached); fails naming how many did within `timeout_s`."""
+    start, done, seen = time.monotonic(), set(), set()
+    while time.monotonic() - start < timeout_s:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            worker = worker_of(c)
+            seen.add(worker)
+            if worker not in done and ok(c):
+                done.add(worker)
+        if len(done) == workers:
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"{len(done)} of {workers} workers answered as expected within {timeout_s:g} s; "
+                         f"workers reached: {sorted(seen)}")
+
+
+def per_worker(url: str, call: Callable[[httpx.Client], Any], workers: int, timeout_s: float = 10.0) -> dict[str, Any]:
+    """`call` once on each of `workers` workers (fresh connections until every one was reached)."""
+    out: dict[str, Any] = {}
+
+    def once(c: httpx.Client) -> bool:
+        out[worker_of(c)] = call(c)
+        return True
+
+    every_worker(url, once, workers, timeout_s)
+    return out
 
 
 class Served:

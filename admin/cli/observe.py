@@ -73,8 +73,8 @@ def memory_line(memory: dict[str, Any] | None) -> str:
     if not memory:
         return ""
     budget = memory.get("budget_bytes")
-    return (f"models {memory['resident']} loaded, {mib(memory['used_bytes'])} MiB of "
-            f"{mib(budget) + ' MiB' if budget else 'no budget'}")
+    held = f"models: {memory['resident']} loaded, {mib(memory['used_bytes'])} MiB"
+    return f"{held} of {mib(budget)} MiB" if budget else f"{held}, no budget"
 
 
 def _grpc(listener: dict[str, Any] | None) -> str:

@@ -51,12 +51,9 @@ def pick_default(task: str, selector: str | None = None, override: str | None = 
     for exact in (override, selector if selector and ":" in selector else None):
         if exact:
             return str(resolve_tag(exact).tag)
+    # Only versions that passed their gate: one registered with --force is served when deployed by its tag,
+    # never chosen by name.
     candidates = [v for v in list_versions(task, selector) if v["metrics"].get("validation_passed")]
-    if not candidates and selector:  # a plain model name: its latest version
-        try:
-            return str(resolve_tag(selector).tag)
-        except VersionLoadError:
-            return None
     invariant = [v for v in candidates
                  if v["batch_invariance_min_cosine"] is None or v["batch_invariance_min_cosine"] >= BATCH_INVARIANT]
     pool = invariant or candidates

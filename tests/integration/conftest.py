@@ -64,9 +64,12 @@ def console_on_loopback() -> Iterator[None]:
 
 
 def serve_with(tags: dict[str, str], state: Path, workers: int, bentoml_options: str = "",
-               **settings: str) -> Iterator[Served]:
+               share_workers: bool = False, **settings: str) -> Iterator[Served]:
     """A server on the session's versions; `settings` are more SWITCHYARD_* values, by lower-case name, and
-    `bentoml_options` more BENTOML_CONFIG_OPTIONS."""
+    `bentoml_options` more BENTOML_CONFIG_OPTIONS. `share_workers`: SWITCHYARD_WORKERS says how many there
+    are, so that threads and rates are split between them (as README tells a deployment to)."""
+    if share_workers:
+        settings["workers"] = str(workers)
     env = serve_env(Path(os.environ["BENTOML_HOME"]), state, admin_token=TOKEN,
                     default_models=json.dumps({"digits": tags["mlp"], "minilm": tags["minilm"]}), **settings)
     env["BENTOML_CONFIG_OPTIONS"] = f"services.switchyard.workers={workers} {bentoml_options}".strip()

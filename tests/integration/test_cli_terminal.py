@@ -73,8 +73,9 @@ def test_status_and_a_live_rollout_watch_in_a_terminal(tmux: Tmux, server: Serve
     pane = tmux.wait_for("minilm")
     keep("status.txt", pane)
     header = next(line for line in pane.splitlines() if line.startswith("endpoint"))
-    assert header.split() == ["endpoint", "version", "role", "weight", "req/s", "p95", "ms", "errors", "rollout"]
-    assert tags["mlp"] in pane and "ready" in pane
+    assert header.split() == ["endpoint", "version", "role", "weight", "loaded", "MiB", "req/s", "p95", "ms",
+                              "errors", "rollout"]
+    assert tags["mlp"] in pane and "ready" in pane and "digits (always)" in pane and "models: 2 loaded" in pane
 
     policy = {"steps": [20, 50, 100], **FAST, "min_seconds": 4}
     r = client.post("/v1/admin/rollouts/digits", json={"tag": tags["cnn"], "policy": policy, "reason": "terminal"},

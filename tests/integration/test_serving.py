@@ -17,7 +17,7 @@ from models.families.digits import splits
 from tests.conftest import ROOT
 from tests.faulty import register_copy
 from tests.integration.conftest import AUTH, deploy
-from tests.servers import Served
+from tests.servers import Served, every_worker, per_worker
 
 pytestmark = pytest.mark.integration
 
@@ -235,15 +235,24 @@ def test_promote_rollback_and_audit(client: httpx.Client, tags: dict[str, str]) 
     assert client.post("/v1/admin/deployments/digits/rollback", json={"revision": 999}, headers=AUTH).status_code == 422
 
 
-def test_pinning_and_sticky_routing(client: httpx.Client, tags: dict[str, str]) -> None:
-    deploy(client, "digits", [(tags["mlp"], "stable", 50), (tags["cnn"], "canary", 50)], sticky=True)
-    time.sleep(1)
-    r = predict(client, [ROW], **{"X-Model-Version": "digits-cnn-fp32"})
-    assert r.headers["x-model-version"] == tags["cnn"] and r.json()["route"] == "pinned"
-    assert predict(client, [ROW], **{"X-Model-Version": "nope"}).status_code == 404
-    for key in ("alice", "bob", "carol"):
-        seen = {predict(client, [ROW], **{"X-Routing-Key": key}).headers["x-model-version"] for _ in range(10)}
-        assert len(seen) == 1
+def test_pinning_and_sticky_routing(client: httpx.Client, server: Served, tags: dict[str, str]) -> None:
+    """Pins and sticky keys hold on every worker: each is asked on a connection of its own, and a key's
+    version must be the same whichever worker answers."""
+    revision = deploy(client, "digits", [(tags["mlp"], "stable", 50), (tags["cnn"], "canary", 50)],
+                      sticky=True).json()["revision"]
+    every_worker(server.url, lambda c: c.get("/v1/health").json()["endpoints"]["digits"]["revision"] >= revision, 2)
+    pinned = per_worker(server.url, lambda c: predict(c, [ROW], **{"X-Model-Version": "digits-cnn-fp32"}), 2)
+    for r in pinned.values():
+        assert r.headers["x-model-version"] == tags["cnn"] and r.json()["route"] == "pinned"
+    assert all(r.status_code == 404 for r in per_worker(
+        server.url, lambda c: predict(c, [ROW], **{"X-Model-Version": "nope"}), 2).values())
+    chosen = {}
+    for key in ("alice", "bob", "carol", "dave", "erin", "frank"):
+        seen = per_worker(server.url, lambda c, key=key: {predict(c, [ROW], **{"X-Routing-Key": key}).headers[
+            "x-model-version"] for _ in range(5)}, 2)
+        assert len(set().union(*seen.values())) == 1, f"{key} saw {seen}"
+        chosen[key] = next(iter(set().union(*seen.values())))
+    assert set(chosen.values()) == {tags["mlp"], tags["cnn"]}  # 50/50: six keys are not all on one side
     deploy(client, "digits", [(tags["mlp"], "stable", 100)])
 
 
@@ -274,9 +283,11 @@ def test_health_stats_and_metrics(client: httpx.Client, tags: dict[str, str]) ->
     assert "bentoml_" in metrics  # next to BentoML's own
 
 
-def test_ten_bursts_of_512_at_256_in_flight_have_no_5xx_and_no_transport_error(server: Served) -> None:
+def test_bursts_of_512_at_256_in_flight_have_no_5xx_and_no_transport_error(server: Served) -> None:
     """One request in 512 once ended in a connection reset: uvicorn closed connections idle for 5 s, which
-    is httpx's own idle expiry, so a connection the client reused just then was closed under its request."""
+    is httpx's own idle expiry, so a connection the client reused just then was closed under its request.
+    Five bursts of minilm (each long enough for pooled connections to idle past 5 s); the cause itself is
+    tested without luck below."""
     async def burst() -> Counter[int | str]:
         outcomes: Counter[int | str] = Counter()
         async with httpx.AsyncClient(base_url=server.url, timeout=120,
@@ -290,8 +301,8 @@ def test_ten_bursts_of_512_at_256_in_flight_have_no_5xx_and_no_transport_error(s
             await asyncio.gather(*(one(i) for i in range(512)))
         return outcomes
 
-    outcomes = sum((asyncio.run(burst()) for _ in range(10)), Counter())
-    assert outcomes == Counter({200: 5120})
+    outcomes = sum((asyncio.run(burst()) for _ in range(5)), Counter())
+    assert outcomes == Counter({200: 2560})
 
 
 def test_an_idle_connection_outlives_the_clients_own_idle_expiry(server: Served) -> None:
