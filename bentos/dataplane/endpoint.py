@@ -152,7 +152,8 @@ class Endpoint:
     def resident_in(self, spec: DeploymentSpec) -> list[str]:
         """The versions of `spec` that must be loaded before it serves: all of them unless this endpoint is
         on-demand and nothing pins them (a canary or shadow, the repository API)."""
-        return [v.tag for v in spec.versions if self.pins(spec).get(v.tag)]
+        pins = self.pins(spec)
+        return [v.tag for v in spec.versions if pins[v.tag]]
 
     def pins(self, spec: DeploymentSpec) -> dict[str, set[str]]:
         """Why each version of `spec` must stay loaded (no reason: it may be unloaded when idle)."""
