@@ -77,8 +77,10 @@ serve: host-check models $(TOKEN_FILE)
 	trap "kill $$console 2>/dev/null" EXIT INT TERM; \
 	$(VENV)/bin/bentoml serve service:Switchyard --host $(HOST) --port $(PORT) --timeout-keep-alive $(KEEP_ALIVE)
 
+# In a random order, its seed in the header; rerun one order with PYTEST_ARGS=--randomly-seed=N.
+# PYTEST_ARGS='-p no:randomly' runs in file order.
 test: install system-deps
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
