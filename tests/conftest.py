@@ -18,7 +18,17 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI = Callable[..., subprocess.CompletedProcess[str]]
 
 
+def artifacts_dir(*parts: str) -> Path:
+    """Where screenshots and terminal panes go: this run's pytest temp dir, never the checkout (the path is
+    printed at the end of the run)."""
+    path = Path(os.environ["SWITCHYARD_TEST_ARTIFACTS"], *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's tmp_path_factory exists
 def pytest_configure(config: pytest.Config) -> None:
+    os.environ["SWITCHYARD_TEST_ARTIFACTS"] = str(config._tmp_path_factory.getbasetemp() / "artifacts")  # type: ignore[attr-defined]
     # In-process registration uses this session's own store, never the user's.
     os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="switchyard-test-bentoml-")
     # ...and its own signing key, made by the first build (bentos/signing.py), never the user's.
@@ -26,6 +36,20 @@ def pytest_configure(config: pytest.Config) -> None:
                                                     f"{Path(os.environ['BENTOML_HOME']).name}-signing.key")
     os.environ["BENTOML_DO_NOT_TRACK"] = "True"
     os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # The session's own model store and signing key go with it.
+    home = os.environ.get("BENTOML_HOME", "")
+    if "switchyard-test-bentoml-" in home:
+        shutil.rmtree(home, ignore_errors=True)
+        Path(os.environ.get("SWITCHYARD_SIGNING_KEY_FILE", "")).unlink(missing_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    artifacts = Path(os.environ.get("SWITCHYARD_TEST_ARTIFACTS", ""))
+    if artifacts.is_dir() and any(artifacts.iterdir()):
+        terminalreporter.write_line(f"screenshots and terminal panes: {artifacts}")
 
 
 @pytest.fixture

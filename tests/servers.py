@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -23,10 +25,32 @@ from bentos.api.worker import KEEP_ALIVE_S
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_RESERVED: list[Any] = []  # lock files held open for this process's life
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port no one else will take while this test process lives. Asking the kernel for port 0 and closing
+    it races: another process may bind it, or the kernel may hand it to a client socket, before the server
+    does. So ports come from below the kernel's ephemeral range (never handed out implicitly), and each is
+    claimed with a lock file that every test process on the machine (pytest, a parallel benchmark's
+    servers) respects."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    locks = Path(tempfile.gettempdir()) / "switchyard-test-ports"
+    locks.mkdir(exist_ok=True)
+    candidates = list(range(max(1024, low - 12_000), low))
+    random.SystemRandom().shuffle(candidates)  # the suite reseeds `random` per test
+    for port in candidates:
+        lock = open(locks / str(port), "w")  # noqa: SIM115 (held until exit)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with socket.socket() as s:  # and nothing outside the tests holds it
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            lock.close()
+            continue
+        _RESERVED.append(lock)
+        return port
+    raise RuntimeError(f"no free port below {low}")
 
 
 class Postgres:

@@ -1,5 +1,5 @@
 """The command line as an operator sees it: a real terminal (tmux) running `switchyard status` and
-`switchyard rollout watch`; the panes are kept in test-artifacts/ for the closing note."""
+`switchyard rollout watch`; the panes are kept in the run's artifacts directory for the closing note."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import artifacts_dir
 from tests.integration.conftest import AUTH, TOKEN, deploy
 from tests.integration.test_cli import SWITCHYARD
 from tests.integration.traffic import FAST, NO_ZERO, WITH_ZERO, Traffic
 from tests.servers import Served
 
 pytestmark = pytest.mark.integration
-ARTIFACTS = ROOT / "test-artifacts" / "cli"
+ARTIFACTS = artifacts_dir("cli")
 
 
 class Tmux:

@@ -20,13 +20,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from models.families.digits import splits
-from tests.conftest import ROOT
+from tests.conftest import ROOT, artifacts_dir
 from tests.integration.conftest import AUTH, PEOPLE, TOKEN, console_on_loopback, deploy
 from tests.servers import Served, free_port
 
 pytestmark = pytest.mark.integration
 PAGES = ROOT / "admin" / "views"  # not pages/: Streamlit would serve a pages/ dir directly, around app.py
-ARTIFACTS = ROOT / "test-artifacts"
+ARTIFACTS = artifacts_dir()
 ROWS = splits()["test"][0]
 
 

@@ -15,13 +15,13 @@ import httpx
 import pytest
 from PIL import Image, ImageStat
 
-from tests.conftest import ROOT
+from tests.conftest import artifacts_dir
 from tests.integration.conftest import TOKEN
 from tests.integration.test_cli import SWITCHYARD
 from tests.servers import Served
 
 pytestmark = pytest.mark.integration
-ARTIFACTS = ROOT / "test-artifacts" / "desktop"
+ARTIFACTS = artifacts_dir("desktop")
 WIDTH, HEIGHT = 1400, 950
 
 
@@ -34,14 +34,15 @@ def need(*tools: str) -> None:
 @pytest.fixture
 def display() -> Iterator[str]:
     need("Xvfb", "xdotool", "import")
-    number = next(n for n in range(90, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists()
-                  and not Path(f"/tmp/.X{n}-lock").exists())
-    xvfb = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", f"{WIDTH}x{HEIGHT}x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 20
-    while not Path(f"/tmp/.X11-unix/X{number}").exists():
-        assert time.monotonic() < end and xvfb.poll() is None, "Xvfb did not start"
-        time.sleep(0.1)
+    # Xvfb picks a free display itself and writes its number to a pipe: no race with another X server.
+    read, write = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", f"{WIDTH}x{HEIGHT}x24",
+                             "-nolisten", "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            pass_fds=(write,))
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        number = pipe.readline().strip()  # empty if Xvfb died first
+    assert number and xvfb.poll() is None, "Xvfb did not start"
     yield f":{number}"
     xvfb.terminate()
     xvfb.wait(10)

@@ -62,7 +62,7 @@ def edges_of(labels: list[str]) -> list[float]:
 
 
 def test_the_monitoring_page_shows_the_drift_its_features_and_their_bins(watched: Served, tmp_path: Any) -> None:
-    """Looked at in Chromium, with a screenshot (test-artifacts/console-monitoring.png)."""
+    """Looked at in Chromium, with a screenshot (console-monitoring.png in the run's artifacts)."""
     from playwright.sync_api import sync_playwright
 
     from admin.charts import bin_names

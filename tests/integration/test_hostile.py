@@ -300,10 +300,10 @@ def test_a_person_in_the_playground_is_asked_for_a_key_and_answered_with_one(hos
     needed, with one it answers."""
     from playwright.sync_api import sync_playwright
 
-    from tests.conftest import ROOT
+    from tests.conftest import artifacts_dir
     from tests.integration.test_playground import CHROMIUM_FLAGS
 
-    artifacts = ROOT / "test-artifacts"
+    artifacts = artifacts_dir()
     artifacts.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
