@@ -82,7 +82,7 @@ class RolloutHook(Protocol):
 
     async def run(self) -> None: ...
 
-    def on_manual_change(self, actor: str, action: str) -> RolloutUpdate:
+    def on_manual_change(self, actor: str, action: str) -> RolloutUpdate | None:
         """Written with a change by hand, in its transaction: a running rollout pauses."""
         ...
 
@@ -666,7 +666,7 @@ class Engine:
         tags = await self.check_versions(endpoint, [v.tag for v in spec.versions])
         versions = [v.model_copy(update={"tag": t}) for v, t in zip(spec.versions, tags, strict=True)]
         spec = spec.model_copy(update={"versions": versions})
-        if rollout is None and self.rollouts is not None and not action.startswith("rollout-"):
+        if rollout is None and self.rollouts is not None:
             rollout = self.rollouts.on_manual_change(actor, action)
         async with self._write_lock:
             try:

@@ -292,8 +292,11 @@ class RolloutController:
                                   rollout=transition(endpoint, ACTIVE, "aborted", actor, reason or "aborted", None))
         return await self.get(endpoint)
 
-    def on_manual_change(self, actor: str, action: str) -> RolloutUpdate:
-        """A person changed the deployment by hand: in the same transaction, a running rollout pauses."""
+    def on_manual_change(self, actor: str, action: str) -> RolloutUpdate | None:
+        """What a deployment change does to the endpoint's rollout, in the same transaction: one by hand
+        (deploy, promote, rollback) pauses a running rollout; the rollout's own changes leave it alone."""
+        if action.startswith("rollout-"):
+            return None
 
         def update(stored: dict[str, Any] | None) -> tuple[dict[str, Any] | None, Any]:
             if stored is None or stored.get("status") != "running":

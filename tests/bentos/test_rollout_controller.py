@@ -61,7 +61,7 @@ class Engine:
     async def change(self, name: str, spec: DeploymentSpec, actor: str, action: str, reason: str,
                      expect_revision: int | None, details: dict[str, Any] | None = None, rollout: Any = None,
                      fence: Lease | None = None) -> Revision:
-        if rollout is None and self.rollouts is not None and not action.startswith("rollout-"):
+        if rollout is None and self.rollouts is not None:  # Engine.change's call; the rule is the controller's
             rollout = self.rollouts.on_manual_change(actor, action)
         try:
             return self.store.write_deployment(name, spec.model_dump(), actor=actor, action=action, reason=reason,

@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,43 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # People with their own tokens and roles (SWITCHYARD_ADMIN_TOKENS) on the single-worker server.
 PEOPLE = {"vic": ("vic-token-0123456789", "viewer"), "olga": ("olga-token-012345678", "operator"),
           "ada": ("ada-token-0123456789", "admin")}
+
+
+# Servers that outlive one test (session or module fixtures): each test leaves their deployments as it found them.
+SHARED_SERVERS = ("server", "single_worker", "secured", "watched", "hostile", "logged", "fuzzed", "capped", "traced",
+                  "gen_server", "many")
+
+
+def _deployments(served: Served) -> dict[str, dict[str, Any]]:
+    r = httpx.get(f"{served.url}/v1/admin/deployments", headers=AUTH, timeout=60)
+    assert r.status_code == 200, r.text
+    return {name: {"versions": [{k: v[k] for k in ("tag", "role", "weight")} for v in e["versions"]],
+                   "sticky": e["sticky"], "shadow_sample": e["shadow_sample"]} for name, e in r.json().items()}
+
+
+@pytest.fixture(autouse=True)
+def shared_servers_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Puts back every deployment a test changed on a shared server (and stops a rollout it left running),
+    even when the test failed half-way: the suite runs in a random order, so no test may inherit another's
+    split. Shared fixtures are set up before this one (pytest sets up wider scopes first), so asking for
+    them here starts nothing early."""
+    servers = []
+    for name in SHARED_SERVERS:
+        if name in request.fixturenames:
+            value = request.getfixturevalue(name)
+            servers += [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, Served)]
+    before = [(served, _deployments(served)) for served in servers]
+    yield
+    for served, was in before:
+        now = _deployments(served)
+        for endpoint, spec in was.items():
+            if now.get(endpoint, spec) == spec:
+                continue
+            httpx.post(f"{served.url}/v1/admin/rollouts/{endpoint}/abort", json={"reason": "test teardown"},
+                       headers=AUTH, timeout=60)  # 409 when none is running
+            r = httpx.put(f"{served.url}/v1/admin/deployments/{endpoint}", json={**spec, "reason": "test teardown"},
+                          headers=AUTH, timeout=60)
+            assert r.status_code == 200, f"could not put {endpoint} back as the test found it: {r.text}"
 
 
 def _build(root: Path, key: str, variant: str) -> str:

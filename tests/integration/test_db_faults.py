@@ -3,12 +3,13 @@ during an admin call. Serving goes on; admin calls fail fast with the reason; bo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,22 @@ def pg() -> Iterator[Postgres]:
     server.destroy()
 
 
-def replica(tags: dict[str, str], pg: Postgres, root: Path, name: str) -> Served:
-    return start_replica(tags, pg.url, root, name, workers=1, db_timeout_s=str(TIMEOUT_S))
+@pytest.fixture
+def replica(tags: dict[str, str], pg: Postgres, tmp_path: Path) -> Iterator[Callable[[str], Served]]:
+    """Starts replicas on the test's database; whatever the test did, its replicas are killed and the
+    database is resumed (a SIGSTOPped one would hang its own shutdown)."""
+    started: list[Served] = []
+
+    def start(name: str) -> Served:
+        started.append(start_replica(tags, pg.url, tmp_path, name, workers=1, db_timeout_s=str(TIMEOUT_S)))
+        return started[-1]
+
+    yield start
+    for served in started:
+        served.kill()
+    with contextlib.suppress(psutil.Error, FileNotFoundError):
+        for p in postgres_processes(pg):
+            p.resume()
 
 
 def health(served: Served) -> dict[str, Any]:
@@ -50,34 +65,30 @@ def wait_for(check: Any, timeout: float) -> bool:
 
 
 def test_a_pod_started_during_an_outage_serves_its_last_deployment_and_catches_up(
-        tags: dict[str, str], pg: Postgres, tmp_path: Path) -> None:
-    a = replica(tags, pg, tmp_path, "a")
+        tags: dict[str, str], pg: Postgres, replica: Callable[[str], Served]) -> None:
+    a = replica("a")
     with httpx.Client(base_url=a.url, timeout=60) as c:
         assert deploy(c, "digits", [(tags["mlp"], "stable", 80), (tags["cnn"], "canary", 20)]).status_code == 200
         revision = c.get("/v1/admin/deployments/digits", headers=AUTH).json()["revision"]
     a.kill()
     pg.stop()
-    a = replica(tags, pg, tmp_path, "a")  # same state dir: its last known deployment is on disk
-    fresh = replica(tags, pg, tmp_path, "fresh")  # nothing on disk: the configured defaults
-    try:
-        for served, want in ((a, {tags["mlp"], tags["cnn"]}), (fresh, {tags["mlp"]})):
-            state = health(served)
-            assert state["ready"] and state["control_plane"]["ok"] is False, state
-            assert "unavailable" in state["control_plane"]["error"] or "unreachable" in state["control_plane"]["error"]
-            seen = Counter(httpx.post(f"{served.url}/v1/digits/predict", json=ROW, timeout=30)
-                           .headers["x-model-version"] for _ in range(60))
-            assert set(seen) == want, seen
-        assert health(a)["endpoints"]["digits"]["revision"] == revision
-        r = httpx.put(f"{a.url}/v1/admin/deployments/digits", headers=AUTH, timeout=30, json={
-            "versions": [{"tag": tags["mlp"], "role": "stable", "weight": 100}], "reason": "during the outage"})
-        assert r.status_code == 503 and "control plane" in r.json()["detail"], r.text
-        pg.start()
-        for served in (a, fresh):
-            assert wait_for(lambda s=served: health(s)["control_plane"]["ok"], 30), health(served)
-        assert wait_for(lambda: health(fresh)["endpoints"]["digits"]["revision"] == revision, 10)
-    finally:
-        a.kill()
-        fresh.kill()
+    a = replica("a")  # same state dir: its last known deployment is on disk
+    fresh = replica("fresh")  # nothing on disk: the configured defaults
+    for served, want in ((a, {tags["mlp"], tags["cnn"]}), (fresh, {tags["mlp"]})):
+        state = health(served)
+        assert state["ready"] and state["control_plane"]["ok"] is False, state
+        assert "unavailable" in state["control_plane"]["error"] or "unreachable" in state["control_plane"]["error"]
+        seen = Counter(httpx.post(f"{served.url}/v1/digits/predict", json=ROW, timeout=30)
+                       .headers["x-model-version"] for _ in range(60))
+        assert set(seen) == want, seen
+    assert health(a)["endpoints"]["digits"]["revision"] == revision
+    r = httpx.put(f"{a.url}/v1/admin/deployments/digits", headers=AUTH, timeout=30, json={
+        "versions": [{"tag": tags["mlp"], "role": "stable", "weight": 100}], "reason": "during the outage"})
+    assert r.status_code == 503 and "control plane" in r.json()["detail"], r.text
+    pg.start()
+    for served in (a, fresh):
+        assert wait_for(lambda s=served: health(s)["control_plane"]["ok"], 30), health(served)
+    assert wait_for(lambda: health(fresh)["endpoints"]["digits"]["revision"] == revision, 10)
 
 
 def postgres_processes(pg: Postgres) -> list[psutil.Process]:
@@ -87,8 +98,8 @@ def postgres_processes(pg: Postgres) -> list[psutil.Process]:
 
 
 def test_a_hung_database_fails_admin_calls_within_the_bound_and_serving_goes_on(
-        tags: dict[str, str], pg: Postgres, tmp_path: Path) -> None:
-    a = replica(tags, pg, tmp_path, "a")
+        tags: dict[str, str], pg: Postgres, replica: Callable[[str], Served]) -> None:
+    a = replica("a")
     stop, latencies, statuses = threading.Event(), [], Counter[int]()
 
     def load() -> None:
@@ -127,4 +138,3 @@ def test_a_hung_database_fails_admin_calls_within_the_bound_and_serving_goes_on(
     assert set(statuses) == {200} and max(latencies) < 1.0
     with httpx.Client(base_url=a.url, timeout=60) as c:  # back: changes work again
         assert wait_for(lambda: deploy(c, "digits", [(tags["mlp"], "stable", 100)]).status_code == 200, 30)
-    a.kill()

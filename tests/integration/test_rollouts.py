@@ -161,15 +161,23 @@ def test_one_controller_acts_across_two_workers(client: httpx.Client, server: Se
     assert len(controllers) == 1 and controllers <= workers
 
 
+def _by_hand(client: httpx.Client, action: str, tags: dict[str, str]) -> httpx.Response:
+    if action == "deploy":
+        return deploy(client, "digits", [(tags["mlp"], "stable", 70), (tags["cnn"], "canary", 30)], reason="by hand")
+    return client.post(f"/v1/admin/deployments/digits/{action}", json={"reason": "by hand"}, headers=AUTH)
+
+
+@pytest.mark.parametrize("action", ["deploy", "promote", "rollback"])
 def test_a_manual_change_pauses_the_rollout_and_abort_restores_stable(client: httpx.Client, tags: dict[str, str],
-                                                                        mlp_stable: None) -> None:
+                                                                        mlp_stable: None, action: str) -> None:
+    """Through the real engine: every change by hand pauses a running rollout in its own transaction."""
     policy = {"steps": [10, 100], "min_requests": 1_000_000, "interval_s": 1}
     assert _rollout(client, body={"tag": tags["cnn"], "policy": policy, "reason": "pause"}).status_code == 200
     assert _rollout(client, body={"tag": tags["cnn"], "reason": "twice"}).status_code == 409
-    r = deploy(client, "digits", [(tags["mlp"], "stable", 70), (tags["cnn"], "canary", 30)], reason="by hand")
-    assert r.status_code == 200
+    r = _by_hand(client, action, tags)
+    assert r.status_code == 200, r.text
     state = _rollout(client).json()
-    assert state["status"] == "paused" and "manual deploy by admin" in state["history"][-1]["reason"]
+    assert state["status"] == "paused" and f"manual {action} by admin" in state["history"][-1]["reason"]
     assert _rollout(client, "resume", {"reason": "go on"}).json()["status"] == "running"
     live = _live(client)
     assert {v["tag"]: v["weight"] for v in live} == {tags["mlp"]: 90, tags["cnn"]: 10}  # the step's split again
