@@ -13,10 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.harness import wrk
 from tests.conftest import ROOT
 from tests.integration.conftest import AUTH, TOKEN, console_on_loopback, serve_with
-from tests.servers import Served, free_port
+from tests.servers import Served, free_port, wrk_until
 
 pytestmark = pytest.mark.integration
 BOUND_MB, FILE_MB = 0.5, 0.05
@@ -48,16 +47,14 @@ def test_every_answer_carries_a_request_id_and_a_callers_own_is_kept(logged: tup
 def test_payload_log_rotates_stays_bounded_and_is_read_back(logged: tuple[Served, Path]) -> None:
     served, where = logged
     body = json.dumps({"inputs": [ROW]})
-    load = wrk(f"{served.url}/v1/digits/predict", [body], connections=16, seconds=10, pid=served.proc.pid,
-               rows_per_request=1)
-    # Enough entries to rotate many times over (the bound holds about 2,000): a claim about the log, not about
-    # speed, which on a loaded 2-core machine has dipped under 10,000 requests in 10 s.
-    assert load.requests >= 4_000 and load.non2xx == 0, load
+    # Enough entries to rotate many times over (the bound holds about 2,000), however long that takes here.
+    requests, non2xx, _ = wrk_until(f"{served.url}/v1/digits/predict", [body], 16, 6_000, served.proc.pid)
+    assert non2xx == 0
     r = httpx.post(f"{served.url}/v1/digits/predict", json={"inputs": [ROW]}, headers={"X-Request-ID": "find-me"},
                    timeout=30)
     files = list(where.glob("payloads-*.jsonl"))
     total = sum(p.stat().st_size for p in files)
-    print(f"{load.requests} requests; {len(files)} files, {total / 2**20:.2f} MB on disk (bound {BOUND_MB} MB)")
+    print(f"{requests} requests; {len(files)} files, {total / 2**20:.2f} MB on disk (bound {BOUND_MB} MB)")
     assert len(files) > 2 and total <= BOUND_MB * 2**20 + 4096
     newest = []
     for _ in range(50):  # the writer thread flushes within moments
