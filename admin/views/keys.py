@@ -58,4 +58,4 @@ with guard():
         if b2.button("Revoke", key="key_revoke"):
             with guard():
                 api.revoke_key(target, why.strip())
-                st.success(f"{target} is revoked: every replica refuses it within a second")
+                st.success(f"{target} is revoked: every replica refuses it from its next poll")
