@@ -182,7 +182,8 @@ def agreement_check(canary: Counts, threshold: float) -> dict[str, Any]:
     enough = n >= MIN_COMPARISONS
     return {"test": "threshold", "comparisons": n, "min_comparisons": MIN_COMPARISONS,
             "effect": None if mean is None else float(f"{mean:.6g}"), "threshold": threshold,
-            "reject": bool(enough and mean is not None and mean < threshold)}
+            "reject": bool(enough and mean is not None and mean < threshold),
+            "waiting": None if enough else f"agreement: {n}/{MIN_COMPARISONS} comparisons"}
 
 
 def drift_check(canary: Counts, stable: Counts, threshold: float) -> dict[str, Any]:
@@ -199,7 +200,9 @@ def drift_check(canary: Counts, stable: Counts, threshold: float) -> dict[str, A
         effect = psi(live, ref / ref.sum())
     return {"test": "threshold", "predictions": [n_canary, n_stable], "min_predictions": MIN_COMPARISONS,
             "effect": None if effect is None else float(f"{effect:.6g}"), "threshold": threshold,
-            "reject": bool(effect is not None and effect > threshold)}
+            "reject": bool(effect is not None and effect > threshold),
+            "waiting": None if enough else f"drift: {n_canary}/{MIN_COMPARISONS} canary and {n_stable}/"
+                                           f"{MIN_COMPARISONS} stable predictions"}
 
 
 def decide(state: RolloutState, canary: Counts, stable: Counts, now: float) -> Decision:
@@ -220,6 +223,11 @@ def decide(state: RolloutState, canary: Counts, stable: Counts, now: float) -> D
     failed = [name for name, r in results.items() if r["reject"]]
     if failed:
         return Decision("rollback", f"failed {', '.join(failed)} at {state.percent} %", evidence)
+    # A check the policy asks for that has not seen enough yet holds the step: without its evidence a
+    # canary must not move on (it once was promoted when its comparisons were dropped on a busy stable).
+    waiting = [r["waiting"] for r in results.values() if r.get("waiting")]
+    if waiting:
+        return Decision("hold", f"step {state.percent} %: waiting for {'; '.join(waiting)}", evidence)
     if in_step < policy.min_requests or now - state.step_started_at < policy.min_seconds:
         return Decision("hold", f"step {state.percent} %: {in_step}/{policy.min_requests} requests, "
                                 f"{now - state.step_started_at:.0f}/{policy.min_seconds:.0f} s", evidence)

@@ -99,14 +99,20 @@ def test_a_shadow_step_checks_agreement_against_the_threshold() -> None:
     state = _state(policy)
     canary = _counts(120)
     canary.comparisons, canary.agreement_sum = 30, 30 * 0.5
-    d = decide(state, canary, _counts(120), now=5)  # too few comparisons to judge: the step may pass
-    assert d.evidence["checks"]["agreement"]["reject"] is False and d.action == "advance"
+    # Too few comparisons to judge: the step holds, saying why (it once passed, and a garbage canary whose
+    # comparisons were dropped on a busy stable was promoted).
+    d = decide(state, canary, _counts(120), now=5)
+    assert d.evidence["checks"]["agreement"]["reject"] is False and d.action == "hold"
+    assert "waiting for agreement: 30/50 comparisons" in d.reason
+    canary.comparisons, canary.agreement_sum = 60, 60 * 0.97
+    assert decide(state, canary, _counts(120), now=6).action == "advance"
     state = _state(policy)
     canary.comparisons, canary.agreement_sum = 120, 120 * 0.9
     d = decide(state, canary, _counts(120), now=5)
     assert d.action == "rollback" and "agreement" in d.reason
     assert d.evidence["checks"]["agreement"] == {"test": "threshold", "comparisons": 120, "min_comparisons": 50,
-                                                 "effect": 0.9, "threshold": 0.95, "reject": True}
+                                                 "effect": 0.9, "threshold": 0.95, "reject": True,
+                                                 "waiting": None}
     assert "errors" in d.evidence["checks"] and "latency" not in d.evidence["checks"]
 
 

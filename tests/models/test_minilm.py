@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,6 +33,13 @@ def minilm(minilm_root: Path) -> tuple[Builder, ModelDir]:
     return builder, md
 
 
+@pytest.fixture(scope="module")
+def reports(minilm: tuple[Builder, ModelDir]) -> dict[str, dict[str, Any]]:
+    """Each variant validated once, whatever order the tests run in (one read another's validate.json)."""
+    builder, md = minilm
+    return {v: validate(builder, md, v, max_drop=1.0) for v in ("fp32", "int8-dynamic", "int8-static")}
+
+
 def test_export_parity_within_tolerance(minilm: tuple[Builder, ModelDir]) -> None:
     _, md = minilm
     report = json.loads((md.export_dir / "export.json").read_text())
@@ -55,10 +63,9 @@ def test_fp32_records_the_faster_graph(minilm: tuple[Builder, ModelDir]) -> None
     assert info["fusions"]["torchscript"].get("Attention", 0) > 0
 
 
-def test_int8_dynamic_against_fp32(minilm: tuple[Builder, ModelDir]) -> None:
+def test_int8_dynamic_against_fp32(minilm: tuple[Builder, ModelDir], reports: dict[str, dict[str, Any]]) -> None:
     builder, md = minilm
-    report = validate(builder, md, "int8-dynamic", max_drop=1.0)
-    m = report["metrics"]
+    m = reports["int8-dynamic"]["metrics"]
     assert m["mean_cosine"] >= 0.99 and m["p1_cosine"] >= 0.98
     assert m["worst_sentence"] in builder.eval_items()
     fp32 = md.require_variant("fp32").stat().st_size
@@ -73,21 +80,18 @@ def test_cosine_parity_directly(minilm: tuple[Builder, ModelDir]) -> None:
     assert cosine_rows(fp32, int8).mean() >= 0.99
 
 
-def test_default_serving_variant_is_batch_invariant(minilm: tuple[Builder, ModelDir]) -> None:
-    builder, md = minilm
-    static = validate(builder, md, "int8-static", max_drop=1.0)["metrics"]
-    fp32 = validate(builder, md, "fp32", max_drop=1.0)["metrics"]
+def test_default_serving_variant_is_batch_invariant(reports: dict[str, dict[str, Any]]) -> None:
+    static, fp32, dynamic = (reports[v]["metrics"] for v in ("int8-static", "fp32", "int8-dynamic"))
     assert static["batch_invariance_min_cosine"] >= 0.999
     assert fp32["batch_invariance_min_cosine"] >= 0.999
-    dynamic = json.loads((md.variant_dir("int8-dynamic") / "validate.json").read_text())["metrics"]
     assert dynamic["batch_invariance_min_cosine"] < static["batch_invariance_min_cosine"]
 
 
-def test_registered_model_carries_its_tokenizer(minilm: tuple[Builder, ModelDir]) -> None:
+def test_registered_model_carries_its_tokenizer(minilm: tuple[Builder, ModelDir],
+                                                reports: dict[str, dict[str, Any]]) -> None:
     import bentoml
 
-    builder, md = minilm
-    validate(builder, md, "int8-static", max_drop=1.0)
+    builder, md = minilm  # validated by `reports`: only a validated variant registers
     model = bentoml.models.get(register(builder, md, "int8-static"))
     root = Path(model.path)
     assert all((root / name).is_file() for name in TOKENIZER_FILES)
