@@ -244,7 +244,12 @@ class RolloutController:
 
     async def start(self, endpoint: str, request: RolloutRequest, actor: str) -> RolloutState:
         current = await self.engine.current(endpoint)
-        (canary,) = await self.engine.check_versions(await self.engine.known_endpoint(endpoint), [request.tag], "tag")
+        known = await self.engine.known_endpoint(endpoint)
+        if "drift" in request.policy.checks and not known.task.classifies():
+            # It would wait for predicted classes for ever: a step holds until each check has its evidence.
+            raise InvalidChange(f"policy.checks: drift compares predicted classes, and {endpoint} is a "
+                                f"{known.task.name} endpoint; use agreement")
+        (canary,) = await self.engine.check_versions(known, [request.tag], "tag")
         stable = DeploymentSpec.model_validate(current.spec).stable.tag
         if canary == stable:
             raise InvalidChange(f"tag: {canary} is already stable on {endpoint}")

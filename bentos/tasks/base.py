@@ -202,6 +202,11 @@ class Task(ABC):
     execution: ClassVar[str] = "forward"
 
     @classmethod
+    def classifies(cls) -> bool:
+        """Whether its answers name classes (what a rollout's `drift` check compares)."""
+        return cls.codec_class.predicted_classes is not Codec.predicted_classes
+
+    @classmethod
     @abstractmethod
     def request_model(cls, limits: Limits, signature: dict[str, Any] | None) -> type[BaseModel]:
         """The request body, with this endpoint's limits baked in; `signature` is its declared one."""

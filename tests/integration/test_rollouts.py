@@ -207,6 +207,9 @@ def test_bad_rollout_requests_name_the_field(client: httpx.Client, tags: dict[st
     r = _rollout(client, body={"tag": tags["mlp"], "reason": "x"})
     assert r.status_code == 422 and "already stable" in r.json()["detail"]
     assert client.post("/v1/admin/rollouts/nowhere", json={"tag": "x", "reason": "x"}, headers=AUTH).status_code == 404
+    r = client.post("/v1/admin/rollouts/minilm", headers=AUTH,  # embeddings name no classes: it would wait for ever
+                    json={"tag": tags["minilm"], "reason": "x", "policy": {"checks": ["errors", "drift"]}})
+    assert r.status_code == 422 and "policy.checks: drift" in r.json()["detail"], r.text
 
 
 @pytest.mark.parametrize(("canary", "outcome"), [("cnn", "promoted"), ("faulty", "rolled_back")])
