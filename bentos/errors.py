@@ -150,8 +150,9 @@ class Overloaded(ServingError):
     kind: ClassVar[Kind] = "overloaded"
     retry_after_s = 1
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"overloaded, retry later: {detail}", headers=retry_after(self.retry_after_s))
+    def __init__(self, detail: str, retry_after_s: float | None = None) -> None:
+        super().__init__(f"overloaded, retry later: {detail}",
+                         headers=retry_after(self.retry_after_s if retry_after_s is None else retry_after_s))
 
 
 class MemoryFull(ServingError):

@@ -3,11 +3,14 @@ its script ends) and a clock passed in. No model, no sleeps."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from bentos.dataplane.decode.kv_budget import KvBudget
 from bentos.dataplane.decode.scheduler import DecodeScheduler, Sequence, StepPlan
-from bentos.errors import InvalidInput, QueueFull
+from bentos.dataplane.decode.shares import FairShare
+from bentos.errors import DeadlineExceeded, InvalidInput, QueueFull, RateLimited
 
 
 class Driver:
@@ -19,8 +22,8 @@ class Driver:
         self.out: dict[str, int] = {}
 
     def add(self, rid: str, prompt: int = 8, tokens: int = 3, *, deadline: float = 1e9, bucket: int = 0,
-            shadow: bool = False) -> None:
-        self.s.add(Sequence(rid, prompt, tokens, self.now, deadline, bucket, shadow))
+            shadow: bool = False, tenant: str = "", priority: int = 1) -> None:
+        self.s.add(Sequence(rid, prompt, tokens, self.now, deadline, bucket, shadow, tenant, priority), self.now)
         self.scripts[rid] = tokens
 
     def step(self) -> StepPlan:
@@ -142,3 +145,122 @@ def test_shadow_copies_run_only_when_nobody_waits() -> None:
     order = [p.prefill for p in (d.step() for _ in range(6)) if p.prefill]
     assert order == [("user1",), ("user2",), ("copy",)]
     assert d.s.has_spare
+
+
+# --- fair shares, priorities, early refusal (issue 29) -----------------------------------------------------
+
+def tokens_by_tenant(d: Driver, steps: int) -> dict[str, int]:
+    """Tokens each tenant was given over `steps` steps (requests are named tenant-n)."""
+    given: dict[str, int] = {}
+    for _ in range(steps):
+        plan = d.step()
+        for rid in (*plan.prefill, *plan.decode):
+            tenant = rid.split("-")[0]
+            given[tenant] = given.get(tenant, 0) + 1
+    return given
+
+
+def test_two_backlogged_tenants_get_equal_tokens_whatever_their_prompt_lengths() -> None:
+    d = driver(max_running=4, prefill_tokens=100_000, max_waiting=1000)
+    for i in range(60):  # "long" floods 2,000-token prompts first: oldest-first would serve it alone for 120 steps
+        d.add(f"long-{i}", prompt=2000, tokens=8, tenant="long")
+    for i in range(60):  # then "short" sends 8-token ones: both always have requests waiting
+        d.add(f"short-{i}", prompt=8, tokens=8, tenant="short")
+    given = tokens_by_tenant(d, 100)
+    assert abs(given["long"] - given["short"]) <= 0.1 * max(given.values()), given
+
+
+def test_a_weight_buys_its_share_and_a_tenant_alone_gets_every_slot() -> None:
+    d = Driver(DecodeScheduler(KvBudget(10**6, 10), max_running=6, max_waiting=1000,
+                               shares=FairShare({"gold": 2.0})))
+    for i in range(80):
+        d.add(f"gold-{i}", tokens=6, tenant="gold")
+        d.add(f"free-{i}", tokens=6, tenant="free")
+    given = tokens_by_tenant(d, 120)
+    assert 1.8 <= given["gold"] / given["free"] <= 2.2, given
+    alone = driver(max_running=6)
+    for i in range(20):
+        alone.add(f"solo-{i}", tokens=50, tenant="solo")
+    alone.step()
+    assert len(alone.step().decode) == 6  # the whole machine
+
+
+def test_idle_time_banks_no_credit() -> None:
+    d = driver(max_running=2, max_waiting=1000)
+    for i in range(30):
+        d.add(f"early-{i}", tokens=4, tenant="early")
+    tokens_by_tenant(d, 40)  # "early" alone, served a lot
+    for i in range(30):
+        d.add(f"late-{i}", tokens=4, tenant="late")
+        d.add(f"early-x{i}", tokens=4, tenant="early")
+    given = tokens_by_tenant(d, 60)
+    # Lifted to the served level on arrival: it shares from here, it does not take every slot to catch up.
+    assert given["early"] >= 0.4 * (given["early"] + given["late"]), given
+
+
+def test_a_higher_class_goes_first_and_preempts_a_lower_one_which_resumes_and_finishes() -> None:
+    d = driver(max_running=2)
+    d.add("low-a", tokens=10, priority=0, deadline=3.0)
+    d.add("low-b", tokens=10, priority=0)
+    d.step()
+    d.step()
+    d.add("normal-1", tokens=3, priority=1)
+    d.add("high-1", tokens=3, priority=2)
+    plan = d.step()
+    assert plan.preempted == ("low-b",) and plan.prefill == ("high-1",)  # latest admitted of the lowest class
+    for _ in range(40):
+        plan = d.step()
+        assert not plan.refused  # low-a's deadline has passed: a started request is never refused
+    assert d.out == {"low-a": 10, "low-b": 10, "normal-1": 3, "high-1": 3}  # every token, none twice
+    assert not d.s.running and not d.s.waiting and d.s.budget.used == 0
+
+
+def test_a_preempted_request_is_prefilled_again_with_what_it_wrote() -> None:
+    d = driver(max_running=1)
+    d.add("low", prompt=8, tokens=10, priority=0)
+    d.step()
+    d.step()  # two tokens out
+    d.add("high", tokens=2, priority=2)
+    assert d.step().preempted == ("low",)
+    (seq,) = [s for s in d.s.waiting if s.request_id == "low"]
+    assert seq.prefill_tokens == 8 + 2 and seq.preempted == 1
+    d.step()  # high's last token; it leaves
+    assert d.step().prefill == ("low",)
+
+
+def test_no_preemption_within_a_class() -> None:
+    d = driver(max_running=1)
+    d.add("a", tokens=5)
+    d.step()
+    d.add("b", tokens=5)
+    assert d.step() == StepPlan(decode=("a",))
+
+
+def test_a_tenant_over_its_share_of_the_queue_is_429_and_a_full_queue_503_both_with_a_computed_wait() -> None:
+    d = driver(max_running=1, max_waiting=6)
+    d.add("busy-0", tokens=100, tenant="busy")
+    d.step()
+    d.s.observe_step(0.05)
+    d.add("other-0", tokens=100, tenant="other")  # two tenants: each may have half the queue waiting
+    for i in range(1, 4):
+        d.add(f"busy-{i}", tokens=100, tenant="busy")
+    with pytest.raises(RateLimited) as limited:
+        d.add("busy-4", tokens=100, tenant="busy")
+    wait = int(limited.value.headers["Retry-After"])
+    assert wait == math.ceil(d.s.wait_estimate()) and wait > 1  # ~500 tokens ahead at 0.05 s each
+    for i in range(1, 3):
+        d.add(f"other-{i}", tokens=100, tenant="other")
+    with pytest.raises(QueueFull) as full:
+        d.add("third-0", tokens=100, tenant="third")
+    assert int(full.value.headers["Retry-After"]) == math.ceil(d.s.wait_estimate())
+
+
+def test_a_deadline_the_running_work_makes_impossible_is_refused_at_once() -> None:
+    d = driver(max_running=1)
+    d.add("long", tokens=200)
+    d.step()
+    d.s.observe_step(0.1)  # 199 tokens left: about 20 s before the slot frees
+    with pytest.raises(DeadlineExceeded, match="could not start before its deadline"):
+        d.add("hurried", tokens=5, deadline=d.now + 5)
+    d.add("patient", tokens=5, deadline=d.now + 60)  # possible: it waits
+    d.add("urgent", tokens=5, deadline=d.now + 5, priority=2)  # it may preempt: not refused

@@ -57,6 +57,10 @@ class KvBudget:
         self.used -= tokens
         return tokens
 
+    def free_tokens_of(self, request_id: str) -> int:
+        """What freeing `request_id` would give back."""
+        return self._held.get(request_id, 0)
+
     def holds(self, request_id: str) -> bool:
         return request_id in self._held
 

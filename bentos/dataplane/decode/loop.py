@@ -21,7 +21,7 @@ from typing import Any
 
 from bentos.dataplane.decode.kv_budget import KvBudget, bytes_per_token
 from bentos.dataplane.decode.runner import DecodeRunner, StepResult
-from bentos.dataplane.decode.scheduler import DecodeScheduler, Sequence, StepPlan
+from bentos.dataplane.decode.scheduler import PRIORITIES, DecodeScheduler, Sequence, StepPlan
 from bentos.dataplane.decode.streams import TokenStream
 from bentos.errors import DeadlineExceeded, ModelFailure, Overloaded, ServingError
 from bentos.tasks.base import Limits, length_bucket
@@ -110,15 +110,16 @@ class DecodeLoop:
 
     # --- the request's side ------------------------------------------------------------
     async def start(self, prompt: list[int], params: SamplingParams, deadline: float,
-                    shadow: bool = False) -> Flight:
-        """Queue a request and wait for its first token: QueueFull (503) when too many wait, DeadlineExceeded
-        when it could not start before `deadline`, InvalidInput when it could never fit the KV budget."""
+                    shadow: bool = False, tenant: str = "", priority: int = PRIORITIES["normal"]) -> Flight:
+        """Queue a request and wait for its first token: QueueFull (503) when too many wait, RateLimited (429)
+        when `tenant` already has its share of the queue waiting, DeadlineExceeded when it could not start
+        before `deadline`, InvalidInput when it could never fit the KV budget."""
         if self._closing:
             raise Overloaded(f"{self.name} is being retired; retry")
         rid = f"g{next(_ids)}"
         now = time.monotonic()
         self.scheduler.add(Sequence(rid, len(prompt), params.max_tokens, now, deadline,
-                                    length_bucket(len(prompt)), shadow))
+                                    length_bucket(len(prompt)), shadow, tenant, priority), now)
         self.runner.add(rid, prompt, params)
         stream = TokenStream(rid, self.codec.detokenize, prompt_tokens=len(prompt), max_tokens=params.max_tokens,
                              stop=params.stop, eos_id=None if params.ignore_eos else self.codec.spec.eos_id)
@@ -209,6 +210,8 @@ class DecodeLoop:
 
     def _deliver(self, plan: StepPlan, result: StepResult) -> None:
         now = time.monotonic()
+        if plan.decode:  # the time per token that Retry-After and deadline refusals are computed from
+            self.scheduler.observe_step(result.decode_s + result.prefill_s)
         for rid, token in result.tokens.items():
             flight = self.flights.get(rid)
             if flight is None:

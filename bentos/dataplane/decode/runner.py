@@ -81,17 +81,20 @@ class DecodeRunner:
         self.running: Rows | None = None
         self.parked: dict[str, Rows] = {}
         self._prompts: dict[str, list[int]] = {}
+        self._written: dict[str, list[int]] = {}  # what each request has sampled: a preempted one recomputes it
         self._sampling: dict[str, tuple[SamplingParams, np.random.Generator | None]] = {}
 
     def add(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
         """A request the scheduler may plan: its prompt and how it samples (a seeded generator when a seed is given)."""
         self._prompts[request_id] = prompt
+        self._written[request_id] = []
         rng = None if params.greedy else np.random.default_rng(params.seed)
         self._sampling[request_id] = (params, rng)
 
     def release(self, request_id: str) -> None:
         """It left (finished, aborted, refused): its KV rows go at the next step."""
         self._prompts.pop(request_id, None)
+        self._written.pop(request_id, None)
         self._sampling.pop(request_id, None)
         self.parked.pop(request_id, None)
 
@@ -108,6 +111,8 @@ class DecodeRunner:
     def step(self, plan: StepPlan) -> StepResult:
         result = StepResult({})
         self._arrange(set(plan.decode))
+        for rid in plan.preempted:  # its KV goes; its next prefill recomputes it from what it wrote
+            self.parked.pop(rid, None)
         if self.running is not None and self.running.ids:
             began = time.perf_counter()
             self.running = self._decode(self.running, result.tokens)
@@ -144,7 +149,7 @@ class DecodeRunner:
         return Rows(rows.ids, out[1:], mask, rows.pos + 1, last)
 
     def _prefill(self, ids: list[str], tokens: dict[str, int]) -> Rows:
-        prompts = [self._prompts[rid] for rid in ids]
+        prompts = [self._prompts[rid] + self._written.get(rid, []) for rid in ids]
         feed = self.codec.prefill_feed(prompts)
         out = self.session.run(self.output_names, feed)
         last = self._sample(ids, out[0][:, -1, :], tokens)
@@ -158,4 +163,5 @@ class DecodeRunner:
             params, rng = self._sampling.get(rid, (None, None))
             token = int(greedy[b]) if params is None or rng is None else sample(logits[b], params, rng)
             out[b] = tokens[rid] = token
+            self._written.setdefault(rid, []).append(token)
         return out

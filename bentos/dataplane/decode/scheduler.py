@@ -8,12 +8,20 @@ arrives while others stream joins the next step instead of waiting for them to e
 The rules, each one line of `plan`:
 - every running request decodes, except one whose reader is slow (its stream's buffer is full): it keeps
   its KV and is skipped until the reader catches up;
-- newcomers are admitted oldest first, while the running set has room (`max_running`), the step's prefill
-  budget has tokens left (`prefill_tokens`; the first newcomer of a step always fits, so no prompt
-  starves) and the KV budget holds the newcomer's worst case (prompt plus max_tokens); prompts of one
-  step share a length class, since a prefill batch pads to its longest;
-- the head of the queue is never skipped for a smaller request behind it: no starvation;
-- a request still waiting at its deadline is refused (503 with Retry-After), never run late;
+- newcomers are admitted in order: higher priority class first, then the tenant served least so far
+  (`FairShare`: virtual token counters, so backlogged tenants get equal weighted service), then oldest
+  first; while the running set has room (`max_running`), the step's prefill budget has tokens left
+  (`prefill_tokens`; the first newcomer of a step always fits, so no prompt starves) and the KV budget
+  holds the newcomer's worst case (prompt plus max_tokens); prompts of one step share a length class,
+  since a prefill batch pads to its longest;
+- the head of that order is never skipped for a smaller request behind it: no starvation;
+- a head that finds no room preempts running requests of a lower class (the lowest, latest admitted
+  first): their KV is freed and they wait again at the front of their class, to be prefilled anew with
+  what they already wrote (recomputed, never lost: their streams pause, they never fail);
+- a request still waiting to start at its deadline is refused (503 with Retry-After), never run late;
+  one whose deadline the work already running makes impossible is refused at once;
+- a tenant with more waiting than its share of the queue gets 429, the server with a full queue 503:
+  both with a Retry-After from the measured time per step and the tokens still to write ahead;
 - shadow copies are the lowest class: admitted only when no user request waits.
 
 No asyncio, no ONNX Runtime, no clock of its own: time is passed in, so tests are exact.
@@ -25,7 +33,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bentos.dataplane.decode.kv_budget import KvBudget
-from bentos.errors import InvalidInput, QueueFull
+from bentos.dataplane.decode.shares import FairShare
+from bentos.errors import DeadlineExceeded, InvalidInput, QueueFull, RateLimited
+from bentos.tasks.base import length_bucket
+
+PRIORITIES = {"low": 0, "normal": 1, "high": 2}
+SHADOW_CLASS = -1  # below every caller's class: preempted first, admitted last
 
 
 @dataclass(eq=False)
@@ -39,12 +52,29 @@ class Sequence:
     deadline: float  # still waiting at this time: refused
     bucket: int = 0  # the prompt's length class
     shadow: bool = False
+    tenant: str = ""
+    priority: int = PRIORITIES["normal"]
     generated: int = 0
     held: bool = False  # the reader is slow: skip, keep the KV
+    preempted: int = 0  # times its KV was taken for a higher class
 
     @property
     def worst_case(self) -> int:
         return self.prompt_tokens + self.max_tokens
+
+    @property
+    def prefill_tokens(self) -> int:
+        """What its (next) prefill runs: the prompt, and after a preemption what it had written too."""
+        return self.prompt_tokens + self.generated
+
+    @property
+    def rank(self) -> int:
+        return SHADOW_CLASS if self.shadow else self.priority
+
+    @property
+    def started(self) -> bool:
+        """Its first token is out: from here it may pause, never be refused."""
+        return self.generated > 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +83,7 @@ class StepPlan:
     decode: tuple[str, ...] = ()  # advance one token each
     refused: tuple[str, ...] = ()  # waited past their deadline
     removed: tuple[str, ...] = ()  # aborted since the last plan; their KV is free again
+    preempted: tuple[str, ...] = ()  # their KV is freed for a higher class; they wait to be prefilled again
 
     @property
     def idle(self) -> bool:
@@ -69,19 +100,70 @@ class DecodeScheduler:
     max_running: int = 32
     prefill_tokens: int = 2048
     max_waiting: int = 256
+    shares: FairShare = field(default_factory=FairShare)
+    step_s: float | None = None  # measured: a moving average of one decode step's seconds
     waiting: deque[Sequence] = field(default_factory=deque)
     running: dict[str, Sequence] = field(default_factory=dict)
     _aborted: set[str] = field(default_factory=set)
 
-    def add(self, seq: Sequence) -> None:
-        """Queue a request: 422 when it could never fit this version's KV budget, 503 when the queue is full."""
+    def add(self, seq: Sequence, now: float | None = None) -> None:
+        """Queue a request, or refuse it at once: 422 when it could never fit this version's KV budget, 429 when
+        its tenant already has its share of the queue waiting, 503 when the queue is full or when the work
+        running ahead of it cannot leave room before its deadline."""
         if not self.budget.fits(seq.worst_case):
             raise InvalidInput("max_tokens", f"prompt ({seq.prompt_tokens} tokens) plus max_tokens "
                                f"({seq.max_tokens}) is over this version's KV budget of {self.budget.capacity} "
                                "tokens (limits.kv_cache_bytes)", {"max_total_tokens": self.budget.capacity})
         if len(self.waiting) >= self.max_waiting:
-            raise QueueFull(f"{len(self.waiting)} generation requests already waiting (limits.max_waiting)")
+            raise QueueFull(f"{len(self.waiting)} generation requests already waiting (limits.max_waiting)",
+                            self.wait_estimate())
+        if not seq.shadow:
+            self._check_share(seq)
+            self._check_deadline(seq, seq.arrived if now is None else now)
+            active = self.tenants()
+            if seq.tenant not in active:
+                self.shares.join(seq.tenant, active)
         self.waiting.append(seq)
+
+    def tenants(self) -> set[str]:
+        """Tenants with requests waiting or running (shadow copies are nobody's)."""
+        return {s.tenant for s in (*self.waiting, *self.running.values()) if not s.shadow}
+
+    def _check_share(self, seq: Sequence) -> None:
+        active = self.tenants()
+        if len(active - {seq.tenant}) == 0:
+            return  # alone: the whole queue is its share
+        mine = sum(1 for s in self.waiting if s.tenant == seq.tenant and not s.shadow)
+        allowed = max(1, int(self.max_waiting * self.shares.share(seq.tenant, active)))
+        if mine >= allowed:
+            raise RateLimited(f"{mine} of this caller's generation requests already wait, its share of the "
+                              f"queue (limits.max_waiting {self.max_waiting}, shared by {len(active)} callers); "
+                              "retry after the time given", self.wait_estimate())
+
+    def _check_deadline(self, seq: Sequence, now: float) -> None:
+        """Refuse now what cannot start in time: while the running set is full, nothing starts before the
+        running request nearest its end has written its remaining tokens (a lower bound on the wait)."""
+        if self.step_s is None or len(self.running) < self.max_running or seq.deadline == float("inf"):
+            return
+        if any(r.rank < seq.rank for r in self.running.values()):
+            return  # it could preempt its way in
+        soonest = min(r.max_tokens - r.generated for r in self.running.values())
+        if now + soonest * self.step_s > seq.deadline:
+            raise DeadlineExceeded(f"it could not start before its deadline: every one of {self.max_running} "
+                                   f"streams (limits.max_streams) has at least {soonest} tokens to write, about "
+                                   f"{soonest * self.step_s:.1f} s", soonest * self.step_s)
+
+    def observe_step(self, seconds: float) -> None:
+        """A decode step's measured time (the loop reports each one): what Retry-After and deadlines use."""
+        self.step_s = seconds if self.step_s is None else 0.9 * self.step_s + 0.1 * seconds
+
+    def wait_estimate(self) -> float:
+        """Seconds until the queue ahead has started: the tokens the running and waiting requests still have
+        to write, one step per token, spread over the streams that write at once."""
+        if self.step_s is None:
+            return 1.0
+        ahead = sum(s.max_tokens - s.generated for s in (*self.running.values(), *self.waiting))
+        return ahead * self.step_s / max(1, self.max_running)
 
     def abort(self, request_id: str) -> None:
         """The client went, or its stream stopped (a stop string): removed at the next plan."""
@@ -97,6 +179,8 @@ class DecodeScheduler:
         seq = self.running.get(request_id)
         if seq is not None:
             seq.generated += 1
+            if not seq.shadow:
+                self.shares.charge(seq.tenant, generated=1)
 
     def hold(self, request_id: str, held: bool) -> None:
         seq = self.running.get(request_id)
@@ -116,9 +200,10 @@ class DecodeScheduler:
     def plan(self, now: float) -> StepPlan:
         removed = self._remove_aborted()
         refused = self._refuse_late(now)
+        preempted = self._preempt()
         decode = tuple(rid for rid, seq in self.running.items() if not seq.held)
         prefill = self._admit()
-        return StepPlan(prefill, decode, refused, removed)
+        return StepPlan(prefill, decode, refused, removed, preempted)
 
     def _remove_aborted(self) -> tuple[str, ...]:
         gone, self._aborted = self._aborted, set()
@@ -133,15 +218,43 @@ class DecodeScheduler:
         return tuple(sorted(removed))
 
     def _refuse_late(self, now: float) -> tuple[str, ...]:
-        late = [s.request_id for s in self.waiting if s.deadline <= now]
+        late = [s.request_id for s in self.waiting if s.deadline <= now and not s.started]
         if late:
-            self.waiting = deque(s for s in self.waiting if s.deadline > now)
+            self.waiting = deque(s for s in self.waiting if s.request_id not in late)
         return tuple(late)
 
     def _candidates(self) -> list[Sequence]:
-        """Users oldest first; shadows only when no user waits."""
+        """Users by class, then least-served tenant, then oldest; shadows only when no user waits."""
         users = [s for s in self.waiting if not s.shadow]
-        return users or list(self.waiting)
+        return sorted(users, key=lambda s: (-s.rank, self.shares.served(s.tenant), s.arrived)) or list(self.waiting)
+
+    def _preempt(self) -> tuple[str, ...]:
+        """Room for the head of the order, taken from lower classes when it has none (vLLM's recompute
+        preemption): the victims' KV is freed and they wait to be prefilled again."""
+        candidates = self._candidates()
+        if not candidates:
+            return ()
+        head = candidates[0]
+        victims: list[Sequence] = []
+        # Lowest class first, and within it the latest admitted (the running dict keeps admission order).
+        lower = sorted((s for s in reversed(self.running.values()) if s.rank < head.rank), key=lambda s: s.rank)
+        while lower and not self._room_for(head, freed=victims):
+            victims.append(lower.pop(0))
+        if not self._room_for(head, freed=victims):
+            return ()  # even all of them would not make room: take nothing
+        for seq in victims:
+            del self.running[seq.request_id]
+            self.budget.free(seq.request_id)
+            seq.preempted += 1
+            seq.held = False
+            seq.bucket = length_bucket(seq.prefill_tokens)  # what it will prefill now
+            self.waiting.appendleft(seq)
+        return tuple(s.request_id for s in victims)
+
+    def _room_for(self, seq: Sequence, freed: list[Sequence]) -> bool:
+        held = sum(self.budget.free_tokens_of(s.request_id) for s in freed)
+        return (len(self.running) - len(freed) < self.max_running
+                and self.budget.used - held + seq.worst_case <= self.budget.capacity)
 
     def _admit(self) -> tuple[str, ...]:
         admitted: list[Sequence] = []
@@ -149,13 +262,15 @@ class DecodeScheduler:
         for seq in self._candidates():
             if len(self.running) >= self.max_running:
                 break
-            if admitted and (tokens + seq.prompt_tokens > self.prefill_tokens or seq.bucket != admitted[0].bucket):
+            if admitted and (tokens + seq.prefill_tokens > self.prefill_tokens or seq.bucket != admitted[0].bucket):
                 break
             if not self.budget.reserve(seq.request_id, seq.worst_case):
                 break  # the head waits for room; nobody behind it jumps the queue
             admitted.append(seq)
-            tokens += seq.prompt_tokens
+            tokens += seq.prefill_tokens
             self.running[seq.request_id] = seq
+            if not seq.shadow and not seq.preempted:
+                self.shares.charge(seq.tenant, prompt=seq.prompt_tokens)
         if admitted:
             chosen = {id(s) for s in admitted}
             self.waiting = deque(s for s in self.waiting if id(s) not in chosen)
