@@ -97,3 +97,26 @@ async def test_a_stop_string_ends_the_text_before_it(tiny_lm_graphs: dict[str, P
                                           time.monotonic() + 10))
     assert cut == whole[:whole.index(" the ")]
     await loop.stop()
+
+
+async def test_a_preempted_stream_pauses_then_writes_the_same_text(tiny_lm_graphs: dict[str, Path]) -> None:
+    """One stream at a time: a high-priority request takes the slot of a running low one, whose KV is freed;
+    it resumes afterwards by prefilling what it wrote, and its greedy text is the text it writes alone."""
+    prompt, params = "The cat", SamplingParams(max_tokens=48, ignore_eos=True)
+    alone, _ = make_loop(tiny_lm_graphs["gpt2"], max_streams=1)
+    expected = await read_all(await alone.start(ids(alone, prompt), params, time.monotonic() + 30))
+    await alone.stop()
+
+    loop, steps = make_loop(tiny_lm_graphs["gpt2"], max_streams=1)
+    low = await loop.start(ids(loop, prompt), params, time.monotonic() + 30, priority=0)
+    reader = asyncio.create_task(read_all(low))
+    while low.stream.usage.completion_tokens < 8:
+        await asyncio.sleep(0.001)
+    high = await loop.start(ids(loop, "The dog"), SamplingParams(max_tokens=12), time.monotonic() + 30, priority=2)
+    paused_at = low.stream.usage.completion_tokens
+    assert paused_at < params.max_tokens and low.stream.finish_reason is None  # it took the slot mid-stream
+    await read_all(high)
+    assert low.stream.usage.completion_tokens <= paused_at + 1  # it wrote nothing while the high one ran
+    assert await reader == expected and low.stream.finish_reason == "length"
+    assert max(s.batch for s in steps) == 1 and loop.scheduler.budget.used == 0
+    await loop.stop()
