@@ -72,7 +72,7 @@ class ActionRequest(BaseModel):
 
 
 # --- API keys ------------------------------------------------------------------------
-Scope = Literal["pin"]
+Scope = Literal["pin", "priority"]
 
 
 class KeyLimits(BaseModel):
@@ -80,7 +80,8 @@ class KeyLimits(BaseModel):
     rate: float = Field(10.0, gt=0, le=100_000, description="Requests per second (token bucket refill).")
     burst: float = Field(20.0, ge=1, le=100_000, description="Requests allowed at once (bucket size).")
     scopes: list[Scope] = Field(default_factory=list, max_length=4,
-                                description="'pin': may pin a version with X-Model-Version.")
+                                description="'pin': may pin a version with X-Model-Version; 'priority': may "
+                                            "ask generation for priority 'high' (others are capped at 'normal').")
 
 
 class KeyRequest(KeyLimits):

@@ -24,6 +24,7 @@ from bentos.settings import ServeSettings
 
 KEY_PREFIX = "sy_"
 PIN_SCOPE = "pin"
+PRIORITY_SCOPE = "priority"
 
 
 def new_secret() -> str:
@@ -67,6 +68,7 @@ class Caller:
 
     key: str  # the key's name, "" without one: a metrics label, never the secret
     may_pin: bool
+    may_prioritize: bool = False  # may ask generation for priority "high"
 
 
 class AccessGate:
@@ -123,7 +125,7 @@ class AccessGate:
             if key is None:
                 raise Unauthorized("API key not recognised or revoked (X-API-Key)")
             self._limit(self._bucket(key, now), now, f"API key {key.name}: over its rate of {key.rate:g}/s")
-            return Caller(key.name, PIN_SCOPE in key.scopes)
+            return Caller(key.name, PIN_SCOPE in key.scopes, PRIORITY_SCOPE in key.scopes)
         if self.settings.require_api_key:
             raise Unauthorized("an API key is required: send X-API-Key (SWITCHYARD_REQUIRE_API_KEY is on)")
         if self.settings.ip_rate > 0:

@@ -50,6 +50,7 @@ class Call:
     protocol: Protocol = "rest"
     key: str = ""
     deadline: float | None = None
+    may_prioritize: bool = False  # the key's 'priority' scope: generation's "high" is not capped
 
     def deadline_or(self, timeout_s: float) -> float:
         """The call's deadline, or `timeout_s` from now when it has none (whichever is sooner otherwise)."""

@@ -20,6 +20,7 @@ from bentos.dataplane.cache import PredictionCache, input_key
 from bentos.dataplane.call import Call
 from bentos.dataplane.circuit import CircuitBreaker, CircuitPolicy, State
 from bentos.dataplane.decode.loop import DecodeLoop, decode_loop
+from bentos.dataplane.decode.scheduler import PRIORITIES
 from bentos.dataplane.drift import DriftMonitor, features_of
 from bentos.dataplane.generation import Generation
 from bentos.dataplane.metrics import Metrics, VersionSeries
@@ -29,7 +30,16 @@ from bentos.dataplane.runtime import LoadedVersion, StoredVersion, available_cor
 from bentos.dataplane.slot_queue import ForwardQueue, SlotQueue
 from bentos.dataplane.stats import StatsRecorder
 from bentos.dataplane.tracing import batch_spans, current, now_ns, recording, span, stream_spans
-from bentos.errors import CALLERS_FAULT, ModelFailure, NoDeployment, NotFound, Overloaded, ServingError, TooBusy
+from bentos.errors import (
+    CALLERS_FAULT,
+    ModelFailure,
+    NoDeployment,
+    NotFound,
+    Overloaded,
+    RateLimited,
+    ServingError,
+    TooBusy,
+)
 from bentos.request_context import request_id
 from bentos.schemas import DeploymentSpec
 from bentos.settings import ServeSettings
@@ -42,6 +52,13 @@ log = logging.getLogger("switchyard.endpoint")
 PREVIEW_SLOTS = 4
 PREVIEW_MIN_IDLE_S = 60.0
 DIRECT = Call()  # a call with no caller: in-process users and tests
+
+
+def priority_of(params: SamplingParams, call: Call) -> int:
+    """The class a generation runs in: what it asked for, "high" only with a key's 'priority' scope. Callers
+    without a key are one tenant ("") and share its fair share."""
+    asked = PRIORITIES[params.priority]
+    return asked if call.may_prioritize or asked <= PRIORITIES["normal"] else PRIORITIES["normal"]
 __all__ = ["DIRECT", "Answer", "Endpoint", "ModelFailure", "NoDeployment", "Pick", "Slot"]
 
 
@@ -458,11 +475,15 @@ class Endpoint:
                 ids = codec.tokenize(prompt)
                 codec.check_prompt(ids, params.max_tokens, self.limits)
                 flight = await loop.start(ids, params, call.deadline_or(self.settings.request_timeout_s),
-                                          shadow=call.source == "shadow")
+                                          shadow=call.source == "shadow", tenant=call.key,
+                                          priority=priority_of(params, call))
             except Exception as exc:
                 self._release(pick)
                 if isinstance(exc, ServingError) and exc.kind in CALLERS_FAULT:
                     slot.series.count(pick.route, "invalid", call)
+                    raise
+                if isinstance(exc, RateLimited):  # the caller's share of the queue: not the version's doing
+                    slot.series.count(pick.route, "rate_limited", call)
                     raise
                 slot.series.count(pick.route, "overloaded" if isinstance(exc, Overloaded) else "error", call)
                 self._evidence(pick.tag, pick.route, call.source, False, time.monotonic() - pick.start,

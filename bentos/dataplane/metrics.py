@@ -104,8 +104,8 @@ class VersionSeries:
         self._counted: dict[tuple[str, str, str, str, str], Any] = {}
 
     def count(self, route: str, outcome: str, call: Call) -> None:
-        """One answer (or refusal) of this version: by route, outcome (ok, overloaded, invalid, error), and
-        the call's source, key name and protocol."""
+        """One answer (or refusal) of this version: by route, outcome (ok, overloaded, rate_limited, invalid,
+        error), and the call's source, key name and protocol."""
         labels = (route, outcome, call.source, call.key, call.protocol)
         child = self._counted.get(labels)
         if child is None:  # bounded: routes x outcomes x sources x live keys x protocols

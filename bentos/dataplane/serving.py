@@ -68,7 +68,8 @@ class Ticket:
         except BaseException:
             serving.admission.give(self.size)
             raise
-        self.call = Call(meta.routing_key, pin, meta.source, meta.protocol, self.caller.key, meta.deadline)
+        self.call = Call(meta.routing_key, pin, meta.source, meta.protocol, self.caller.key, meta.deadline,
+                         self.caller.may_prioritize)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

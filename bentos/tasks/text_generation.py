@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
@@ -32,6 +32,9 @@ AGREEMENT_TOKENS = 16  # greedy tokens compared between two versions on one prom
 MAX_STOPS, MAX_STOP_CHARS = 4, 64
 
 
+Priority = Literal["low", "normal", "high"]
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How one request samples; temperature 0 is greedy (the other values are then unused)."""
@@ -43,6 +46,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # write max_tokens whatever the model says (benchmarks; vLLM's name)
+    priority: Priority = "normal"  # the class it asks for; the endpoint caps it by the caller's key
 
     @property
     def greedy(self) -> bool:
@@ -225,6 +229,9 @@ def sampling_fields(limits: Limits, max_tokens_default: int | None = 64) -> dict
         "seed": (int | None, Field(None, ge=0, le=2**63 - 1)),
         "stream": (bool, Field(False, description="Server-Sent Events, one per token")),
         "ignore_eos": (bool, Field(False, description="Go on past the end-of-text token up to max_tokens")),
+        "priority": (Priority, Field("normal", description=(
+            "Scheduling class: 'high' is admitted first and may pause lower streams (it needs a key with the "
+            "'priority' scope; otherwise it counts as 'normal'); 'low' yields to both"))),
     }
 
 
@@ -245,7 +252,7 @@ def params_of(body: BaseModel) -> SamplingParams:
     return SamplingParams(int(getattr(body, "max_tokens", 64) or 64), float(getattr(body, "temperature", 0) or 0),
                           float(getattr(body, "top_p", 1.0) or 1.0), int(getattr(body, "top_k", 0) or 0),
                           tuple([stop] if isinstance(stop, str) else stop or ()), getattr(body, "seed", None),
-                          bool(getattr(body, "ignore_eos", False)))
+                          bool(getattr(body, "ignore_eos", False)), getattr(body, "priority", "normal"))
 
 
 def generate_request(limits: Limits) -> type[BaseModel]:

@@ -6,9 +6,9 @@ prompt tokens at `prompt_cost` each, divided by the tenant's weight. The schedul
 request whose tenant has the lowest counter, so backlogged tenants converge to equal weighted service, and
 a tenant alone is never held back (its counter only orders it against others).
 
-The prompt cost defaults to 0: a prompt's price is paid in time, not in share. Chunked prefill bounds what
-one step spends on prompts, so a tenant's long prompts cannot stall the others' streams for more than one
-step budget, and equal weights then mean equal generated tokens per second, whatever the prompt lengths.
+The prompt cost defaults to 0: equal weights then mean equal generated tokens per second, whatever the
+prompt lengths. (A long prompt is still prefilled whole in the step that admits it; bounding that per step
+is chunked prefill's job, not the share's.)
 
 A tenant that comes back after having nothing queued or running starts level with the least-served active
 tenant: idle time banks no credit to spend in a burst later.
