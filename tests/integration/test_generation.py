@@ -517,6 +517,14 @@ class Stream(threading.Thread):
         return self
 
 
+def _until_waiting(c: httpx.Client, n: int) -> None:
+    """Until `solo` has n requests waiting, as the server counts them (threads start late on a loaded machine)."""
+    end = time.monotonic() + 60
+    while sum(v["queue_depth"] for v in c.get("/v1/health").json()["endpoints"]["solo"]["versions"]) < n:
+        assert time.monotonic() < end, f"fewer than {n} requests waiting on solo after 60 s"
+        time.sleep(0.02)
+
+
 LONG = {"prompt": PROMPT, "max_tokens": 1000, "ignore_eos": True}  # seconds of the slow model's tokens
 
 
@@ -555,11 +563,11 @@ def test_a_full_share_is_429_and_an_impossible_deadline_503_at_once_both_with_re
         running = Stream(gen_server.url, LONG, a).after(5)
         waiting = [Stream(gen_server.url, {**LONG, "max_tokens": 4}, b)]  # b has work: a may keep half the queue
         waiting[0].start()
-        time.sleep(0.3)
+        _until_waiting(c, 1)
         waiting += [Stream(gen_server.url, {**LONG, "max_tokens": 4}, a) for _ in range(2)]
         for s in waiting[1:]:
             s.start()
-        time.sleep(0.3)
+        _until_waiting(c, 3)
         over = c.post("/v1/solo/generate", json={"prompt": "The dog", "max_tokens": 4}, headers={"X-API-Key": a})
         began = time.monotonic()
         late = c.post("/v1/solo/generate", json={"prompt": "The dog", "max_tokens": 4},
