@@ -81,17 +81,25 @@ def worker_rss(server: Served) -> dict[int, int]:
     return {p.pid: p.memory_info().rss for p in workers}
 
 
-def test_forty_endpoints_each_answer_with_their_own_model_within_the_budget(many: Served,
-                                                                            tenants: dict[str, str]) -> None:
+@pytest.fixture(scope="module")
+def forty(many: Served, tenants: dict[str, str]) -> list[str]:
+    """Endpoints tenant-0 to tenant-39, made once for the tests that call them, in whatever order they run;
+    made cold: a version on demand is described, not loaded, and does not hold readiness back."""
+    with httpx.Client(base_url=many.url, timeout=60) as c:
+        for i in range(N):
+            create(c, f"tenant-{i}", tenants[f"tenant-{i}"])
+        assert c.get("/readyz").status_code == 200
+        health = c.get("/v1/health").json()["endpoints"]["tenant-0"]
+        assert health["residency"] == "on-demand" and health["versions"][0]["state"] == "cold"
+    return [f"tenant-{i}" for i in range(N)]
+
+
+def test_forty_endpoints_each_answer_with_their_own_model_within_the_budget(many: Served, tenants: dict[str, str],
+                                                                            forty: list[str]) -> None:
     baseline = worker_rss(many)
     assert len(baseline) == 2
     x = np.random.default_rng(0).standard_normal((2, INPUTS), dtype=np.float32)
     with httpx.Client(base_url=many.url, timeout=60) as c:
-        for i in range(N):
-            create(c, f"tenant-{i}", tenants[f"tenant-{i}"])
-        assert c.get("/readyz").status_code == 200  # on-demand versions do not hold readiness back
-        health = c.get("/v1/health").json()["endpoints"]["tenant-0"]
-        assert health["residency"] == "on-demand" and health["versions"][0]["state"] == "cold"
         peak: dict[str, float] = {}
         for i in range(N):
             # a new connection each time, so that both workers load and unload
@@ -148,7 +156,8 @@ def resident_on_every_worker(server: Served, endpoint: str) -> dict[str, set[str
     return out
 
 
-def test_a_rollouts_versions_stay_resident_until_it_ends(many: Served, tenants: dict[str, str]) -> None:
+def test_a_rollouts_versions_stay_resident_until_it_ends(many: Served, tenants: dict[str, str],
+                                                        forty: list[str]) -> None:
     name, a, b = f"tenant-{N + 1}", tenants[f"tenant-{N + 1}"], tenants[f"tenant-{N + 2}"]
     x = np.ones((1, INPUTS), np.float32)
     with httpx.Client(base_url=many.url, timeout=60) as c:
