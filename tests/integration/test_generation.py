@@ -372,6 +372,9 @@ def test_a_good_canary_is_promoted(gen_server: Served, writer: str, lm_tags: dic
 
 
 def test_generation_metrics_are_exported(gen_server: Served, writer: str) -> None:
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:  # its own traffic: it may run first
+        assert c.post("/v1/writer/generate", json={"prompt": PROMPT, "max_tokens": 4}).status_code == 200
+        assert c.post("/v1/completions", json={"model": "writer", "prompt": PROMPT, "max_tokens": 4}).status_code == 200
     text = httpx.get(f"{gen_server.url}/metrics", timeout=10).text
     for name in ("switchyard_time_to_first_token_seconds_count", "switchyard_time_per_output_token_seconds_count",
                  "switchyard_tokens_total", "switchyard_kv_cache_occupancy", "switchyard_streams_in_flight"):
