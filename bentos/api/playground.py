@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from bentos.api.app import EngineHolder
 from bentos.api.problems import first_error, playground_message, send_detail
 from bentos.dataplane.call import CallMeta
-from bentos.dataplane.catalog import list_versions
+from bentos.dataplane.catalog import list_versions, signatures_match
 from bentos.dataplane.endpoint import Answer
 from bentos.errors import ServingError
 from bentos.tasks.playground_kit import Kit, compare_versions, latency
@@ -49,9 +49,13 @@ def build_playground(holder: EngineHolder) -> Any:
         return gr.Error(message, print_exception=False)
 
     def choices(name: str) -> list[str]:
+        """The live versions, then the validated stored ones that could serve this endpoint: of its task and
+        its signature (another model of the same task, e.g. a colour CNN beside the digits one, cannot)."""
         endpoint = holder.get().endpoint(name)
         live = [v.tag for v in endpoint.spec.versions] if endpoint.spec else []
-        stored = [v["tag"] for v in list_versions(endpoint.task.name) if v["metrics"].get("validation_passed")]
+        signature = endpoint.signature()
+        stored = [v["tag"] for v in list_versions(endpoint.task.name) if v["metrics"].get("validation_passed")
+                  and (signature is None or signatures_match(signature, v["signature"]))]
         return live + [t for t in stored if t not in live]
 
     def visitor(name: str, mode: str, key: str | None, pinned: str | None, api_key: str | None) -> CallMeta:

@@ -136,7 +136,8 @@ def test_a_browser_can_predict_from_the_playground(server: Served) -> None:
     assert {"digits", "minilm", "About"} <= set(tabs)
 
 
-def test_the_sketchpad_draws_at_once_and_the_page_loads_nothing_from_outside(server: Served) -> None:
+def test_the_sketchpad_draws_at_once_and_the_page_loads_nothing_from_outside(server: Served,
+                                                                             tags: dict[str, str]) -> None:
     """The sketchpad opened with no tool chosen: a drag drew nothing and Run said it was empty. And a stack
     on a machine without internet must not ask it for anything."""
     from playwright.sync_api import sync_playwright
@@ -168,6 +169,10 @@ def test_the_sketchpad_draws_at_once_and_the_page_loads_nothing_from_outside(ser
         # Two versions on the same drawing: the verdict names the task's own measure, the number and the
         # threshold the versions' gate used (not one cut-off for every task).
         page.get_by_text("Compare two versions on this input").filter(visible=True).first.click()
+        for label, tag in (("Version A", tags["mlp"]), ("Version B", tags["cnn"])):  # not whatever the store holds
+            box = page.get_by_label(label).filter(visible=True).first
+            box.fill(tag)
+            box.press("Enter")
         page.get_by_role("button", name="Compare", exact=True).filter(visible=True).first.click()
         verdict = page.get_by_text("agreeing means at least").filter(visible=True).first
         verdict.wait_for(timeout=30_000)
@@ -176,6 +181,7 @@ def test_the_sketchpad_draws_at_once_and_the_page_loads_nothing_from_outside(ser
         browser.close()
     assert "empty" not in body
     assert said.startswith(("They agree", "They disagree")) and "mean top-1 agreement" in said, said
+    assert tags["mlp"] in said and tags["cnn"] in said  # the two versions chosen
     outside = [(status, url) for status, url in requests if not url.startswith((server.url, "data:"))]
     failed = [(status, url) for status, url in requests if status == "failed" or status.startswith(("4", "5"))]
     assert not outside and not failed, (outside, failed)
