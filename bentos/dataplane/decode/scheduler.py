@@ -118,9 +118,9 @@ class DecodeScheduler:
             raise QueueFull(f"{len(self.waiting)} generation requests already waiting (limits.max_waiting)",
                             self.wait_estimate())
         if not seq.shadow:
-            self._check_share(seq)
-            self._check_deadline(seq, seq.arrived if now is None else now)
             active = self.tenants()
+            self._check_share(seq, active)
+            self._check_deadline(seq, seq.arrived if now is None else now)
             if seq.tenant not in active:
                 self.shares.join(seq.tenant, active)
         self.waiting.append(seq)
@@ -129,8 +129,7 @@ class DecodeScheduler:
         """Tenants with requests waiting or running (shadow copies are nobody's)."""
         return {s.tenant for s in (*self.waiting, *self.running.values()) if not s.shadow}
 
-    def _check_share(self, seq: Sequence) -> None:
-        active = self.tenants()
+    def _check_share(self, seq: Sequence, active: set[str]) -> None:
         if len(active - {seq.tenant}) == 0:
             return  # alone: the whole queue is its share
         mine = sum(1 for s in self.waiting if s.tenant == seq.tenant and not s.shadow)
