@@ -1,7 +1,7 @@
 """Fair shares between tenants of one generative version: virtual token counters.
 
 After Sheng et al., "Fairness in Serving Large Language Models" (OSDI 2024). Each tenant (an API key; the
-anonymous callers of one client address) has a counter of the service it got: generated tokens, plus
+callers without a key are one tenant together) has a counter of the service it got: generated tokens, plus
 prompt tokens at `prompt_cost` each, divided by the tenant's weight. The scheduler admits the waiting
 request whose tenant has the lowest counter, so backlogged tenants converge to equal weighted service, and
 a tenant alone is never held back (its counter only orders it against others).
