@@ -31,13 +31,15 @@ with guard():
         rate = c2.number_input("Rate (requests/s)", 0.1, 100_000.0, 10.0, key="key_rate")
         burst = c3.number_input("Burst", 1.0, 100_000.0, 20.0, key="key_burst")
         pin = st.checkbox("May pin a version (X-Model-Version)", key="key_pin")
+        prioritize = st.checkbox("May ask generation for priority 'high'", key="key_priority")
         reason = st.text_input("Reason (recorded in the audit log)", key="key_reason")
         if st.form_submit_button("Create key", type="primary"):
             if not reason.strip():
                 st.warning("Give a reason: it goes into the audit log.")
             else:
                 with guard():
-                    made = api.create_key(name.strip(), rate, burst, ["pin"] if pin else [], reason.strip())
+                    scopes = [s for s, on in (("pin", pin), ("priority", prioritize)) if on]
+                    made = api.create_key(name.strip(), rate, burst, scopes, reason.strip())
                     st.success(f"Key {made['name']} created. Copy its secret now: it is not shown again.")
                     st.code(made["secret"], language=None)
 
