@@ -180,8 +180,9 @@ class ServeSettings(BaseSettings):
     kv_cache_bytes: int = Field(256 * 1024 * 1024, ge=1024, description=(
         "KV-cache budget per generative version and worker: requests whose prompt plus max_tokens do not fit "
         "wait, then get 503; never an out-of-memory."))
-    prefill_tokens: int = Field(2048, ge=1, description=(
-        "Prompt tokens prefilled in one decode step: bounds how long newcomers stall the streams in flight."))
+    prefill_tokens: int = Field(512, ge=1, description=(
+        "Prompt tokens prefilled in one decode step: bounds how long newcomers stall the streams in flight "
+        "(a longer prompt is prefilled in chunks of this many over successive steps)."))
     stall_timeout_s: float = Field(30.0, gt=0, description=(
         "A stream whose reader takes nothing for this long is ended (its KV freed)."))
 

@@ -43,6 +43,7 @@ class Metrics:
     per_token: Any
     tokens: Any
     kv_occupancy: Any
+    prefill_chunks: Any
     streams: Any
     queue_depth: Any
     in_flight: Any
@@ -75,6 +76,7 @@ class VersionSeries:
         "inference_duration",
         "kv_occupancy",
         "per_token",
+        "prefill_chunks",
         "prompt_tokens",
         "queue_depth",
         "queue_wait",
@@ -98,6 +100,7 @@ class VersionSeries:
         self.prompt_tokens = metrics.tokens.labels(*ev, "prompt")
         self.completion_tokens = metrics.tokens.labels(*ev, "completion")
         self.kv_occupancy = metrics.kv_occupancy.labels(*ev)
+        self.prefill_chunks = metrics.prefill_chunks.labels(*ev)
         self.streams = metrics.streams.labels(*ev)
         self.queue_depth = metrics.queue_depth.labels(*ev)
         self.in_flight = metrics.in_flight.labels(*ev)
@@ -162,6 +165,8 @@ def get_metrics() -> Metrics:
                        "completion tokens is tokens per second.", [*ev, "kind"]),
         kv_occupancy=Gauge("switchyard_kv_cache_occupancy", "Generation: the share of the version's KV-cache "
                            "budget held, 0 to 1.", ev, multiprocess_mode="livemax"),
+        prefill_chunks=Counter("switchyard_prefill_chunks_total", "Generation: pieces of prompts longer than a "
+                               "step's prefill budget (SWITCHYARD_PREFILL_TOKENS), each run in its own step.", ev),
         streams=Gauge("switchyard_streams_in_flight", "Generation: requests decoding or waiting to.", ev,
                       multiprocess_mode="livesum"),
         # What autoscaling reads (deploy/k8s/overlays/queue-autoscaling): each worker's, summed over the pod's workers.

@@ -114,3 +114,24 @@ def test_int8_dynamic_is_served_the_same_way(tiny_lm_graphs: dict[str, Path], tm
         assert got[f"r{i}"][:3] == alone(tmp_path, p, 8)[:3]
         assert alone(tmp_path, p, 8) == alone(tmp_path, p, 8)  # and one prompt alone always writes the same
     assert np.mean([len(v) for v in got.values()]) == 8
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_prompt_prefilled_in_chunks_writes_what_it_writes_whole(tiny_lm_graphs: dict[str, Path],
+                                                                   arch: str) -> None:
+    """Chunks of 5, 5 and the rest, with another request decoding beside them, then joining its batch."""
+    graph = tiny_lm_graphs[arch]
+    codec = codec_of(graph)
+    long, short = codec.tokenize(" ".join(PROMPTS[1:])), codec.tokenize(PROMPTS[0])
+    assert len(long) > 10
+    runner = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec)
+    runner.add("long", long, SamplingParams())
+    runner.add("short", short, SamplingParams())
+    plans = [StepPlan(prefill=("short",)), StepPlan(decode=("short",), chunks=(("long", 5),)),
+             StepPlan(decode=("short",), chunks=(("long", 5),)),
+             StepPlan(decode=("short",), chunks=(("long", len(long) - 10),))]
+    got = run(runner, plans)
+    assert "long" in got and len(got["long"]) == 1 and not runner.partial  # the last chunk wrote its first token
+    more = run(runner, [StepPlan(decode=("short", "long"))] * 6)
+    assert got["long"] + more["long"] == alone(graph, long, 7)
+    assert got["short"] + more["short"] == alone(graph, short, 10)

@@ -29,7 +29,8 @@ class Driver:
     def step(self) -> StepPlan:
         plan = self.s.plan(self.now)
         self.plans.append(plan)
-        for rid in (*plan.prefill, *plan.decode):
+        ended = [rid for rid, _ in plan.chunks if not self.s.running[rid].prefilling]  # a prompt's last chunk
+        for rid in (*plan.prefill, *plan.decode, *ended):
             self.out[rid] = self.out.get(rid, 0) + 1
             self.s.advanced(rid)
             if self.out[rid] == self.scripts[rid]:
@@ -62,14 +63,49 @@ def test_a_finished_request_leaves_at_once_and_frees_its_kv() -> None:
     assert d.step().decode == ("long",)
 
 
-def test_the_prefill_budget_caps_newcomers_per_step_but_one_always_goes() -> None:
+def prefilled(plan: StepPlan, d: Driver) -> int:
+    """Prompt tokens a step runs: whole prompts and chunks."""
+    return sum(d.s.running[rid].prefill_tokens for rid in plan.prefill) + sum(n for _, n in plan.chunks)
+
+
+def test_the_prefill_budget_caps_newcomers_per_step() -> None:
     d = driver(prefill_tokens=20)
     for rid in "abc":
         d.add(rid, prompt=8)
     assert d.step().prefill == ("a", "b")  # 16 of 20 tokens; c's 8 more would pass it
     assert d.step().prefill == ("c",)
-    d.add("huge", prompt=500)
-    assert d.step().prefill == ("huge",)  # over the budget alone: it still goes, alone, so it never starves
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_streams_decode() -> None:
+    d = driver(prefill_tokens=20)
+    d.add("a", prompt=8, tokens=50)
+    d.step()
+    d.add("long", prompt=50, tokens=3)
+    d.add("next", prompt=8, tokens=3)
+    plans = [d.step() for _ in range(4)]
+    assert [p.chunks for p in plans[:3]] == [(("long", 20),), (("long", 20),), (("long", 10),)]
+    assert all(p.decode == ("a",) for p in plans[:3])  # the stream in flight writes a token every step
+    assert d.out["long"] == 2 and plans[3].decode == ("a", "long", "next")  # first token from its last chunk
+    assert plans[2].prefill == ("next",)  # the last chunk's 10 leave room for a whole 8-token prompt
+    assert plans[0].prefill == plans[1].prefill == ()  # a chunked prompt's pieces go before newcomers
+    assert all(prefilled(p, d) <= 20 for p in plans)
+
+
+def test_a_prompt_over_what_the_step_has_left_starts_in_chunks_and_a_preempted_one_starts_over() -> None:
+    d = driver(prefill_tokens=20, max_running=1)
+    d.add("low", prompt=12, tokens=10, priority=0)
+    d.add("long", prompt=30, tokens=3, priority=0)
+    assert d.step().prefill == ("low",)  # 12 whole; "long" would pass 20 and the running set is full anyway
+    d.s.max_running = 2
+    assert d.step().chunks == (("long", 20),)  # alone in its step: its first 20
+    d.add("high", prompt=8, tokens=2, priority=2)
+    plan = d.step()
+    assert plan.preempted == ("long",) and plan.prefill == ("high",)  # its 20 in the cache are gone
+    (seq,) = d.s.waiting
+    assert seq.request_id == "long" and seq.prefill_left == 0
+    plans = [d.step() for _ in range(6)]
+    long_chunks = [c for p in plans for c in p.chunks if c[0] == "long"]
+    assert sum(n for _, n in long_chunks) == 30 and d.out["long"] == 3  # all of it again, then it finishes
 
 
 def test_oldest_first_and_a_bigger_head_is_not_jumped() -> None:

@@ -6,6 +6,7 @@ the KV budget, and rollouts that judge a generative canary."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -25,6 +26,7 @@ from tests.servers import Served, free_port
 
 pytestmark = pytest.mark.integration
 PROMPT = "The cat sat on"
+PREFILL_TOKENS = 16  # the shared server's step budget: any prompt over it is prefilled in chunks
 
 
 def import_lm(hf: Path, name: str, validation: Path, *variants: str) -> list[str]:
@@ -61,7 +63,7 @@ def slow_tag(tmp_path_factory: pytest.TempPathFactory, tiny_lm_text: Path) -> st
 def gen_server(tags: dict[str, str], lm_tags: dict[str, str],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     yield from serve_with(tags, tmp_path_factory.mktemp("state-gen"), workers=1, canary_compare_sample="1.0",
-                          max_new_tokens="1000", grpc_port=str(free_port()))
+                          max_new_tokens="1000", grpc_port=str(free_port()), prefill_tokens=str(PREFILL_TOKENS))
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +254,19 @@ def metric(server: Served, name: str, **labels: str) -> float:
         if line.startswith(name + "{") and all(w in line for w in want):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_and_writes_what_transformers_writes(
+        gen_server: Served, writer: str, tiny_lms: dict[str, Path]) -> None:
+    prompt = " ".join(["The cat sat on the mat and looked at the door."] * 8)
+    before = metric(gen_server, "switchyard_prefill_chunks_total", endpoint="writer")
+    r = httpx.post(f"{gen_server.url}/v1/writer/generate", json={"prompt": prompt, "max_tokens": 8}, timeout=60)
+    assert r.status_code == 200, r.text
+    n = r.json()["usage"]["prompt_tokens"]
+    assert n > 4 * PREFILL_TOKENS
+    assert metric(gen_server, "switchyard_prefill_chunks_total", endpoint="writer") - before == math.ceil(
+        n / PREFILL_TOKENS)
+    assert r.json()["text"] == in_process_greedy(tiny_lms["gpt2"], prompt, 8)
 
 
 def test_two_streams_started_apart_share_decode_steps(gen_server: Served, writer: str,

@@ -54,11 +54,12 @@ class StepStats:
     decode_s: float
     kv_occupancy: float
     streams: int
+    chunks: int = 0
 
 
 class DecodeLoop:
     def __init__(self, name: str, runner: DecodeRunner, codec: GenerationCodec, limits: Limits, *,
-                 prefill_tokens: int = 2048, stall_timeout_s: float = 30.0,
+                 prefill_tokens: int = 512, stall_timeout_s: float = 30.0,
                  on_step: Any = None, on_streams: Any = None) -> None:
         self.name, self.runner, self.codec = name, runner, codec
         budget = KvBudget(limits.kv_cache_bytes, bytes_per_token(codec.spec.as_meta()))
@@ -226,8 +227,8 @@ class DecodeLoop:
                 self.scheduler.finish(rid)
                 self._end(rid, flight, None)
         if self.on_step is not None:
-            self.on_step(StepStats(plan.batch, len(plan.prefill), result.prefill_s, result.decode_s,
-                                   self.scheduler.budget.occupancy, len(self.flights)))
+            self.on_step(StepStats(plan.batch, len(plan.prefill) + len(plan.chunks), result.prefill_s, result.decode_s,
+                                   self.scheduler.budget.occupancy, len(self.flights), len(plan.chunks)))
 
     def _streams_changed(self) -> None:
         if self.on_streams is not None:
@@ -237,7 +238,9 @@ class DecodeLoop:
         log.warning("%s: a decode step of %d requests failed: %s", self.name, plan.batch, str(exc)[:500])
         error = ModelFailure(f"{self.name} failed while generating; the server log has the model's error")
         self.runner.running = None  # its KV state is unknown now: every request in it ends
-        for rid in [*plan.prefill, *plan.decode, *self.runner.parked]:
+        chunked = [*(rid for rid, _ in plan.chunks), *self.runner.partial]
+        self.runner.partial = {}
+        for rid in [*plan.prefill, *plan.decode, *self.runner.parked, *chunked]:
             self.scheduler.finish(rid)
             flight = self.flights.get(rid)
             if flight is not None:
@@ -268,6 +271,8 @@ def decode_loop(version: Any, settings: Any, limits: Limits, series: Any) -> Dec
         series.batch_size.observe(stats.batch)
         series.inference_duration.observe(stats.prefill_s + stats.decode_s)
         series.kv_occupancy.set(stats.kv_occupancy)
+        if stats.chunks:
+            series.prefill_chunks.inc(stats.chunks)
 
     return DecodeLoop(version.tag, DecodeRunner(version.session, version.codec), version.codec, limits,
                       prefill_tokens=settings.prefill_tokens, stall_timeout_s=settings.stall_timeout_s,

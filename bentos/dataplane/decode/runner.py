@@ -7,6 +7,11 @@ that leave (finished, aborted) or pause (a slow reader: `park`) are taken out, a
 any more is trimmed. Each row's positions are its own, so a request's tokens do not depend on what shares
 its batch (tests/bentos/test_decode_runner.py checks this against each prompt run alone).
 
+A prompt too long for one step's prefill budget is run in chunks (`StepPlan.chunks`): each chunk is fed
+with the KV of the chunks before it as its past, kept in `partial` between steps, and the chunk that ends
+the prompt samples the first token and joins the running batch. The logits are the same as one whole
+prefill: a chunk's tokens see exactly the keys and values they would have seen.
+
 Runs in the version's thread; the decode loop (loop.py) never touches these arrays itself.
 """
 
@@ -80,6 +85,7 @@ class DecodeRunner:
         self.past_names = codec.spec.past_names
         self.running: Rows | None = None
         self.parked: dict[str, Rows] = {}
+        self.partial: dict[str, Rows] = {}  # chunked prefills in progress: the KV of their chunks so far
         self._prompts: dict[str, list[int]] = {}
         self._written: dict[str, list[int]] = {}  # what each request has sampled: a preempted one recomputes it
         self._sampling: dict[str, tuple[SamplingParams, np.random.Generator | None]] = {}
@@ -97,6 +103,7 @@ class DecodeRunner:
         self._written.pop(request_id, None)
         self._sampling.pop(request_id, None)
         self.parked.pop(request_id, None)
+        self.partial.pop(request_id, None)
 
     def compact(self) -> None:
         """Drop the rows of requests that have left (the loop calls this before it goes idle: no step would)."""
@@ -113,6 +120,7 @@ class DecodeRunner:
         self._arrange(set(plan.decode))
         for rid in plan.preempted:  # its KV goes; its next prefill recomputes it from what it wrote
             self.parked.pop(rid, None)
+            self.partial.pop(rid, None)
         if self.running is not None and self.running.ids:
             began = time.perf_counter()
             self.running = self._decode(self.running, result.tokens)
@@ -120,9 +128,18 @@ class DecodeRunner:
         if plan.prefill:
             began = time.perf_counter()
             fresh = self._prefill(list(plan.prefill), result.tokens)
-            self.running = fresh if self.running is None or not self.running.ids else join([self.running, fresh])
+            self._join(fresh)
             result.prefill_s = time.perf_counter() - began
+        for rid, n in plan.chunks:
+            began = time.perf_counter()
+            ended = self._chunk(rid, n, result.tokens)
+            if ended is not None:
+                self._join(ended)
+            result.prefill_s += time.perf_counter() - began
         return result
+
+    def _join(self, fresh: Rows) -> None:
+        self.running = fresh if self.running is None or not self.running.ids else join([self.running, fresh])
 
     def _arrange(self, decode: set[str]) -> None:
         """The running batch becomes exactly `decode`: gone rows dropped, paused ones parked, resumed ones joined."""
@@ -155,6 +172,25 @@ class DecodeRunner:
         last = self._sample(ids, out[0][:, -1, :], tokens)
         pos = np.array([len(p) for p in prompts], np.int64)
         return Rows(list(ids), out[1:], feed["attention_mask"], pos, last)
+
+    def _chunk(self, rid: str, n: int, tokens: dict[str, int]) -> Rows | None:
+        """The next `n` tokens of `rid`'s prefill on top of its chunks so far: its row once the prompt is done
+        (with its first token sampled), None while chunks remain."""
+        whole = self._prompts[rid] + self._written.get(rid, [])
+        before = self.partial.pop(rid, None)
+        done = 0 if before is None else int(before.pos[0])
+        piece = whole[done:done + n]
+        past = before.past if before is not None else list(self.codec.empty_past(1).values())
+        mask = np.ones((1, done + len(piece)), np.int64)
+        feed = {"input_ids": np.array([piece], np.int64), "attention_mask": mask,
+                "position_ids": np.arange(done, done + len(piece), dtype=np.int64)[None],
+                **dict(zip(self.past_names, past, strict=True))}
+        out = self.session.run(self.output_names, feed)
+        pos = np.array([done + len(piece)], np.int64)
+        if done + len(piece) < len(whole):
+            self.partial[rid] = Rows([rid], out[1:], mask, pos, np.zeros(1, np.int64))
+            return None
+        return Rows([rid], out[1:], mask, pos, self._sample([rid], out[0][:, -1, :], tokens))
 
     def _sample(self, ids: list[str], logits: np.ndarray, tokens: dict[str, int]) -> np.ndarray:
         greedy = logits.argmax(axis=-1)

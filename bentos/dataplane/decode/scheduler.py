@@ -8,12 +8,14 @@ arrives while others stream joins the next step instead of waiting for them to e
 The rules, each one line of `plan`:
 - every running request decodes, except one whose reader is slow (its stream's buffer is full): it keeps
   its KV and is skipped until the reader catches up;
+- a step prefills at most `prefill_tokens` prompt tokens, so newcomers never stall the streams in flight
+  for longer than that: a prompt longer than what the step has left is prefilled in chunks over the next
+  steps (`StepPlan.chunks`), the running requests decoding beside each chunk; chunks in progress go first;
 - newcomers are admitted in order: higher priority class first, then the tenant served least so far
   (`FairShare`: virtual token counters, so backlogged tenants get equal weighted service), then oldest
   first; while the running set has room (`max_running`), the step's prefill budget has tokens left
-  (`prefill_tokens`; the first newcomer of a step always fits, so no prompt starves) and the KV budget
-  holds the newcomer's worst case (prompt plus max_tokens); prompts of one step share a length class,
-  since a prefill batch pads to its longest;
+  and the KV budget holds the newcomer's worst case (prompt plus max_tokens); whole prompts of one step
+  share a length class, since a prefill batch pads to its longest;
 - the head of that order is never skipped for a smaller request behind it: no starvation;
 - a head that finds no room preempts running requests of a lower class (the lowest, latest admitted
   first): their KV is freed and they wait again at the front of their class, to be prefilled anew with
@@ -57,6 +59,7 @@ class Sequence:
     generated: int = 0
     held: bool = False  # the reader is slow: skip, keep the KV
     preempted: int = 0  # times its KV was taken for a higher class
+    prefill_left: int = 0  # tokens of its prefill not yet planned (set at admission, cut by each chunk)
 
     @property
     def worst_case(self) -> int:
@@ -66,6 +69,11 @@ class Sequence:
     def prefill_tokens(self) -> int:
         """What its (next) prefill runs: the prompt, and after a preemption what it had written too."""
         return self.prompt_tokens + self.generated
+
+    @property
+    def prefilling(self) -> bool:
+        """Admitted, with chunks of its prompt still to prefill: it does not decode yet."""
+        return self.prefill_left > 0
 
     @property
     def rank(self) -> int:
@@ -84,21 +92,24 @@ class StepPlan:
     refused: tuple[str, ...] = ()  # waited past their deadline
     removed: tuple[str, ...] = ()  # aborted since the last plan; their KV is free again
     preempted: tuple[str, ...] = ()  # their KV is freed for a higher class; they wait to be prefilled again
+    # (request, tokens): the next piece of a prompt too long for one step, run on top of its KV so far;
+    # the piece that ends the prompt yields the request's first token.
+    chunks: tuple[tuple[str, int], ...] = ()
 
     @property
     def idle(self) -> bool:
-        return not (self.prefill or self.decode)
+        return not (self.prefill or self.decode or self.chunks)
 
     @property
     def batch(self) -> int:
-        return len(self.prefill) + len(self.decode)
+        return len(self.prefill) + len(self.decode) + len(self.chunks)
 
 
 @dataclass
 class DecodeScheduler:
     budget: KvBudget
     max_running: int = 32
-    prefill_tokens: int = 2048
+    prefill_tokens: int = 512
     max_waiting: int = 256
     shares: FairShare = field(default_factory=FairShare)
     step_s: float | None = None  # measured: a moving average of one decode step's seconds
@@ -200,9 +211,10 @@ class DecodeScheduler:
         removed = self._remove_aborted()
         refused = self._refuse_late(now)
         preempted = self._preempt()
-        decode = tuple(rid for rid, seq in self.running.items() if not seq.held)
-        prefill = self._admit()
-        return StepPlan(prefill, decode, refused, removed, preempted)
+        decode = tuple(rid for rid, seq in self.running.items() if not seq.held and not seq.prefilling)
+        chunks = self._continue_chunks()
+        prefill, started = self._admit(self.prefill_tokens - sum(n for _, n in chunks))
+        return StepPlan(prefill, decode, refused, removed, preempted, chunks + started)
 
     def _remove_aborted(self) -> tuple[str, ...]:
         gone, self._aborted = self._aborted, set()
@@ -246,6 +258,7 @@ class DecodeScheduler:
             self.budget.free(seq.request_id)
             seq.preempted += 1
             seq.held = False
+            seq.prefill_left = 0  # its KV is gone, chunks included: prefilled again from the start on admission
             seq.bucket = length_bucket(seq.prefill_tokens)  # what it will prefill now
             self.waiting.appendleft(seq)
         return tuple(s.request_id for s in victims)
@@ -255,22 +268,43 @@ class DecodeScheduler:
         return (len(self.running) - len(freed) < self.max_running
                 and self.budget.used - held + seq.worst_case <= self.budget.capacity)
 
-    def _admit(self) -> tuple[str, ...]:
+    def _continue_chunks(self) -> tuple[tuple[str, int], ...]:
+        """The next piece of each prompt being prefilled in chunks, in admission order, within the budget."""
+        left, chunks = self.prefill_tokens, []
+        for seq in self.running.values():
+            if seq.prefilling and left > 0:
+                n = min(left, seq.prefill_left)
+                seq.prefill_left -= n
+                left -= n
+                chunks.append((seq.request_id, n))
+        return tuple(chunks)
+
+    def _admit(self, budget: int) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+        """Newcomers prefilled whole in one batch; or, when the first one's prompt is longer than what the step
+        has left, that one alone, started in chunks."""
         admitted: list[Sequence] = []
         tokens = 0
         for seq in self._candidates():
-            if len(self.running) >= self.max_running:
+            if len(self.running) >= self.max_running or tokens >= budget:
                 break
-            if admitted and (tokens + seq.prefill_tokens > self.prefill_tokens or seq.bucket != admitted[0].bucket):
+            whole = tokens + seq.prefill_tokens <= budget
+            if admitted and (not whole or seq.bucket != admitted[0].bucket):
                 break
             if not self.budget.reserve(seq.request_id, seq.worst_case):
                 break  # the head waits for room; nobody behind it jumps the queue
-            admitted.append(seq)
-            tokens += seq.prefill_tokens
             self.running[seq.request_id] = seq
             if not seq.shadow and not seq.preempted:
                 self.shares.charge(seq.tenant, prompt=seq.prompt_tokens)
+            if not whole:
+                seq.prefill_left = seq.prefill_tokens - budget
+                self._leave_queue([seq])
+                return (), ((seq.request_id, budget),)
+            admitted.append(seq)
+            tokens += seq.prefill_tokens
+        self._leave_queue(admitted)
+        return tuple(s.request_id for s in admitted), ()
+
+    def _leave_queue(self, admitted: list[Sequence]) -> None:
         if admitted:
             chosen = {id(s) for s in admitted}
             self.waiting = deque(s for s in self.waiting if id(s) not in chosen)
-        return tuple(s.request_id for s in admitted)

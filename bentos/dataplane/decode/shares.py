@@ -7,8 +7,8 @@ request whose tenant has the lowest counter, so backlogged tenants converge to e
 a tenant alone is never held back (its counter only orders it against others).
 
 The prompt cost defaults to 0: equal weights then mean equal generated tokens per second, whatever the
-prompt lengths. (A long prompt is still prefilled whole in the step that admits it; bounding that per step
-is chunked prefill's job, not the share's.)
+prompt lengths. (What a long prompt costs the others' steps is bounded by chunked prefill, in the scheduler,
+not by the share.)
 
 A tenant that comes back after having nothing queued or running starts level with the least-served active
 tenant: idle time banks no credit to spend in a burst later.
