@@ -112,9 +112,17 @@ class Slot:
         await self.queue.drain_and_stop(grace_s)
 
 
+CHARS_PER_PROMPT_TOKEN = 8  # a BPE token is rarely longer: the character cap never refuses what the token cap allows
+
+
 def effective_limits(config: EndpointConfig, settings: ServeSettings) -> Limits:
     own = config.limits
-    return Limits(max_rows=own.max_rows or settings.max_rows, max_chars=own.max_chars or settings.max_chars,
+    max_chars = own.max_chars or settings.max_chars
+    if config.task == "text-generation" and not own.max_chars:
+        # A prompt is bounded by its tokens (the 422 that names max_prompt_tokens), not by a text task's
+        # characters: 2,000 characters refused a 500-token prompt that the token cap allows.
+        max_chars = max(max_chars, CHARS_PER_PROMPT_TOKEN * (own.max_prompt_tokens or settings.max_prompt_tokens))
+    return Limits(max_rows=own.max_rows or settings.max_rows, max_chars=max_chars,
                   max_body_bytes=own.max_body_bytes or settings.max_body_bytes,
                   max_image_pixels=own.max_image_pixels or settings.max_image_pixels,
                   max_request_pixels=own.max_request_pixels or settings.max_request_pixels,

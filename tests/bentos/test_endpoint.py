@@ -276,3 +276,14 @@ async def test_input_refused_inside_the_batch_never_counts_against_the_version(d
     invalid = get_metrics().requests.labels("digits", "cnn:1", "canary", "invalid", "api", "", "rest")
     assert invalid._value.get() >= 6
     await ep.stop()
+
+
+def test_a_generation_prompt_may_have_as_many_characters_as_its_tokens_allow() -> None:
+    from bentos.dataplane.endpoint import CHARS_PER_PROMPT_TOKEN, effective_limits
+
+    settings = ServeSettings(max_chars=2000, max_prompt_tokens=1024)
+    writer = effective_limits(EndpointConfig(name="w", task="text-generation"), settings)
+    assert writer.max_chars == CHARS_PER_PROMPT_TOKEN * 1024  # not the text tasks' 2,000
+    tight = effective_limits(EndpointConfig(name="w", task="text-generation", limits={"max_chars": 300}), settings)
+    assert tight.max_chars == 300  # the endpoint's own cap wins
+    assert effective_limits(EndpointConfig(name="t", task="text-classification"), settings).max_chars == 2000
