@@ -81,16 +81,27 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_streams_decode()
     d.add("a", prompt=8, tokens=50)
     d.step()
     d.add("long", prompt=50, tokens=3)
-    d.add("next", prompt=8, tokens=3)
     plans = [d.step() for _ in range(4)]
     assert [p.chunks for p in plans[:3]] == [(("long", 20),), (("long", 20),), (("long", 10),)]
     assert all(p.decode == ("a",) for p in plans[:3])  # the stream in flight writes a token every step
-    assert d.out["long"] == 2 and plans[3].decode == ("a", "long", "next")  # first token from its last chunk
-    assert plans[2].prefill == ("next",)  # the last chunk's 10 leave room for a whole 8-token prompt
-    assert plans[0].prefill == plans[1].prefill == ()  # a chunked prompt's pieces go before newcomers
+    assert d.out["long"] == 2 and plans[3].decode == ("a", "long")  # first token from its last chunk, then decodes
     assert all(prefilled(p, d) <= 20 for p in plans)
 
 
+def test_a_short_newcomer_does_not_wait_behind_a_long_prompts_chunks() -> None:
+    d = driver(prefill_tokens=20)
+    d.add("long", prompt=50, tokens=3)
+    assert d.step().chunks == (("long", 20),)
+    d.add("short", prompt=8, tokens=3)
+    plan = d.step()
+    assert plan.prefill == ("short",) and plan.chunks == (("long", 12),)  # room kept for it; the chunk gets the rest
+    assert d.step().chunks == (("long", 18),)
+    d.add("long2", prompt=50, tokens=3)
+    assert d.step().chunks == (("long2", 20),)
+    d.add("medium", prompt=15, tokens=3)  # over half the budget: no room is kept for it
+    plans = [d.step() for _ in range(2)]
+    assert plans[0].chunks == (("long2", 20),) and plans[0].prefill == ()
+    assert plans[1].chunks == (("long2", 10), ("medium", 10))  # it starts in what the last chunk leaves
 def test_a_prompt_over_what_the_step_has_left_starts_in_chunks_and_a_preempted_one_starts_over() -> None:
     d = driver(prefill_tokens=20, max_running=1)
     d.add("low", prompt=12, tokens=10, priority=0)

@@ -10,7 +10,9 @@ The rules, each one line of `plan`:
   its KV and is skipped until the reader catches up;
 - a step prefills at most `prefill_tokens` prompt tokens, so newcomers never stall the streams in flight
   for longer than that: a prompt longer than what the step has left is prefilled in chunks over the next
-  steps (`StepPlan.chunks`), the running requests decoding beside each chunk; chunks in progress go first;
+  steps (`StepPlan.chunks`), the running requests decoding beside each chunk; chunks in progress go before
+  newcomers, except that the head of the queue, when its prompt fits half the budget whole, is kept room
+  for: a short prompt never waits behind a long one's chunks, and the chunks still get half of every step;
 - newcomers are admitted in order: higher priority class first, then the tenant served least so far
   (`FairShare`: virtual token counters, so backlogged tenants get equal weighted service), then oldest
   first; while the running set has room (`max_running`), the step's prefill budget has tokens left
@@ -212,7 +214,7 @@ class DecodeScheduler:
         refused = self._refuse_late(now)
         preempted = self._preempt()
         decode = tuple(rid for rid, seq in self.running.items() if not seq.held and not seq.prefilling)
-        chunks = self._continue_chunks()
+        chunks = self._continue_chunks(self.prefill_tokens - self._room_for_head())
         prefill, started = self._admit(self.prefill_tokens - sum(n for _, n in chunks))
         return StepPlan(prefill, decode, refused, removed, preempted, chunks + started)
 
@@ -268,9 +270,17 @@ class DecodeScheduler:
         return (len(self.running) - len(freed) < self.max_running
                 and self.budget.used - held + seq.worst_case <= self.budget.capacity)
 
-    def _continue_chunks(self) -> tuple[tuple[str, int], ...]:
-        """The next piece of each prompt being prefilled in chunks, in admission order, within the budget."""
-        left, chunks = self.prefill_tokens, []
+    def _room_for_head(self) -> int:
+        """Prefill tokens kept from the chunks in progress for the next newcomer: its prompt, when it could start
+        now and fits half the step's budget whole."""
+        candidates = self._candidates() if self.waiting and len(self.running) < self.max_running else []
+        if candidates and candidates[0].prefill_tokens <= self.prefill_tokens // 2:
+            return candidates[0].prefill_tokens
+        return 0
+
+    def _continue_chunks(self, budget: int) -> tuple[tuple[str, int], ...]:
+        """The next piece of each prompt being prefilled in chunks, in admission order, within `budget`."""
+        left, chunks = budget, []
         for seq in self.running.values():
             if seq.prefilling and left > 0:
                 n = min(left, seq.prefill_left)
