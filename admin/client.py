@@ -57,8 +57,9 @@ class AdminClient:
     def keys(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/admin/keys"))
 
-    def create_key(self, name: str, rate: float, burst: float, scopes: list[str], reason: str) -> dict[str, Any]:
-        body = {"name": name, "rate": rate, "burst": burst, "scopes": scopes, "reason": reason}
+    def create_key(self, name: str, rate: float, burst: float, scopes: list[str], reason: str,
+                   weight: float = 1.0) -> dict[str, Any]:
+        body = {"name": name, "rate": rate, "burst": burst, "scopes": scopes, "weight": weight, "reason": reason}
         return dict(self._call("POST", "/v1/admin/keys", body))
 
     def update_key(self, name: str, changes: dict[str, Any], reason: str) -> dict[str, Any]:

@@ -82,6 +82,8 @@ class KeyLimits(BaseModel):
     scopes: list[Scope] = Field(default_factory=list, max_length=4,
                                 description="'pin': may pin a version with X-Model-Version; 'priority': may "
                                             "ask generation for priority 'high' (others are capped at 'normal').")
+    weight: float = Field(1.0, gt=0, le=1000, description="Generation: the key's share of a busy version's "
+                                                          "tokens against the other keys waiting (fair shares).")
 
 
 class KeyRequest(KeyLimits):
@@ -98,6 +100,7 @@ class KeyUpdate(BaseModel):
     rate: float | None = Field(None, gt=0, le=100_000)
     burst: float | None = Field(None, ge=1, le=100_000)
     scopes: list[Scope] | None = Field(None, max_length=4)
+    weight: float | None = Field(None, gt=0, le=1000)
     reason: str = Field(min_length=1, max_length=1000, description="Why; recorded in the audit log.")
 
     def changes(self) -> dict[str, object]:

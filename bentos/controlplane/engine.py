@@ -275,7 +275,7 @@ class Engine:
     async def _sync_keys(self) -> None:
         assert self.store is not None
         keys = await self.db(self.store.api_keys)
-        self.gate.set_keys([(k.digest, LiveKey(k.name, k.rate, k.burst, frozenset(k.scopes)))
+        self.gate.set_keys([(k.digest, LiveKey(k.name, k.rate, k.burst, frozenset(k.scopes), k.weight))
                             for k in keys if k.revoked_at is None])
 
     async def _sync_residency(self) -> set[str]:
@@ -773,7 +773,7 @@ class Engine:
         """A new key; its secret is returned here and never again (the store keeps its digest)."""
         secret = new_secret()
         key = StoredKey(request.name, digest(secret), request.rate, request.burst, list(request.scopes),
-                        time.time(), actor, None)
+                        time.time(), actor, None, request.weight)
         try:
             await self.store_call(self.require_store().create_key, key, reason=request.reason)
         except KeyExists as exc:

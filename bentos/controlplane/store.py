@@ -85,9 +85,11 @@ class StoredKey:
     created_at: float
     created_by: str
     revoked_at: float | None
+    weight: float = 1.0  # generation: the key's share of a busy version against other keys (fair shares)
 
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "rate": self.rate, "burst": self.burst, "scopes": self.scopes,
+                "weight": self.weight,
                 "created_at": self.created_at, "created_by": self.created_by, "revoked_at": self.revoked_at,
                 "active": self.revoked_at is None}
 
@@ -131,7 +133,7 @@ CREATE TABLE IF NOT EXISTS endpoints (
 CREATE TABLE IF NOT EXISTS api_keys (
     name TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE, rate DOUBLE PRECISION NOT NULL,
     burst DOUBLE PRECISION NOT NULL, scopes TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
-    created_by TEXT NOT NULL, revoked_at DOUBLE PRECISION);
+    created_by TEXT NOT NULL, revoked_at DOUBLE PRECISION, weight DOUBLE PRECISION NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS version_sizes (
@@ -139,7 +141,7 @@ CREATE TABLE IF NOT EXISTS version_sizes (
 CREATE TABLE IF NOT EXISTS repository_pins (
     endpoint TEXT PRIMARY KEY, actor TEXT NOT NULL, pinned_at DOUBLE PRECISION NOT NULL);
 """
-KEY_COLUMNS = "name, digest, rate, burst, scopes, created_at, created_by, revoked_at"
+KEY_COLUMNS = "name, digest, rate, burst, scopes, created_at, created_by, revoked_at, weight"
 # Key changes are audited under this endpoint name (the audit log's endpoint column is not null).
 KEYS_AUDIT = "(api-keys)"
 
@@ -178,6 +180,9 @@ class ControlPlane(ABC):
         columns = {r[1] for r in self._exec(cur, "PRAGMA table_info(leases)").fetchall()}
         if "token" not in columns:
             self._exec(cur, "ALTER TABLE leases ADD COLUMN token BIGINT NOT NULL DEFAULT 0")
+        columns = {r[1] for r in self._exec(cur, "PRAGMA table_info(api_keys)").fetchall()}
+        if "weight" not in columns:
+            self._exec(cur, "ALTER TABLE api_keys ADD COLUMN weight DOUBLE PRECISION NOT NULL DEFAULT 1")
 
     # --- endpoints -------------------------------------------------------------------
     def endpoints(self) -> dict[str, StoredEndpoint]:
@@ -240,16 +245,16 @@ class ControlPlane(ABC):
                 raise KeyExists(f"an API key named {key.name!r} is live: revoke it first or pick another name")
             if row is not None:
                 self._exec(cur, "DELETE FROM api_keys WHERE name = ?", (key.name,))
-            self._exec(cur, f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            self._exec(cur, f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (key.name, key.digest, key.rate, key.burst, json.dumps(key.scopes), key.created_at,
-                        key.created_by, None))
+                        key.created_by, None, key.weight))
             self._audit(cur, key.created_by, "key-create", KEYS_AUDIT, None, key.public(), reason,
                         {"key": key.name})
         return key
 
     def update_key(self, name: str, changes: dict[str, Any], *, actor: str, reason: str,
                    revoke: bool = False) -> StoredKey:
-        """Change a live key's rate, burst or scopes, or revoke it (KeyError if there is no live key)."""
+        """Change a live key's rate, burst, scopes or weight, or revoke it (KeyError if there is no live key)."""
         with self.transaction() as cur:
             self._lock_keys(cur)
             row = self._exec(cur, f"SELECT {KEY_COLUMNS} FROM api_keys WHERE name = ?", (name,)).fetchone()
@@ -257,8 +262,9 @@ class ControlPlane(ABC):
                 raise KeyError(name)
             before = _key(row)
             after = StoredKey(**{**before.__dict__, **changes, "revoked_at": time.time() if revoke else None})
-            self._exec(cur, "UPDATE api_keys SET rate = ?, burst = ?, scopes = ?, revoked_at = ? WHERE name = ?",
-                       (after.rate, after.burst, json.dumps(after.scopes), after.revoked_at, name))
+            self._exec(cur, "UPDATE api_keys SET rate = ?, burst = ?, scopes = ?, revoked_at = ?, weight = ? "
+                       "WHERE name = ?", (after.rate, after.burst, json.dumps(after.scopes), after.revoked_at,
+                                          after.weight, name))
             self._audit(cur, actor, "key-revoke" if revoke else "key-update", KEYS_AUDIT, before.public(),
                         after.public(), reason, {"key": name})
         return after
@@ -648,6 +654,7 @@ class PostgresControlPlane(ControlPlane):
 
     def _migrate(self, cur: Any) -> None:
         cur.execute("ALTER TABLE leases ADD COLUMN IF NOT EXISTS token BIGINT NOT NULL DEFAULT 0")
+        cur.execute("ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS weight DOUBLE PRECISION NOT NULL DEFAULT 1")
 
     def _schema_lock(self, cur: Any) -> None:
         # Two replicas creating the tables at once can collide in the catalog (a unique violation on
@@ -681,9 +688,9 @@ def _revision(row: tuple[Any, ...]) -> Revision:
 
 
 def _key(row: tuple[Any, ...]) -> StoredKey:
-    name, digest, rate, burst, scopes, created_at, created_by, revoked_at = row
+    name, digest, rate, burst, scopes, created_at, created_by, revoked_at, weight = row
     return StoredKey(name, digest, float(rate), float(burst), json.loads(scopes), float(created_at), created_by,
-                     None if revoked_at is None else float(revoked_at))
+                     None if revoked_at is None else float(revoked_at), float(weight))
 
 
 def _dump(value: Any) -> str | None:

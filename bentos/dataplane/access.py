@@ -60,6 +60,7 @@ class LiveKey:
     rate: float
     burst: float
     scopes: frozenset[str]
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Caller:
     key: str  # the key's name, "" without one: a metrics label, never the secret
     may_pin: bool
     may_prioritize: bool = False  # may ask generation for priority "high"
+    weight: float = 1.0  # generation: the key's fair-share weight
 
 
 class AccessGate:
@@ -125,7 +127,7 @@ class AccessGate:
             if key is None:
                 raise Unauthorized("API key not recognised or revoked (X-API-Key)")
             self._limit(self._bucket(key, now), now, f"API key {key.name}: over its rate of {key.rate:g}/s")
-            return Caller(key.name, PIN_SCOPE in key.scopes, PRIORITY_SCOPE in key.scopes)
+            return Caller(key.name, PIN_SCOPE in key.scopes, PRIORITY_SCOPE in key.scopes, key.weight)
         if self.settings.require_api_key:
             raise Unauthorized("an API key is required: send X-API-Key (SWITCHYARD_REQUIRE_API_KEY is on)")
         if self.settings.ip_rate > 0:

@@ -51,6 +51,7 @@ class Call:
     key: str = ""
     deadline: float | None = None
     may_prioritize: bool = False  # the key's 'priority' scope: generation's "high" is not capped
+    weight: float = 1.0  # the key's fair-share weight in generation
 
     def deadline_or(self, timeout_s: float) -> float:
         """The call's deadline, or `timeout_s` from now when it has none (whichever is sooner otherwise)."""

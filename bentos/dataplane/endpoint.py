@@ -484,7 +484,7 @@ class Endpoint:
                 codec.check_prompt(ids, params.max_tokens, self.limits)
                 flight = await loop.start(ids, params, call.deadline_or(self.settings.request_timeout_s),
                                           shadow=call.source == "shadow", tenant=call.key,
-                                          priority=priority_of(params, call))
+                                          priority=priority_of(params, call), weight=call.weight)
             except Exception as exc:
                 self._release(pick)
                 if isinstance(exc, ServingError) and exc.kind in CALLERS_FAULT:

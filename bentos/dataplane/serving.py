@@ -69,7 +69,7 @@ class Ticket:
             serving.admission.give(self.size)
             raise
         self.call = Call(meta.routing_key, pin, meta.source, meta.protocol, self.caller.key, meta.deadline,
-                         self.caller.may_prioritize)
+                         self.caller.may_prioritize, self.caller.weight)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

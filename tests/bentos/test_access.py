@@ -13,7 +13,7 @@ from bentos.settings import ServeSettings
 def gate(**settings: object) -> tuple[AccessGate, str, str]:
     g = AccessGate(ServeSettings(**settings))  # type: ignore[arg-type]
     gold, plain = new_secret(), new_secret()
-    g.set_keys([(digest(gold), LiveKey("gold", 50, 10, frozenset({"pin"}))),
+    g.set_keys([(digest(gold), LiveKey("gold", 50, 10, frozenset({"pin"}), weight=3.0)),
                 (digest(plain), LiveKey("plain", 5, 1, frozenset()))])
     return g, gold, plain
 
@@ -30,7 +30,9 @@ def test_a_bucket_gives_its_burst_then_its_rate() -> None:
 def test_keys_are_found_by_digest_and_a_wrong_or_missing_one_is_401_when_required() -> None:
     g, gold, plain = gate(require_api_key=True)
     assert g.admit({"x-api-key": gold}, "10.0.0.1").key == "gold"
-    assert g.admit({"authorization": f"Bearer {plain}"}, "10.0.0.1").key == "plain"
+    plain_caller = g.admit({"authorization": f"Bearer {plain}"}, "10.0.0.1")
+    assert plain_caller.key == "plain" and plain_caller.weight == 1.0
+    assert g.admit({"x-api-key": gold}, "10.0.0.1").weight == 3.0  # the key's generation weight comes along
     for headers in ({}, {"x-api-key": "sy_not-a-key"}, {"authorization": "Bearer something-else"}):
         with pytest.raises(Unauthorized):
             g.admit(headers, "10.0.0.1")

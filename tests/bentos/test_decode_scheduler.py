@@ -9,7 +9,6 @@ import pytest
 
 from bentos.dataplane.decode.kv_budget import KvBudget
 from bentos.dataplane.decode.scheduler import DecodeScheduler, Sequence, StepPlan
-from bentos.dataplane.decode.shares import FairShare
 from bentos.errors import DeadlineExceeded, InvalidInput, QueueFull, RateLimited
 
 
@@ -22,8 +21,9 @@ class Driver:
         self.out: dict[str, int] = {}
 
     def add(self, rid: str, prompt: int = 8, tokens: int = 3, *, deadline: float = 1e9, bucket: int = 0,
-            shadow: bool = False, tenant: str = "", priority: int = 1) -> None:
-        self.s.add(Sequence(rid, prompt, tokens, self.now, deadline, bucket, shadow, tenant, priority), self.now)
+            shadow: bool = False, tenant: str = "", priority: int = 1, weight: float = 1.0) -> None:
+        self.s.add(Sequence(rid, prompt, tokens, self.now, deadline, bucket, shadow, tenant, priority, weight),
+                   self.now)
         self.scripts[rid] = tokens
 
     def step(self) -> StepPlan:
@@ -218,10 +218,9 @@ def test_two_backlogged_tenants_get_equal_tokens_whatever_their_prompt_lengths()
 
 
 def test_a_weight_buys_its_share_and_a_tenant_alone_gets_every_slot() -> None:
-    d = Driver(DecodeScheduler(KvBudget(10**6, 10), max_running=6, max_waiting=1000,
-                               shares=FairShare({"gold": 2.0})))
-    for i in range(80):
-        d.add(f"gold-{i}", tokens=6, tenant="gold")
+    d = driver(tokens=10**5, max_running=6, max_waiting=1000)
+    for i in range(80):  # the weight comes with each request, from its API key
+        d.add(f"gold-{i}", tokens=6, tenant="gold", weight=2.0)
         d.add(f"free-{i}", tokens=6, tenant="free")
     given = tokens_by_tenant(d, 120)
     assert 1.8 <= given["gold"] / given["free"] <= 2.2, given

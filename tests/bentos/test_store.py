@@ -231,6 +231,18 @@ def test_api_keys_keep_only_a_digest_are_audited_and_a_live_name_is_not_reused(s
     assert "sy_secret" not in json.dumps(entries)
 
 
+def test_a_keys_weight_is_kept_changed_and_added_to_a_store_made_before_weights(store: ControlPlane) -> None:
+    store.create_key(StoredKey("gold", digest("sy_gold"), 5.0, 10.0, [], 1.0, "alice", None, 3.0), reason="big")
+    assert store.api_keys()[0].weight == 3.0 and store.api_keys()[0].public()["weight"] == 3.0
+    assert store.update_key("gold", {"weight": 0.5}, actor="bob", reason="smaller").weight == 0.5
+    assert store.api_keys()[0].weight == 0.5 and store.audit(KEYS_AUDIT)[0]["after"]["weight"] == 0.5
+    with store.transaction() as cur:  # a store from before weights existed: no such column
+        store._exec(cur, "ALTER TABLE api_keys DROP COLUMN weight")
+    store.init_schema()  # what every boot runs
+    (old,) = store.api_keys()
+    assert old.name == "gold" and old.weight == 1.0  # every key weighed 1 then
+
+
 def test_heartbeats_count_the_live_workers_and_forget_the_silent_and_the_gone(store: ControlPlane) -> None:
     assert store.heartbeat("host-a:1", ttl_s=5) == 1
     assert store.heartbeat("host-b:1", ttl_s=5) == 2

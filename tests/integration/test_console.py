@@ -196,6 +196,7 @@ def test_an_api_key_is_made_used_and_revoked_on_the_keys_page(console_env: Serve
     at = page("keys")
     at.text_input(key="key_name").input(name)
     at.number_input(key="key_rate").set_value(50.0)
+    at.number_input(key="key_weight").set_value(2.5)
     at.text_input(key="key_reason").input("console test")
     next(b for b in at.button if b.label == "Create key").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -209,8 +210,15 @@ def test_an_api_key_is_made_used_and_revoked_on_the_keys_page(console_env: Serve
 
     assert status(secret) == 200 and status(secret + "x") == 401
     at = page("keys")
-    assert name in set(at.dataframe[0].value["name"])
-    at.selectbox(key="key_target").set_value(name)
+    table = at.dataframe[0].value
+    assert list(table[table["name"] == name]["weight"]) == [2.5]
+    at.selectbox(key="key_target").set_value(name).run()
+    at.number_input(key="key_new_weight").set_value(4.0)
+    at.text_input(key="key_change_reason").input("console test: heavier")
+    at.button(key="key_save").click().run()
+    assert any("weight 4" in m.value for m in at.success), [e.value for e in at.error]
+    keys = httpx.get(f"{console_env.url}/v1/admin/keys", headers=AUTH, timeout=30).json()
+    assert [k["weight"] for k in keys if k["name"] == name and k["active"]] == [4.0]
     at.text_input(key="key_change_reason").input("console test: done")
     at.button(key="key_revoke").click().run()
     assert any(f"{name} is revoked" in m.value for m in at.success), [e.value for e in at.error]

@@ -494,9 +494,10 @@ def test_the_readme_generation_block_runs_as_written(gen_server: Served, tmp_pat
 
 # --- many users at once (issue 29): priorities, fair shares, early refusal -----------------------------------
 
-def _key(c: httpx.Client, name: str, *scopes: str) -> str:
+def _key(c: httpx.Client, name: str, *scopes: str, weight: float = 1.0) -> str:
     r = c.post("/v1/admin/keys", headers=AUTH, json={"name": f"{name}-{os.getpid()}", "rate": 1000, "burst": 1000,
-                                                     "scopes": list(scopes), "reason": "generation tenants"})
+                                                     "scopes": list(scopes), "weight": weight,
+                                                     "reason": "generation tenants"})
     assert r.status_code == 201, r.text
     return str(r.json()["secret"])
 
@@ -515,16 +516,20 @@ def solo(gen_server: Served, slow_tag: str) -> str:
 class Stream(threading.Thread):
     """A streamed generation read on its own thread: its text, and when it ended."""
 
-    def __init__(self, url: str, body: dict[str, Any], key: str) -> None:
+    def __init__(self, url: str, body: dict[str, Any], key: str, endpoint: str = "solo") -> None:
         super().__init__()
-        self.url, self.body, self.key = url, {**body, "stream": True}, key
+        self.url, self.body, self.key, self.endpoint = url, {**body, "stream": True}, key, endpoint
         self.text, self.tokens, self.ended, self.status = "", 0, 0.0, 0
+        self.halt = threading.Event()  # set: the client goes (the server aborts the stream at its next step)
 
     def run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=120) as c, \
-                c.stream("POST", "/v1/solo/generate", json=self.body, headers={"X-API-Key": self.key}) as r:
+                c.stream("POST", f"/v1/{self.endpoint}/generate", json=self.body,
+                         headers={"X-API-Key": self.key}) as r:
             self.status = r.status_code
             for name, data in sse(r.iter_lines()):
+                if self.halt.is_set():
+                    break
                 if name == "message":
                     self.text += data["text"]
                     self.tokens += 1
@@ -539,11 +544,12 @@ class Stream(threading.Thread):
         return self
 
 
-def _until_waiting(c: httpx.Client, n: int) -> None:
-    """Until `solo` has n requests waiting, as the server counts them (threads start late on a loaded machine)."""
+def _until_waiting(c: httpx.Client, n: int, endpoint: str = "solo") -> None:
+    """Until `endpoint` has n requests waiting, as the server counts them (threads start late on a loaded
+    machine)."""
     end = time.monotonic() + 60
-    while sum(v["queue_depth"] for v in c.get("/v1/health").json()["endpoints"]["solo"]["versions"]) < n:
-        assert time.monotonic() < end, f"fewer than {n} requests waiting on solo after 60 s"
+    while sum(v["queue_depth"] for v in c.get("/v1/health").json()["endpoints"][endpoint]["versions"]) < n:
+        assert time.monotonic() < end, f"fewer than {n} requests waiting on {endpoint} after 60 s"
         time.sleep(0.02)
 
 
@@ -602,3 +608,40 @@ def test_a_full_share_is_429_and_an_impossible_deadline_503_at_once_both_with_re
     assert late.status_code == 503 and "could not start before its deadline" in late.json()["detail"], late.text
     assert int(late.headers["Retry-After"]) >= 1 and refused_in < 1  # at once, not at the deadline
     assert all(s.status == 200 for s in (running, *waiting))
+
+
+def test_a_keys_weight_buys_its_share_of_a_busy_version(gen_server: Served, slow_tag: str) -> None:
+    """Two keys with a backlog each on one stream: the key of weight 3 gets about three requests for the other's
+    one (equal weights would give six of the first twelve each)."""
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        r = c.post("/v1/admin/endpoints", headers=AUTH, json={
+            "name": "weighed", "task": "text-generation", "model": slow_tag, "reason": "test",
+            "limits": {"max_streams": 1, "max_waiting": 100}})
+        assert r.status_code == 201, r.text
+        heavy, light, holder = _key(c, "heavy", weight=3), _key(c, "light"), _key(c, "holder")
+        listed = {k["name"].rsplit("-", 1)[0]: k["weight"] for k in c.get("/v1/admin/keys", headers=AUTH).json()
+                  if k["active"]}
+        assert listed["heavy"] == 3.0 and listed["light"] == 1.0
+        hold = Stream(gen_server.url, LONG, holder, "weighed").after(3)  # the one stream is taken: both queue up
+        finished: list[str] = []
+        lock = threading.Lock()
+
+        def ask(name: str, key: str) -> None:
+            with httpx.Client(base_url=gen_server.url, timeout=120) as own:
+                r = own.post("/v1/weighed/generate", json={"prompt": PROMPT, "max_tokens": 8, "ignore_eos": True},
+                             headers={"X-API-Key": key})
+            with lock:
+                finished.append(name if r.status_code == 200 else f"{name} {r.status_code}")
+
+        askers = [threading.Thread(target=ask, args=(name, key)) for _ in range(12)
+                  for name, key in (("heavy", heavy), ("light", light))]
+        for t in askers:
+            t.start()
+        _until_waiting(c, 24, "weighed")
+        hold.halt.set()  # the holder goes; the queue drains one request at a time, by fair share
+        for t in askers:
+            t.join(120)
+        hold.join(30)
+    assert sorted(set(finished)) == ["heavy", "light"], finished
+    first = finished[:12]
+    assert first.count("heavy") >= 8 and first.count("light") >= 2, finished  # 9:3 by the counters

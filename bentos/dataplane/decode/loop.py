@@ -111,16 +111,17 @@ class DecodeLoop:
 
     # --- the request's side ------------------------------------------------------------
     async def start(self, prompt: list[int], params: SamplingParams, deadline: float,
-                    shadow: bool = False, tenant: str = "", priority: int = PRIORITIES["normal"]) -> Flight:
+                    shadow: bool = False, tenant: str = "", priority: int = PRIORITIES["normal"],
+                    weight: float = 1.0) -> Flight:
         """Queue a request and wait for its first token: QueueFull (503) when too many wait, RateLimited (429)
-        when `tenant` already has its share of the queue waiting, DeadlineExceeded when it could not start
-        before `deadline`, InvalidInput when it could never fit the KV budget."""
+        when `tenant` (of fair-share `weight`) already has its share of the queue waiting, DeadlineExceeded when
+        it could not start before `deadline`, InvalidInput when it could never fit the KV budget."""
         if self._closing:
             raise Overloaded(f"{self.name} is being retired; retry")
         rid = f"g{next(_ids)}"
         now = time.monotonic()
         self.scheduler.add(Sequence(rid, len(prompt), params.max_tokens, now, deadline,
-                                    length_bucket(len(prompt)), shadow, tenant, priority), now)
+                                    length_bucket(len(prompt)), shadow, tenant, priority, weight=weight), now)
         self.runner.add(rid, prompt, params)
         stream = TokenStream(rid, self.codec.detokenize, prompt_tokens=len(prompt), max_tokens=params.max_tokens,
                              stop=params.stop, eos_id=None if params.ignore_eos else self.codec.spec.eos_id)

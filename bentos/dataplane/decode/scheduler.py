@@ -58,6 +58,7 @@ class Sequence:
     shadow: bool = False
     tenant: str = ""
     priority: int = PRIORITIES["normal"]
+    weight: float = 1.0  # its tenant's fair-share weight (the API key's)
     generated: int = 0
     held: bool = False  # the reader is slow: skip, keep the KV
     preempted: int = 0  # times its KV was taken for a higher class
@@ -131,6 +132,7 @@ class DecodeScheduler:
             raise QueueFull(f"{len(self.waiting)} generation requests already waiting (limits.max_waiting)",
                             self.wait_estimate())
         if not seq.shadow:
+            self.shares.weights[seq.tenant] = seq.weight  # the key's weight as of now (an admin may change it)
             active = self.tenants()
             self._check_share(seq, active)
             self._check_deadline(seq, seq.arrived if now is None else now)

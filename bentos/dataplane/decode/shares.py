@@ -16,13 +16,13 @@ tenant: idle time banks no credit to spend in a burst later.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
 @dataclass
 class FairShare:
-    weights: Mapping[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
     prompt_cost: float = 0.0
     counters: dict[str, float] = field(default_factory=dict)
 
