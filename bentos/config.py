@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -58,6 +58,8 @@ class EndpointLimits(BaseModel):
     max_waiting: int | None = Field(None, ge=0, le=100_000, description="Generation requests waiting for a place.")
     kv_cache_bytes: int | None = Field(None, ge=1024, le=1 << 40, description="KV-cache budget per version and "
                                        "worker; a request's prompt plus max_tokens must fit in it.")
+    prefix_cache_share: float | None = Field(None, ge=0, le=0.9, description="The part of kv_cache_bytes kept for "
+                                             "prompt prefixes reused across requests (per tenant); 0 turns it off.")
 
 
 class EndpointConfig(BaseModel):
@@ -72,6 +74,10 @@ class EndpointConfig(BaseModel):
     signature: SignatureDecl | None = Field(None, description="Declared inputs; versions must match it.")
     description: str = Field("", max_length=500)
     redact_payloads: bool = Field(False, description="The payload log keeps only hashes of this endpoint's inputs.")
+    shared_prefixes: list[Annotated[str, Field(min_length=1, max_length=20_000)]] = Field(
+        default_factory=list, max_length=16, description=(
+            "text-generation: prompt beginnings (a system prompt) whose cached keys and values every caller may "
+            "reuse; any other prefix is reused only by the API key that sent it."))
     residency: Literal["always", "on-demand"] = Field("always", description=(
         "always: every deployed version is loaded before traffic and stays; on-demand: a version loads on its "
         "first request and may be unloaded when idle to stay within SWITCHYARD_MODEL_MEMORY."))

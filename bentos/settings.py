@@ -183,6 +183,9 @@ class ServeSettings(BaseSettings):
     prefill_tokens: int = Field(512, ge=1, description=(
         "Prompt tokens prefilled in one decode step: bounds how long newcomers stall the streams in flight "
         "(a longer prompt is prefilled in chunks of this many over successive steps)."))
+    prefix_cache_share: float = Field(0.25, ge=0, le=0.9, description=(
+        "The part of each generative version's KV budget kept for prompt prefixes reused across requests of "
+        "one API key (an endpoint's limits.prefix_cache_share overrides it); 0 turns the cache off."))
     stall_timeout_s: float = Field(30.0, gt=0, description=(
         "A stream whose reader takes nothing for this long is ended (its KV freed)."))
 

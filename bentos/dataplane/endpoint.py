@@ -131,7 +131,10 @@ def effective_limits(config: EndpointConfig, settings: ServeSettings) -> Limits:
                   max_new_tokens=own.max_new_tokens or settings.max_new_tokens,
                   max_streams=own.max_streams or settings.max_streams,
                   max_waiting=settings.max_waiting if own.max_waiting is None else own.max_waiting,
-                  kv_cache_bytes=own.kv_cache_bytes or settings.kv_cache_bytes)
+                  kv_cache_bytes=own.kv_cache_bytes or settings.kv_cache_bytes,
+                  prefix_cache_share=(settings.prefix_cache_share if own.prefix_cache_share is None
+                                      else own.prefix_cache_share),
+                  shared_prefixes=tuple(config.shared_prefixes))
 
 
 class Endpoint:

@@ -44,6 +44,7 @@ class Metrics:
     tokens: Any
     kv_occupancy: Any
     prefill_chunks: Any
+    prefix_cached: Any
     streams: Any
     queue_depth: Any
     in_flight: Any
@@ -77,6 +78,7 @@ class VersionSeries:
         "kv_occupancy",
         "per_token",
         "prefill_chunks",
+        "prefix_cached",
         "prompt_tokens",
         "queue_depth",
         "queue_wait",
@@ -101,6 +103,7 @@ class VersionSeries:
         self.completion_tokens = metrics.tokens.labels(*ev, "completion")
         self.kv_occupancy = metrics.kv_occupancy.labels(*ev)
         self.prefill_chunks = metrics.prefill_chunks.labels(*ev)
+        self.prefix_cached = metrics.prefix_cached.labels(*ev)
         self.streams = metrics.streams.labels(*ev)
         self.queue_depth = metrics.queue_depth.labels(*ev)
         self.in_flight = metrics.in_flight.labels(*ev)
@@ -167,6 +170,9 @@ def get_metrics() -> Metrics:
                            "budget held, 0 to 1.", ev, multiprocess_mode="livemax"),
         prefill_chunks=Counter("switchyard_prefill_chunks_total", "Generation: pieces of prompts longer than a "
                                "step's prefill budget (SWITCHYARD_PREFILL_TOKENS), each run in its own step.", ev),
+        prefix_cached=Counter("switchyard_prefix_cache_tokens_total", "Generation: prompt tokens found in the "
+                              "prefix cache (not computed again); against switchyard_tokens_total{kind=\"prompt\"}, "
+                              "the hit rate.", ev),
         streams=Gauge("switchyard_streams_in_flight", "Generation: requests decoding or waiting to.", ev,
                       multiprocess_mode="livesum"),
         # What autoscaling reads (deploy/k8s/overlays/queue-autoscaling): each worker's, summed over the pod's workers.

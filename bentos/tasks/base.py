@@ -52,6 +52,8 @@ class Limits(BaseModel):
     max_streams: int = 32
     max_waiting: int = 256
     kv_cache_bytes: int = 256 * 1024 * 1024
+    prefix_cache_share: float = 0.25
+    shared_prefixes: tuple[str, ...] = ()
 
 
 def length_bucket(token_length: int) -> int:

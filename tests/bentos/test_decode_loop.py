@@ -18,10 +18,10 @@ from bentos.tasks.base import Limits
 from bentos.tasks.text_generation import GenerationCodec, SamplingParams
 
 
-def make_loop(graph: Path, **limits: int) -> tuple[DecodeLoop, list[StepStats]]:
+def make_loop(graph: Path, **limits: float) -> tuple[DecodeLoop, list[StepStats]]:
     codec = GenerationCodec({"inputs": [], "outputs": []}, json.loads((graph / "meta.json").read_text()), graph)
     steps: list[StepStats] = []
-    base = Limits(max_rows=1, max_chars=1000, max_body_bytes=10_000, max_image_pixels=1)
+    base = Limits(max_rows=1, max_chars=1000, max_body_bytes=10_000, max_image_pixels=1, prefix_cache_share=0)
     loop = DecodeLoop("t", DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec),
                       codec, base.model_copy(update=limits), on_step=steps.append)
     return loop, steps

@@ -135,3 +135,22 @@ def test_a_prompt_prefilled_in_chunks_writes_what_it_writes_whole(tiny_lm_graphs
     more = run(runner, [StepPlan(decode=("short", "long"))] * 6)
     assert got["long"] + more["long"] == alone(graph, long, 7)
     assert got["short"] + more["short"] == alone(graph, short, 10)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_prompt_on_top_of_its_cached_prefix_writes_what_it_writes_whole(tiny_lm_graphs: dict[str, Path],
+                                                                        arch: str) -> None:
+    from bentos.dataplane.decode.prefix_cache import BLOCK, PrefixCache
+
+    graph = tiny_lm_graphs[arch]
+    codec = codec_of(graph)
+    first, second = (codec.tokenize(" ".join(PROMPTS) + end) for end in (" and", " then the cat"))
+    runner = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec, PrefixCache(10_000))
+    runner.add("a", first, SamplingParams(), tenant="shop")
+    run(runner, [StepPlan(prefill=("a",))])  # its whole blocks go into the cache under "shop"
+    assert runner.lookup(second, "rival") is None
+    hit = runner.lookup(second, "shop")
+    assert hit is not None and hit.tokens >= BLOCK and second[:hit.tokens] == first[:hit.tokens]
+    runner.add("b", second, SamplingParams(), tenant="shop", hit=hit)
+    got = run(runner, [StepPlan(chunks=(("b", len(second) - hit.tokens),))] + [StepPlan(decode=("b",))] * 7)
+    assert got["b"] == alone(graph, second, 8)

@@ -102,6 +102,18 @@ def test_a_short_newcomer_does_not_wait_behind_a_long_prompts_chunks() -> None:
     plans = [d.step() for _ in range(2)]
     assert plans[0].chunks == (("long2", 20),) and plans[0].prefill == ()
     assert plans[1].chunks == (("long2", 10), ("medium", 10))  # it starts in what the last chunk leaves
+def test_a_prompt_with_a_cached_prefix_prefills_only_the_rest_and_a_preempted_one_all_of_it() -> None:
+    d = driver(prefill_tokens=100, max_running=1)
+    d.s.add(Sequence("low", 40, 10, 0.0, 1e9, 0, priority=0, cached=32), 0.0)
+    d.scripts["low"] = 10
+    assert d.step().chunks == (("low", 8),)  # on top of the 32 cached tokens: a chunk's way
+    d.add("high", prompt=8, tokens=2, priority=2)
+    assert d.step().preempted == ("low",)  # its KV, the cached prefix with it, is gone
+    d.step()
+    plan = d.step()
+    assert plan.prefill == ("low",) and d.s.running["low"].cached == 0  # whole again, with what it wrote
+
+
 def test_a_prompt_over_what_the_step_has_left_starts_in_chunks_and_a_preempted_one_starts_over() -> None:
     d = driver(prefill_tokens=20, max_running=1)
     d.add("low", prompt=12, tokens=10, priority=0)

@@ -325,7 +325,7 @@ def test_a_kv_budget_overflow_gets_503_and_the_server_stays_up(gen_server: Serve
         per_token = 2 * g["layers"] * g["kv_heads"] * g["head_dim"] * 4  # keys and values, float32
         r = c.post("/v1/admin/endpoints", headers=AUTH, json={
             "name": "tight", "task": "text-generation", "model": slow_tag, "reason": "test",
-            "limits": {"kv_cache_bytes": per_token * 1000}})
+            "limits": {"kv_cache_bytes": per_token * 1000, "prefix_cache_share": 0}})  # all of it for requests
         assert r.status_code == 201, r.text
         # The first stream reserves its worst case (prompt + max_tokens) for its life: 994 of 1,000 tokens.
         with c.stream("POST", "/v1/tight/generate", json={"prompt": PROMPT, "max_tokens": 990, "ignore_eos": True,
@@ -645,3 +645,46 @@ def test_a_keys_weight_buys_its_share_of_a_busy_version(gen_server: Served, slow
     assert sorted(set(finished)) == ["heavy", "light"], finished
     first = finished[:12]
     assert first.count("heavy") >= 8 and first.count("light") >= 2, finished  # 9:3 by the counters
+
+
+SYSTEM = " ".join(["The old man found a wooden box in the garden."] * 6)  # about 65 tokens: four blocks
+
+
+def _ask(server: Served, endpoint: str, key: str, prompt: str) -> tuple[str, float]:
+    """The text, and the prompt tokens the version found in its prefix cache for this request."""
+    before = metric(server, "switchyard_prefix_cache_tokens_total", endpoint=endpoint)
+    r = httpx.post(f"{server.url}/v1/{endpoint}/generate", json={"prompt": prompt, "max_tokens": 8},
+                   headers={"X-API-Key": key}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["text"], metric(server, "switchyard_prefix_cache_tokens_total", endpoint=endpoint) - before
+
+
+def test_a_repeated_prefix_comes_from_the_cache_of_its_own_key_only(gen_server: Served, writer: str,
+                                                                    tiny_lms: dict[str, Path]) -> None:
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        mine, theirs = _key(c, "cache-mine"), _key(c, "cache-theirs")
+    assert _ask(gen_server, "writer", mine, SYSTEM + " The cat")[1] == 0  # the first time: computed
+    text, hit = _ask(gen_server, "writer", mine, SYSTEM + " The dog")
+    assert hit >= 48  # the shared beginning's whole blocks, not computed again
+    assert text == in_process_greedy(tiny_lms["gpt2"], SYSTEM + " The dog", 8)  # and the same text
+    other, missed = _ask(gen_server, "writer", theirs, SYSTEM + " The dog")
+    assert missed == 0 and other == text  # the same prompt under another key: nothing from mine
+
+
+def test_a_shared_prefix_is_reused_across_keys_and_nothing_after_it(gen_server: Served, lm_tags: dict[str, str],
+                                                                   tiny_lms: dict[str, Path]) -> None:
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        r = c.post("/v1/admin/endpoints", headers=AUTH, json={
+            "name": "briefed", "task": "text-generation", "model": lm_tags["fp32"], "reason": "test",
+            "shared_prefixes": [SYSTEM]})
+        assert r.status_code == 201, r.text
+        mine, theirs = _key(c, "brief-mine"), _key(c, "brief-theirs")
+    question = " The cat sat on the mat and looked at the door of the old house for a long time."
+    _ask(gen_server, "briefed", mine, SYSTEM + question)
+    text, hit = _ask(gen_server, "briefed", theirs, SYSTEM + question)
+    from tokenizers import Tokenizer
+
+    system_tokens = len(Tokenizer.from_file(str(tiny_lms["gpt2"] / "tokenizer.json")).encode(SYSTEM).ids)
+    assert 0 < hit <= system_tokens  # the system prompt's blocks; mine's question stays mine
+    assert _ask(gen_server, "briefed", mine, SYSTEM + question)[1] > hit  # its own key gets the question too
+    assert text == in_process_greedy(tiny_lms["gpt2"], SYSTEM + question, 8)

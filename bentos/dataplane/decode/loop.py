@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bentos.dataplane.decode.kv_budget import KvBudget, bytes_per_token
+from bentos.dataplane.decode.prefix_cache import PrefixCache
 from bentos.dataplane.decode.runner import DecodeRunner, StepResult
 from bentos.dataplane.decode.scheduler import PRIORITIES, DecodeScheduler, Sequence, StepPlan
 from bentos.dataplane.decode.streams import TokenStream
@@ -60,14 +61,21 @@ class StepStats:
 class DecodeLoop:
     def __init__(self, name: str, runner: DecodeRunner, codec: GenerationCodec, limits: Limits, *,
                  prefill_tokens: int = 512, stall_timeout_s: float = 30.0,
-                 on_step: Any = None, on_streams: Any = None) -> None:
+                 on_step: Any = None, on_streams: Any = None, on_cached: Any = None) -> None:
         self.name, self.runner, self.codec = name, runner, codec
-        budget = KvBudget(limits.kv_cache_bytes, bytes_per_token(codec.spec.as_meta()))
+        token_bytes = bytes_per_token(codec.spec.as_meta())
+        # The prefix cache's share of the KV budget is the cache's alone: requests reserve from the rest.
+        cached = int(limits.kv_cache_bytes * limits.prefix_cache_share) // token_bytes
+        if cached and runner.cache is None:
+            runner.cache = PrefixCache(cached, [codec.tokenize(p) for p in limits.shared_prefixes])
+        budget = KvBudget(limits.kv_cache_bytes - cached * token_bytes if runner.cache else limits.kv_cache_bytes,
+                          token_bytes)
         self.scheduler = DecodeScheduler(budget, max_running=limits.max_streams, prefill_tokens=prefill_tokens,
                                          max_waiting=limits.max_waiting)
         self.stall_timeout_s = stall_timeout_s
         self.on_step = on_step  # called with StepStats after every step (metrics)
         self.on_streams = on_streams  # called with the number of requests in the loop whenever it changes
+        self.on_cached = on_cached  # called with the prompt tokens a request found in the prefix cache
         self.flights: dict[str, Flight] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -120,9 +128,13 @@ class DecodeLoop:
             raise Overloaded(f"{self.name} is being retired; retry")
         rid = f"g{next(_ids)}"
         now = time.monotonic()
-        self.scheduler.add(Sequence(rid, len(prompt), params.max_tokens, now, deadline,
-                                    length_bucket(len(prompt)), shadow, tenant, priority, weight=weight), now)
-        self.runner.add(rid, prompt, params)
+        hit = self.runner.lookup(prompt, tenant)
+        cached = hit.tokens if hit else 0
+        self.scheduler.add(Sequence(rid, len(prompt), params.max_tokens, now, deadline, length_bucket(len(prompt)),
+                                    shadow, tenant, priority, weight=weight, cached=cached), now)
+        self.runner.add(rid, prompt, params, tenant, hit)
+        if self.on_cached is not None:
+            self.on_cached(cached)
         stream = TokenStream(rid, self.codec.detokenize, prompt_tokens=len(prompt), max_tokens=params.max_tokens,
                              stop=params.stop, eos_id=None if params.ignore_eos else self.codec.spec.eos_id)
         flight = self.flights[rid] = Flight(rid, stream, asyncio.get_running_loop().create_future(), now)
@@ -277,4 +289,4 @@ def decode_loop(version: Any, settings: Any, limits: Limits, series: Any) -> Dec
 
     return DecodeLoop(version.tag, DecodeRunner(version.session, version.codec), version.codec, limits,
                       prefill_tokens=settings.prefill_tokens, stall_timeout_s=settings.stall_timeout_s,
-                      on_step=on_step, on_streams=series.streams.set)
+                      on_step=on_step, on_streams=series.streams.set, on_cached=series.prefix_cached.inc)

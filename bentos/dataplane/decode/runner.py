@@ -12,6 +12,10 @@ with the KV of the chunks before it as its past, kept in `partial` between steps
 the prompt samples the first token and joins the running batch. The logits are the same as one whole
 prefill: a chunk's tokens see exactly the keys and values they would have seen.
 
+A prompt whose first blocks the prefix cache holds (prefix_cache.py) starts the same way: the cached keys
+and values are its first chunk, already done, and its prefill runs from there. Every prompt, once
+prefilled, leaves its whole blocks in the cache under its tenant.
+
 Runs in the version's thread; the decode loop (loop.py) never touches these arrays itself.
 """
 
@@ -23,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from bentos.dataplane.decode.prefix_cache import Hit, PrefixCache
 from bentos.dataplane.decode.scheduler import StepPlan
 from bentos.tasks.text_generation import GenerationCodec, SamplingParams, sample
 
@@ -79,8 +84,8 @@ class StepResult:
 
 
 class DecodeRunner:
-    def __init__(self, session: Any, codec: GenerationCodec) -> None:
-        self.session, self.codec = session, codec
+    def __init__(self, session: Any, codec: GenerationCodec, cache: PrefixCache | None = None) -> None:
+        self.session, self.codec, self.cache = session, codec, cache
         self.output_names = codec.output_names
         self.past_names = codec.spec.past_names
         self.running: Rows | None = None
@@ -89,10 +94,21 @@ class DecodeRunner:
         self._prompts: dict[str, list[int]] = {}
         self._written: dict[str, list[int]] = {}  # what each request has sampled: a preempted one recomputes it
         self._sampling: dict[str, tuple[SamplingParams, np.random.Generator | None]] = {}
+        self._tenants: dict[str, str] = {}
 
-    def add(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
-        """A request the scheduler may plan: its prompt and how it samples (a seeded generator when a seed is given)."""
+    def lookup(self, prompt: list[int], tenant: str) -> Hit | None:
+        """What the prefix cache holds of `prompt` for `tenant` (None without a cache)."""
+        return None if self.cache is None else self.cache.lookup(prompt, tenant)
+
+    def add(self, request_id: str, prompt: list[int], params: SamplingParams, tenant: str = "",
+            hit: Hit | None = None) -> None:
+        """A request the scheduler may plan: its prompt, how it samples (a seeded generator when a seed is
+        given), whose it is, and its prefix from the cache (its prefill starts after it)."""
         self._prompts[request_id] = prompt
+        self._tenants[request_id] = tenant
+        if hit is not None:
+            self.partial[request_id] = Rows([request_id], hit.past, np.ones((1, hit.tokens), np.int64),
+                                            np.array([hit.tokens], np.int64), np.zeros(1, np.int64))
         self._written[request_id] = []
         rng = None if params.greedy else np.random.default_rng(params.seed)
         self._sampling[request_id] = (params, rng)
@@ -100,6 +116,7 @@ class DecodeRunner:
     def release(self, request_id: str) -> None:
         """It left (finished, aborted, refused): its KV rows go at the next step."""
         self._prompts.pop(request_id, None)
+        self._tenants.pop(request_id, None)
         self._written.pop(request_id, None)
         self._sampling.pop(request_id, None)
         self.parked.pop(request_id, None)
@@ -170,8 +187,16 @@ class DecodeRunner:
         feed = self.codec.prefill_feed(prompts)
         out = self.session.run(self.output_names, feed)
         last = self._sample(ids, out[0][:, -1, :], tokens)
+        width = feed["attention_mask"].shape[1]
+        for b, (rid, p) in enumerate(zip(ids, prompts, strict=True)):  # left-padded: row b starts at width - len
+            self._remember(rid, [kv[b:b + 1, :, width - len(p):] for kv in out[1:]])
         pos = np.array([len(p) for p in prompts], np.int64)
         return Rows(list(ids), out[1:], feed["attention_mask"], pos, last)
+
+    def _remember(self, rid: str, past: list[np.ndarray]) -> None:
+        """Its prompt's whole blocks into the prefix cache (`past` starts at the prompt's first token)."""
+        if self.cache is not None:
+            self.cache.insert(self._prompts[rid], self._tenants.get(rid, ""), past)
 
     def _chunk(self, rid: str, n: int, tokens: dict[str, int]) -> Rows | None:
         """The next `n` tokens of `rid`'s prefill on top of its chunks so far: its row once the prompt is done
@@ -190,6 +215,7 @@ class DecodeRunner:
         if done + len(piece) < len(whole):
             self.partial[rid] = Rows([rid], out[1:], mask, pos, np.zeros(1, np.int64))
             return None
+        self._remember(rid, out[1:])
         return Rows([rid], out[1:], mask, pos, self._sample([rid], out[0][:, -1, :], tokens))
 
     def _sample(self, ids: list[str], logits: np.ndarray, tokens: dict[str, int]) -> np.ndarray:

@@ -13,6 +13,7 @@ The rules, each one line of `plan`:
   steps (`StepPlan.chunks`), the running requests decoding beside each chunk; chunks in progress go before
   newcomers, except that the head of the queue, when its prompt fits half the budget whole, is kept room
   for: a short prompt never waits behind a long one's chunks, and the chunks still get half of every step;
+  a prompt whose beginning the prefix cache holds (`Sequence.cached`) prefills only the rest, as a chunk;
 - newcomers are admitted in order: higher priority class first, then the tenant served least so far
   (`FairShare`: virtual token counters, so backlogged tenants get equal weighted service), then oldest
   first; while the running set has room (`max_running`), the step's prefill budget has tokens left
@@ -63,6 +64,7 @@ class Sequence:
     held: bool = False  # the reader is slow: skip, keep the KV
     preempted: int = 0  # times its KV was taken for a higher class
     prefill_left: int = 0  # tokens of its prefill not yet planned (set at admission, cut by each chunk)
+    cached: int = 0  # prompt tokens the prefix cache holds for it: its prefill starts after them
 
     @property
     def worst_case(self) -> int:
@@ -70,8 +72,9 @@ class Sequence:
 
     @property
     def prefill_tokens(self) -> int:
-        """What its (next) prefill runs: the prompt, and after a preemption what it had written too."""
-        return self.prompt_tokens + self.generated
+        """What its (next) prefill runs: the prompt past what the prefix cache holds, and after a preemption the
+        whole prompt and what it had written too."""
+        return self.prompt_tokens + self.generated - self.cached
 
     @property
     def prefilling(self) -> bool:
@@ -127,7 +130,8 @@ class DecodeScheduler:
         if not self.budget.fits(seq.worst_case):
             raise InvalidInput("max_tokens", f"prompt ({seq.prompt_tokens} tokens) plus max_tokens "
                                f"({seq.max_tokens}) is over this version's KV budget of {self.budget.capacity} "
-                               "tokens (limits.kv_cache_bytes)", {"max_total_tokens": self.budget.capacity})
+                               "tokens (limits.kv_cache_bytes, less limits.prefix_cache_share for the prefix "
+                               "cache)", {"max_total_tokens": self.budget.capacity})
         if len(self.waiting) >= self.max_waiting:
             raise QueueFull(f"{len(self.waiting)} generation requests already waiting (limits.max_waiting)",
                             self.wait_estimate())
@@ -263,6 +267,7 @@ class DecodeScheduler:
             seq.preempted += 1
             seq.held = False
             seq.prefill_left = 0  # its KV is gone, chunks included: prefilled again from the start on admission
+            seq.cached = 0  # and what it had from the prefix cache with it
             seq.bucket = length_bucket(seq.prefill_tokens)  # what it will prefill now
             self.waiting.appendleft(seq)
         return tuple(s.request_id for s in victims)
@@ -300,17 +305,18 @@ class DecodeScheduler:
             if len(self.running) >= self.max_running or tokens >= budget:
                 break
             whole = tokens + seq.prefill_tokens <= budget
-            if admitted and (not whole or seq.bucket != admitted[0].bucket):
+            if admitted and (not whole or seq.cached or seq.bucket != admitted[0].bucket):
                 break
             if not self.budget.reserve(seq.request_id, seq.worst_case):
                 break  # the head waits for room; nobody behind it jumps the queue
             self.running[seq.request_id] = seq
             if not seq.shadow and not seq.preempted:
                 self.shares.charge(seq.tenant, prompt=seq.prompt_tokens)
-            if not whole:
-                seq.prefill_left = seq.prefill_tokens - budget
+            if not whole or seq.cached:  # in chunks, or on top of its cached prefix: a chunk's way
+                n = min(budget, seq.prefill_tokens)
+                seq.prefill_left = seq.prefill_tokens - n
                 self._leave_queue([seq])
-                return (), ((seq.request_id, budget),)
+                return (), ((seq.request_id, n),)
             admitted.append(seq)
             tokens += seq.prefill_tokens
         self._leave_queue(admitted)
