@@ -67,12 +67,13 @@ class Row:
     errors: int
 
 
-async def stream(host: str, port: int, body: dict[str, Any]) -> Times:
+async def stream(host: str, port: int, body: dict[str, Any], key: str = "") -> Times:
     """One streamed request on a fresh connection: when each `data:` event arrived (the last ends it)."""
     raw = json.dumps({**body, "stream": True}).encode()
     reader, writer = await asyncio.open_connection(host, port)
+    auth = f"X-API-Key: {key}\r\n" if key else ""
     writer.write((f"POST /v1/{ENDPOINT}/generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(raw)}\r\nConnection: close\r\n\r\n").encode() + raw)
+                  f"{auth}Content-Length: {len(raw)}\r\nConnection: close\r\n\r\n").encode() + raw)
     start = time.perf_counter()
     await writer.drain()
     times: list[float] = []
@@ -139,26 +140,26 @@ def measure(setting: str, url: str, seconds: float, flood: bool, long_prompt: st
     return row
 
 
-def serve(tag: str, prefill_tokens: int, logs: Path) -> Served:
-    state = logs / f"prefill-{prefill_tokens}"
+def serve(tag: str, state: Path, endpoint: dict[str, Any] | None = None, **settings: str) -> Served:
+    """A server with `settings` (SWITCHYARD_*, by lower-case name) and the endpoint, created through the API."""
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     (state / "none.yaml").write_text("endpoints: []\n")
     env = serve_env(Path(os.environ["BENTOML_HOME"]), state, admin_token=TOKEN, playground="false",
-                    config=str(state / "none.yaml"), prefill_tokens=str(prefill_tokens))
+                    config=str(state / "none.yaml"), **settings)
     served = Served(env, log_dir=state)
     served.wait_ready()
     import httpx
 
     r = httpx.post(f"{served.url}/v1/admin/endpoints", headers={"Authorization": f"Bearer {TOKEN}"},
                    json={"name": ENDPOINT, "task": "text-generation", "model": tag, "reason": "benchmark",
-                         "limits": {"max_streams": 8}}, timeout=120)
+                         "limits": {"max_streams": 8}, **(endpoint or {})}, timeout=120)
     r.raise_for_status()
     return served
 
 
-def long_prompt(tag: str) -> str:
-    """Text of LONG_PROMPT_TOKENS tokens under the model's own tokenizer."""
+def long_prompt(tag: str, tokens: int = LONG_PROMPT_TOKENS) -> str:
+    """Text of about `tokens` tokens under the model's own tokenizer."""
     from tokenizers import Tokenizer
 
     from models.tiny_lm import sentences
@@ -167,7 +168,7 @@ def long_prompt(tag: str) -> str:
     store = Path(os.environ["BENTOML_HOME"]) / "models"
     tokenizer = Tokenizer.from_file(str(store / name / version / "tokenizer.json"))
     words = " ".join(sentences("english", 400, seed=3)).split()
-    ids = tokenizer.encode(" ".join(words)).ids[:LONG_PROMPT_TOKENS - 2]
+    ids = tokenizer.encode(" ".join(words)).ids[:tokens - 2]
     return str(tokenizer.decode(ids))
 
 
@@ -226,7 +227,7 @@ def main() -> None:
     logs = STATE / "bench-long-prompts"
     rows: list[Row] = []
     for setting, prefill_tokens in SETTINGS.items():
-        served = serve(tag, prefill_tokens, logs)
+        served = serve(tag, logs / f"prefill-{prefill_tokens}", prefill_tokens=str(prefill_tokens))
         try:
             rows += [measure(setting, served.url, args.seconds, flood, text) for flood in (False, True)]
         finally:

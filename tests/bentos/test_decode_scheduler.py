@@ -114,6 +114,16 @@ def test_a_prompt_with_a_cached_prefix_prefills_only_the_rest_and_a_preempted_on
     assert plan.prefill == ("low",) and d.s.running["low"].cached == 0  # whole again, with what it wrote
 
 
+def test_prompts_on_cached_prefixes_start_together_beside_a_whole_batch() -> None:
+    d = driver(prefill_tokens=100)
+    d.add("whole", prompt=20)
+    for rid in ("c1", "c2"):
+        d.s.add(Sequence(rid, 520, 3, 0.0, 1e9, 9, cached=512), 0.0)
+        d.scripts[rid] = 3
+    plan = d.step()
+    assert plan.prefill == ("whole",) and plan.chunks == (("c1", 8), ("c2", 8))  # 36 of 100 tokens, one step
+
+
 def test_a_prompt_over_what_the_step_has_left_starts_in_chunks_and_a_preempted_one_starts_over() -> None:
     d = driver(prefill_tokens=20, max_running=1)
     d.add("low", prompt=12, tokens=10, priority=0)

@@ -297,30 +297,31 @@ class DecodeScheduler:
         return tuple(chunks)
 
     def _admit(self, budget: int) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
-        """Newcomers prefilled whole in one batch; or, when the first one's prompt is longer than what the step
+        """Newcomers within the budget: prompts prefilled whole in one batch (one length class), and prompts on
+        top of a cached prefix, each its own chunk; or, when the first one's prompt is longer than what the step
         has left, that one alone, started in chunks."""
-        admitted: list[Sequence] = []
+        batch: list[Sequence] = []
+        cached: list[Sequence] = []
         tokens = 0
         for seq in self._candidates():
             if len(self.running) >= self.max_running or tokens >= budget:
                 break
             whole = tokens + seq.prefill_tokens <= budget
-            if admitted and (not whole or seq.cached or seq.bucket != admitted[0].bucket):
+            if (batch or cached) and (not whole or (not seq.cached and batch and seq.bucket != batch[0].bucket)):
                 break
             if not self.budget.reserve(seq.request_id, seq.worst_case):
                 break  # the head waits for room; nobody behind it jumps the queue
             self.running[seq.request_id] = seq
             if not seq.shadow and not seq.preempted:
                 self.shares.charge(seq.tenant, prompt=seq.prompt_tokens)
-            if not whole or seq.cached:  # in chunks, or on top of its cached prefix: a chunk's way
-                n = min(budget, seq.prefill_tokens)
-                seq.prefill_left = seq.prefill_tokens - n
+            if not whole:
+                seq.prefill_left = seq.prefill_tokens - budget
                 self._leave_queue([seq])
-                return (), ((seq.request_id, n),)
-            admitted.append(seq)
+                return (), ((seq.request_id, budget),)
             tokens += seq.prefill_tokens
-        self._leave_queue(admitted)
-        return tuple(s.request_id for s in admitted), ()
+            (cached if seq.cached else batch).append(seq)
+        self._leave_queue(batch + cached)
+        return tuple(s.request_id for s in batch), tuple((s.request_id, s.prefill_tokens) for s in cached)
 
     def _leave_queue(self, admitted: list[Sequence]) -> None:
         if admitted:
