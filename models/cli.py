@@ -145,7 +145,7 @@ def _import_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     data.add_argument("--validation", type=Path, help="inputs with labels (see above)")
     data.add_argument("--calibration", type=Path, help="inputs for int8-static and the unlabeled gate")
     data.add_argument("--variant", dest="variants", action="append", help="repeatable; default fp32, int8-dynamic, "
-                      "int8-static (also: fp16)")
+                      "int8-static (also: int4, weight-only for transformers; fp16)")
     data.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a variant may lose (default 1.0)")
     data.add_argument("--min-agreement", type=float, default=0.99, help="top-1 agreement with fp32 (default 0.99)")
     data.add_argument("--min-cosine", type=float, default=0.99, help="mean cosine with fp32 (default 0.99)")

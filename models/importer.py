@@ -34,7 +34,7 @@ from models.tasks.base import Dataset, batch_invariance, check_labels, run_rows
 from models.workdir import ModelDir, write_json
 
 OPSET = 17
-VARIANTS = ("fp32", "int8-dynamic", "int8-static", "fp16")
+VARIANTS = ("fp32", "int8-dynamic", "int8-static", "int4", "fp16")
 Log = Callable[[str], None]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import tempfile
 import time
@@ -126,6 +127,29 @@ def _int8_dynamic(builder: Builder, md: ModelDir, dest: Path, work: Path) -> dic
     return {"source": source, "weights": "int8 per-channel", "activations": "uint8, scales computed per batch"}
 
 
+def _int4(builder: Builder, md: ModelDir, dest: Path, work: Path) -> dict[str, Any]:
+    """Weight-only 4-bit MatMuls (ONNX Runtime's MatMulNBits), for transformers' linear layers."""
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+    from onnxruntime.quantization import quant_utils
+
+    src = work / "source.onnx"
+    rewritten = gemm_to_matmul(md.require_export(), src)
+    # Asymmetric blocks of 32 (uint4 with a zero point each): on the generation benchmark's GPT-2, greedy
+    # agreement with fp32 was 0.945 against 0.75 for symmetric int4, over the default gate of 0.9.
+    # accuracy_level 4 lets the CPU kernel quantize activations to int8 for its dot products.
+    config = nbits.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False, accuracy_level=4,
+                                                quant_format=quant_utils.QuantFormat.QOperator,
+                                                op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),),
+                                                bits=4)
+    logging.getLogger(nbits.__name__).setLevel(logging.WARNING)  # a line per node otherwise
+    quantizer = nbits.MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dest), False)
+    return {"source": f"export with {rewritten} Gemm rewritten as MatMul+Add", "weights": "uint4, blocks of 32 "
+            "with a scale and zero point each (MatMulNBits)", "activations": "float (int8 inside the kernel)"}
+
+
 class _Calibration(CalibrationDataReader):
     """Feeds the held-out calibration items to ORT's calibrator, a few per step."""
 
@@ -192,7 +216,7 @@ def _distilled(builder: Builder, md: ModelDir, dest: Path, work: Path) -> dict[s
 
 
 VARIANTS: dict[str, Callable[[Builder, ModelDir, Path, Path], dict[str, Any]]] = {
-    "fp32": _fp32, "int8-dynamic": _int8_dynamic, "int8-static": _int8_static,
+    "fp32": _fp32, "int8-dynamic": _int8_dynamic, "int8-static": _int8_static, "int4": _int4,
     "fp16": _fp16, "pruned": _pruned, "distilled": _distilled,
 }
 

@@ -43,9 +43,9 @@ def import_lm(hf: Path, name: str, validation: Path, *variants: str) -> list[str
 
 @pytest.fixture(scope="module")
 def lm_tags(tiny_lms: dict[str, Path], tiny_lm_text: Path) -> dict[str, str]:
-    fp32, int8 = import_lm(tiny_lms["gpt2"], "tiny-gpt2", tiny_lm_text, "fp32", "int8-dynamic")
+    fp32, int8, int4 = import_lm(tiny_lms["gpt2"], "tiny-gpt2", tiny_lm_text, "fp32", "int8-dynamic", "int4")
     (garbage,) = import_lm(tiny_lms["garbage"], "tiny-garbage", tiny_lm_text, "fp32")
-    return {"fp32": fp32, "int8": int8, "garbage": garbage}
+    return {"fp32": fp32, "int8": int8, "int4": int4, "garbage": garbage}
 
 
 @pytest.fixture(scope="module")
@@ -474,6 +474,24 @@ def test_the_console_shows_tokens_per_second_while_streams_flow(gen_server: Serv
             t.join(30)
     assert "tokens/s (generation)" in text and "time to first token p99 (ms)" in text
     assert not_blank(shot)
+
+
+def test_an_int4_version_has_4_bit_matmuls_passed_its_gate_and_serves(gen_server: Served,
+                                                                       lm_tags: dict[str, str]) -> None:
+    import onnx
+
+    name, version = lm_tags["int4"].split(":")
+    graph = onnx.load(str(Path(os.environ["BENTOML_HOME"]) / "models" / name / version / "model.onnx"))
+    ops = {n.op_type for n in graph.graph.node}
+    assert "MatMulNBits" in ops and "Gemm" not in ops  # every linear layer is 4-bit
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        listed = next(m for m in c.get("/v1/admin/models", headers=AUTH).json() if m["tag"] == lm_tags["int4"])
+        assert listed["gate"]["passed"] is True, listed["gate"]
+        r = c.post("/v1/admin/endpoints", headers=AUTH, json={
+            "name": "quarter", "task": "text-generation", "model": lm_tags["int4"], "reason": "test"})
+        assert r.status_code == 201, r.text
+        done = c.post("/v1/quarter/generate", json={"prompt": PROMPT, "max_tokens": 8}).json()
+    assert done["model_version"] == lm_tags["int4"] and done["usage"]["completion_tokens"] > 0 and done["text"]
 
 
 def test_the_readme_generation_block_runs_as_written(gen_server: Served, tmp_path: Path) -> None:
