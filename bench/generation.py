@@ -45,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import cpu_seconds, rss_mb, wait_http  # noqa: E402
+from bench.harness import cpu_seconds, measured_code, rss_mb, wait_http  # noqa: E402
 from bench.peers import stop_peer  # noqa: E402
 from tests.servers import Served, free_port, isolated_home, serve_env  # noqa: E402
 
@@ -459,11 +459,7 @@ def main() -> None:
         return
     os.environ.setdefault("BENTOML_HOME", str(STATE / "bentoml"))
     os.environ.setdefault("SWITCHYARD_THREADS", "2")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()  # the code measured: read before anything starts
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    commit += " (with uncommitted changes)" if dirty else ""
+    commit = measured_code()  # the code measured: read before anything starts
     streams = [int(s) for s in args.streams.split(",")]
     wanted = args.servers.split(",")
     hf = model_dir(args.train_seconds)

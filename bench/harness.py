@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import os
+import platform
 import subprocess
 import tempfile
 import time
@@ -15,6 +18,29 @@ import httpx
 import psutil
 
 BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+def report_parser(doc: str | None, name: str) -> argparse.ArgumentParser:
+    """A report script's arguments: where its table and its results go, and --render-only."""
+    parser = argparse.ArgumentParser(description=(doc or name).splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / f"benchmarks-{name.replace('_', '-')}.md")
+    parser.add_argument("--results", type=Path, default=BENCH / "results" / f"{name}.json")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the report from the committed JSON")
+    return parser
+
+
+def measured_code() -> str:
+    """The commit measured (read before anything starts), marked when the tree has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if dirty else "")
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
 
 
 @dataclass

@@ -12,10 +12,8 @@ median of 5 runs, one ONNX Runtime thread. Writes bench/results/int4.json and do
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generation import LM_DIR, STATE, in_process, model_dir  # noqa: E402
+from bench.harness import machine, measured_code, report_parser  # noqa: E402
 
 VARIANTS = ("fp32", "int8-dynamic", "int4")
 NAME = "bench-gpt2q"
@@ -92,24 +91,17 @@ def render(results: Path, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-int4.md")
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "int4.json")
-    parser.add_argument("--render-only", action="store_true", help="rewrite the report from the committed JSON")
+    parser = report_parser(__doc__, "int4")
     args = parser.parse_args()
     if args.render_only:
         render(args.results, args.out)
         return
     os.environ.setdefault("BENTOML_HOME", str(STATE / "bentoml"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    commit += " (with uncommitted changes)" if dirty else ""
+    commit = measured_code()
     tags = import_variants(model_dir(90.0))
     rows = [row(v, tags.get(v)) for v in VARIANTS]
     meta = {"commit": commit, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+            "machine": machine(),
             "model": "GPT-2 architecture, 256 wide, 6 layers, 4 heads, 2,000-token vocabulary"}
     args.results.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     render(args.results, args.out)

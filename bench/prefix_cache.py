@@ -18,12 +18,9 @@ docs/benchmarks-prefix-cache.md.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -34,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generation import STATE, TOKEN, import_model, model_dir, prompts, quantile  # noqa: E402
+from bench.harness import machine, measured_code, report_parser  # noqa: E402
 from bench.long_prompts import Times, long_prompt, serve, stream  # noqa: E402
 
 CALLERS, NEW_TOKENS, SYSTEM_TOKENS = 8, 32, 500
@@ -139,22 +137,15 @@ def render(results: Path, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = report_parser(__doc__, "prefix_cache")
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-prefix-cache.md")
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "prefix_cache.json")
-    parser.add_argument("--render-only", action="store_true", help="rewrite the report from the committed JSON")
     args = parser.parse_args()
     if args.render_only:
         render(args.results, args.out)
         return
     os.environ.setdefault("BENTOML_HOME", str(STATE / "bentoml"))
     os.environ.setdefault("SWITCHYARD_THREADS", "2")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    commit += " (with uncommitted changes)" if dirty else ""
+    commit = measured_code()
     tag = import_model(model_dir(90.0))
     system = long_prompt(tag, SYSTEM_TOKENS)
     rows: list[Row] = []
@@ -167,7 +158,7 @@ def main() -> None:
         finally:
             served.kill()
     meta = {"commit": commit, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+            "machine": machine(),
             "model": "GPT-2 architecture, 256 wide, 6 layers, 4 heads, 2,000-token vocabulary, fp32 ONNX",
             "seconds": args.seconds}
     args.results.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
