@@ -1,0 +1,150 @@
+"""Where one decode step's time goes, at 1 and 8 rows: the graph, the cache's copies, sampling, detokenizing.
+
+The serving runner (bentos/dataplane/decode/runner.py) and its token streams, in process, on the generation
+benchmark's model (GPT-2 architecture, 256 wide, 6 layers, fp32 ONNX), one ONNX Runtime thread, greedy,
+256 tokens per request after five-word prompts. Each part is timed where it is called, by wrapping it:
+
+- graph: `InferenceSession.run`;
+- cache: re-making the running batch (`_arrange`: rows taken out, parked ones joined) and what `_decode`
+  does around the graph (the mask grown by a column, the feed, the next batch's arrays);
+- sampling: `_sample` (argmax, or the sampler per row);
+- detokenizing: `TokenStream.push` (the text so far decoded again, stop strings, the buffer);
+- other: the rest of the step (Python between them).
+
+Writes bench/results/decode_profile.json and docs/benchmarks-decode-profile.md.
+
+    python bench/decode_profile.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.generation import STATE, import_model, model_dir, prompts  # noqa: E402
+from bench.harness import machine, measured_code, report_parser  # noqa: E402
+
+TOKENS = 256
+PARTS = ("graph", "cache", "sampling", "detokenizing")
+
+
+class Clock:
+    """Seconds spent in each wrapped part, its own time only: a timed part called inside another is charged to
+    itself, not to both."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = defaultdict(float)
+        self._inner: list[float] = []  # per open part: time of the timed parts inside it
+
+    def wrap(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self._inner.append(0.0)
+            began = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                took = time.perf_counter() - began
+                self.spent[part] += took - self._inner.pop()
+                if self._inner:
+                    self._inner[-1] += took
+        return timed
+
+
+def profile(tag: str, rows: int) -> dict[str, Any]:
+    from bentos.dataplane.decode.runner import DecodeRunner
+    from bentos.dataplane.decode.scheduler import StepPlan
+    from bentos.dataplane.decode.streams import TokenStream
+    from bentos.dataplane.runtime import load_version
+    from bentos.tasks.text_generation import GenerationCodec, SamplingParams
+
+    version = load_version(tag, 1)
+    codec = version.codec
+    assert isinstance(codec, GenerationCodec)
+    clock = Clock()
+
+    class Session:  # the graph, timed
+        def __init__(self, inner: Any) -> None:
+            self.run = clock.wrap("graph", inner.run)
+
+    runner = DecodeRunner(Session(version.session), codec)
+    runner._arrange = clock.wrap("cache", runner._arrange)  # type: ignore[method-assign]
+    runner._decode = clock.wrap("cache", runner._decode)  # type: ignore[method-assign]
+    runner._sample = clock.wrap("sampling", runner._sample)  # type: ignore[method-assign]
+    texts = prompts()
+    ids = tuple(f"r{i}" for i in range(rows))
+    streams = {}
+    for i, rid in enumerate(ids):
+        prompt = codec.tokenize(texts[i % len(texts)])
+        runner.add(rid, prompt, SamplingParams(max_tokens=TOKENS, ignore_eos=True))
+        stream = TokenStream(rid, codec.detokenize, prompt_tokens=len(prompt), max_tokens=TOKENS)
+        stream.push = clock.wrap("detokenizing", stream.push)  # type: ignore[method-assign]
+        streams[rid] = stream
+
+    def step(plan: StepPlan) -> float:
+        began = time.perf_counter()
+        result = runner.step(plan)
+        for rid, token in result.tokens.items():
+            streams[rid].push(token)
+            streams[rid]._pieces.clear()  # the reader takes every piece at once
+        return time.perf_counter() - began
+
+    step(StepPlan(prefill=ids))
+    clock.spent.clear()
+    walls = [step(StepPlan(decode=ids)) for _ in range(TOKENS - 2)]
+    total = sum(walls)
+    parts = {p: clock.spent[p] for p in PARTS}
+    parts["other"] = total - sum(parts.values())
+    return {"rows": rows, "steps": len(walls), "step_ms": 1000 * total / len(walls),
+            "step_p50_ms": 1000 * statistics.median(walls),
+            "parts_ms": {p: 1000 * s / len(walls) for p, s in parts.items()},
+            "shares": {p: s / total for p, s in parts.items()}}
+
+
+def render(results: Path, out: Path) -> None:
+    data = json.loads(results.read_text())
+    meta, runs = data["meta"], data["runs"]
+    parts = [*PARTS, "other"]
+    lines = ["# Where a decode step's time goes", "",
+             f"Written by `bench/decode_profile.py` from `{results.relative_to(ROOT)}` (commit {meta['commit']}, "
+             f"{meta['when']}, {meta['machine']}). Model: {meta['model']}. The serving runner and its token streams "
+             f"in process, one ONNX Runtime thread, greedy, {TOKENS} tokens per request; each part timed where it "
+             "is called (the script's docstring says what each covers). Mean ms per decode step, and its share.", "",
+             "| rows | step | " + " | ".join(parts) + " |", "|---:|---:|" + "---:|" * len(parts)]
+    for r in runs:
+        cells = [f"{r['parts_ms'][p]:.3f} ({r['shares'][p]:.0%})" for p in parts]
+        lines.append(f"| {r['rows']} | {r['step_ms']:.2f} ms | " + " | ".join(cells) + " |")
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = report_parser(__doc__, "decode_profile")
+    args = parser.parse_args()
+    if args.render_only:
+        render(args.results, args.out)
+        return
+    os.environ.setdefault("BENTOML_HOME", str(STATE / "bentoml"))
+    commit = measured_code()
+    tag = import_model(model_dir(90.0))
+    runs = [profile(tag, rows) for rows in (1, 8)]
+    for r in runs:
+        print(f"  {r['rows']} rows: {r['step_ms']:.2f} ms a step; "
+              + ", ".join(f"{p} {ms:.3f} ms" for p, ms in r["parts_ms"].items()))
+    meta = {"commit": commit, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+            "model": "GPT-2 architecture, 256 wide, 6 layers, 4 heads, 2,000-token vocabulary, fp32 ONNX"}
+    args.results.write_text(json.dumps({"meta": meta, "runs": runs}, indent=2) + "\n")
+    render(args.results, args.out)
+    print(f"wrote {args.out} and {args.results}")
+
+
+if __name__ == "__main__":
+    main()
