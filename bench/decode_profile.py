@@ -11,9 +11,10 @@ benchmark's model (GPT-2 architecture, 256 wide, 6 layers, fp32 ONNX), one ONNX 
 - detokenizing: `TokenStream.push` (the text so far decoded again, stop strings, the buffer);
 - other: the rest of the step (Python between them).
 
-Writes bench/results/decode_profile.json and docs/benchmarks-decode-profile.md.
+With `--before REV`, the same profile of that commit's code (a git worktree of it, on the same model, in the
+same run) goes beside it. Writes bench/results/decode_profile.json and docs/benchmarks-decode-profile.md.
 
-    python bench/decode_profile.py
+    python bench/decode_profile.py --before 67c8ae1
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generation import STATE, import_model, model_dir, prompts  # noqa: E402
-from bench.harness import machine, measured_code, report_parser  # noqa: E402
+from bench.harness import baseline_tree, machine, measured_code, report_parser  # noqa: E402
 
 TOKENS = 256
 PARTS = ("graph", "cache", "sampling", "detokenizing")
@@ -110,24 +112,51 @@ def profile(tag: str, rows: int) -> dict[str, Any]:
             "shares": {p: s / total for p, s in parts.items()}}
 
 
+def profile_at(rev: str, tag: str) -> list[dict[str, Any]]:
+    """The profile of commit `rev`'s code: its own copy of this script, run in a worktree of it."""
+    tree = STATE / "bench-decode-profile" / f"baseline-{rev}"
+    if not tree.exists():
+        tree = baseline_tree(rev, STATE / "bench-decode-profile")
+    code = ("import json, sys; sys.path.insert(0, '.'); from bench.decode_profile import profile; "
+            f"print(json.dumps([profile({tag!r}, rows) for rows in (1, 8)]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=True)
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def table(runs: list[dict[str, Any]]) -> list[str]:
+    parts = [*PARTS, "other"]
+    lines = ["| rows | step | " + " | ".join(parts) + " |", "|---:|---:|" + "---:|" * len(parts)]
+    for r in runs:
+        cells = [f"{r['parts_ms'][p]:.3f} ({r['shares'][p]:.0%})" for p in parts]
+        lines.append(f"| {r['rows']} | {r['step_ms']:.2f} ms | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(results: Path, out: Path) -> None:
     data = json.loads(results.read_text())
     meta, runs = data["meta"], data["runs"]
-    parts = [*PARTS, "other"]
     lines = ["# Where a decode step's time goes", "",
              f"Written by `bench/decode_profile.py` from `{results.relative_to(ROOT)}` (commit {meta['commit']}, "
              f"{meta['when']}, {meta['machine']}). Model: {meta['model']}. The serving runner and its token streams "
              f"in process, one ONNX Runtime thread, greedy, {TOKENS} tokens per request; each part timed where it "
-             "is called (the script's docstring says what each covers). Mean ms per decode step, and its share.", "",
-             "| rows | step | " + " | ".join(parts) + " |", "|---:|---:|" + "---:|" * len(parts)]
-    for r in runs:
-        cells = [f"{r['parts_ms'][p]:.3f} ({r['shares'][p]:.0%})" for p in parts]
-        lines.append(f"| {r['rows']} | {r['step_ms']:.2f} ms | " + " | ".join(cells) + " |")
+             "is called (the script's docstring says what each covers). Mean ms per decode step, and its share.", ""]
+    before = data.get("before")
+    if before:
+        lines += [f"## Before: commit {before['commit']}", "", *table(before["runs"]), "",
+                  f"## After: commit {meta['commit']}", ""]
+    lines += table(runs)
+    if before:
+        lines.append("")
+        for b, a in zip(before["runs"], runs, strict=True):
+            lines.append(f"- {a['rows']} rows: detokenizing {b['parts_ms']['detokenizing']:.3f} -> "
+                         f"{a['parts_ms']['detokenizing']:.3f} ms a step; the step {b['step_ms']:.2f} -> "
+                         f"{a['step_ms']:.2f} ms.")
     out.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = report_parser(__doc__, "decode_profile")
+    parser.add_argument("--before", metavar="REV", help="profile this commit's code too, beside it")
     args = parser.parse_args()
     if args.render_only:
         render(args.results, args.out)
@@ -135,13 +164,14 @@ def main() -> None:
     os.environ.setdefault("BENTOML_HOME", str(STATE / "bentoml"))
     commit = measured_code()
     tag = import_model(model_dir(90.0))
+    before = {"commit": args.before, "runs": profile_at(args.before, tag)} if args.before else None
     runs = [profile(tag, rows) for rows in (1, 8)]
     for r in runs:
         print(f"  {r['rows']} rows: {r['step_ms']:.2f} ms a step; "
               + ", ".join(f"{p} {ms:.3f} ms" for p, ms in r["parts_ms"].items()))
     meta = {"commit": commit, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
             "model": "GPT-2 architecture, 256 wide, 6 layers, 4 heads, 2,000-token vocabulary, fp32 ONNX"}
-    args.results.write_text(json.dumps({"meta": meta, "runs": runs}, indent=2) + "\n")
+    args.results.write_text(json.dumps({"meta": meta, "runs": runs, "before": before}, indent=2) + "\n")
     render(args.results, args.out)
     print(f"wrote {args.out} and {args.results}")
 

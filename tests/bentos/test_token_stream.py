@@ -99,3 +99,37 @@ def test_an_abort_wakes_a_waiting_reader() -> None:
         return first, await asyncio.wait_for(reader, 1)
 
     assert asyncio.run(scenario()) == ("abc", None) and s.finish_reason == "abort"
+
+
+def _tokenizers(tmp_path) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """A byte-level BPE (GPT-2's kind, as models/tiny_lm.py trains) and a SentencePiece-like one (Metaspace:
+    a leading space that the first token of a text loses when decoded), trained on text with multi-byte
+    characters so that tokens split them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    text = ["Café crème, naïve façade 😀 — ünïcödé everywhere: ça va? Ελληνικά 日本語 text 🚀🚀."] * 50
+    made = {}
+    for name, pre, dec in (("byte-level", pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()),
+                           ("metaspace", pre_tokenizers.Metaspace(), decoders.Metaspace())):
+        tok = Tokenizer(models.BPE(byte_fallback=name == "metaspace"))
+        tok.pre_tokenizer, tok.decoder = pre, dec
+        alphabet = pre_tokenizers.ByteLevel.alphabet() if name == "byte-level" else []
+        tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet))
+        made[name] = tok
+    return made
+
+
+def test_the_text_decoded_incrementally_is_the_text_decoded_whole(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import random
+
+    for name, tok in _tokenizers(tmp_path).items():
+        def decode(token_ids: list[int], tok=tok) -> str:  # type: ignore[no-untyped-def]
+            return str(tok.decode(token_ids))  # type: ignore[attr-defined]
+
+        rng = random.Random(5)
+        vocab = tok.get_vocab_size()  # type: ignore[attr-defined]
+        for _ in range(30):  # random token sequences split characters anywhere, and in any order
+            s = TokenStream("r", decode, prompt_tokens=1, max_tokens=1000)
+            for _ in range(60):
+                s.push(rng.randrange(vocab))
+                assert s._text() == decode(s.ids), (name, s.ids)

@@ -3,8 +3,11 @@
 The decode loop pushes each new token id; the stream turns ids into text as it can be shown, and a
 protocol adapter (SSE, OpenAI, OIP generate) reads pieces of text as they come.
 
-- Text is decoded from all ids so far and only the new suffix is sent: byte-level BPE splits characters
-  over tokens, so a trailing U+FFFD (an incomplete character) is held back until the next token completes it.
+- Text is decoded incrementally: only the tokens since the last settled point are decoded again, from one
+  window back (a tokenizer may decode a token differently at the start of a text, as SentencePiece's
+  leading space), so a step costs the same at the thousandth token as at the first. Byte-level BPE splits
+  characters over tokens: a trailing U+FFFD (an incomplete character) is held back until the next token
+  completes it, and the window does not move past it.
 - A stop string can span tokens: text that could still become one is held back; once one appears, the
   text ends before it, the stream finishes ("stop") and the loop is told to drop the request.
 - It finishes at `max_tokens` ("length") or the end-of-text token ("stop").
@@ -42,6 +45,9 @@ class TokenStream:
         self.stop, self.eos_id, self.buffer = tuple(s for s in stop if s), eos_id, buffer
         self.ids: list[int] = []
         self.text = ""  # what has been sent so far
+        self._settled = ""  # the text of ids[:_read], final
+        self._prefix, self._read = 0, 0  # the window decoded again: ids[_prefix:]; ids[_prefix:_read] is settled
+        self._prefix_text = ""  # the text of ids[_prefix:_read], decoded alone
         self.finish_reason: FinishReason | None = None
         self._pieces: deque[str] = deque()
         self._ready = asyncio.Event()
@@ -52,10 +58,10 @@ class TokenStream:
         if self.finish_reason is not None:
             return False
         if token_id == self.eos_id:
-            self._end("stop", self._decode(self.ids))
+            self._end("stop", self._text())
             return False
         self.ids.append(token_id)
-        decoded = self._decode(self.ids)
+        decoded = self._text()
         cut = self._stop_at(decoded)
         if cut is not None:
             self._end("stop", decoded[:cut])
@@ -92,6 +98,19 @@ class TokenStream:
         return Usage(self.prompt_tokens, len(self.ids))
 
     # --- inside ----------------------------------------------------------------------
+    def _text(self) -> str:
+        """All the text so far (the same as decoding every id), decoding only the window since the last
+        settled point; the window moves on once its text ends in a whole character."""
+        tail = self._decode(self.ids[self._prefix:])
+        if not tail.startswith(self._prefix_text):  # the new token changed text before it: decode it all
+            return self._decode(self.ids)
+        new = tail[len(self._prefix_text):]
+        if new and not new.endswith(INCOMPLETE):
+            self._settled += new
+            self._prefix, self._read = self._read, len(self.ids)
+            self._prefix_text = self._decode(self.ids[self._prefix:self._read])
+            return self._settled
+        return self._settled + new
     def _stop_at(self, decoded: str) -> int | None:
         """Where the first stop string begins in text not yet sent (it may start in text held back)."""
         start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0))
