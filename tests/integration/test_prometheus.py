@@ -81,15 +81,23 @@ def test_prometheus_sees_both_versions_in_the_split(prometheus: Prometheus, clie
 
 
 def test_every_rule_evaluates_without_error(prometheus: Prometheus) -> None:
-    time.sleep(2)
-    groups = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
-    rules = [r for g in groups for r in g["rules"]]
+    # Until every rule has been evaluated once ("unknown" before): first in the module, Prometheus may have
+    # only just started (the 2 s this waited were not always enough on a busy machine).
+    end = time.monotonic() + 60
+    while True:
+        groups = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        if (rules and all(r["health"] != "unknown" for r in rules)) or time.monotonic() > end:
+            break
+        time.sleep(0.5)
     assert len(rules) >= 10
-    bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
+    bad = [(r["name"], r.get("health"), r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not bad, bad
 
 
-def test_dashboard_queries_run(prometheus: Prometheus) -> None:
+def test_dashboard_queries_run(prometheus: Prometheus, client: httpx.Client) -> None:
+    _send(str(client.base_url), 2)  # its own traffic: it may run before the test that sends some
+    _wait_for(prometheus, 'sum(rate(switchyard_batch_size_count{endpoint="digits"}[1m])) > 0', 1)
     dash = json.loads(Path(ROOT / "deploy" / "grafana" / "dashboards" / "switchyard.json").read_text())
     for panel in dash["panels"]:
         for target in panel["targets"]:
