@@ -110,7 +110,7 @@ def test_a_keys_rate_holds_across_replicas_before_and_after_one_dies_and_during_
     print(f"accepted {both:.1f}/s over two replicas, {alone:.1f}/s over one ({rebalanced_s:.1f} s to re-balance "
           f"after SIGKILL), {outage:.1f}/s during a database outage; the key's rate {RATE:g}/s")
     # More than the rate is the bug this guards against (a replica that did not take its share); less is
-    # mostly the machine: in one CI order another server test loaded the 2 cores and the two replicas
+    # mostly the machine: in one local run another server test loaded the 2 cores and the two replicas
     # answered 17.4/s. A share that is wrong (1/3 or 1/4 of the rate where it should be 1/2) stays under 0.75.
     for measured in (both, alone, outage):
         assert 0.75 * RATE <= measured <= 1.1 * RATE, measured
