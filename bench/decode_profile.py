@@ -33,8 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.generation import STATE, import_model, model_dir, prompts  # noqa: E402
-from bench.harness import baseline_tree, machine, measured_code, report_parser  # noqa: E402
+from bench.generation import BENCH_LM, STATE, import_model, model_dir, prompts  # noqa: E402
+from bench.harness import baseline_tree, measured_code, report_parser, run_meta, write_report  # noqa: E402
 
 TOKENS = 256
 PARTS = ("graph", "cache", "sampling", "detokenizing")
@@ -169,11 +169,8 @@ def main() -> None:
     for r in runs:
         print(f"  {r['rows']} rows: {r['step_ms']:.2f} ms a step; "
               + ", ".join(f"{p} {ms:.3f} ms" for p, ms in r["parts_ms"].items()))
-    meta = {"commit": commit, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-            "model": "GPT-2 architecture, 256 wide, 6 layers, 4 heads, 2,000-token vocabulary, fp32 ONNX"}
-    args.results.write_text(json.dumps({"meta": meta, "runs": runs, "before": before}, indent=2) + "\n")
-    render(args.results, args.out)
-    print(f"wrote {args.out} and {args.results}")
+    write_report(args.results, args.out, {"meta": run_meta(commit, model=BENCH_LM), "runs": runs, "before": before},
+                 render)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ LLAMA = STATE / "llama"
 LLAMA_SDIST = "llama-cpp-python==0.3.36"
 NEW_TOKENS = 64
 ENDPOINT = "bench-writer"
+BENCH_LM = "GPT-2 architecture, 256 wide, 6 layers, 4 heads, 2,000-token vocabulary, fp32 ONNX"  # the reports' model
 TOKEN = "bench-token-0123456789"
 
 

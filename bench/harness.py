@@ -43,6 +43,19 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
 
 
+def run_meta(commit: str, **more: Any) -> dict[str, Any]:
+    """A report's header: the code measured, when, on what."""
+    return {"commit": commit, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+            **more}
+
+
+def write_report(results: Path, out: Path, payload: dict[str, Any], render: Any) -> None:
+    """The results as JSON, then the table rendered from that file (as --render-only would)."""
+    results.write_text(json.dumps(payload, indent=2) + "\n")
+    render(results, out)
+    print(f"wrote {out} and {results}")
+
+
 @dataclass
 class Load:
     connections: int

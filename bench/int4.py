@@ -16,15 +16,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.generation import LM_DIR, STATE, in_process, model_dir  # noqa: E402
-from bench.harness import machine, measured_code, report_parser  # noqa: E402
+from bench.generation import BENCH_LM, LM_DIR, STATE, in_process, model_dir  # noqa: E402
+from bench.harness import measured_code, report_parser, run_meta, write_report  # noqa: E402
 
 VARIANTS = ("fp32", "int8-dynamic", "int4")
 NAME = "bench-gpt2q"
@@ -100,12 +99,8 @@ def main() -> None:
     commit = measured_code()
     tags = import_variants(model_dir(90.0))
     rows = [row(v, tags.get(v)) for v in VARIANTS]
-    meta = {"commit": commit, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": machine(),
-            "model": "GPT-2 architecture, 256 wide, 6 layers, 4 heads, 2,000-token vocabulary"}
-    args.results.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    render(args.results, args.out)
-    print(f"wrote {args.out} and {args.results}")
+    meta = run_meta(commit, model=BENCH_LM.removesuffix(", fp32 ONNX"))
+    write_report(args.results, args.out, {"meta": meta, "rows": rows}, render)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.generation import STATE, TOKEN, import_model, model_dir, prompts, quantile  # noqa: E402
-from bench.harness import machine, measured_code, report_parser  # noqa: E402
+from bench.generation import BENCH_LM, STATE, TOKEN, import_model, model_dir, prompts, quantile  # noqa: E402
+from bench.harness import measured_code, report_parser, run_meta, write_report  # noqa: E402
 from tests.servers import Served, serve_env  # noqa: E402
 
 ENDPOINT = "bench-long"
@@ -223,13 +223,8 @@ def main() -> None:
             rows += [measure(setting, served.url, args.seconds, flood, text) for flood in (False, True)]
         finally:
             served.kill()
-    meta = {"commit": commit, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": machine(),
-            "model": "GPT-2 architecture, 256 wide, 6 layers, 4 heads, 2,000-token vocabulary, fp32 ONNX",
-            "seconds": args.seconds}
-    args.results.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
-    render(args.results, args.out)
-    print(f"wrote {args.out} and {args.results}")
+    meta = run_meta(commit, model=BENCH_LM, seconds=args.seconds)
+    write_report(args.results, args.out, {"meta": meta, "rows": [asdict(r) for r in rows]}, render)
 
 
 if __name__ == "__main__":
