@@ -20,7 +20,6 @@ same run) goes beside it. Writes bench/results/decode_profile.json and docs/benc
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -33,8 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.generation import BENCH_LM, STATE, import_model, model_dir, prompts  # noqa: E402
-from bench.harness import baseline_tree, measured_code, report_parser, run_meta, write_report  # noqa: E402
+from bench.generation import BENCH_LM, STATE, begin_report, import_model, model_dir, prompts  # noqa: E402
+from bench.harness import baseline_tree, report_parser, run_meta, write_report  # noqa: E402
 
 TOKENS = 256
 PARTS = ("graph", "cache", "sampling", "detokenizing")
@@ -158,11 +157,9 @@ def main() -> None:
     parser = report_parser(__doc__, "decode_profile")
     parser.add_argument("--before", metavar="REV", help="profile this commit's code too, beside it")
     args = parser.parse_args()
-    if args.render_only:
-        render(args.results, args.out)
+    commit = begin_report(args, render, threads=False)
+    if commit is None:
         return
-    os.environ.setdefault("BENTOML_HOME", str(STATE / "bentoml"))
-    commit = measured_code()
     tag = import_model(model_dir(90.0))
     before = {"commit": args.before, "runs": profile_at(args.before, tag)} if args.before else None
     runs = [profile(tag, rows) for rows in (1, 8)]

@@ -101,6 +101,19 @@ def prompts(n: int = 64) -> list[str]:
     return [" ".join(s.split()[:5]) for s in sentences("english", n, seed=9)]
 
 
+def begin_report(args: argparse.Namespace, render: Any, threads: bool = True) -> str | None:
+    """--render-only: the table rewritten from the committed JSON, and None (nothing to run). Otherwise the store
+    (and, for a served LM, the threads) the LM reports run with, and the commit measured, read before anything
+    starts."""
+    if args.render_only:
+        render(args.results, args.out)
+        return None
+    os.environ.setdefault("BENTOML_HOME", str(STATE / "bentoml"))
+    if threads:
+        os.environ.setdefault("SWITCHYARD_THREADS", "2")
+    return measured_code()
+
+
 # --- load ------------------------------------------------------------------------------------------
 @dataclass
 class Sample:
@@ -455,12 +468,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "generation.json")
     parser.add_argument("--render-only", action="store_true", help="rewrite the report from the committed JSON")
     args = parser.parse_args()
-    if args.render_only:
-        render(args.results, args.out)
+    commit = begin_report(args, render)
+    if commit is None:
         return
-    os.environ.setdefault("BENTOML_HOME", str(STATE / "bentoml"))
-    os.environ.setdefault("SWITCHYARD_THREADS", "2")
-    commit = measured_code()  # the code measured: read before anything starts
     streams = [int(s) for s in args.streams.split(",")]
     wanted = args.servers.split(",")
     hf = model_dir(args.train_seconds)

@@ -13,7 +13,6 @@ median of 5 runs, one ONNX Runtime thread. Writes bench/results/int4.json and do
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +21,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.generation import BENCH_LM, LM_DIR, STATE, in_process, model_dir  # noqa: E402
-from bench.harness import measured_code, report_parser, run_meta, write_report  # noqa: E402
+from bench.generation import BENCH_LM, LM_DIR, begin_report, in_process, model_dir  # noqa: E402
+from bench.harness import report_parser, run_meta, write_report  # noqa: E402
 
 VARIANTS = ("fp32", "int8-dynamic", "int4")
 NAME = "bench-gpt2q"
@@ -92,11 +91,9 @@ def render(results: Path, out: Path) -> None:
 def main() -> None:
     parser = report_parser(__doc__, "int4")
     args = parser.parse_args()
-    if args.render_only:
-        render(args.results, args.out)
+    commit = begin_report(args, render, threads=False)
+    if commit is None:
         return
-    os.environ.setdefault("BENTOML_HOME", str(STATE / "bentoml"))
-    commit = measured_code()
     tags = import_variants(model_dir(90.0))
     rows = [row(v, tags.get(v)) for v in VARIANTS]
     meta = run_meta(commit, model=BENCH_LM.removesuffix(", fp32 ONNX"))

@@ -33,8 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.generation import BENCH_LM, STATE, TOKEN, import_model, model_dir, prompts, quantile  # noqa: E402
-from bench.harness import measured_code, report_parser, run_meta, write_report  # noqa: E402
+from bench.generation import BENCH_LM, STATE, TOKEN, begin_report, import_model, model_dir, prompts, quantile  # noqa: E402
+from bench.harness import report_parser, run_meta, write_report  # noqa: E402
 from tests.servers import Served, serve_env  # noqa: E402
 
 ENDPOINT = "bench-long"
@@ -207,12 +207,9 @@ def main() -> None:
     parser = report_parser(__doc__, "long_prompts")
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    if args.render_only:
-        render(args.results, args.out)
+    commit = begin_report(args, render)
+    if commit is None:
         return
-    os.environ.setdefault("BENTOML_HOME", str(STATE / "bentoml"))
-    os.environ.setdefault("SWITCHYARD_THREADS", "2")
-    commit = measured_code()
     tag = import_model(model_dir(90.0))
     text = long_prompt(tag)
     logs = STATE / "bench-long-prompts"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,8 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.generation import BENCH_LM, STATE, TOKEN, import_model, model_dir, prompts, quantile  # noqa: E402
-from bench.harness import measured_code, report_parser, run_meta, write_report  # noqa: E402
+from bench.generation import BENCH_LM, STATE, TOKEN, begin_report, import_model, model_dir, prompts, quantile  # noqa: E402
+from bench.harness import report_parser, run_meta, write_report  # noqa: E402
 from bench.long_prompts import Times, long_prompt, serve, stream  # noqa: E402
 
 CALLERS, NEW_TOKENS, SYSTEM_TOKENS = 8, 32, 500
@@ -140,12 +139,9 @@ def main() -> None:
     parser = report_parser(__doc__, "prefix_cache")
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    if args.render_only:
-        render(args.results, args.out)
+    commit = begin_report(args, render)
+    if commit is None:
         return
-    os.environ.setdefault("BENTOML_HOME", str(STATE / "bentoml"))
-    os.environ.setdefault("SWITCHYARD_THREADS", "2")
-    commit = measured_code()
     tag = import_model(model_dir(90.0))
     system = long_prompt(tag, SYSTEM_TOKENS)
     rows: list[Row] = []
