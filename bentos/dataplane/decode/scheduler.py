@@ -220,8 +220,9 @@ class DecodeScheduler:
         refused = self._refuse_late(now)
         preempted = self._preempt()
         decode = tuple(rid for rid, seq in self.running.items() if not seq.held and not seq.prefilling)
-        chunks = self._continue_chunks(self.prefill_tokens - self._room_for_head())
-        prefill, started = self._admit(self.prefill_tokens - sum(n for _, n in chunks))
+        candidates = self._candidates()  # sorted once a step: the room kept for the head, then admission
+        chunks = self._continue_chunks(self.prefill_tokens - self._room_for_head(candidates))
+        prefill, started = self._admit(candidates, self.prefill_tokens - sum(n for _, n in chunks))
         return StepPlan(prefill, decode, refused, removed, preempted, chunks + started)
 
     def _remove_aborted(self) -> tuple[str, ...]:
@@ -277,11 +278,11 @@ class DecodeScheduler:
         return (len(self.running) - len(freed) < self.max_running
                 and self.budget.used - held + seq.worst_case <= self.budget.capacity)
 
-    def _room_for_head(self) -> int:
+    def _room_for_head(self, candidates: list[Sequence]) -> int:
         """Prefill tokens kept from the chunks in progress for the next newcomer: its prompt, when it could start
         now and fits half the step's budget whole."""
-        candidates = self._candidates() if self.waiting and len(self.running) < self.max_running else []
-        if candidates and candidates[0].prefill_tokens <= self.prefill_tokens // 2:
+        if candidates and len(self.running) < self.max_running and \
+                candidates[0].prefill_tokens <= self.prefill_tokens // 2:
             return candidates[0].prefill_tokens
         return 0
 
@@ -296,14 +297,14 @@ class DecodeScheduler:
                 chunks.append((seq.request_id, n))
         return tuple(chunks)
 
-    def _admit(self, budget: int) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+    def _admit(self, candidates: list[Sequence], budget: int) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
         """Newcomers within the budget: prompts prefilled whole in one batch (one length class), and prompts on
         top of a cached prefix, each its own chunk; or, when the first one's prompt is longer than what the step
         has left, that one alone, started in chunks."""
         batch: list[Sequence] = []
         cached: list[Sequence] = []
         tokens = 0
-        for seq in self._candidates():
+        for seq in candidates:
             if len(self.running) >= self.max_running or tokens >= budget:
                 break
             whole = tokens + seq.prefill_tokens <= budget
