@@ -62,6 +62,17 @@ class EndpointLimits(BaseModel):
                                              "prompt prefixes reused across requests (per tenant); 0 turns it off.")
 
 
+class SpeculationConfig(BaseModel):
+    """text-generation: speculative decoding by prompt lookup, for greedy requests (temperature 0)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tokens: int = Field(4, ge=1, le=16, description="Tokens drafted per step from n-grams of the prompt and the "
+                        "text so far, verified in the step's one forward pass.")
+    ngram: int = Field(3, ge=1, le=8, description="The longest suffix of the text looked up in it.")
+    min_acceptance: float = Field(0.3, ge=0, le=1, description="A request whose drafted tokens are accepted less "
+                                  "often than this (judged after 16 of them) stops speculating.")
+
+
 class EndpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="[a-z0-9-]{1,40}; the URL is /v1/{name}/{verb}.")
@@ -78,6 +89,9 @@ class EndpointConfig(BaseModel):
         default_factory=list, max_length=16, description=(
             "text-generation: prompt beginnings (a system prompt) whose cached keys and values every caller may "
             "reuse; any other prefix is reused only by the API key that sent it."))
+    speculation: SpeculationConfig | None = Field(None, description=(
+        "text-generation: draft tokens by prompt lookup and verify them in one pass (same greedy output, fewer "
+        "passes on text that copies from its prompt); off when unset."))
     residency: Literal["always", "on-demand"] = Field("always", description=(
         "always: every deployed version is loaded before traffic and stays; on-demand: a version loads on its "
         "first request and may be unloaded when idle to stay within SWITCHYARD_MODEL_MEMORY."))

@@ -134,7 +134,15 @@ def effective_limits(config: EndpointConfig, settings: ServeSettings) -> Limits:
                   kv_cache_bytes=own.kv_cache_bytes or settings.kv_cache_bytes,
                   prefix_cache_share=(settings.prefix_cache_share if own.prefix_cache_share is None
                                       else own.prefix_cache_share),
-                  shared_prefixes=tuple(config.shared_prefixes))
+                  shared_prefixes=tuple(config.shared_prefixes), **_speculation(config))
+
+
+def _speculation(config: EndpointConfig) -> dict[str, Any]:
+    spec = config.speculation
+    if spec is None:
+        return {}
+    return {"speculate_tokens": spec.tokens, "speculate_ngram": spec.ngram,
+            "speculate_min_acceptance": spec.min_acceptance}
 
 
 class Endpoint:

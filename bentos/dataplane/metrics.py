@@ -45,6 +45,7 @@ class Metrics:
     kv_occupancy: Any
     prefill_chunks: Any
     prefix_cached: Any
+    speculative: Any
     streams: Any
     queue_depth: Any
     in_flight: Any
@@ -84,6 +85,8 @@ class VersionSeries:
         "queue_wait",
         "request_duration",
         "requests",
+        "speculative_accepted",
+        "speculative_rejected",
         "streams",
         "version",
     )
@@ -104,6 +107,8 @@ class VersionSeries:
         self.kv_occupancy = metrics.kv_occupancy.labels(*ev)
         self.prefill_chunks = metrics.prefill_chunks.labels(*ev)
         self.prefix_cached = metrics.prefix_cached.labels(*ev)
+        self.speculative_accepted = metrics.speculative.labels(*ev, "accepted")
+        self.speculative_rejected = metrics.speculative.labels(*ev, "rejected")
         self.streams = metrics.streams.labels(*ev)
         self.queue_depth = metrics.queue_depth.labels(*ev)
         self.in_flight = metrics.in_flight.labels(*ev)
@@ -173,6 +178,9 @@ def get_metrics() -> Metrics:
         prefix_cached=Counter("switchyard_prefix_cache_tokens_total", "Generation: prompt tokens found in the "
                               "prefix cache (not computed again); against switchyard_tokens_total{kind=\"prompt\"}, "
                               "the hit rate.", ev),
+        speculative=Counter("switchyard_speculative_tokens_total", "Generation: tokens drafted by prompt lookup "
+                            "(limits.speculation), by result: accepted ones were written without a pass of "
+                            "their own.", [*ev, "result"]),
         streams=Gauge("switchyard_streams_in_flight", "Generation: requests decoding or waiting to.", ev,
                       multiprocess_mode="livesum"),
         # What autoscaling reads (deploy/k8s/overlays/queue-autoscaling): each worker's, summed over the pod's workers.

@@ -54,6 +54,9 @@ class Limits(BaseModel):
     kv_cache_bytes: int = 256 * 1024 * 1024
     prefix_cache_share: float = 0.25
     shared_prefixes: tuple[str, ...] = ()
+    speculate_tokens: int = 0  # prompt-lookup speculation (EndpointConfig.speculation): 0 is off
+    speculate_ngram: int = 3
+    speculate_min_acceptance: float = 0.3
 
 
 def length_bucket(token_length: int) -> int:

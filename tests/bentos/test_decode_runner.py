@@ -154,3 +154,61 @@ def test_a_prompt_on_top_of_its_cached_prefix_writes_what_it_writes_whole(tiny_l
     runner.add("b", second, SamplingParams(), tenant="shop", hit=hit)
     got = run(runner, [StepPlan(chunks=(("b", len(second) - hit.tokens),))] + [StepPlan(decode=("b",))] * 7)
     assert got["b"] == alone(graph, second, 8)
+
+
+def run_all(runner: DecodeRunner, plans: list[StepPlan]) -> tuple[dict[str, list[int]], int, int, list[int]]:
+    """Every token each request wrote, accepted drafts included; the drafted and accepted counts; and how many
+    tokens the first request had after each step."""
+    out: dict[str, list[int]] = {}
+    drafted = accepted = 0
+    counts = []
+    for plan in plans:
+        result = runner.step(plan)
+        for rid, token in result.tokens.items():
+            out.setdefault(rid, []).extend([token, *result.more.get(rid, [])])
+        drafted, accepted = drafted + result.drafted, accepted + result.accepted
+        counts.append(len(next(iter(out.values()))))
+    return out, drafted, accepted, counts
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_prompt_lookup_writes_what_plain_greedy_decoding_writes(tiny_lm_graphs: dict[str, Path], arch: str) -> None:
+    """A batch of a prompt that holds the text the model writes after it (so drafts are accepted), one that does
+    not, and a sampled request (never drafted): each writes what it writes without speculation, the first in
+    fewer steps, and no step takes a request past its max_tokens."""
+    from bentos.dataplane.decode.speculation import Speculation
+
+    graph = tiny_lm_graphs[arch]
+    codec = codec_of(graph)
+    start = codec.tokenize("The cat")
+    prompts = {"copy": start + alone(graph, start, 24) + start, "plain": codec.tokenize(PROMPTS[3])}
+    runner = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec,
+                          speculation=Speculation(tokens=4, ngram=3, min_acceptance=0.0))
+    runner.add("copy", prompts["copy"], SamplingParams(max_tokens=21))
+    runner.add("plain", prompts["plain"], SamplingParams(max_tokens=21))
+    runner.add("sampled", prompts["plain"], SamplingParams(temperature=1.2, seed=3, max_tokens=21))
+    steps = [StepPlan(prefill=("copy", "plain", "sampled"))] + [StepPlan(decode=("copy", "plain", "sampled"))] * 10
+    got, drafted, accepted, counts = run_all(runner, steps)
+    assert accepted >= 10 and drafted >= accepted
+    assert 21 in counts, f"a step went past max_tokens: {counts}"  # the drafts are cut to the room left
+    assert len(got["sampled"]) == 11  # one token a step: sampled requests never speculate
+    for rid, p in prompts.items():
+        assert got[rid] == alone(graph, p, len(got[rid])), f"{rid} changed with speculation"
+    plain = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec)
+    plain.add("sampled", prompts["plain"], SamplingParams(temperature=1.2, seed=3, max_tokens=21))
+    assert got["sampled"] == run(plain, [StepPlan(prefill=("sampled",))] + [StepPlan(decode=("sampled",))] * 10)[
+        "sampled"]
+
+
+def test_speculation_stops_for_a_request_whose_drafts_fail(tiny_lm_graphs: dict[str, Path]) -> None:
+    from bentos.dataplane.decode.speculation import Speculation
+
+    graph = tiny_lm_graphs["gpt2"]
+    codec = codec_of(graph)
+    runner = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec,
+                          speculation=Speculation(tokens=4, ngram=1, min_acceptance=1.0, judge_after=4))
+    prompt = codec.tokenize("The cat sat on the mat. " + PROMPTS[1])
+    runner.add("r", prompt, SamplingParams(max_tokens=30))
+    got, drafted, accepted, _ = run_all(runner, [StepPlan(prefill=("r",))] + [StepPlan(decode=("r",))] * 12)
+    assert 4 <= drafted < 4 * 12 and accepted < drafted  # judged, found wanting, stopped
+    assert got["r"] == alone(graph, prompt, len(got["r"]))

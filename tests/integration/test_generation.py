@@ -706,3 +706,30 @@ def test_a_shared_prefix_is_reused_across_keys_and_nothing_after_it(gen_server: 
     assert 0 < hit <= system_tokens  # the system prompt's blocks; mine's question stays mine
     assert _ask(gen_server, "briefed", mine, SYSTEM + question)[1] > hit  # its own key gets the question too
     assert text == in_process_greedy(tiny_lms["gpt2"], SYSTEM + question, 8)
+
+
+def test_prompt_lookup_speculation_writes_the_same_text_with_drafts_accepted(
+        gen_server: Served, lm_tags: dict[str, str], tiny_lms: dict[str, Path]) -> None:
+    """An endpoint with `speculation` set: a prompt that holds the text the model writes after it gets its drafts
+    accepted (the metric counts them), whole and streamed, and the text is what transformers writes greedy."""
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        r = c.post("/v1/admin/endpoints", headers=AUTH, json={
+            "name": "lookup", "task": "text-generation", "model": lm_tags["fp32"], "reason": "test",
+            "speculation": {"tokens": 4, "ngram": 3, "min_acceptance": 0}})
+        assert r.status_code == 201, r.text
+        bad = c.post("/v1/admin/endpoints", headers=AUTH, json={
+            "name": "lookup-bad", "task": "text-generation", "model": lm_tags["fp32"], "reason": "test",
+            "speculation": {"tokens": 64}})
+        assert bad.status_code == 422 and "speculation" in bad.text and "16" in bad.text
+        prompt = PROMPT + in_process_greedy(tiny_lms["gpt2"], PROMPT, 30) + " " + PROMPT
+        expected = in_process_greedy(tiny_lms["gpt2"], prompt, 24)
+        accepted = metric(gen_server, "switchyard_speculative_tokens_total", endpoint="lookup", result="accepted")
+        whole = c.post("/v1/lookup/generate", json={"prompt": prompt, "max_tokens": 24})
+        assert whole.status_code == 200, whole.text
+        assert whole.json()["text"] == expected and whole.json()["usage"]["completion_tokens"] <= 24
+        with c.stream("POST", "/v1/lookup/generate", json={"prompt": prompt, "max_tokens": 24, "stream": True}) as s:
+            pieces = [d["text"] for name, d in sse(s.iter_lines()) if name == "message"]
+        assert "".join(pieces) == expected
+        gained = metric(gen_server, "switchyard_speculative_tokens_total", endpoint="lookup",
+                        result="accepted") - accepted
+        assert gained >= 10, gained

@@ -23,6 +23,7 @@ from bentos.dataplane.decode.kv_budget import KvBudget, bytes_per_token
 from bentos.dataplane.decode.prefix_cache import PrefixCache
 from bentos.dataplane.decode.runner import DecodeRunner, StepResult
 from bentos.dataplane.decode.scheduler import PRIORITIES, DecodeScheduler, Sequence, StepPlan
+from bentos.dataplane.decode.speculation import Speculation
 from bentos.dataplane.decode.streams import TokenStream
 from bentos.errors import DeadlineExceeded, ModelFailure, Overloaded, ServingError
 from bentos.tasks.base import Limits, length_bucket
@@ -56,6 +57,8 @@ class StepStats:
     kv_occupancy: float
     streams: int
     chunks: int = 0
+    drafted: int = 0  # prompt-lookup tokens drafted this step, and how many were accepted
+    accepted: int = 0
 
 
 class DecodeLoop:
@@ -230,8 +233,12 @@ class DecodeLoop:
             flight = self.flights.get(rid)
             if flight is None:
                 continue
-            alive = flight.stream.push(token)
-            self.scheduler.advanced(rid)
+            alive = True
+            for t in (token, *result.more.get(rid, ())):  # accepted draft tokens follow (speculation.py)
+                alive = flight.stream.push(t)
+                self.scheduler.advanced(rid)
+                if not alive:
+                    break
             if flight.first_token_at is None:
                 flight.first_token_at = now
                 if not flight.first.done():
@@ -241,7 +248,8 @@ class DecodeLoop:
                 self._end(rid, flight, None)
         if self.on_step is not None:
             self.on_step(StepStats(plan.batch, len(plan.prefill) + len(plan.chunks), result.prefill_s, result.decode_s,
-                                   self.scheduler.budget.occupancy, len(self.flights), len(plan.chunks)))
+                                   self.scheduler.budget.occupancy, len(self.flights), len(plan.chunks),
+                                   result.drafted, result.accepted))
 
     def _streams_changed(self) -> None:
         if self.on_streams is not None:
@@ -286,7 +294,13 @@ def decode_loop(version: Any, settings: Any, limits: Limits, series: Any) -> Dec
         series.kv_occupancy.set(stats.kv_occupancy)
         if stats.chunks:
             series.prefill_chunks.inc(stats.chunks)
+        if stats.drafted:
+            series.speculative_accepted.inc(stats.accepted)
+            series.speculative_rejected.inc(stats.drafted - stats.accepted)
 
-    return DecodeLoop(version.tag, DecodeRunner(version.session, version.codec), version.codec, limits,
+    speculation = (Speculation(limits.speculate_tokens, limits.speculate_ngram, limits.speculate_min_acceptance)
+                   if limits.speculate_tokens else None)
+    runner = DecodeRunner(version.session, version.codec, speculation=speculation)
+    return DecodeLoop(version.tag, runner, version.codec, limits,
                       prefill_tokens=settings.prefill_tokens, stall_timeout_s=settings.stall_timeout_s,
                       on_step=on_step, on_streams=series.streams.set, on_cached=series.prefix_cached.inc)

@@ -16,19 +16,26 @@ A prompt whose first blocks the prefix cache holds (prefix_cache.py) starts the 
 and values are its first chunk, already done, and its prefill runs from there. Every prompt, once
 prefilled, leaves its whole blocks in the cache under its tenant.
 
+With prompt-lookup speculation on (speculation.py), a greedy request's decode step may feed a draft after
+its last token: the batch's pass is then as wide as the longest draft (rows with a shorter one, or none, are
+padded after their own tokens, which causal attention keeps from them), each row keeps its accepted tokens'
+keys and values, and the rows are re-aligned so that every row still ends at the batch's last column. The
+drafted columns past a row's accepted ones are scratch for that one pass: they are never kept.
+
 Runs in the version's thread; the decode loop (loop.py) never touches these arrays itself.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from bentos.dataplane.decode.prefix_cache import Hit, PrefixCache
 from bentos.dataplane.decode.scheduler import StepPlan
+from bentos.dataplane.decode.speculation import Acceptance, PromptLookup, Speculation, accepted_prefix
 from bentos.tasks.text_generation import GenerationCodec, SamplingParams, sample
 
 
@@ -78,14 +85,21 @@ def join(parts: list[Rows]) -> Rows:
 
 @dataclass
 class StepResult:
-    tokens: dict[str, int]
+    tokens: dict[str, int]  # each request's next token
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    more: dict[str, list[int]] = field(default_factory=dict)  # accepted draft tokens, after `tokens`' one
+    drafted: int = 0
+    accepted: int = 0
 
 
 class DecodeRunner:
-    def __init__(self, session: Any, codec: GenerationCodec, cache: PrefixCache | None = None) -> None:
+    def __init__(self, session: Any, codec: GenerationCodec, cache: PrefixCache | None = None,
+                 speculation: Speculation | None = None) -> None:
         self.session, self.codec, self.cache = session, codec, cache
+        self.speculation = speculation
+        self._lookups: dict[str, PromptLookup] = {}  # greedy requests that may speculate
+        self._acceptance = Acceptance(speculation or Speculation())
         self.output_names = codec.output_names
         self.past_names = codec.spec.past_names
         self.running: Rows | None = None
@@ -112,6 +126,8 @@ class DecodeRunner:
         self._written[request_id] = []
         rng = None if params.greedy else np.random.default_rng(params.seed)
         self._sampling[request_id] = (params, rng)
+        if self.speculation is not None and self.speculation.tokens and rng is None:
+            self._lookups[request_id] = PromptLookup(prompt, self.speculation.ngram)
 
     def release(self, request_id: str) -> None:
         """It left (finished, aborted, refused): its KV rows go at the next step."""
@@ -121,6 +137,8 @@ class DecodeRunner:
         self._sampling.pop(request_id, None)
         self.parked.pop(request_id, None)
         self.partial.pop(request_id, None)
+        self._lookups.pop(request_id, None)
+        self._acceptance.forget(request_id)
 
     def compact(self) -> None:
         """Drop the rows of requests that have left (the loop calls this before it goes idle: no step would)."""
@@ -140,7 +158,9 @@ class DecodeRunner:
             self.partial.pop(rid, None)
         if self.running is not None and self.running.ids:
             began = time.perf_counter()
-            self.running = self._decode(self.running, result.tokens)
+            drafts = self._drafts(self.running.ids)
+            self.running = (self._verify(self.running, drafts, result) if drafts
+                            else self._decode(self.running, result.tokens))
             result.decode_s = time.perf_counter() - began
         if plan.prefill:
             began = time.perf_counter()
@@ -181,6 +201,54 @@ class DecodeRunner:
         out = self.session.run(self.output_names, feed)
         last = self._sample(rows.ids, out[0][:, -1, :], tokens)
         return Rows(rows.ids, out[1:], mask, rows.pos + 1, last)
+
+    def _drafts(self, ids: list[str]) -> dict[str, list[int]]:
+        """Each speculating request's draft, no longer than what it may still write after this step's token."""
+        if not self._lookups or self.speculation is None:
+            return {}
+        drafts = {}
+        for rid in ids:
+            lookup = self._lookups.get(rid)
+            if lookup is None or not self._acceptance.active(rid):
+                continue
+            room = self._sampling[rid][0].max_tokens - len(self._written.get(rid, ())) - 1
+            draft = lookup.propose(min(self.speculation.tokens, room))
+            if draft:
+                drafts[rid] = draft
+        return drafts
+
+    def _verify(self, rows: Rows, drafts: dict[str, list[int]], result: StepResult) -> Rows:
+        """One pass over each row's last token and its draft: every row gets its next token, a speculating row
+        also the draft's accepted prefix. Rows are then re-aligned to end together (`_realign`)."""
+        n, width = len(rows.ids), 1 + max(len(d) for d in drafts.values())
+        inputs = np.zeros((n, width), np.int64)
+        inputs[:, 0] = rows.last
+        for b, rid in enumerate(rows.ids):
+            if rid in drafts:
+                inputs[b, 1:1 + len(drafts[rid])] = drafts[rid]
+        mask = np.concatenate([rows.mask, np.ones((n, width), np.int64)], axis=1)
+        feed = {"input_ids": inputs, "attention_mask": mask,
+                "position_ids": rows.pos[:, None] + np.arange(width, dtype=np.int64),
+                **dict(zip(self.past_names, rows.past, strict=True))}
+        out = self.session.run(self.output_names, feed)
+        logits = out[0]
+        first = self._sample(rows.ids, logits[:, 0, :], result.tokens)
+        greedy = logits[:, 1:, :].argmax(axis=-1)
+        kept = np.ones(n, np.int64)  # new columns each row keeps: its last token and its accepted draft
+        for b, rid in enumerate(rows.ids):
+            if rid not in drafts:
+                continue
+            draft = drafts[rid]
+            good = accepted_prefix(draft, [int(first[b]), *map(int, greedy[b, :len(draft) - 1])])
+            self._acceptance.record(rid, len(draft), good)
+            result.drafted, result.accepted = result.drafted + len(draft), result.accepted + good
+            if good:
+                more = [int(t) for t in greedy[b, :good]]
+                result.more[rid] = more
+                self._wrote(rid, more)
+                first[b] = more[-1]
+                kept[b] += good
+        return _realign(rows, out[1:], mask, kept, first)
 
     def _prefill(self, ids: list[str], tokens: dict[str, int]) -> Rows:
         prompts = [self._prompts[rid] + self._written.get(rid, []) for rid in ids]
@@ -225,5 +293,32 @@ class DecodeRunner:
             params, rng = self._sampling.get(rid, (None, None))
             token = int(greedy[b]) if params is None or rng is None else sample(logits[b], params, rng)
             out[b] = tokens[rid] = token
-            self._written.setdefault(rid, []).append(token)
+            self._wrote(rid, [token])
         return out
+
+    def _wrote(self, rid: str, tokens: list[int]) -> None:
+        self._written.setdefault(rid, []).extend(tokens)
+        lookup = self._lookups.get(rid)
+        if lookup is not None:
+            lookup.extend(tokens)
+
+
+def _realign(rows: Rows, present: list[np.ndarray], mask: np.ndarray, kept: np.ndarray, last: np.ndarray) -> Rows:
+    """The batch after a pass `width` columns wide in which row b keeps `kept[b]` of them: every row shifted
+    right so that its kept columns end at the new last column (left padding grows where a row kept fewer)."""
+    before = rows.mask.shape[1]
+    length = before + int(kept.max())
+    past = [p[:, :, :length] for p in present]
+    mask = mask[:, :length]
+    short = np.flatnonzero(kept < kept.max())
+    if short.size:
+        past = [p.copy() for p in past]
+        mask = mask.copy()
+        for b in short:
+            shift = int(kept.max() - kept[b])
+            for p in past:
+                p[b, :, shift:] = p[b, :, :length - shift].copy()
+                p[b, :, :shift] = 0
+            mask[b, shift:] = mask[b, :length - shift].copy()
+            mask[b, :shift] = 0
+    return Rows(rows.ids, past, mask, rows.pos + kept, last).trimmed()
