@@ -66,7 +66,7 @@ class SpeculationConfig(BaseModel):
     """text-generation: speculative decoding by prompt lookup, for greedy requests (temperature 0)."""
 
     model_config = ConfigDict(extra="forbid")
-    tokens: int = Field(4, ge=1, le=16, description="Tokens drafted per step from n-grams of the prompt and the "
+    tokens: int = Field(3, ge=1, le=16, description="Tokens drafted per step from n-grams of the prompt and the "
                         "text so far, verified in the step's one forward pass.")
     ngram: int = Field(3, ge=1, le=8, description="The longest suffix of the text looked up in it.")
     min_acceptance: float = Field(0.3, ge=0, le=1, description="A request whose drafted tokens are accepted less "

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Speculation:
-    tokens: int = 4  # drafted per step (k)
+    tokens: int = 3  # drafted per step (k): a wider pass costs more on a CPU (bench/speculation.py)
     ngram: int = 3  # the longest suffix looked up
     min_acceptance: float = 0.3  # below this share of drafted tokens accepted, a request stops speculating
     judge_after: int = 16  # drafted tokens before that judgement
