@@ -186,6 +186,10 @@ class ServeSettings(BaseSettings):
     prefix_cache_share: float = Field(0.25, ge=0, le=0.9, description=(
         "The part of each generative version's KV budget kept for prompt prefixes reused across requests of "
         "one API key (an endpoint's limits.prefix_cache_share overrides it); 0 turns the cache off."))
+    fair_shares: bool = Field(True, description=(
+        "Generation: waiting requests start by fair share between API keys (the least-served key first, by "
+        "generated tokens over its weight), and a key with its share of the queue waiting gets 429; false: "
+        "arrival order within each priority class."))
     stall_timeout_s: float = Field(30.0, gt=0, description=(
         "A stream whose reader takes nothing for this long is ended (its KV freed)."))
 

@@ -253,6 +253,52 @@ def test_a_weight_buys_its_share_and_a_tenant_alone_gets_every_slot() -> None:
     assert len(alone.step().decode) == 6  # the whole machine
 
 
+def test_with_fair_shares_off_the_flood_that_came_first_is_served_first_and_nobody_gets_429() -> None:
+    """The switch the benchmark compares against: arrival order within a class, no per-tenant queue share."""
+    from bentos.dataplane.decode.shares import FairShare
+
+    d = Driver(DecodeScheduler(KvBudget(10**6, 10), max_running=4, prefill_tokens=100_000, max_waiting=100,
+                               shares=FairShare(enabled=False)))
+    for i in range(60):  # over half the queue from one tenant: with shares on, the 51st would be 429
+        d.add(f"long-{i}", prompt=2000, tokens=8, tenant="long")
+    for i in range(20):
+        d.add(f"short-{i}", prompt=8, tokens=8, tenant="short")
+    given = tokens_by_tenant(d, 100)
+    assert given == {"long": 400}, given  # 50 long requests of 8 tokens ahead of the first short one
+
+
+def test_a_tenant_under_its_share_of_streams_takes_them_from_a_flood_and_no_more() -> None:
+    d = driver(max_running=4, prefill_tokens=100_000, max_waiting=100)
+    for i in range(8):
+        d.add(f"flood-{i}", tokens=50, tenant="flood")
+    d.step()
+    assert set(d.s.running) == {f"flood-{i}" for i in range(4)}
+    d.add("steady-0", tokens=5, tenant="steady")
+    plan = d.step()
+    assert plan.preempted == ("flood-3",) and plan.prefill == ("steady-0",)  # the flood's latest, at once
+    d.add("steady-1", tokens=5, tenant="steady")
+    plan = d.step()
+    assert plan.preempted == ("flood-2",) and plan.prefill == ("steady-1",)  # two of four: its share
+    d.add("steady-2", tokens=5, tenant="steady")
+    plan = d.step()
+    assert not plan.preempted and "steady-2" not in plan.prefill  # at its share: it waits its turn
+    for _ in range(400):
+        d.step()
+    assert d.out == {**{f"flood-{i}": 50 for i in range(8)}, **{f"steady-{i}": 5 for i in range(3)}}
+
+
+def test_with_fair_shares_off_nobody_is_preempted_for_a_share() -> None:
+    from bentos.dataplane.decode.shares import FairShare
+
+    d = Driver(DecodeScheduler(KvBudget(10**6, 10), max_running=4, shares=FairShare(enabled=False)))
+    for i in range(8):
+        d.add(f"flood-{i}", tokens=50, tenant="flood")
+    d.step()
+    d.add("steady-0", tokens=5, tenant="steady")
+    plan = d.step()
+    assert not plan.preempted and not plan.prefill
+
+
 def test_idle_time_banks_no_credit() -> None:
     d = driver(max_running=2, max_waiting=1000)
     for i in range(30):

@@ -23,6 +23,7 @@ from bentos.dataplane.decode.kv_budget import KvBudget, bytes_per_token
 from bentos.dataplane.decode.prefix_cache import PrefixCache
 from bentos.dataplane.decode.runner import DecodeRunner, StepResult
 from bentos.dataplane.decode.scheduler import PRIORITIES, DecodeScheduler, Sequence, StepPlan
+from bentos.dataplane.decode.shares import FairShare
 from bentos.dataplane.decode.speculation import Speculation
 from bentos.dataplane.decode.streams import TokenStream
 from bentos.errors import DeadlineExceeded, ModelFailure, Overloaded, ServingError
@@ -63,7 +64,7 @@ class StepStats:
 
 class DecodeLoop:
     def __init__(self, name: str, runner: DecodeRunner, codec: GenerationCodec, limits: Limits, *,
-                 prefill_tokens: int = 512, stall_timeout_s: float = 30.0,
+                 prefill_tokens: int = 512, stall_timeout_s: float = 30.0, fair_shares: bool = True,
                  on_step: Any = None, on_streams: Any = None, on_cached: Any = None) -> None:
         self.name, self.runner, self.codec = name, runner, codec
         token_bytes = bytes_per_token(codec.spec.as_meta())
@@ -74,7 +75,7 @@ class DecodeLoop:
         budget = KvBudget(limits.kv_cache_bytes - cached * token_bytes if runner.cache else limits.kv_cache_bytes,
                           token_bytes)
         self.scheduler = DecodeScheduler(budget, max_running=limits.max_streams, prefill_tokens=prefill_tokens,
-                                         max_waiting=limits.max_waiting)
+                                         max_waiting=limits.max_waiting, shares=FairShare(enabled=fair_shares))
         self.stall_timeout_s = stall_timeout_s
         self.on_step = on_step  # called with StepStats after every step (metrics)
         self.on_streams = on_streams  # called with the number of requests in the loop whenever it changes
@@ -303,4 +304,5 @@ def decode_loop(version: Any, settings: Any, limits: Limits, series: Any) -> Dec
     runner = DecodeRunner(version.session, version.codec, speculation=speculation)
     return DecodeLoop(version.tag, runner, version.codec, limits,
                       prefill_tokens=settings.prefill_tokens, stall_timeout_s=settings.stall_timeout_s,
+                      fair_shares=settings.fair_shares,
                       on_step=on_step, on_streams=series.streams.set, on_cached=series.prefix_cached.inc)

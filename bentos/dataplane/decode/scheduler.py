@@ -22,7 +22,10 @@ The rules, each one line of `plan`:
 - the head of that order is never skipped for a smaller request behind it: no starvation;
 - a head that finds no room preempts running requests of a lower class (the lowest, latest admitted
   first): their KV is freed and they wait again at the front of their class, to be prefilled anew with
-  what they already wrote (recomputed, never lost: their streams pause, they never fail);
+  what they already wrote (recomputed, never lost: their streams pause, they never fail); in its own
+  class, it preempts the same way the streams a tenant holds beyond its share of `max_running`, when its
+  own tenant holds fewer than its share (so a flood that took every stream cannot make a steady caller
+  wait for the flood's requests to end);
 - a request still waiting to start at its deadline is refused (503 with Retry-After), never run late;
   one whose deadline the work already running makes impossible is refused at once;
 - a tenant with more waiting than its share of the queue gets 429, the server with a full queue 503:
@@ -149,8 +152,8 @@ class DecodeScheduler:
         return {s.tenant for s in (*self.waiting, *self.running.values()) if not s.shadow}
 
     def _check_share(self, seq: Sequence, active: set[str]) -> None:
-        if len(active - {seq.tenant}) == 0:
-            return  # alone: the whole queue is its share
+        if len(active - {seq.tenant}) == 0 or not self.shares.enabled:
+            return  # alone (the whole queue is its share), or shares are off
         mine = sum(1 for s in self.waiting if s.tenant == seq.tenant and not s.shadow)
         allowed = max(1, int(self.max_waiting * self.shares.share(seq.tenant, active)))
         if mine >= allowed:
@@ -163,7 +166,7 @@ class DecodeScheduler:
         running request nearest its end has written its remaining tokens (a lower bound on the wait)."""
         if self.step_s is None or len(self.running) < self.max_running or seq.deadline == float("inf"):
             return
-        if any(r.rank < seq.rank for r in self.running.values()):
+        if any(r.rank < seq.rank for r in self.running.values()) or self._over_share(seq):
             return  # it could preempt its way in
         soonest = min(r.max_tokens - r.generated for r in self.running.values())
         if now + soonest * self.step_s > seq.deadline:
@@ -244,9 +247,15 @@ class DecodeScheduler:
         return tuple(late)
 
     def _candidates(self) -> list[Sequence]:
-        """Users by class, then least-served tenant, then oldest; shadows only when no user waits."""
+        """Users by class, then least-served tenant, then fewest streams held, then oldest; shadows only when no
+        user waits."""
         users = [s for s in self.waiting if not s.shadow]
-        return sorted(users, key=lambda s: (-s.rank, self.shares.served(s.tenant), s.arrived)) or list(self.waiting)
+        # Between tenants served alike (one that just came back starts level), the one running fewer streams.
+        holding: dict[str, int] = {}
+        for seq in self.running.values():
+            holding[seq.tenant] = holding.get(seq.tenant, 0) + 1
+        return sorted(users, key=lambda s: (-s.rank, self.shares.served(s.tenant), holding.get(s.tenant, 0),
+                                            s.arrived)) or list(self.waiting)
 
     def _preempt(self) -> tuple[str, ...]:
         """Room for the head of the order, taken from lower classes when it has none (vLLM's recompute
@@ -256,8 +265,10 @@ class DecodeScheduler:
             return ()
         head = candidates[0]
         victims: list[Sequence] = []
-        # Lowest class first, and within it the latest admitted (the running dict keeps admission order).
+        # Lowest class first, and within it the latest admitted (the running dict keeps admission order); then,
+        # in the head's own class, streams of tenants holding more than their share while the head's holds less.
         lower = sorted((s for s in reversed(self.running.values()) if s.rank < head.rank), key=lambda s: s.rank)
+        lower += self._over_share(head)
         while lower and not self._room_for(head, freed=victims):
             victims.append(lower.pop(0))
         if not self._room_for(head, freed=victims):
@@ -272,6 +283,27 @@ class DecodeScheduler:
             seq.bucket = length_bucket(seq.prefill_tokens)  # what it will prefill now
             self.waiting.appendleft(seq)
         return tuple(s.request_id for s in victims)
+
+    def stream_share(self, tenant: str, active: set[str]) -> int:
+        """The running streams `tenant` is owed while `active` tenants have work: its weight's part, at least 1."""
+        return max(1, int(self.max_running * self.shares.share(tenant, active)))
+
+    def _over_share(self, head: Sequence) -> list[Sequence]:
+        """Running requests of the head's class that the head may take the place of, latest admitted first: the
+        excess of tenants holding more streams than their share, while the head's tenant holds fewer than its
+        own. A flood that filled every stream gives a newcomer its share at once, instead of after its turns."""
+        if head.shadow or not self.shares.enabled:
+            return []
+        active = self.tenants()
+        running = [s for s in self.running.values() if not s.shadow]
+        if sum(1 for s in running if s.tenant == head.tenant) >= self.stream_share(head.tenant, active):
+            return []
+        out: list[Sequence] = []
+        for tenant in {s.tenant for s in running} - {head.tenant}:
+            mine = [s for s in reversed(running) if s.tenant == tenant]
+            excess = len(mine) - self.stream_share(tenant, active)
+            out += [s for s in mine if s.rank == head.rank][:max(0, excess)]
+        return out
 
     def _room_for(self, seq: Sequence, freed: list[Sequence]) -> bool:
         held = sum(self.budget.free_tokens_of(s.request_id) for s in freed)

@@ -12,6 +12,10 @@ not by the share.)
 
 A tenant that comes back after having nothing queued or running starts level with the least-served active
 tenant: idle time banks no credit to spend in a burst later.
+
+`enabled=False` (SWITCHYARD_FAIR_SHARES=false) makes every counter read 0: requests start in arrival order
+within their priority class, and no tenant is refused for its share of the queue (what the benchmark
+compares against).
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from dataclasses import dataclass, field
 class FairShare:
     weights: dict[str, float] = field(default_factory=dict)
     prompt_cost: float = 0.0
+    enabled: bool = True
     counters: dict[str, float] = field(default_factory=dict)
 
     def weight(self, tenant: str) -> float:
         return max(1e-6, float(self.weights.get(tenant, 1.0)))
 
     def served(self, tenant: str) -> float:
-        return self.counters.get(tenant, 0.0)
+        return self.counters.get(tenant, 0.0) if self.enabled else 0.0
 
     def charge(self, tenant: str, generated: int = 0, prompt: int = 0) -> None:
         cost = generated + self.prompt_cost * prompt
