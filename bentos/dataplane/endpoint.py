@@ -575,7 +575,7 @@ class Endpoint:
         try:
             reuse = candidate == gen.version and gen.params.greedy and not gen.params.stop \
                 and gen.params.max_tokens >= AGREEMENT_TOKENS
-            written = gen.flight.stream.ids if reuse else await self._greedy_ids(
+            written = gen.flight.stream.written if reuse else await self._greedy_ids(
                 mine.decode, gen.prompt, SamplingParams(max_tokens=AGREEMENT_TOKENS))
             written = list(written[:AGREEMENT_TOKENS])
             if route == "shadow":
@@ -595,7 +595,7 @@ class Endpoint:
     async def _greedy_ids(self, loop: DecodeLoop, prompt: list[int], params: SamplingParams) -> list[int]:
         flight = await loop.start(prompt, params, time.monotonic() + self.settings.request_timeout_s, shadow=True)
         await flight.done.wait()
-        return list(flight.stream.ids)
+        return flight.stream.written
 
     # --- shadow traffic ---------------------------------------------------------------
     def _mirror(self, version: str, items: list[Any], primary: str, primary_out: list[Any], call: Call = DIRECT,

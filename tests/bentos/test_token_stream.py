@@ -71,6 +71,18 @@ def test_end_of_text_is_not_a_completion_token() -> None:
     s.push(ids(b"abc")[0])
     s.push(EOS)
     assert s.usage.completion_tokens == 1 and s.finish_reason == "stop"
+    assert s.ids == ids(b"abc") and s.written == [*ids(b"abc"), EOS]  # what a canary comparison judges
+
+
+def test_a_stream_that_ends_at_once_has_written_its_end_of_text() -> None:
+    """A canary that writes end-of-text first wrote something a comparison can find wrong (it used to be skipped:
+    a rollout of such a canary waited for comparisons forever)."""
+    s = stream()
+    s.push(EOS)
+    assert s.ids == [] and s.written == [EOS]
+    cut = stream(max_tokens=1)
+    cut.push(ids(b"abc")[0])
+    assert cut.written == ids(b"abc")  # ended by length: no end-of-text was chosen
 
 
 def test_a_full_buffer_tells_the_scheduler_to_skip_and_reading_clears_it() -> None:

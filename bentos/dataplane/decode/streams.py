@@ -43,7 +43,8 @@ class TokenStream:
         self.request_id, self._decode = request_id, decode
         self.prompt_tokens, self.max_tokens = prompt_tokens, max_tokens
         self.stop, self.eos_id, self.buffer = tuple(s for s in stop if s), eos_id, buffer
-        self.ids: list[int] = []
+        self.ids: list[int] = []  # the tokens of the text (an end-of-text token is not one)
+        self.ended_by_eos = False
         self.text = ""  # what has been sent so far
         self._settled = ""  # the text of ids[:_read], final
         self._prefix, self._read = 0, 0  # the window decoded again: ids[_prefix:]; ids[_prefix:_read] is settled
@@ -58,6 +59,7 @@ class TokenStream:
         if self.finish_reason is not None:
             return False
         if token_id == self.eos_id:
+            self.ended_by_eos = True
             self._end("stop", self._text())
             return False
         self.ids.append(token_id)
@@ -71,6 +73,12 @@ class TokenStream:
             return False
         self._emit(decoded[:len(decoded) - self._held_back(decoded)])
         return True
+
+    @property
+    def written(self) -> list[int]:
+        """Every token the model chose, the end-of-text token included: what a comparison judges (a version that
+        ends at once has written something, and it can be wrong)."""
+        return [*self.ids, self.eos_id] if self.ended_by_eos and self.eos_id is not None else list(self.ids)
 
     def abort(self) -> None:
         """The request left before it finished (the client went, its deadline passed)."""
