@@ -32,6 +32,7 @@ class Prompt:
     text: str
     params: SamplingParams
     stream: bool
+    tool: str | None = None  # OpenAI: the function a forced tool_choice calls (the text is its arguments)
 
 
 @dataclass

@@ -13,6 +13,7 @@ as greedy-token match over the first tokens (a canary judged against stable).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
@@ -36,6 +37,16 @@ Priority = Literal["low", "normal", "high"]
 
 
 @dataclass(frozen=True, slots=True)
+class OutputFormat:
+    """What a request's text must be (structured output): plain data, compiled by the version's decode loop
+    (dataplane/decode/constraints.py)."""
+
+    kind: Literal["json_schema", "json_object", "regex", "choice"]
+    value: str  # the schema as JSON text, the regular expression, or the choices as a JSON list
+    field: str = "response_format"  # the request's field that carried it: what a 422 names
+
+
+@dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How one request samples; temperature 0 is greedy (the other values are then unused)."""
 
@@ -47,6 +58,7 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False  # write max_tokens whatever the model says (benchmarks; vLLM's name)
     priority: Priority = "normal"  # the class it asks for; the endpoint caps it by the caller's key
+    output: OutputFormat | None = None  # structured output: the format its text must follow
 
     @property
     def greedy(self) -> bool:
@@ -247,18 +259,45 @@ class _Sampling(BaseModel):
         return value
 
 
-def params_of(body: BaseModel) -> SamplingParams:
+def params_of(body: BaseModel, output: OutputFormat | None = None) -> SamplingParams:
     stop = getattr(body, "stop", None)
     return SamplingParams(int(getattr(body, "max_tokens", 64) or 64), float(getattr(body, "temperature", 0) or 0),
                           float(getattr(body, "top_p", 1.0) or 1.0), int(getattr(body, "top_k", 0) or 0),
                           tuple([stop] if isinstance(stop, str) else stop or ()), getattr(body, "seed", None),
-                          bool(getattr(body, "ignore_eos", False)), getattr(body, "priority", "normal"))
+                          bool(getattr(body, "ignore_eos", False)), getattr(body, "priority", "normal"),
+                          output or format_of(body))
+
+
+# --- structured output: what a request's text must be ----------------------------------------------
+MAX_REGEX_CHARS, MAX_CHOICES, MAX_CHOICE_CHARS = 2000, 64, 200
+FORMAT_FIELDS = {
+    "json_schema": (dict[str, Any] | None, Field(None, description="The text is one JSON value valid under this "
+                                                 "JSON schema")),
+    "regex": (str | None, Field(None, min_length=1, max_length=MAX_REGEX_CHARS, description="The text matches "
+                                "this regular expression whole")),
+    "choice": (list[Annotated[str, Field(min_length=1, max_length=MAX_CHOICE_CHARS)]] | None,
+               Field(None, min_length=1, max_length=MAX_CHOICES, description="The text is one of these")),
+}
+
+
+def format_of(body: BaseModel) -> OutputFormat | None:
+    """The one format /v1/{name}/generate's body asks for (json_schema, regex or choice), or None."""
+    given = [name for name in FORMAT_FIELDS if getattr(body, name, None) is not None]
+    if len(given) > 1:
+        raise InvalidInput(given[1], f"give one of json_schema, regex and choice, not {' and '.join(given)}")
+    if not given:
+        return None
+    name = given[0]
+    value = getattr(body, name)
+    if name == "regex":
+        return OutputFormat("regex", value, name)
+    return OutputFormat("json_schema" if name == "json_schema" else "choice", json.dumps(value), name)
 
 
 def generate_request(limits: Limits) -> type[BaseModel]:
-    """POST /v1/{name}/generate and the playground: a prompt and the sampling fields."""
+    """POST /v1/{name}/generate and the playground: a prompt, the sampling fields and a format."""
     fields: dict[str, Any] = {"prompt": (str, Field(min_length=1, max_length=limits.max_chars, description=(
-        f"The text to go on from, at most {limits.max_chars} characters")))}
+        f"The text to go on from, at most {limits.max_chars} characters"))), **FORMAT_FIELDS}
     model: type[BaseModel] = create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"), __base__=None,
                                           __doc__="Generate text", **fields, **sampling_fields(limits))
     return _checked(model)

@@ -212,3 +212,47 @@ def test_speculation_stops_for_a_request_whose_drafts_fail(tiny_lm_graphs: dict[
     got, drafted, accepted, _ = run_all(runner, [StepPlan(prefill=("r",))] + [StepPlan(decode=("r",))] * 12)
     assert 4 <= drafted < 4 * 12 and accepted < drafted  # judged, found wanting, stopped
     assert got["r"] == alone(graph, prompt, len(got["r"]))
+
+
+SCHEMA = {"type": "object", "properties": {"animal": {"enum": ["cat", "dog", "bird"]},
+                                           "count": {"type": "integer", "minimum": 0, "maximum": 99},
+                                           "note": {"type": "string", "maxLength": 24}},
+          "required": ["animal", "count", "note"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_constrained_requests_write_their_format_beside_a_free_one(tiny_lm_graphs: dict[str, Path],
+                                                                   arch: str) -> None:
+    """A JSON schema (greedy and sampled), any JSON object, a regex and a choice in one batch with a request
+    without a format: each constrained text parses and validates, and the free one writes what it writes alone."""
+    import re
+
+    import jsonschema
+
+    from bentos.dataplane.decode.constraints import Grammars
+    from bentos.tasks.text_generation import OutputFormat
+
+    graph = tiny_lm_graphs[arch]
+    codec = codec_of(graph)
+    grammars = Grammars(codec.tokenizer_file.read_text(), codec.spec.eos_id, codec.spec.vocab)
+    regex = r"[a-z]+ (sat|ran) on the (mat|door)\."
+    formats = {"schema": (OutputFormat("json_schema", json.dumps(SCHEMA)), 0.0),
+               "sampled": (OutputFormat("json_schema", json.dumps(SCHEMA)), 1.0),
+               "object": (OutputFormat("json_object", ""), 0.0), "regex": (OutputFormat("regex", regex), 0.0),
+               "choice": (OutputFormat("choice", json.dumps(["yes", "no", "the cat"])), 0.0)}
+    runner = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec)
+    prompt = codec.tokenize("The cat sat on")
+    for rid, (fmt, temperature) in formats.items():
+        runner.add(rid, prompt, SamplingParams(max_tokens=80, temperature=temperature, seed=1, output=fmt),
+                   matcher=grammars.matcher(fmt))
+    runner.add("free", prompt, SamplingParams(max_tokens=80))
+    ids = (*formats, "free")
+    got, *_ = run_all(runner, [StepPlan(prefill=ids)] + [StepPlan(decode=ids)] * 79)
+    eos = codec.spec.eos_id
+    text = {rid: codec.detokenize(t[:t.index(eos)]) for rid, t in got.items() if rid != "free" and eos in t}
+    assert set(text) == set(formats), f"a format did not end within 80 tokens: {got.keys() - text.keys()}"
+    for rid in ("schema", "sampled"):
+        jsonschema.validate(json.loads(text[rid]), SCHEMA)
+    assert isinstance(json.loads(text["object"]), dict)
+    assert re.fullmatch(regex, text["regex"]) and text["choice"] in ("yes", "no", "the cat")
+    assert got["free"] == alone(graph, prompt, len(got["free"]))

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from bentos.dataplane.decode.constraints import Grammars
 from bentos.dataplane.decode.kv_budget import KvBudget, bytes_per_token
 from bentos.dataplane.decode.prefix_cache import PrefixCache
 from bentos.dataplane.decode.runner import DecodeRunner, StepResult
@@ -26,7 +27,7 @@ from bentos.dataplane.decode.scheduler import PRIORITIES, DecodeScheduler, Seque
 from bentos.dataplane.decode.shares import FairShare
 from bentos.dataplane.decode.speculation import Speculation
 from bentos.dataplane.decode.streams import TokenStream
-from bentos.errors import DeadlineExceeded, ModelFailure, Overloaded, ServingError
+from bentos.errors import DeadlineExceeded, InvalidInput, ModelFailure, Overloaded, ServingError
 from bentos.tasks.base import Limits, length_bucket
 from bentos.tasks.text_generation import GenerationCodec, SamplingParams
 
@@ -85,6 +86,7 @@ class DecodeLoop:
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{name}")
         self._closing = False
+        self._grammars: Grammars | None = None  # structured output's compiler, made by the first request that asks
 
     # --- SlotQueue ---------------------------------------------------------------------
     @property
@@ -130,13 +132,14 @@ class DecodeLoop:
         it could not start before `deadline`, InvalidInput when it could never fit the KV budget."""
         if self._closing:
             raise Overloaded(f"{self.name} is being retired; retry")
+        matcher = await self._matcher(params)
         rid = f"g{next(_ids)}"
         now = time.monotonic()
         hit = self.runner.lookup(prompt, tenant)
         cached = hit.tokens if hit else 0
         self.scheduler.add(Sequence(rid, len(prompt), params.max_tokens, now, deadline, length_bucket(len(prompt)),
                                     shadow, tenant, priority, weight=weight, cached=cached), now)
-        self.runner.add(rid, prompt, params, tenant, hit)
+        self.runner.add(rid, prompt, params, tenant, hit, matcher)
         if self.on_cached is not None:
             self.on_cached(cached)
         stream = TokenStream(rid, self.codec.detokenize, prompt_tokens=len(prompt), max_tokens=params.max_tokens,
@@ -151,6 +154,19 @@ class DecodeLoop:
             self.abort(rid)
             raise
         return flight
+
+    async def _matcher(self, params: SamplingParams) -> Any:
+        """The request's grammar, compiled off the event loop (the first one reads the tokenizer: about a second
+        for a large vocabulary), or InvalidInput naming the field that carried it."""
+        if params.output is None:
+            return None
+        if params.ignore_eos:
+            raise InvalidInput("ignore_eos", "cannot be combined with a response format: the text ends where the "
+                               "format does")
+        if self._grammars is None:
+            spec = self.codec.spec
+            self._grammars = Grammars(self.codec.tokenizer_file.read_text(), spec.eos_id, spec.vocab)
+        return await asyncio.get_running_loop().run_in_executor(None, self._grammars.matcher, params.output)
 
     def abort(self, request_id: str) -> None:
         """The client went, or a stop string ended the text: the request leaves at the next step."""

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from bentos.dataplane.decode.constraints import Masks
 from bentos.dataplane.decode.prefix_cache import Hit, PrefixCache
 from bentos.dataplane.decode.scheduler import StepPlan
 from bentos.dataplane.decode.speculation import Acceptance, PromptLookup, Speculation, accepted_prefix
@@ -109,15 +110,18 @@ class DecodeRunner:
         self._written: dict[str, list[int]] = {}  # what each request has sampled: a preempted one recomputes it
         self._sampling: dict[str, tuple[SamplingParams, np.random.Generator | None]] = {}
         self._tenants: dict[str, str] = {}
+        self._matchers: dict[str, Any] = {}  # structured output (constraints.py): each constrained request's grammar
+        self._masks = Masks()
 
     def lookup(self, prompt: list[int], tenant: str) -> Hit | None:
         """What the prefix cache holds of `prompt` for `tenant` (None without a cache)."""
         return None if self.cache is None else self.cache.lookup(prompt, tenant)
 
     def add(self, request_id: str, prompt: list[int], params: SamplingParams, tenant: str = "",
-            hit: Hit | None = None) -> None:
+            hit: Hit | None = None, matcher: Any = None) -> None:
         """A request the scheduler may plan: its prompt, how it samples (a seeded generator when a seed is
-        given), whose it is, and its prefix from the cache (its prefill starts after it)."""
+        given), whose it is, its prefix from the cache (its prefill starts after it), and the grammar its text
+        must follow (a matcher from constraints.Grammars)."""
         self._prompts[request_id] = prompt
         self._tenants[request_id] = tenant
         if hit is not None:
@@ -126,7 +130,9 @@ class DecodeRunner:
         self._written[request_id] = []
         rng = None if params.greedy else np.random.default_rng(params.seed)
         self._sampling[request_id] = (params, rng)
-        if self.speculation is not None and self.speculation.tokens and rng is None:
+        if matcher is not None:
+            self._matchers[request_id] = matcher
+        elif self.speculation is not None and self.speculation.tokens and rng is None:
             self._lookups[request_id] = PromptLookup(prompt, self.speculation.ngram)
 
     def release(self, request_id: str) -> None:
@@ -139,6 +145,7 @@ class DecodeRunner:
         self.partial.pop(request_id, None)
         self._lookups.pop(request_id, None)
         self._acceptance.forget(request_id)
+        self._matchers.pop(request_id, None)
 
     def compact(self) -> None:
         """Drop the rows of requests that have left (the loop calls this before it goes idle: no step would)."""
@@ -208,7 +215,7 @@ class DecodeRunner:
             return {}
         drafts = {}
         for rid in ids:
-            lookup = self._lookups.get(rid)
+            lookup = self._lookups.get(rid)  # never a constrained request's: its mask is for one token a pass
             if lookup is None or not self._acceptance.active(rid):
                 continue
             room = self._sampling[rid][0].max_tokens - len(self._written.get(rid, ())) - 1
@@ -287,6 +294,9 @@ class DecodeRunner:
         return Rows([rid], out[1:], mask, pos, self._sample([rid], out[0][:, -1, :], tokens))
 
     def _sample(self, ids: list[str], logits: np.ndarray, tokens: dict[str, int]) -> np.ndarray:
+        constrained = [(b, self._matchers[rid]) for b, rid in enumerate(ids) if rid in self._matchers]
+        if constrained:
+            self._masks.apply(logits, constrained)
         greedy = logits.argmax(axis=-1)
         out = np.empty(len(ids), np.int64)
         for b, rid in enumerate(ids):
@@ -294,6 +304,8 @@ class DecodeRunner:
             token = int(greedy[b]) if params is None or rng is None else sample(logits[b], params, rng)
             out[b] = tokens[rid] = token
             self._wrote(rid, [token])
+        for b, matcher in constrained:
+            matcher.consume_token(int(out[b]))
         return out
 
     def _wrote(self, rid: str, tokens: list[int]) -> None:
