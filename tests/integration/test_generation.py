@@ -733,3 +733,57 @@ def test_prompt_lookup_speculation_writes_the_same_text_with_drafts_accepted(
         gained = metric(gen_server, "switchyard_speculative_tokens_total", endpoint="lookup",
                         result="accepted") - accepted
         assert gained > 0, gained  # how many depends on the model this session trained
+
+
+SCHEMA = {"type": "object", "properties": {"animal": {"enum": ["cat", "dog", "bird"]},
+                                           "count": {"type": "integer", "minimum": 0, "maximum": 99},
+                                           "note": {"type": "string", "maxLength": 24}},
+          "required": ["animal", "count", "note"], "additionalProperties": False}
+
+
+def test_structured_output_parses_through_the_openai_client_and_generate(gen_server: Served, writer: str) -> None:
+    """response_format json_schema and json_object with the official client, whole and streamed; a forced tool
+    call; regex and choice on /v1/{name}/generate; every text parses and validates. A schema that does not
+    compile is 422 naming its field on both routes."""
+    import re
+
+    import jsonschema
+    import openai
+
+    client = openai.OpenAI(base_url=f"{gen_server.url}/v1", api_key="unused")
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "sighting", "schema": SCHEMA, "strict": True}}
+    ask = [{"role": "user", "content": "Which animal did you see, how many, and a note?"}]
+    chat = client.chat.completions.create(model="writer", messages=ask, max_tokens=80, response_format=fmt)  # type: ignore[arg-type]
+    jsonschema.validate(json.loads(chat.choices[0].message.content or ""), SCHEMA)
+    assert chat.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(model="writer", messages=ask, max_tokens=80, response_format=fmt,  # type: ignore[arg-type]
+                                            temperature=0.8, seed=5, stream=True)
+    jsonschema.validate(json.loads("".join(p.choices[0].delta.content or "" for p in stream if p.choices)), SCHEMA)
+    anything = client.completions.create(model="writer", prompt=PROMPT, max_tokens=80,
+                                         extra_body={"response_format": {"type": "json_object"}})
+    assert isinstance(json.loads(anything.choices[0].text), dict)
+    tools: Any = [{"type": "function", "function": {"name": "count_animals", "parameters": SCHEMA}}]
+    called = client.chat.completions.create(model="writer", messages=ask, max_tokens=80, tools=tools,
+                                            tool_choice={"type": "function", "function": {"name": "count_animals"}})
+    (call,) = called.choices[0].message.tool_calls or []
+    assert call.function.name == "count_animals" and called.choices[0].finish_reason == "tool_calls"  # type: ignore[union-attr]
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMA)  # type: ignore[union-attr]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="writer", messages=ask, max_tokens=8, response_format={  # type: ignore[arg-type]
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}})
+    assert "response_format" in str(bad.value) and "frobnicate" in str(bad.value)
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        regex = r"[a-z]+ (sat|ran) on the (mat|door)\."
+        r = c.post("/v1/writer/generate", json={"prompt": PROMPT, "max_tokens": 40, "regex": regex})
+        assert r.status_code == 200 and re.fullmatch(regex, r.json()["text"]), r.text
+        with c.stream("POST", "/v1/writer/generate", json={"prompt": PROMPT, "max_tokens": 40, "stream": True,
+                                                          "choice": ["yes", "no", "the cat"]}) as s:
+            pieces = [d["text"] for name, d in sse(s.iter_lines()) if name == "message"]
+        assert "".join(pieces) in ("yes", "no", "the cat")
+        r = c.post("/v1/writer/generate", json={"prompt": PROMPT, "max_tokens": 80, "json_schema": SCHEMA})
+        jsonschema.validate(json.loads(r.json()["text"]), SCHEMA)
+        for body, field in (({"json_schema": {"type": "frobnicate"}}, "json_schema"),
+                            ({"regex": "(unclosed"}, "regex"), ({"regex": "a", "choice": ["b"]}, "choice")):
+            r = c.post("/v1/writer/generate", json={"prompt": PROMPT, "max_tokens": 8, **body})
+            assert r.status_code == 422 and r.json()["errors"][0]["field"] == field, r.text
+        assert c.get("/readyz").status_code == 200
