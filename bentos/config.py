@@ -73,6 +73,57 @@ class SpeculationConfig(BaseModel):
                                   "often than this (judged after 16 of them) stops speculating.")
 
 
+class GuardCheck(BaseModel):
+    """One check of a guardrail policy: a classifier served here and/or blocked patterns, and what a hit does."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern="^[A-Za-z0-9_.-]+$", description="Named in refusals.")
+    classifier: str | None = Field(None, max_length=40, description="A text-classification endpoint on this "
+                                   "server; the text is sent through its own batcher.")
+    labels: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict, max_length=64, description=(
+        "Classifier label -> threshold: a score at or over it is a hit."))
+    patterns: dict[str, Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
+        default_factory=dict, max_length=64, description="Label -> regular expression (RE2: linear time); a match "
+        "anywhere is a hit.")
+    action: Literal["block", "flag"] = Field("block", description="block: refuse the prompt, or end the stream "
+                                             "before the text; flag: count and log it, let it through.")
+
+    @model_validator(mode="after")
+    def _something(self) -> GuardCheck:
+        if not self.patterns and not (self.classifier and self.labels):
+            raise ValueError("a check needs patterns, or a classifier with labels")
+        if self.labels and not self.classifier:
+            raise ValueError("labels need a classifier")
+        for label, pattern in self.patterns.items():
+            error = pattern_error(pattern)
+            if error:
+                raise ValueError(f"patterns.{label}: {error}")
+        return self
+
+
+class Guardrails(BaseModel):
+    """text-generation: checks on prompts (`input`) and on the text as it is written (`output`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: list[GuardCheck] = Field(default_factory=list, max_length=16)
+    output: list[GuardCheck] = Field(default_factory=list, max_length=16)
+    chunk_chars: int = Field(64, ge=8, le=4096, description="Output is held back and checked this many characters "
+                             "at a time; a chunk that fails is never sent.")
+    context_chars: int = Field(256, ge=0, le=16_384, description="Characters already sent that are checked again "
+                                   "with each chunk (a phrase split over two chunks is still seen).")
+
+
+def pattern_error(pattern: str) -> str | None:
+    """What is wrong with a guardrail pattern under RE2, or None."""
+    from bentos.dataplane.guardrails import compile_pattern
+
+    try:
+        compile_pattern(pattern)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 class EndpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="[a-z0-9-]{1,40}; the URL is /v1/{name}/{verb}.")
@@ -92,6 +143,8 @@ class EndpointConfig(BaseModel):
     speculation: SpeculationConfig | None = Field(None, description=(
         "text-generation: draft tokens by prompt lookup and verify them in one pass (same greedy output, fewer "
         "passes on text that copies from its prompt); off when unset."))
+    guardrails: Guardrails | None = Field(None, description=(
+        "text-generation: a policy on prompts and streamed text; off when unset."))
     residency: Literal["always", "on-demand"] = Field("always", description=(
         "always: every deployed version is loaded before traffic and stays; on-demand: a version loads on its "
         "first request and may be unloaded when idle to stay within SWITCHYARD_MODEL_MEMORY."))

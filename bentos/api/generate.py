@@ -33,6 +33,7 @@ class Prompt:
     params: SamplingParams
     stream: bool
     tool: str | None = None  # OpenAI: the function a forced tool_choice calls (the text is its arguments)
+    field: str = "prompt"  # what a refusal of the prompt itself names (guardrails)
 
 
 @dataclass
@@ -53,7 +54,7 @@ async def open_generation(ticket: Ticket, stack: contextlib.AsyncExitStack,
     try:
         prompt = await read(ticket)
         ticket.body_read()
-        generation = await ticket.generate(prompt.text, prompt.params)
+        generation = await ticket.generate(prompt.text, prompt.params, prompt.field)
         stack.callback(generation.close)
     except BaseException:
         await stack.aclose()

@@ -158,7 +158,9 @@ class Flavor:
 
     def prompt(self, body: Any, limits: Limits) -> Prompt:
         text = chat_prompt([m.model_dump() for m in body.messages]) if self.chat else body.prompt
-        return _prompt(body, text, limits)
+        prompt = _prompt(body, text, limits)
+        prompt.field = "messages" if self.chat else "prompt"
+        return prompt
 
     def choice(self, gen: Generation, call: ToolCall | None) -> dict[str, Any]:
         if call is not None:

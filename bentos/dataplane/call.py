@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-Source = Literal["api", "playground", "shadow"]
+Source = Literal["api", "playground", "shadow", "guardrail"]
 Protocol = Literal["rest", "oip", "playground", "grpc", "openai"]
 
 

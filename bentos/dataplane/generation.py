@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from bentos.dataplane.call import Call
 from bentos.dataplane.decode.loop import DecodeLoop, Flight
 from bentos.dataplane.decode.streams import Usage
+from bentos.dataplane.guardrails import OutputWindow
 from bentos.tasks.text_generation import SamplingParams
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class Generation:
     # The span current when it started (the request's), when tracing records: the stream ends after the
     # handler that started it, where that span is no longer current.
     trace_parent: Any = None
+    window: OutputWindow | None = None  # the endpoint's output guardrails: text is released a checked chunk at a time
 
     @property
     def version(self) -> str:
@@ -50,7 +52,7 @@ class Generation:
 
     @property
     def text(self) -> str:
-        return self.flight.stream.text
+        return self.flight.stream.text if self.window is None else self.window.released
 
     @property
     def usage(self) -> Usage:
@@ -58,6 +60,8 @@ class Generation:
 
     @property
     def finish_reason(self) -> str | None:
+        if self.window is not None and self.window.cut is not None:
+            return "content_filter"
         return self.flight.stream.finish_reason
 
     @property
@@ -70,11 +74,21 @@ class Generation:
 
     async def pieces(self) -> AsyncIterator[str]:
         """The text as it is written; the error that ended it, if one did, is raised after the last piece."""
-        stream = self.flight.stream
+        stream, window = self.flight.stream, self.window
         while (piece := await stream.next_piece()) is not None:
-            yield piece
+            if window is None:
+                yield piece
+                continue
+            for chunk in await window.push(piece):
+                yield chunk
+            if window.cut is not None:
+                self.loop.abort(self.flight.request_id)  # the rest would never be sent: stop writing it
+                return
         if self.flight.error is not None:
             raise self.flight.error
+        if window is not None:
+            for chunk in await window.flush():
+                yield chunk
 
     async def collect(self) -> str:
         async for _ in self.pieces():
@@ -89,6 +103,9 @@ class Generation:
         flight = self.flight
         if flight.error is not None:
             self.outcome = "error"
+        elif self.window is not None and self.window.cut is not None:
+            self.outcome = "ok"  # served: the policy ended it, not the client or the model
+            self.loop.abort(flight.request_id)
         elif flight.stream.finish_reason in (None, "abort"):
             self.outcome = "aborted"
             self.loop.abort(flight.request_id)

@@ -46,6 +46,8 @@ class Metrics:
     prefill_chunks: Any
     prefix_cached: Any
     speculative: Any
+    guard_checks: Any
+    guard_hits: Any
     streams: Any
     queue_depth: Any
     in_flight: Any
@@ -178,6 +180,12 @@ def get_metrics() -> Metrics:
         prefix_cached=Counter("switchyard_prefix_cache_tokens_total", "Generation: prompt tokens found in the "
                               "prefix cache (not computed again); against switchyard_tokens_total{kind=\"prompt\"}, "
                               "the hit rate.", ev),
+        guard_checks=Counter("switchyard_guardrail_checks_total", "Generation guardrails: texts checked, by stage "
+                             "(input: prompts, judged before routing, version \"\"; output: chunks) and label.",
+                             [*ev, "stage", "label"]),
+        guard_hits=Counter("switchyard_guardrail_violations_total", "Generation guardrails: checks that hit their "
+                           "label (blocked or flagged); over switchyard_guardrail_checks_total, the violation rate.",
+                           [*ev, "stage", "label"]),
         speculative=Counter("switchyard_speculative_tokens_total", "Generation: tokens drafted by prompt lookup "
                             "(limits.speculation), by result: accepted ones were written without a pass of "
                             "their own.", [*ev, "result"]),

@@ -21,9 +21,10 @@ from bentos.dataplane.access import AccessGate, Admission, Caller
 from bentos.dataplane.call import Call, CallMeta
 from bentos.dataplane.endpoint import DIRECT, Answer, Endpoint
 from bentos.dataplane.generation import Generation
+from bentos.dataplane.guardrails import Guard
 from bentos.dataplane.metrics import Metrics
 from bentos.dataplane.payloads import PayloadLog, entry
-from bentos.errors import BodyTooLarge, NotFound, ServingError
+from bentos.errors import BodyTooLarge, ModelFailure, NotFound, ServingError
 from bentos.settings import ServeSettings
 from bentos.tasks.text_generation import SamplingParams
 
@@ -85,10 +86,17 @@ class Ticket:
         self.serving.admission.give(self.size)
         self.size = 0
 
-    async def generate(self, prompt: str, params: SamplingParams) -> Generation:
+    async def generate(self, prompt: str, params: SamplingParams, field: str = "prompt") -> Generation:
         """Start writing on `prompt`: returns once the first token exists (every refusal before is an error);
-        the caller reads the generation and closes it on every exit, which writes its payload-log entry."""
+        the caller reads the generation and closes it on every exit, which writes its payload-log entry. With
+        guardrails, the prompt is checked first (`field` is what a refusal names) and the text is released a
+        checked chunk at a time."""
+        guard = self.serving.guard(self.endpoint)
+        if guard is not None:
+            await guard.admit(prompt, "", field)
         generation = await self.endpoint.generate(prompt, params, self.call)
+        if guard is not None:
+            generation.window = guard.window(generation.version)
         generation.on_close.append(lambda g: self.serving.log_generation(self, prompt, g))
         return generation
 
@@ -104,6 +112,35 @@ class Serving:
                  payloads: PayloadLog | None, settings: ServeSettings) -> None:
         self.registry, self.gate, self.admission = registry, gate, admission
         self.metrics, self.payloads, self.settings = metrics, payloads, settings
+        self._guards: dict[str, Guard] = {}
+
+    def guard(self, endpoint: Endpoint) -> Guard | None:
+        """The endpoint's guardrails (made once per policy)."""
+        policy = endpoint.config.guardrails
+        if policy is None:
+            return None
+        made = self._guards.get(endpoint.name)
+        if made is None or made.policy is not policy:
+            made = self._guards[endpoint.name] = Guard(endpoint.name, policy, self._classify, self._count_check)
+        return made
+
+    async def _classify(self, name: str, text: str) -> dict[str, float]:
+        """A guardrail's classifier: the text through that endpoint's own batcher, its label scores."""
+        try:
+            endpoint = await self.endpoint(name)
+        except NotFound:  # the operator's policy names it: the server's fault, not the caller's
+            raise ModelFailure(f"guardrail classifier {name!r} is not an endpoint here (the endpoint's "
+                               "guardrails)") from None
+        if endpoint.task.name != "text-classification":
+            raise ModelFailure(f"guardrail classifier {name!r} is a {endpoint.task.name} endpoint, not "
+                               "text-classification (the endpoint's guardrails)")
+        answer = await endpoint.handle([text], Call(source="guardrail"))
+        return dict(answer.codec.decode(answer.outputs)[0]["scores"])
+
+    def _count_check(self, endpoint: str, version: str, stage: str, label: str, hit: bool) -> None:
+        self.metrics.guard_checks.labels(endpoint, version, stage, label).inc()
+        if hit:
+            self.metrics.guard_hits.labels(endpoint, version, stage, label).inc()
 
     async def endpoint(self, name: str) -> Endpoint:
         """The endpoint as this worker serves it; one this worker lacks, or that has no deployment here yet, after
@@ -157,7 +194,8 @@ class Serving:
                                 protocol=call.protocol, items=[prompt],
                                 response=[{"text": gen.text, "finish_reason": gen.finish_reason,
                                            "outcome": gen.outcome, "prompt_tokens": usage.prompt_tokens,
-                                           "completion_tokens": usage.completion_tokens}]))
+                                           "completion_tokens": usage.completion_tokens,
+                                           **_violations(gen)}]))
 
     def log_payload(self, ticket: Ticket, items: list[Any], answer: Answer, options: dict[str, Any]) -> None:
         """One sampled entry per answered call, whatever its protocol: inputs, decoded results, who and how."""
@@ -168,3 +206,12 @@ class Serving:
                                 version=answer.version, route=answer.route, latency_ms=answer.total_s * 1000,
                                 key=call.key, protocol=call.protocol, items=items,
                                 response=answer.codec.decode(answer.outputs, **options)))
+
+
+def _violations(gen: Generation) -> dict[str, Any]:
+    """The payload log's mark of what the output guardrails did: the cut, and what was flagged."""
+    window = gen.window
+    if window is None or (window.cut is None and not window.flagged):
+        return {}
+    return {"guardrails": {"cut": window.cut.as_dict() if window.cut else None,
+                           "flagged": [v.as_dict() for v in window.flagged]}}
