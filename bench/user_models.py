@@ -224,24 +224,53 @@ def review_rows() -> list[tuple[str, str]]:
 def hf_sentiment_dir(dest: Path, steps: int = 40, seed: int = 0) -> Path:
     """A BERT-style classifier from a small BertConfig, fine-tuned a few steps, saved with save_pretrained
     next to a tokenizer.json: what a Hugging Face checkpoint directory holds."""
+    return hf_classifier_dir(dest, review_rows(), ["negative", "positive"], steps, seed)
+
+
+ANIMALS = ("cat", "dog", "bird", "fox")
+
+
+def topic_rows(n: int = 400, seed: int = 0, width: int = 40) -> list[tuple[str, str]]:
+    """Pieces of text from models/tiny_lm.py's grammar, cut anywhere (as a stream is cut into chunks), labelled
+    "animals" when they name one as a whole word, else "other"."""
+    import random
+    import re
+
+    from models.tiny_lm import sentences
+
+    text = " ".join(sentences("english", n, seed=seed))
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        start = rng.randrange(0, len(text) - width)
+        piece = text[start:start + rng.randrange(width // 2, width + 1)]
+        named = re.search(r"\b(" + "|".join(ANIMALS) + r")\b", piece.lower())
+        rows.append((piece, "animals" if named else "other"))
+    return rows
+
+
+def hf_classifier_dir(dest: Path, rows: list[tuple[str, str]], labels: list[str], steps: int = 40,
+                      seed: int = 0) -> Path:
+    """A small BERT classifier of `rows` (text, label), fine-tuned `steps` full-batch steps, saved as a Hugging
+    Face directory with its tokenizer.json."""
     import torch
     from tokenizers import Tokenizer
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    id2label = {0: "negative", 1: "positive"}
+    id2label = dict(enumerate(labels))
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=2, id2label=id2label,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=len(labels), id2label=id2label,
                         label2id={v: k for k, v in id2label.items()})
     model = BertForSequenceClassification(config)
     tok = Tokenizer.from_file(str(tokenizer_file()))
     tok.no_padding()
     tok.enable_padding(pad_id=0, pad_token="[PAD]")
-    rows = review_rows()
+    tok.enable_truncation(128)
     enc = tok.encode_batch([t for t, _ in rows])
     ids = torch.tensor([e.ids for e in enc])
     mask = torch.tensor([e.attention_mask for e in enc])
-    y = torch.tensor([1 if label == "positive" else 0 for _, label in rows])
+    y = torch.tensor([labels.index(label) for _, label in rows])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):

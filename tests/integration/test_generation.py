@@ -787,3 +787,100 @@ def test_structured_output_parses_through_the_openai_client_and_generate(gen_ser
             r = c.post("/v1/writer/generate", json={"prompt": PROMPT, "max_tokens": 8, **body})
             assert r.status_code == 422 and r.json()["errors"][0]["field"] == field, r.text
         assert c.get("/readyz").status_code == 200
+
+
+# --- guardrails (issue 30) ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def topics(gen_server: Served, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Endpoint `topics`: a small BERT trained here to tell text that names an animal ("animals") from the rest
+    ("other"), imported as a user imports theirs."""
+    from bench.user_models import hf_classifier_dir, topic_rows
+
+    root = tmp_path_factory.mktemp("topics")
+    hf = hf_classifier_dir(root / "hf", topic_rows(), ["animals", "other"], steps=80)
+    rows = topic_rows(120, seed=1)
+    (root / "validation.jsonl").write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in rows))
+    (root / "calibration.txt").write_text("\n".join(t for t, _ in rows))
+    proc = subprocess.run([sys.executable, "-m", "models", "import", "--name", "topics", "--task",
+                           "text-classification", "--hf", str(hf), "--validation", str(root / "validation.jsonl"),
+                           "--calibration", str(root / "calibration.txt"), "--variant", "fp32"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        r = c.post("/v1/admin/endpoints", headers=AUTH, json={
+            "name": "topics", "task": "text-classification", "model": proc.stdout.split()[-1], "reason": "test"})
+        assert r.status_code == 201, r.text
+    return "topics"
+
+
+ANIMALS_CHECK = {"name": "no-animals", "classifier": "topics", "labels": {"animals": 0.5}}
+CHUNK = 32
+LONG_BODY = {"max_tokens": 120, "ignore_eos": True}  # the tiny model ends after a sentence: go on to the next ones
+
+
+def _animal_scores(c: httpx.Client, texts: list[str]) -> list[float]:
+    r = c.post("/v1/topics/predict", json={"texts": texts})
+    assert r.status_code == 200, r.text
+    return [p["scores"]["animals"] for p in r.json()["predictions"]]
+
+
+def _stream(c: httpx.Client, endpoint: str, prompt: str) -> tuple[str, str]:
+    with c.stream("POST", f"/v1/{endpoint}/generate", json={**LONG_BODY, "prompt": prompt, "stream": True}) as s:
+        assert s.status_code == 200
+        events = list(sse(s.iter_lines()))
+    return "".join(d["text"] for n, d in events if n == "message"), events[-1][1]["finish_reason"]
+
+
+def test_guardrails_refuse_a_prompt_and_cut_a_stream_before_the_chunk_that_fails(
+        gen_server: Served, lm_tags: dict[str, str], topics: str) -> None:
+    """The policy's classifier is the `topics` endpoint. A prompt naming an animal is refused naming the check
+    and the label. A stream is cut where its first chunk about animals would have begun: everything sent is the
+    unguarded text up to there, each sent chunk passed, the next one fails, and finish_reason says why. A policy
+    that never hits sends the text byte for byte."""
+    import openai
+
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        for name, guardrails in (("unguarded", None),
+                                 ("guarded", {"input": [ANIMALS_CHECK], "output": [ANIMALS_CHECK],
+                                              "chunk_chars": CHUNK, "context_chars": 0}),
+                                 ("fenced", {"output": [{"name": "no-zebras", "patterns": {"zebra": "(?i)zebra"}}],
+                                             "chunk_chars": 16})):
+            r = c.post("/v1/admin/endpoints", headers=AUTH, json={
+                "name": name, "task": "text-generation", "model": lm_tags["fp32"], "reason": "test",
+                "guardrails": guardrails})
+            assert r.status_code == 201, r.text
+        refused = c.post("/v1/guarded/generate", json={"prompt": "The cat sat on the mat.", "max_tokens": 8})
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "prompt", refused.text
+        assert "'no-animals'" in refused.text and "'animals'" in refused.text and "score" not in refused.text
+        client = openai.OpenAI(base_url=f"{gen_server.url}/v1", api_key="unused")
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.chat.completions.create(model="guarded", messages=[{"role": "user", "content": "A small bird"}],
+                                           max_tokens=8)
+        assert "no-animals" in str(bad.value) and "messages" in str(bad.value)
+
+        # A prompt about people whose unguarded text turns to animals after its first chunk.
+        cut = None
+        for prompt in ("The teacher", "The old man", "My sister", "The farmer", "Our neighbour", "The little girl"):
+            plain = c.post("/v1/unguarded/generate", json={**LONG_BODY, "prompt": prompt}).json()["text"]
+            scores = _animal_scores(c, [plain[i:i + CHUNK] for i in range(0, len(plain), CHUNK)])
+            bad_chunks = [i for i, s in enumerate(scores) if s >= 0.5]
+            if bad_chunks and bad_chunks[0] > 0:
+                cut = (prompt, plain, bad_chunks[0])
+                break
+        assert cut is not None, f"no prompt's text turned to animals after its first chunk: {plain!r} {scores}"
+        prompt, plain, first_bad = cut
+        before = metric(gen_server, "switchyard_guardrail_violations_total", endpoint="guarded", stage="output",
+                        label="animals")
+        sent, finish = _stream(c, "guarded", prompt)
+        assert sent == plain[:CHUNK * first_bad] and finish == "content_filter"
+        assert metric(gen_server, "switchyard_guardrail_violations_total", endpoint="guarded", stage="output",
+                      label="animals") - before == 1
+        whole = c.post("/v1/guarded/generate", json={**LONG_BODY, "prompt": prompt}).json()
+        assert whole["text"] == sent and whole["finish_reason"] == "content_filter"
+        chat = client.completions.create(model="guarded", prompt=prompt, max_tokens=120, stream=True,
+                                         extra_body={"ignore_eos": True})
+        parts = [p.choices[0] for p in chat if p.choices]
+        assert "".join(p.text for p in parts) == sent and parts[-1].finish_reason == "content_filter"
+
+        fenced, finish = _stream(c, "fenced", prompt)
+        assert fenced == plain and finish != "content_filter"  # nothing hit: byte for byte
