@@ -7,6 +7,7 @@ and optionally the model its first deployment should use.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -115,13 +116,26 @@ class Guardrails(BaseModel):
 
 def pattern_error(pattern: str) -> str | None:
     """What is wrong with a guardrail pattern under RE2, or None."""
-    from bentos.dataplane.guardrails import compile_pattern
-
     try:
         compile_pattern(pattern)
     except ValueError as exc:
         return str(exc)
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_pattern(pattern: str) -> Any:
+    """An RE2 pattern (ValueError naming what is wrong): linear-time matching, so a guardrail pattern cannot be
+    made to backtrack for minutes."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else "invalid"
+        raise ValueError(detail.decode() if isinstance(detail, bytes) else str(detail)) from None
 
 
 class EndpointConfig(BaseModel):

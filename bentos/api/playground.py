@@ -22,6 +22,7 @@ from bentos.api.problems import first_error, playground_message, send_detail
 from bentos.dataplane.call import CallMeta
 from bentos.dataplane.catalog import list_versions, signatures_match
 from bentos.dataplane.endpoint import Answer
+from bentos.dataplane.generation import Generation
 from bentos.errors import ServingError
 from bentos.tasks.playground_kit import Kit, compare_versions, latency
 
@@ -90,10 +91,7 @@ def build_playground(holder: EngineHolder) -> Any:
                 try:
                     async for _ in generation.pieces():
                         yield generation.text, f"Writing: `{generation.version}` · {generation.route}"
-                    yield generation.text, (f"### Answered by `{generation.version}`\n\n{generation.route} · "
-                                            f"first token {generation.first_token_s * 1000:.0f} ms, "
-                                            f"{generation.usage.completion_tokens} tokens in "
-                                            f"{generation.total_s * 1000:.0f} ms")
+                    yield generation.text, answered(generation)
                 finally:
                     generation.close()
         except ServingError as exc:
@@ -259,3 +257,13 @@ def quiet_queue(demo: Any) -> None:
 
 def _plain(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def answered(generation: Generation) -> str:
+    """What the playground says under a finished reply: who wrote it, how fast, and why it was cut if it was."""
+    cut = generation.window.cut if generation.window is not None else None
+    head = (f"### Cut by the endpoint's guardrails\n\ncheck `{cut.check}` found `{cut.label}` in what came next: "
+            "the reply above is the text that passed.\n\n" if cut is not None else "")
+    return (f"{head}### Answered by `{generation.version}`\n\n{generation.route} · first token "
+            f"{generation.first_token_s * 1000:.0f} ms, {generation.usage.completion_tokens} tokens in "
+            f"{generation.total_s * 1000:.0f} ms")

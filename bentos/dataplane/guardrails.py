@@ -17,29 +17,15 @@ Every check and hit is counted per endpoint, version, stage and label.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from bentos.config import compile_pattern
 from bentos.errors import InvalidInput
 
 Stage = Literal["input", "output"]
 Classify = Callable[[str, str], Awaitable[dict[str, float]]]  # (classifier endpoint, text) -> label scores
-
-
-@functools.lru_cache(maxsize=1024)
-def compile_pattern(pattern: str) -> Any:
-    """An RE2 pattern (ValueError naming what is wrong)."""
-    import re2
-
-    options = re2.Options()
-    options.log_errors = False
-    try:
-        return re2.compile(pattern, options)
-    except re2.error as exc:
-        detail = exc.args[0] if exc.args else "invalid"
-        raise ValueError(detail.decode() if isinstance(detail, bytes) else str(detail)) from None
 
 
 @dataclass(frozen=True)

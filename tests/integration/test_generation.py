@@ -884,3 +884,35 @@ def test_guardrails_refuse_a_prompt_and_cut_a_stream_before_the_chunk_that_fails
 
         fenced, finish = _stream(c, "fenced", prompt)
         assert fenced == plain and finish != "content_filter"  # nothing hit: byte for byte
+
+
+def test_the_playground_shows_a_reply_cut_by_guardrails_and_why(gen_server: Served, lm_tags: dict[str, str]) -> None:
+    """In Chromium: an endpoint whose output check blocks the word "the" (which the tiny model writes in nearly
+    every sentence); the reply stops before the chunk that has it, and the playground says which check cut it."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
+
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        r = c.post("/v1/admin/endpoints", headers=AUTH, json={
+            "name": "curbed", "task": "text-generation", "model": lm_tags["fp32"], "reason": "test",
+            "guardrails": {"output": [{"name": "no-articles", "patterns": {"article": r"(?i)\bthe\b"}}],
+                           "chunk_chars": 16}})
+        assert r.status_code == 201, r.text
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(f"{gen_server.url}/playground/", wait_until="networkidle", timeout=60_000)
+        page.get_by_role("tab", name="curbed", exact=True).click()
+        page.locator("#message-curbed textarea").fill("A small bird")
+        page.locator("#send-curbed").click()
+        answer = page.locator("#answer-curbed")
+        answer.get_by_text("Answered by").wait_for(timeout=30_000)
+        info = answer.inner_text()
+        reply = page.locator("#chat-curbed").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "playground-guardrails-cut.png"), full_page=True)
+        browser.close()
+    assert "Cut by the endpoint's guardrails" in info and "no-articles" in info and "article" in info, info
+    shown = reply.split("A small bird", 1)[-1]
+    assert not re.search(r"(?i)\bthe\b", shown), reply  # nothing of the failing chunk reached the page
