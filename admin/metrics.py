@@ -92,6 +92,11 @@ def window_stats(history: History, window_s: float) -> dict[tuple[str, str], dic
     fallbacks = _by(_delta(new.samples, old.samples, "switchyard_fallbacks_total"), "endpoint", "version")
     completion = _by(_delta(new.samples, old.samples, "switchyard_tokens_total"), "endpoint", "version",
                      where={"kind": "completion"})
+    output = {"stage": "output"}  # prompts are judged before routing: only output checks belong to a version
+    checked = _by(_delta(new.samples, old.samples, "switchyard_guardrail_checks_total"), "endpoint", "version",
+                  where=output)
+    violated = _by(_delta(new.samples, old.samples, "switchyard_guardrail_violations_total"), "endpoint", "version",
+                   where=output)
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for key, n in total.items():
         lat = _buckets(new.samples, old.samples, "switchyard_request_duration_seconds_bucket", key)
@@ -111,6 +116,8 @@ def window_stats(history: History, window_s: float) -> dict[tuple[str, str], dic
             "tokens_per_s": completion[key] / dt if completion.get(key) else None,
             "ttft_p50_ms": _ms(histogram_quantile(0.5, ttft)) if any(ttft.values()) else None,
             "ttft_p99_ms": _ms(histogram_quantile(0.99, ttft)) if any(ttft.values()) else None,
+            # Guardrails: the share of output checks that hit (None without guardrails).
+            "violation_rate": violated.get(key, 0.0) / checked[key] if checked.get(key) else None,
         }
     return out
 
@@ -159,6 +166,8 @@ PROMQL = {
     "tokens_per_s": 'sum by (endpoint, version) (rate(switchyard_tokens_total{kind="completion"}[1m]))',
     "ttft_p99_ms": '1000 * histogram_quantile(0.99, sum by (endpoint, version, le) '
                    '(rate(switchyard_time_to_first_token_seconds_bucket[1m])))',
+    "violation_rate": 'sum by (endpoint, version) (rate(switchyard_guardrail_violations_total{stage="output"}[1m])) / '
+                      'sum by (endpoint, version) (rate(switchyard_guardrail_checks_total{stage="output"}[1m]))',
 }
 
 

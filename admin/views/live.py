@@ -17,7 +17,8 @@ CHARTS = [("rps", "requests/s"), ("p50_ms", "p50 latency (ms)"), ("p95_ms", "p95
           ("p99_ms", "p99 latency (ms)"), ("error_rate", "error rate"), ("batch_size", "mean batch size"),
           ("cache_hit_ratio", "cache-hit ratio"), ("fallbacks_per_s", "fallbacks/s"),
           ("shadow_agreement", "shadow agreement"), ("tokens_per_s", "tokens/s (generation)"),
-          ("ttft_p50_ms", "time to first token p50 (ms)"), ("ttft_p99_ms", "time to first token p99 (ms)")]
+          ("ttft_p50_ms", "time to first token p50 (ms)"), ("ttft_p99_ms", "time to first token p99 (ms)"),
+          ("violation_rate", "guardrail violation rate (output checks)")]
 
 st.title("Live metrics")
 conf = settings()

@@ -886,19 +886,25 @@ def test_guardrails_refuse_a_prompt_and_cut_a_stream_before_the_chunk_that_fails
         assert fenced == plain and finish != "content_filter"  # nothing hit: byte for byte
 
 
-def test_the_playground_shows_a_reply_cut_by_guardrails_and_why(gen_server: Served, lm_tags: dict[str, str]) -> None:
-    """In Chromium: an endpoint whose output check blocks the word "the" (which the tiny model writes in nearly
-    every sentence); the reply stops before the chunk that has it, and the playground says which check cut it."""
-    from playwright.sync_api import sync_playwright
-
-    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
-
+@pytest.fixture(scope="module")
+def curbed(gen_server: Served, lm_tags: dict[str, str]) -> str:
+    """Endpoint `curbed`: its output check blocks the word "the", which the tiny model writes in nearly every
+    sentence, in chunks of 16 characters."""
     with httpx.Client(base_url=gen_server.url, timeout=60) as c:
         r = c.post("/v1/admin/endpoints", headers=AUTH, json={
             "name": "curbed", "task": "text-generation", "model": lm_tags["fp32"], "reason": "test",
             "guardrails": {"output": [{"name": "no-articles", "patterns": {"article": r"(?i)\bthe\b"}}],
                            "chunk_chars": 16}})
         assert r.status_code == 201, r.text
+    return "curbed"
+
+
+def test_the_playground_shows_a_reply_cut_by_guardrails_and_why(gen_server: Served, curbed: str) -> None:
+    """In Chromium: the reply stops before the chunk that has "the", and the playground says which check cut it."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
+
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
@@ -916,3 +922,46 @@ def test_the_playground_shows_a_reply_cut_by_guardrails_and_why(gen_server: Serv
     assert "Cut by the endpoint's guardrails" in info and "no-articles" in info and "article" in info, info
     shown = reply.split("A small bird", 1)[-1]
     assert not re.search(r"(?i)\bthe\b", shown), reply  # nothing of the failing chunk reached the page
+
+
+def test_the_console_charts_the_guardrail_violation_rate_per_version(gen_server: Served, curbed: str) -> None:
+    """In Chromium: streams to `curbed` (nearly every one cut) while the console's Live metrics page draws the
+    share of output checks that hit, for that version."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.conftest import TOKEN
+    from tests.integration.test_console import not_blank, start_console
+    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
+
+    stop = threading.Event()
+
+    def streams() -> None:
+        with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+            while not stop.is_set():
+                c.post("/v1/curbed/generate", json={"prompt": PROMPT, "max_tokens": 32, "ignore_eos": True})
+
+    flowing = [threading.Thread(target=streams) for _ in range(2)]
+    for t in flowing:
+        t.start()
+    title = "guardrail violation rate (output checks)"
+    shot = ARTIFACTS / "console-guardrails.png"
+    try:
+        console = start_console(gen_server.url, TOKEN)
+        url = next(console)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+            pg = browser.new_page(viewport={"width": 1400, "height": 1600})
+            pg.goto(f"{url}/live", wait_until="networkidle", timeout=60_000)
+            pg.get_by_text(title).wait_for(timeout=60_000)
+            time.sleep(8)  # a few refreshes with traffic
+            pg.screenshot(path=str(shot), full_page=True)
+            text = pg.inner_text("body")
+            browser.close()
+        next(console, None)
+    finally:
+        stop.set()
+        for t in flowing:
+            t.join(30)
+    after = text.split(title, 1)[1].strip()
+    assert not after.startswith("no data"), after[:200]  # a series for curbed's version
+    assert not_blank(shot)
