@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -75,23 +74,12 @@ class Row:
 
 def topics_tag() -> str:
     """The topic classifier in the benchmark's store (trained and imported once)."""
-    from bench.user_models import hf_classifier_dir, topic_rows
+    from bench.user_models import import_topics
 
     tag_file = LM_DIR / "topics-tag.txt"
-    if tag_file.is_file():
-        return tag_file.read_text().strip()
-    root = LM_DIR / "topics"
-    hf = hf_classifier_dir(root / "hf", topic_rows(), ["animals", "other"], steps=80)
-    rows = topic_rows(120, seed=1)
-    (root / "validation.jsonl").write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in rows))
-    (root / "calibration.txt").write_text("\n".join(t for t, _ in rows))
-    proc = subprocess.run([sys.executable, "-m", "models", "import", "--name", "topics", "--task",
-                           "text-classification", "--hf", str(hf), "--validation", str(root / "validation.jsonl"),
-                           "--calibration", str(root / "calibration.txt"), "--variant", "fp32"],
-                          cwd=ROOT, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"import failed: {proc.stderr[-2000:]}")
-    tag_file.write_text(proc.stdout.split()[-1])
+    if not tag_file.is_file():
+        (LM_DIR / "topics").mkdir(parents=True, exist_ok=True)
+        tag_file.write_text(import_topics(LM_DIR / "topics"))
     return tag_file.read_text().strip()
 
 

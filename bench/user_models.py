@@ -249,6 +249,27 @@ def topic_rows(n: int = 400, seed: int = 0, width: int = 40) -> list[tuple[str, 
     return rows
 
 
+def import_topics(root: Path) -> str:
+    """The topic classifier trained in `root` and imported with `python -m models import` as a user imports theirs
+    (into the store BENTOML_HOME names): its fp32 tag, or RuntimeError with the importer's error."""
+    import json
+    import subprocess
+    import sys
+
+    hf = hf_classifier_dir(root / "hf", topic_rows(), ["animals", "other"], steps=80)
+    rows = topic_rows(120, seed=1)
+    (root / "validation.jsonl").write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in rows))
+    (root / "calibration.txt").write_text("\n".join(t for t, _ in rows))
+    proc = subprocess.run([sys.executable, "-m", "models", "import", "--name", "topics", "--task",
+                           "text-classification", "--hf", str(hf), "--validation", str(root / "validation.jsonl"),
+                           "--calibration", str(root / "calibration.txt"), "--variant", "fp32"],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=600,
+                          check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"import failed: {proc.stderr[-3000:]}")
+    return proc.stdout.split()[-1]
+
+
 def hf_classifier_dir(dest: Path, rows: list[tuple[str, str]], labels: list[str], steps: int = 40,
                       seed: int = 0) -> Path:
     """A small BERT classifier of `rows` (text, label), fine-tuned `steps` full-batch steps, saved as a Hugging

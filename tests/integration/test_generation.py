@@ -437,7 +437,9 @@ def test_the_playground_chat_streams_in_a_browser(gen_server: Served, writer: st
     assert left and right
 
 
-def test_the_console_shows_tokens_per_second_while_streams_flow(gen_server: Served, writer: str) -> None:
+def _live_metrics_page(server: Served, endpoint: str, max_tokens: int, title: str, shot: str) -> str:
+    """The console's Live metrics page in Chromium, with streams flowing to `endpoint`: its text, once the chart
+    `title` is drawn and a few refreshes have passed (the screenshot goes to the run's artifacts)."""
     from playwright.sync_api import sync_playwright
 
     from tests.integration.conftest import TOKEN
@@ -447,24 +449,25 @@ def test_the_console_shows_tokens_per_second_while_streams_flow(gen_server: Serv
     stop = threading.Event()
 
     def streams() -> None:
-        with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
             while not stop.is_set():
-                c.post("/v1/writer/generate", json={"prompt": PROMPT, "max_tokens": 64, "ignore_eos": True})
+                c.post(f"/v1/{endpoint}/generate", json={"prompt": PROMPT, "max_tokens": max_tokens,
+                                                          "ignore_eos": True})
 
     flowing = [threading.Thread(target=streams) for _ in range(3)]
     for t in flowing:
         t.start()
-    shot = ARTIFACTS / "console-generation.png"
+    path = ARTIFACTS / shot
     try:
-        console = start_console(gen_server.url, TOKEN)
+        console = start_console(server.url, TOKEN)
         url = next(console)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
-            pg = browser.new_page(viewport={"width": 1400, "height": 1400})
+            pg = browser.new_page(viewport={"width": 1400, "height": 1600})
             pg.goto(f"{url}/live", wait_until="networkidle", timeout=60_000)
-            pg.get_by_text("tokens/s (generation)").wait_for(timeout=60_000)
+            pg.get_by_text(title).wait_for(timeout=60_000)
             time.sleep(8)  # a few refreshes with traffic
-            pg.screenshot(path=str(shot), full_page=True)
+            pg.screenshot(path=str(path), full_page=True)
             text = pg.inner_text("body")
             browser.close()
         next(console, None)
@@ -472,8 +475,13 @@ def test_the_console_shows_tokens_per_second_while_streams_flow(gen_server: Serv
         stop.set()
         for t in flowing:
             t.join(30)
+    assert not_blank(path)
+    return str(text)
+
+
+def test_the_console_shows_tokens_per_second_while_streams_flow(gen_server: Served, writer: str) -> None:
+    text = _live_metrics_page(gen_server, "writer", 64, "tokens/s (generation)", "console-generation.png")
     assert "tokens/s (generation)" in text and "time to first token p99 (ms)" in text
-    assert not_blank(shot)
 
 
 def test_an_int4_version_has_4_bit_matmuls_passed_its_gate_and_serves(gen_server: Served,
@@ -794,21 +802,12 @@ def test_structured_output_parses_through_the_openai_client_and_generate(gen_ser
 def topics(gen_server: Served, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Endpoint `topics`: a small BERT trained here to tell text that names an animal ("animals") from the rest
     ("other"), imported as a user imports theirs."""
-    from bench.user_models import hf_classifier_dir, topic_rows
+    from bench.user_models import import_topics
 
-    root = tmp_path_factory.mktemp("topics")
-    hf = hf_classifier_dir(root / "hf", topic_rows(), ["animals", "other"], steps=80)
-    rows = topic_rows(120, seed=1)
-    (root / "validation.jsonl").write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in rows))
-    (root / "calibration.txt").write_text("\n".join(t for t, _ in rows))
-    proc = subprocess.run([sys.executable, "-m", "models", "import", "--name", "topics", "--task",
-                           "text-classification", "--hf", str(hf), "--validation", str(root / "validation.jsonl"),
-                           "--calibration", str(root / "calibration.txt"), "--variant", "fp32"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    tag = import_topics(tmp_path_factory.mktemp("topics"))
     with httpx.Client(base_url=gen_server.url, timeout=60) as c:
         r = c.post("/v1/admin/endpoints", headers=AUTH, json={
-            "name": "topics", "task": "text-classification", "model": proc.stdout.split()[-1], "reason": "test"})
+            "name": "topics", "task": "text-classification", "model": tag, "reason": "test"})
         assert r.status_code == 201, r.text
     return "topics"
 
@@ -927,41 +926,7 @@ def test_the_playground_shows_a_reply_cut_by_guardrails_and_why(gen_server: Serv
 def test_the_console_charts_the_guardrail_violation_rate_per_version(gen_server: Served, curbed: str) -> None:
     """In Chromium: streams to `curbed` (nearly every one cut) while the console's Live metrics page draws the
     share of output checks that hit, for that version."""
-    from playwright.sync_api import sync_playwright
-
-    from tests.integration.conftest import TOKEN
-    from tests.integration.test_console import not_blank, start_console
-    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
-
-    stop = threading.Event()
-
-    def streams() -> None:
-        with httpx.Client(base_url=gen_server.url, timeout=60) as c:
-            while not stop.is_set():
-                c.post("/v1/curbed/generate", json={"prompt": PROMPT, "max_tokens": 32, "ignore_eos": True})
-
-    flowing = [threading.Thread(target=streams) for _ in range(2)]
-    for t in flowing:
-        t.start()
     title = "guardrail violation rate (output checks)"
-    shot = ARTIFACTS / "console-guardrails.png"
-    try:
-        console = start_console(gen_server.url, TOKEN)
-        url = next(console)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
-            pg = browser.new_page(viewport={"width": 1400, "height": 1600})
-            pg.goto(f"{url}/live", wait_until="networkidle", timeout=60_000)
-            pg.get_by_text(title).wait_for(timeout=60_000)
-            time.sleep(8)  # a few refreshes with traffic
-            pg.screenshot(path=str(shot), full_page=True)
-            text = pg.inner_text("body")
-            browser.close()
-        next(console, None)
-    finally:
-        stop.set()
-        for t in flowing:
-            t.join(30)
+    text = _live_metrics_page(gen_server, "curbed", 32, title, "console-guardrails.png")
     after = text.split(title, 1)[1].strip()
     assert not after.startswith("no data"), after[:200]  # a series for curbed's version
-    assert not_blank(shot)
