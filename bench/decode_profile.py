@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generation import BENCH_LM, STATE, begin_report, import_model, model_dir, prompts  # noqa: E402
-from bench.harness import baseline_tree, report_parser, run_meta, write_report  # noqa: E402
+from bench.harness import baseline_tree, report_parser, run_meta, write_report, written_by  # noqa: E402
 
 TOKENS = 256
 PARTS = ("graph", "cache", "sampling", "detokenizing")
@@ -135,8 +135,7 @@ def render(results: Path, out: Path) -> None:
     data = json.loads(results.read_text())
     meta, runs = data["meta"], data["runs"]
     lines = ["# Where a decode step's time goes", "",
-             f"Written by `bench/decode_profile.py` from `{results.relative_to(ROOT)}` (commit {meta['commit']}, "
-             f"{meta['when']}, {meta['machine']}). Model: {meta['model']}. The serving runner and its token streams "
+             written_by("decode_profile.py", results, meta) + " The serving runner and its token streams "
              f"in process, one ONNX Runtime thread, greedy, {TOKENS} tokens per request; each part timed where it "
              "is called (the script's docstring says what each covers). Mean ms per decode step, and its share.", ""]
     before = data.get("before")

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generation import BENCH_LM, STATE, begin_report, import_model, model_dir, prompts, quantile  # noqa: E402
-from bench.harness import report_parser, run_meta, write_report  # noqa: E402
+from bench.harness import report_parser, run_meta, write_report, written_by  # noqa: E402
 from bench.long_prompts import Times, long_prompt, serve, stream  # noqa: E402
 from bench.prefix_cache import make_keys  # noqa: E402
 
@@ -101,8 +101,7 @@ def render(results: Path, out: Path) -> None:
     data = json.loads(results.read_text())
     meta, rows = data["meta"], [Row(**r) for r in data["rows"]]
     lines = ["# Fair shares: a steady tenant beside a flood", "",
-             f"Written by `bench/fair_shares.py` from `{results.relative_to(ROOT)}` (commit {meta['commit']}, "
-             f"{meta['when']}, {meta['machine']}, {meta['seconds']:g} s per row). Model: {meta['model']}.", "",
+             written_by("fair_shares.py", results, meta), "",
              f"One endpoint, 4 streams, prefill in chunks of 128. *steady*: a five-word prompt for "
              f"{STEADY_TOKENS} tokens every {STEADY_EVERY_S:g} s. *flood*: {FLOOD_CALLERS} requests at once, "
              f"each a {FLOOD_PROMPT}-token prompt for {FLOOD_TOKENS} tokens. Each tenant its own API key, equal "

@@ -43,7 +43,7 @@ from bench.generation import (  # noqa: E402
     prompts,
     quantile,
 )
-from bench.harness import report_parser, run_meta, write_report  # noqa: E402
+from bench.harness import report_parser, run_meta, write_report, written_by  # noqa: E402
 from bench.long_prompts import Times, serve, stream  # noqa: E402
 
 CALLERS, TOKENS = 4, 64
@@ -124,8 +124,7 @@ def render(results: Path, out: Path) -> None:
     data = json.loads(results.read_text())
     meta, rows = data["meta"], [Row(**r) for r in data["rows"]]
     lines = ["# Guardrails: what holding output back costs", "",
-             f"Written by `bench/guardrails.py` from `{results.relative_to(ROOT)}` (commit {meta['commit']}, "
-             f"{meta['when']}, {meta['machine']}, {meta['seconds']:g} s per row). Model: {meta['model']}.", "",
+             written_by("guardrails.py", results, meta), "",
              f"{CALLERS} callers stream {TOKENS} tokens each after a five-word prompt, one request after another. "
              "*First text*: from sending the request to the first text the reader gets. *Gap*: between two "
              "pieces of text the reader gets (a token without guardrails, a chunk with them). *Per token*: a "

@@ -49,6 +49,14 @@ def run_meta(commit: str, **more: Any) -> dict[str, Any]:
             **more}
 
 
+def written_by(script: str, results: Path, meta: dict[str, Any]) -> str:
+    """A report's provenance line: the script and its results file, the code measured, when and where (and the
+    seconds per row, when the report has them), and the model."""
+    seconds = f", {meta['seconds']:g} s per row" if "seconds" in meta else ""
+    return (f"Written by `bench/{script}` from `{results.relative_to(ROOT)}` (commit {meta['commit']}, "
+            f"{meta['when']}, {meta['machine']}{seconds}). Model: {meta['model']}.")
+
+
 def write_report(results: Path, out: Path, payload: dict[str, Any], render: Any) -> None:
     """The results as JSON, then the table rendered from that file (as --render-only would)."""
     results.write_text(json.dumps(payload, indent=2) + "\n")

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generation import BENCH_LM, LM_DIR, begin_report, in_process, model_dir  # noqa: E402
-from bench.harness import report_parser, run_meta, write_report  # noqa: E402
+from bench.harness import report_parser, run_meta, write_report, written_by  # noqa: E402
 
 VARIANTS = ("fp32", "int8-dynamic", "int4")
 NAME = "bench-gpt2q"
@@ -69,8 +69,7 @@ def render(results: Path, out: Path) -> None:
     data = json.loads(results.read_text())
     meta, rows = data["meta"], data["rows"]
     lines = ["# int4 weight-only against int8 and fp32", "",
-             f"Written by `bench/int4.py` from `{results.relative_to(ROOT)}` (commit {meta['commit']}, {meta['when']}, "
-             f"{meta['machine']}). Model: {meta['model']}.", "",
+             written_by("int4.py", results, meta), "",
              "Perplexity and greedy agreement are the import gate's, on the benchmark's validation text, against "
              "fp32. Tokens per second: the in-process decode loop (no server), 64 greedy tokens, one ONNX Runtime "
              "thread, median of 5.", "",

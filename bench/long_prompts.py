@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generation import BENCH_LM, STATE, TOKEN, begin_report, import_model, model_dir, prompts, quantile  # noqa: E402
-from bench.harness import report_parser, run_meta, write_report  # noqa: E402
+from bench.harness import report_parser, run_meta, write_report, written_by  # noqa: E402
 from tests.servers import Served, serve_env  # noqa: E402
 
 ENDPOINT = "bench-long"
@@ -174,8 +174,7 @@ def render(results: Path, out: Path) -> None:
     data = json.loads(results.read_text())
     meta, rows = data["meta"], [Row(**r) for r in data["rows"]]
     lines = ["# Long prompts beside running streams: prefill in chunks", "",
-             f"Written by `bench/long_prompts.py` from `{results.relative_to(ROOT)}` (commit {meta['commit']}, "
-             f"{meta['when']}, {meta['machine']}, {meta['seconds']:g} s per row). Model: {meta['model']}.", "",
+             written_by("long_prompts.py", results, meta), "",
              f"The short caller: {SHORT_STREAMS} streams of {SHORT_TOKENS} tokens after a five-word prompt. The "
              f"flood: {LONG_CALLERS} callers sending {LONG_PROMPT_TOKENS}-token prompts for 4 tokens each, one "
              "after another. A gap is the time between two tokens of one short stream.", "",

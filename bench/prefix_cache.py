@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generation import BENCH_LM, STATE, TOKEN, begin_report, import_model, model_dir, prompts, quantile  # noqa: E402
-from bench.harness import report_parser, run_meta, write_report  # noqa: E402
+from bench.harness import report_parser, run_meta, write_report, written_by  # noqa: E402
 from bench.long_prompts import Times, long_prompt, serve, stream  # noqa: E402
 
 CALLERS, NEW_TOKENS, SYSTEM_TOKENS = 8, 32, 500
@@ -117,8 +117,7 @@ def render(results: Path, out: Path) -> None:
     data = json.loads(results.read_text())
     meta, rows = data["meta"], [Row(**r) for r in data["rows"]]
     lines = ["# A shared system prompt: the prefix cache on and off", "",
-             f"Written by `bench/prefix_cache.py` from `{results.relative_to(ROOT)}` (commit {meta['commit']}, "
-             f"{meta['when']}, {meta['machine']}, {meta['seconds']:g} s per row). Model: {meta['model']}.", "",
+             written_by("prefix_cache.py", results, meta), "",
              f"{CALLERS} callers at once, one request after another: a {SYSTEM_TOKENS}-token system prompt and a "
              f"five-word question of the caller's own, {NEW_TOKENS} tokens out. *Cached* is the share of prompt "
              "tokens the server found in its prefix cache (its own counters).", "",

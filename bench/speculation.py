@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generation import BENCH_LM, begin_report, model_dir, prompts  # noqa: E402
-from bench.harness import report_parser, run_meta, write_report  # noqa: E402
+from bench.harness import report_parser, run_meta, write_report, written_by  # noqa: E402
 from bench.int4 import VARIANTS, import_variants  # noqa: E402
 
 NEW_TOKENS = 64
@@ -109,8 +109,7 @@ def render(results: Path, out: Path) -> None:
     data = json.loads(results.read_text())
     meta = data["meta"]
     lines = ["# Prompt-lookup speculation", "",
-             f"Written by `bench/speculation.py` from `{results.relative_to(ROOT)}` (commit {meta['commit']}, "
-             f"{meta['when']}, {meta['machine']}). Model: {meta['model']}. Speculation: {meta['speculation']}.", "",
+             written_by("speculation.py", results, meta) + f" Speculation: {meta['speculation']}.", "",
              "In-process decode loop (the serving runner, no server), 64 greedy tokens per request, one ONNX "
              "Runtime thread, median of 5 runs. *identical*: the share of requests that wrote the same tokens with "
              "speculation as without (int8-dynamic quantizes activations over the whole pass, so a wider pass can "

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generation import BENCH_LM, begin_report, import_model, model_dir, prompts  # noqa: E402
-from bench.harness import report_parser, run_meta, write_report  # noqa: E402
+from bench.harness import report_parser, run_meta, write_report, written_by  # noqa: E402
 
 NEW_TOKENS = 64
 ROWS = (1, 8)
@@ -105,9 +105,8 @@ def render(results: Path, out: Path) -> None:
     data = json.loads(results.read_text())
     meta = data["meta"]
     lines = ["# Structured output: what the mask costs", "",
-             f"Written by `bench/structured.py` from `{results.relative_to(ROOT)}` (commit {meta['commit']}, "
-             f"{meta['when']}, {meta['machine']}). Model: {meta['model']}; its tokenizer has {data['vocab']:,} "
-             "tokens. Library: llguidance.", "",
+             written_by("structured.py", results, meta) + f" Its tokenizer has {data['vocab']:,} tokens. "
+             "Library: llguidance.", "",
              "In-process decode loop (the serving runner, no server), 64 tokens per request after a five-word "
              "prompt, one ONNX Runtime thread, median of 5 runs. The schema: an enum, an integer and a string "
              "of up to 200 characters. *Mask*: computing and applying the allowed-token mask, per step and "
