@@ -823,8 +823,8 @@ def _animal_scores(c: httpx.Client, texts: list[str]) -> list[float]:
     return [p["scores"]["animals"] for p in r.json()["predictions"]]
 
 
-def _stream(c: httpx.Client, endpoint: str, prompt: str) -> tuple[str, str]:
-    with c.stream("POST", f"/v1/{endpoint}/generate", json={**LONG_BODY, "prompt": prompt, "stream": True}) as s:
+def _stream(c: httpx.Client, endpoint: str, body: dict[str, Any]) -> tuple[str, str]:
+    with c.stream("POST", f"/v1/{endpoint}/generate", json={**body, "stream": True}) as s:
         assert s.status_code == 200
         events = list(sse(s.iter_lines()))
     return "".join(d["text"] for n, d in events if n == "message"), events[-1][1]["finish_reason"]
@@ -857,31 +857,38 @@ def test_guardrails_refuse_a_prompt_and_cut_a_stream_before_the_chunk_that_fails
                                            max_tokens=8)
         assert "no-animals" in str(bad.value) and "messages" in str(bad.value)
 
-        # A prompt about people whose unguarded text turns to animals after its first chunk.
+        # A prompt about people whose unguarded text turns to animals after its first chunk. Greedy text from a
+        # model trained for seconds may loop on one person's sentence forever (CI's model did), so the search
+        # samples with a seed: each sentence then picks its subject afresh (4 of the grammar's 10 are animals),
+        # and the same seed writes the same text again on every route below.
         cut = None
-        for prompt in ("The teacher", "The old man", "My sister", "The farmer", "Our neighbour", "The little girl"):
-            plain = c.post("/v1/unguarded/generate", json={**LONG_BODY, "prompt": prompt}).json()["text"]
+        people = ("The teacher", "The old man", "My sister", "The farmer", "Our neighbour", "The little girl")
+        for seed in range(12):
+            prompt = people[seed % len(people)]
+            body = {**LONG_BODY, "prompt": prompt, "temperature": 0.8, "seed": seed}
+            plain = c.post("/v1/unguarded/generate", json=body).json()["text"]
             scores = _animal_scores(c, [plain[i:i + CHUNK] for i in range(0, len(plain), CHUNK)])
             bad_chunks = [i for i, s in enumerate(scores) if s >= 0.5]
             if bad_chunks and bad_chunks[0] > 0:
-                cut = (prompt, plain, bad_chunks[0])
+                cut = (body, plain, bad_chunks[0])
                 break
-        assert cut is not None, f"no prompt's text turned to animals after its first chunk: {plain!r} {scores}"
-        prompt, plain, first_bad = cut
+        assert cut is not None, f"no text turned to animals after its first chunk: {plain!r} {scores}"
+        body, plain, first_bad = cut
         before = metric(gen_server, "switchyard_guardrail_violations_total", endpoint="guarded", stage="output",
                         label="animals")
-        sent, finish = _stream(c, "guarded", prompt)
+        sent, finish = _stream(c, "guarded", body)
         assert sent == plain[:CHUNK * first_bad] and finish == "content_filter"
         assert metric(gen_server, "switchyard_guardrail_violations_total", endpoint="guarded", stage="output",
                       label="animals") - before == 1
-        whole = c.post("/v1/guarded/generate", json={**LONG_BODY, "prompt": prompt}).json()
+        whole = c.post("/v1/guarded/generate", json=body).json()
         assert whole["text"] == sent and whole["finish_reason"] == "content_filter"
-        chat = client.completions.create(model="guarded", prompt=prompt, max_tokens=120, stream=True,
+        chat = client.completions.create(model="guarded", prompt=body["prompt"], max_tokens=120, stream=True,
+                                         temperature=body["temperature"], seed=body["seed"],
                                          extra_body={"ignore_eos": True})
         parts = [p.choices[0] for p in chat if p.choices]
         assert "".join(p.text for p in parts) == sent and parts[-1].finish_reason == "content_filter"
 
-        fenced, finish = _stream(c, "fenced", prompt)
+        fenced, finish = _stream(c, "fenced", body)
         assert fenced == plain and finish != "content_filter"  # nothing hit: byte for byte
 
 
