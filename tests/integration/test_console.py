@@ -351,18 +351,24 @@ def chart_texts(pg: Any) -> list[list[str]]:
             for i in range(charts.count())]
 
 
+def choose(pg: Any, label: str, option: str) -> None:
+    """Pick `option` in the selectbox labelled `label`. Its list is virtualized: only the options in view are in
+    the page, so one far down (the store holds more versions when other tests ran first) is typed to the top."""
+    pg.get_by_label(label).click()
+    pg.keyboard.type(option)
+    pg.get_by_role("option", name=option, exact=True).click()
+
+
 def rollout_in_browser(pg: Any, console: str, served: Served, tags: dict[str, str]) -> None:
     """Start a rollout on the Rollouts page: the page shows it at once, not the empty state and the form."""
     with httpx.Client(base_url=served.url, headers=AUTH) as c:
         deploy(c, "digits", [(tags["mlp"], "stable", 100)], reason="browser: before a rollout")
         try:
             pg.goto(f"{console}/rollouts", wait_until="networkidle", timeout=60_000)
-            pg.get_by_label("Endpoint").click()
-            pg.get_by_role("option", name="digits", exact=True).click()
+            choose(pg, "Endpoint", "digits")
             # The form (an earlier test's finished rollout may be shown above it, instead of the empty state).
             pg.get_by_role("button", name="Start rollout").wait_for(timeout=30_000)
-            pg.get_by_label("Canary version").click()
-            pg.get_by_role("option", name=tags["cnn"]).click()
+            choose(pg, "Canary version", tags["cnn"])
             pg.get_by_label("Steps (%)").fill("20, 100")
             pg.get_by_label("Min requests per step").fill("1000000")  # it stays at its first step
             pg.get_by_label("Reason (recorded in the audit log)").fill("browser: roll out the CNN")
@@ -390,8 +396,7 @@ def clipped_chart_texts(pg: Any) -> list[str]:
 
 def canary_in_browser(pg: Any, tag: str, reason: str) -> None:
     """On the Deployments page: `tag` as a 10 % canary, with a reason and the confirmation."""
-    pg.get_by_label("Canary version").click()
-    pg.get_by_role("option", name=tag).click()
+    choose(pg, "Canary version", tag)
     pg.get_by_label("Reason (recorded in the audit log)").first.fill(reason)
     pg.get_by_label("Reason (recorded in the audit log)").first.press("Enter")
     pg.get_by_text("I confirm this change").first.click()
