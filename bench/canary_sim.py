@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bentos.controlplane.rollouts import RolloutPolicy, RolloutState, apply, decide  # noqa: E402
-from bentos.dataplane.stats import LATENCY_EDGES_MS, Counts  # noqa: E402
+from bentos.dataplane.stats import KL_CLIP, LATENCY_EDGES_MS, Counts  # noqa: E402
 
 EDGES = np.array(LATENCY_EDGES_MS, dtype=float)
 
@@ -38,6 +38,9 @@ class Traffic:
     disagreement: float = 0.0  # share of the canary's answers that differ from stable's
     compare_sample: float = 0.2  # share of canary answers also asked of stable (SWITCHYARD_CANARY_COMPARE_SAMPLE)
     fails_after: int = 0  # canary requests served well before its errors start (a late regression)
+    token_kl: float = 0.0  # language models: the canary's mean per-token KL from stable per comparison (nats)
+    canary_cut: float = 0.0  # share of streams the endpoint's output guardrails cut: canary, stable
+    stable_cut: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,17 @@ def _add(counts: Counts, rng: np.random.Generator, n: int, error: float, median_
     counts.latency = [a + int(b) for a, b in zip(counts.latency, hist, strict=True)]
 
 
+def _score(counts: Counts, rng: np.random.Generator, n: int, mean_kl: float) -> None:
+    """n token-level comparisons: KL per comparison from a gamma of shape 2 around the mean (a few prompts
+    diverge much more than most), clipped as the recorder clips it."""
+    kl = np.minimum(rng.gamma(2.0, mean_kl / 2, n), KL_CLIP) if mean_kl > 0 else np.zeros(n)
+    counts.scored += n
+    counts.kl_sum += float(kl.sum())
+
+
 def simulate(policy: RolloutPolicy, traffic: Traffic, seed: int, max_looks: int = 10_000) -> Outcome:
     rng = np.random.default_rng(seed)
+    kl_rng = np.random.default_rng([seed, 1])  # its own stream: the other checks' seeded runs stay as they were
     now = 0.0
     state = RolloutState(endpoint="sim", canary="c", stable="s", policy=policy, started_at=now, step_started_at=now)
     canary, stable = Counts(), Counts()
@@ -72,6 +84,13 @@ def simulate(policy: RolloutPolicy, traffic: Traffic, seed: int, max_looks: int 
         compared = n_canary if shadow else int(rng.binomial(n_canary, traffic.compare_sample))
         canary.comparisons += compared
         canary.agreement_sum += compared - int(rng.binomial(compared, traffic.disagreement))
+        if "divergence" in policy.checks:
+            _score(canary, kl_rng, compared, traffic.token_kl)
+        if "violations" in policy.checks:
+            for counts, n, share in ((canary, n_canary, traffic.canary_cut),
+                                     (stable, total if shadow else total - n_canary, traffic.stable_cut)):
+                counts.guarded += n
+                counts.cut += int(kl_rng.binomial(n, share))
         now += policy.interval_s
         decision = decide(state, canary, stable, now)
         apply(state, decision, canary.requests, now)
@@ -114,6 +133,9 @@ def report(runs: int) -> str:
     same = run_many(policy, same_traffic, runs, seed0=10_000)
     long_same = run_many(outliving(RolloutPolicy(), same_traffic), same_traffic, runs, seed0=20_000)
     shadow = RolloutPolicy(steps=[0, 25, 50, 100], checks=["errors", "latency", "agreement"], min_seconds=0)
+    lm = policy.model_copy(update={"checks": ["errors", "latency", "divergence"]})
+    at_null = Traffic(canary_error=0.005, token_kl=lm.max_token_kl)
+    lm_null = run_many(outliving(lm, at_null), at_null, runs, seed0=62_000)
     lines = [
         "# Canary analysis: simulated power, false-rollback rate and requests to a rollback\n",
         "Made by `python bench/canary_sim.py`: seeded synthetic traffic (50 req/s, log-normal latency, median",
@@ -126,6 +148,13 @@ def report(runs: int) -> str:
         "error ratio exceeds stable's by more than `error_margin`. Latency: a one-sided Mann-Whitney U test on the",
         "latency histograms, plus the canary's p95 exceeding stable's by `latency_ratio`. Agreement (in a shadow",
         "step): the mean label match or cosine over at least 50 comparisons must reach `min_agreement`.",
+        "Divergence (language models): each sampled canary answer's tokens are scored by both versions,",
+        "teacher-forced, and the mean per-token KL (clipped to 5 nats) is tested against `max_token_kl` with a",
+        "one-sided normal-mixture supermartingale for a bounded mean (Robbins 1970; Howard, Ramdas, McAuliffe",
+        "and Sekhon 2021): exact, valid at every look, no alpha spending. The rows simulate 20 % of canary",
+        "answers compared, each comparison's KL drawn from a gamma of shape 2 around the row's mean.",
+        "Violations (endpoints with output guardrails): the share of split-routed streams the guardrails cut,",
+        "tested against stable's plus `violation_margin` exactly as errors are.",
         "Repeated looks keep the false-rollback chance within `alpha` (split evenly between the tested checks)",
         "in two ways, each given half of a check's alpha (`policy.sequential`: `both`):\n",
         "- **O'Brien-Fleming alpha spending** (Lan and DeMets 1983; O'Brien and Fleming 1979): each look spends",
@@ -147,7 +176,8 @@ def report(runs: int) -> str:
         "Biometrics 35(3), 1979. H. Robbins, Statistical methods related to the law of the iterated logarithm,",
         "Ann. Math. Statist. 41(5), 1970. R. Johari, P. Koomen, L. Pekelis and D. Walsh, Peeking at A/B tests:",
         "why it matters, and what to do about it, KDD 2017. J. Ville, Etude critique de la notion de collectif,",
-        "1939.\n",
+        "1939. S. R. Howard, A. Ramdas, J. McAuliffe and J. Sekhon, Time-uniform, nonparametric, nonasymptotic",
+        "confidence sequences, Ann. Statist. 49(2), 2021.\n",
         "## Outcomes\n",
         "| scenario | runs | rolled back | promoted | canary requests at rollback (median / p99 / max) |",
         "|---|---|---|---|---|",
@@ -166,11 +196,22 @@ def report(runs: int) -> str:
                       Traffic(canary_error=0.005, disagreement=0.10), 200)),
         _row("shadow step first, good canary", run_many(shadow, same_traffic, 200, seed0=40_000)),
         _row("shadow step first, canary 5 % errors", run_many(shadow, Traffic(canary_error=0.05), 200)),
+        _row("language model, divergence check: canary 4 nats/token from stable (trained on other text)",
+             run_many(lm, Traffic(canary_error=0.005, token_kl=4.0), 200, seed0=60_000)),
+        _row("language model, divergence check: canary 0.02 nats/token (an int8 copy)",
+             run_many(lm, Traffic(canary_error=0.005, token_kl=0.02), 200, seed0=61_000)),
+        _row(f"language model, divergence check: canary at the tolerated {lm.max_token_kl} nats/token, held 10x",
+             lm_null),
+        _row("language model, violations check: guardrails cut 5 % of the canary's streams, 0.5 % of stable's",
+             run_many(policy.model_copy(update={"checks": ["errors", "latency", "violations"]}),
+                      Traffic(canary_error=0.005, canary_cut=0.05, stable_cut=0.005), 200, seed0=63_000)),
         "",
         f"False-rollback rate {sum(o.action == 'rollback' for o in same) / len(same):.3f} "
         f"(held 10x: {sum(o.action == 'rollback' for o in long_same) / len(long_same):.3f}) against alpha "
         f"{policy.alpha}; binomial tolerance over {runs} runs, 3 standard errors: "
-        f"{binomial_tolerance(policy.alpha, runs):.3f}.\n",
+        f"{binomial_tolerance(policy.alpha, runs):.3f}. Divergence check at the tolerated mean, held 10x: "
+        f"{sum(o.action == 'rollback' for o in lm_null) / len(lm_null):.3f} (the test is exact, so this sits well "
+        "below alpha).\n",
         "## Requests to a rollback, by method (`policy.sequential`)\n",
         "O'Brien-Fleming spends alpha over the planned requests (`min_requests` x analysed steps); the mSPRT",
         "is valid at any number of looks. `both` (the default) gives each half of the alpha. A late regression:",

@@ -22,6 +22,11 @@
     long the canary runs, with looks chosen by the data.
   By the union bound the two together keep a check's false-rollback chance within its alpha
   (split evenly between the checks).
+- divergence (language models): a one-sided test that the mean per-token KL of the canary's text from
+  stable's exceeds the policy's tolerated divergence. Each comparison's KL is clipped to [0, B], so it is
+  (B/2)-sub-Gaussian (Hoeffding's lemma), and the test needs only the count and the sum, which is all the
+  shared store keeps. A one-sided normal-mixture supermartingale (Robbins 1970; Howard et al. 2021) over
+  the sum's excess is exact, not asymptotic: valid at any look, with no alpha spending.
 """
 
 from __future__ import annotations
@@ -176,3 +181,26 @@ def latency_test(canary: list[int], stable: list[int], q: float, ratio: float, a
     qc, qs = quantile(canary, q), quantile(stable, q)
     effect = (qc / qs) if qc is not None and qs else 1.0
     return TestResult("mann-whitney-u", z, p, alpha, effect, ratio, p < alpha and effect > ratio)
+
+
+
+def divergence_test(n: int, total: float, tolerated: float, bound: float, alpha: float,
+                    plan: int = 50) -> SequentialResult:
+    """Anytime-valid test of H0: mean KL <= tolerated from n comparisons whose clipped KL sums to `total`.
+
+    For each lambda >= 0, exp(lambda S - lambda^2 V / 2) with S = total - n x tolerated and V = n bound^2 / 4 is
+    a supermartingale under H0; mixed over lambda ~ half-normal of precision rho (a mixture over lambda < 0 would
+    not be one when the mean is below the tolerated one), it is
+    2 sqrt(rho / (V + rho)) exp(S^2 / (2 (V + rho))) Phi(S / sqrt(V + rho)), which starts at 1. Rolling back when
+    it reaches 1/alpha is wrong with probability at most alpha (Ville). rho puts the test's sharpest point near
+    `plan` comparisons."""
+    if n == 0 or alpha <= 0:
+        return SequentialResult("normal-mixture", 1.0, 1.0, alpha, False)
+    rho = plan * bound * bound / 4
+    v = n * bound * bound / 4
+    excess = total - n * tolerated
+    spread = math.sqrt(v + rho)
+    log_m = (math.log(2) + 0.5 * math.log(rho / (v + rho)) + excess * excess / (2 * (v + rho))
+             + math.log(max(norm_cdf(excess / spread), 1e-300)))
+    m = math.exp(min(log_m, 700.0))
+    return SequentialResult("normal-mixture", m, min(1.0, 1 / m), alpha, log_m >= math.log(1 / alpha))

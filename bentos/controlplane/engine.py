@@ -474,11 +474,12 @@ class Engine:
 
     async def flush_stats(self) -> None:
         rows, agreement = self.stats.pending_rows(), self.stats.pending_agreement()
-        classes = self.stats.pending_classes()
-        if not (rows or agreement or classes) or self.store is None:
+        classes, divergence = self.stats.pending_classes(), self.stats.pending_divergence()
+        guarded = self.stats.pending_guarded()
+        if not (rows or agreement or classes or divergence or guarded) or self.store is None:
             return
         try:
-            await self.db(self.store.write_stats, self.worker_id, rows, agreement, classes)
+            await self.db(self.store.write_stats, self.worker_id, rows, agreement, classes, divergence, guarded)
             self.stats.flushed(rows)
         except StoreUnavailable as exc:
             self.store_down(exc)

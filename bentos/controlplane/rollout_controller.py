@@ -170,6 +170,13 @@ class RolloutController:
         stable = merged.get((state.endpoint, state.stable), Counts())
         canary.comparisons, canary.agreement_sum = (await self.engine.db(store.read_agreement, since,
                                                                             state.endpoint)).get(state.canary, (0, 0.0))
+        if "divergence" in state.policy.checks:
+            canary.scored, canary.kl_sum, canary.log_ratio_sum = (await self.engine.db(
+                store.read_divergence, since, state.endpoint)).get(state.canary, (0, 0.0, 0.0))
+        if "violations" in state.policy.checks:
+            guarded = await self.engine.db(store.read_guarded, since, state.endpoint)
+            canary.guarded, canary.cut = guarded.get(state.canary, (0, 0))
+            stable.guarded, stable.cut = guarded.get(state.stable, (0, 0))
         if "drift" in state.policy.checks:
             classes = await self.engine.db(store.read_classes, since, state.endpoint)
             canary.classes, stable.classes = classes.get(state.canary, []), classes.get(state.stable, [])
@@ -249,6 +256,12 @@ class RolloutController:
             # It would wait for predicted classes for ever: a step holds until each check has its evidence.
             raise InvalidChange(f"policy.checks: drift compares predicted classes, and {endpoint} is a "
                                 f"{known.task.name} endpoint; use agreement")
+        if "divergence" in request.policy.checks and known.task.execution != "decode":
+            raise InvalidChange(f"policy.checks: divergence compares next-token distributions, and {endpoint} is "
+                                f"a {known.task.name} endpoint; use agreement")
+        if "violations" in request.policy.checks and not (known.config.guardrails and known.config.guardrails.output):
+            raise InvalidChange(f"policy.checks: violations compares the streams output guardrails cut, and "
+                                f"{endpoint} has no output guardrails (its guardrails.output)")
         (canary,) = await self.engine.check_versions(known, [request.tag], "tag")
         stable = DeploymentSpec.model_validate(current.spec).stable.tag
         if canary == stable:

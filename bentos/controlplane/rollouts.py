@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bentos.controlplane.canary_analysis import (
+    divergence_test,
     error_msprt,
     error_test,
     latency_msprt,
@@ -24,12 +25,15 @@ from bentos.controlplane.canary_analysis import (
     obrien_fleming_spent,
 )
 from bentos.dataplane.drift import psi
-from bentos.dataplane.stats import Counts, add_counts, quantile
+from bentos.dataplane.stats import KL_CLIP, Counts, add_counts, quantile
 from bentos.schemas import TAG_PATTERN
 
-Check = Literal["errors", "latency", "agreement", "drift"]
-TESTED: tuple[Check, ...] = ("errors", "latency")  # hypothesis tests that share alpha
+Check = Literal["errors", "latency", "agreement", "drift", "divergence", "violations"]
+TESTED: tuple[Check, ...] = ("errors", "latency", "divergence", "violations")  # hypothesis tests that share alpha
 MIN_COMPARISONS = 50  # comparisons with stable (shadow step, or sampled canary answers) before agreement judges
+# Where the divergence test is sharpest, in comparisons: a model trained on other text (4 nats per token) is
+# then rolled back after about 10 of them; centring it on MIN_COMPARISONS would take about 15.
+DIVERGENCE_PLAN = 20
 Status = Literal["running", "paused", "promoted", "rolled_back", "aborted"]
 Action = Literal["hold", "advance", "rollback", "promote"]
 Sequential = Literal["both", "obrien-fleming", "msprt"]
@@ -58,6 +62,14 @@ class RolloutPolicy(BaseModel):
     max_prediction_drift: float = Field(0.2, gt=0, le=10, description=(
         "drift check: the largest PSI allowed between the canary's predicted-class mix and stable's on the same "
         "(split-routed) traffic; classifiers only."))
+    violation_margin: float = Field(0.01, ge=0, le=1, description=(
+        "violations check (endpoints with output guardrails): the share of the canary's streams that its "
+        "guardrails cut may exceed stable's by this much; tested like errors."))
+    max_token_kl: float = Field(0.25, gt=0, le=KL_CLIP / 2, description=(
+        "divergence check (language models): the mean per-token KL divergence, in nats, tolerated between the "
+        "canary's next-token distributions and stable's on the canary's own text (both scored teacher-forced "
+        "on a sample of its requests, or every shadow request). A sequential test that is valid at every look "
+        "rolls back once the mean is shown to be above it."))
     sequential: Sequential = Field("both", description="How repeated looks keep alpha: 'obrien-fleming' (most "
                                    "power within the plan of min_requests per step, none after it), 'msprt' "
                                    "(valid however long the canary runs), or 'both' (half of alpha each).")
@@ -143,9 +155,11 @@ def analyze(state: RolloutState, canary: Counts, stable: Counts) -> dict[str, di
         results["agreement"] = agreement_check(canary, policy.min_agreement)
     if "drift" in policy.checks:
         results["drift"] = drift_check(canary, stable, policy.max_prediction_drift)
+    if "divergence" in policy.checks:  # anytime-valid by construction: its alpha share is not spent per look
+        results["divergence"] = divergence_check(canary, policy.max_token_kl, alpha)
     obf_alpha = {"both": alpha / 2, "obrien-fleming": alpha, "msprt": 0.0}[policy.sequential]
     seq_alpha = alpha - obf_alpha
-    for check in tested:
+    for check in (c for c in tested if c != "divergence"):
         if check == "latency" and state.percent == 0:
             # Shadow answers run in the background, after the primary and when there is room: their
             # latency is not what users would see, so latency is judged from the first canary step.
@@ -157,11 +171,17 @@ def analyze(state: RolloutState, canary: Counts, stable: Counts) -> dict[str, di
         if canary.requests == 0 or stable.requests == 0:
             results[check] = {"test": "none", "reject": False, "note": "no traffic on one side yet"}
             continue
-        if check == "errors":
-            fixed = error_test(canary.errors, canary.requests, stable.errors, stable.requests, policy.error_margin,
-                               look_alpha).as_dict()
-            seq = error_msprt(canary.errors, canary.requests, stable.errors, stable.requests, policy.error_margin,
-                              seq_alpha)
+        if check in ("errors", "violations"):
+            # A cut stream is to the violations check what a failed request is to the errors check.
+            c_bad, c_n, s_bad, s_n, margin = (
+                (canary.errors, canary.requests, stable.errors, stable.requests, policy.error_margin)
+                if check == "errors" else
+                (canary.cut, canary.guarded, stable.cut, stable.guarded, policy.violation_margin))
+            if c_n == 0 or s_n == 0:
+                results[check] = {"test": "none", "reject": False, "note": "no guarded streams on one side yet"}
+                continue
+            fixed = error_test(c_bad, c_n, s_bad, s_n, margin, look_alpha).as_dict()
+            seq = error_msprt(c_bad, c_n, s_bad, s_n, margin, seq_alpha)
             seq_reject = seq.reject
         else:
             fixed = latency_test(canary.latency, stable.latency, policy.latency_quantile, policy.latency_ratio,
@@ -184,6 +204,19 @@ def agreement_check(canary: Counts, threshold: float) -> dict[str, Any]:
             "effect": None if mean is None else float(f"{mean:.6g}"), "threshold": threshold,
             "reject": bool(enough and mean is not None and mean < threshold),
             "waiting": None if enough else f"agreement: {n}/{MIN_COMPARISONS} comparisons"}
+
+
+def divergence_check(canary: Counts, tolerated: float, alpha: float) -> dict[str, Any]:
+    """The canary's mean per-token KL from stable against the tolerated divergence. A rollback needs the
+    test (valid at any look, so it may act before MIN_COMPARISONS); a promotion needs MIN_COMPARISONS."""
+    n = canary.scored
+    seq = divergence_test(n, canary.kl_sum, tolerated, KL_CLIP, alpha, DIVERGENCE_PLAN)
+    enough = n >= MIN_COMPARISONS
+    return {"test": seq.test, "comparisons": n, "min_comparisons": MIN_COMPARISONS,
+            "effect": float(f"{canary.kl_sum / n:.6g}") if n else None, "threshold": tolerated,
+            "log_prob_ratio": float(f"{canary.log_ratio_sum / n:.6g}") if n else None,
+            "p_value": float(f"{seq.p_value:.6g}"), "alpha": float(f"{alpha:.6g}"), "reject": seq.reject,
+            "waiting": None if enough or seq.reject else f"divergence: {n}/{MIN_COMPARISONS} token-level comparisons"}
 
 
 def drift_check(canary: Counts, stable: Counts, threshold: float) -> dict[str, Any]:

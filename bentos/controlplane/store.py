@@ -123,6 +123,13 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE TABLE IF NOT EXISTS agreement_stats (
     source TEXT NOT NULL, endpoint TEXT NOT NULL, version TEXT NOT NULL, bucket BIGINT NOT NULL,
     n BIGINT NOT NULL, total DOUBLE PRECISION NOT NULL, PRIMARY KEY (source, endpoint, version, bucket));
+CREATE TABLE IF NOT EXISTS divergence_stats (
+    source TEXT NOT NULL, endpoint TEXT NOT NULL, version TEXT NOT NULL, bucket BIGINT NOT NULL,
+    n BIGINT NOT NULL, kl DOUBLE PRECISION NOT NULL, log_ratio DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (source, endpoint, version, bucket));
+CREATE TABLE IF NOT EXISTS guard_stats (
+    source TEXT NOT NULL, endpoint TEXT NOT NULL, version TEXT NOT NULL, bucket BIGINT NOT NULL,
+    guarded BIGINT NOT NULL, cut BIGINT NOT NULL, PRIMARY KEY (source, endpoint, version, bucket));
 CREATE TABLE IF NOT EXISTS class_stats (
     source TEXT NOT NULL, endpoint TEXT NOT NULL, version TEXT NOT NULL, bucket BIGINT NOT NULL,
     counts TEXT NOT NULL, PRIMARY KEY (source, endpoint, version, bucket));
@@ -352,12 +359,26 @@ class ControlPlane(ABC):
     # --- shared per-version stats ------------------------------------------------------
     def write_stats(self, source: str, rows: list[tuple[str, str, int, int, int, int, list[int]]],
                     agreement: list[tuple[str, str, int, int, float]] | None = None,
-                    classes: list[tuple[str, str, int, list[int]]] | None = None) -> None:
+                    classes: list[tuple[str, str, int, list[int]]] | None = None,
+                    divergence: list[tuple[str, str, int, int, float, float]] | None = None,
+                    guarded: list[tuple[str, str, int, int, int]] | None = None) -> None:
         """Upsert this worker's cumulative counts per (endpoint, version, time bucket), its shadow
-        comparisons (count and sum of agreement) and its predicted-class counts in the same transaction."""
-        if not rows and not agreement and not classes:
+        comparisons (count and sum of agreement), its predicted-class counts, its token-level
+        comparisons (count, sums of KL and log-prob ratio) and its guarded streams (checked, cut) in the
+        same transaction."""
+        if not rows and not agreement and not classes and not divergence and not guarded:
             return
         with self.transaction() as cur:
+            for endpoint, version, bucket, checked, cut in guarded or []:
+                self._exec(cur, "INSERT INTO guard_stats (source, endpoint, version, bucket, guarded, cut) "
+                                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (source, endpoint, version, bucket) "
+                                "DO UPDATE SET guarded = excluded.guarded, cut = excluded.cut",
+                           (source, endpoint, version, bucket, checked, cut))
+            for endpoint, version, bucket, n, kl, log_ratio in divergence or []:
+                self._exec(cur, "INSERT INTO divergence_stats (source, endpoint, version, bucket, n, kl, log_ratio) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, endpoint, version, bucket) "
+                                "DO UPDATE SET n = excluded.n, kl = excluded.kl, log_ratio = excluded.log_ratio",
+                           (source, endpoint, version, bucket, n, kl, log_ratio))
             for endpoint, version, bucket, counts in classes or []:
                 self._exec(cur, "INSERT INTO class_stats (source, endpoint, version, bucket, counts) "
                                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, endpoint, version, bucket) "
@@ -385,13 +406,30 @@ class ControlPlane(ABC):
         with self.transaction() as cur:
             return [(*r[:6], json.loads(r[6])) for r in self._exec(cur, sql, params).fetchall()]
 
+    def _sums(self, table: str, columns: tuple[str, ...], since_bucket: int, endpoint: str,
+              ) -> dict[str, tuple[Any, ...]]:
+        """Version -> each column summed over workers and buckets since `since_bucket` (names are ours, not
+        a caller's: they are never user input)."""
+        sums = ", ".join(f"SUM({c})" for c in columns)
+        with self.transaction() as cur:
+            rows = self._exec(cur, f"SELECT version, {sums} FROM {table} WHERE bucket >= ? AND endpoint = ? "
+                                   "GROUP BY version", (since_bucket, endpoint)).fetchall()
+        return {r[0]: tuple(r[1:]) for r in rows}
+
     def read_agreement(self, since_bucket: int, endpoint: str) -> dict[str, tuple[int, float]]:
         """Version -> (comparisons, sum of agreement) since a bucket."""
-        with self.transaction() as cur:
-            rows = self._exec(cur, "SELECT version, SUM(n), SUM(total) FROM agreement_stats "
-                                   "WHERE bucket >= ? AND endpoint = ? GROUP BY version",
-                              (since_bucket, endpoint)).fetchall()
-        return {version: (int(n), float(total)) for version, n, total in rows}
+        return {v: (int(n), float(total))
+                for v, (n, total) in self._sums("agreement_stats", ("n", "total"), since_bucket, endpoint).items()}
+
+    def read_divergence(self, since_bucket: int, endpoint: str) -> dict[str, tuple[int, float, float]]:
+        """Version -> (token-level comparisons, sum of their KL, sum of their log-prob ratio) since a bucket."""
+        sums = self._sums("divergence_stats", ("n", "kl", "log_ratio"), since_bucket, endpoint)
+        return {v: (int(n), float(kl), float(ratio)) for v, (n, kl, ratio) in sums.items()}
+
+    def read_guarded(self, since_bucket: int, endpoint: str) -> dict[str, tuple[int, int]]:
+        """Version -> (streams whose output guardrails checked, streams they cut) since a bucket."""
+        sums = self._sums("guard_stats", ("guarded", "cut"), since_bucket, endpoint)
+        return {v: (int(checked), int(cut)) for v, (checked, cut) in sums.items()}
 
     def read_classes(self, since_bucket: int, endpoint: str) -> dict[str, list[int]]:
         """Version -> predictions per class since a bucket, summed over workers and buckets."""
@@ -408,6 +446,8 @@ class ControlPlane(ABC):
             self._exec(cur, "DELETE FROM version_stats WHERE bucket < ?", (before_bucket,))
             self._exec(cur, "DELETE FROM agreement_stats WHERE bucket < ?", (before_bucket,))
             self._exec(cur, "DELETE FROM class_stats WHERE bucket < ?", (before_bucket,))
+            self._exec(cur, "DELETE FROM divergence_stats WHERE bucket < ?", (before_bucket,))
+            self._exec(cur, "DELETE FROM guard_stats WHERE bucket < ?", (before_bucket,))
 
     # --- rollouts (one per endpoint; the latest, finished or not) -----------------------
     def put_rollout(self, endpoint: str, state: dict[str, Any], audit: tuple[str, str, str, Any] | None = None,

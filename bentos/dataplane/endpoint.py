@@ -21,6 +21,7 @@ from bentos.dataplane.call import Call
 from bentos.dataplane.circuit import CircuitBreaker, CircuitPolicy, State
 from bentos.dataplane.decode.loop import DecodeLoop, decode_loop
 from bentos.dataplane.decode.scheduler import PRIORITIES
+from bentos.dataplane.decode.verdict import token_verdict
 from bentos.dataplane.drift import DriftMonitor, features_of
 from bentos.dataplane.generation import Generation
 from bentos.dataplane.metrics import Metrics, VersionSeries
@@ -552,6 +553,10 @@ class Endpoint:
             series.circuit_state.set(slot.circuit.state.value)
         self._release(pick)
         self._evidence(pick.tag, pick.route, call.source, ok, gen.first_token_s)
+        window = gen.window
+        if ok and window is not None and window.guard.policy.output and call.source == "api" \
+                and pick.route in ("stable", "canary"):
+            self.stats.record_guarded(self.name, pick.tag, window.cut is not None)  # the violations check
         spec = self.spec
         if ok and call.source == "api" and spec is not None and pick.router.shadows \
                 and random.random() * 100 < spec.shadow_sample:
@@ -562,12 +567,12 @@ class Endpoint:
             self._spawn(self._judge_generation(pick.tag, pick.router.stable, gen, "compare"))
 
     async def _judge_generation(self, candidate: str, reference: str, gen: Generation, route: str) -> None:
-        """How often `reference` would have written `candidate`'s greedy tokens: `candidate`'s first
-        AGREEMENT_TOKENS greedy tokens on the prompt (the request's own when `candidate` answered it greedily,
-        else a shadow run), and `reference`'s greedy choice at each of those positions given the same text
-        before it (one forward pass). A version that writes what the reference would is near 1 however the two
-        diverge later; one that writes garbage is near 0. Background work: shadows are planned only when no
-        user waits, and a comparison never affects the request it copies."""
+        """Token-level verdict on `candidate`'s first AGREEMENT_TOKENS greedy tokens on the prompt (the
+        request's own when `candidate` answered it greedily, else a shadow run): both versions score those
+        tokens teacher-forced, one prefill pass each, no decoding (decode/verdict.py). It records how often
+        `reference`'s top-1 is the written token (a version that writes what the reference would is near 1
+        however the two diverge later; garbage is near 0), the mean log-prob ratio and the mean KL. Background
+        work: shadows are planned only when no user waits, and a comparison never affects the request."""
         mine, theirs = self.slots.get(candidate), self.slots.get(reference)
         if mine is None or theirs is None or mine.decode is None or theirs.decode is None:
             return
@@ -582,15 +587,20 @@ class Endpoint:
                 self._evidence(candidate, route, "shadow", True, time.monotonic() - start)
             if not written:
                 return
-            expected = await theirs.decode.next_tokens(gen.prompt, written)
+            theirs_lp = await theirs.decode.log_probs(gen.prompt, written)
+            mine_lp = await mine.decode.log_probs(gen.prompt, written)
         except Exception as exc:
             if route == "shadow":
                 self._evidence(candidate, route, "shadow", False, time.monotonic() - start)
             log.debug("%s %s against %s: %s", route, candidate, reference, exc)
             return
-        agreement = mine.version.codec.agreement(written, expected)
+        agreement = mine.version.codec.agreement(written, [int(t) for t in theirs_lp.argmax(axis=-1)])
         self.metrics.shadow_agreement.labels(self.name, candidate, reference).observe(agreement)
         self.stats.record_agreement(self.name, candidate, agreement)
+        verdict = token_verdict(written, mine_lp, theirs_lp)
+        if verdict is not None:  # None: the two vocabularies differ, so there is no distribution to compare
+            self.metrics.token_kl.labels(self.name, candidate, reference).observe(verdict.kl)
+            self.stats.record_divergence(self.name, candidate, verdict.kl, verdict.log_ratio)
 
     async def _greedy_ids(self, loop: DecodeLoop, prompt: list[int], params: SamplingParams) -> list[int]:
         flight = await loop.start(prompt, params, time.monotonic() + self.settings.request_timeout_s, shadow=True)

@@ -19,6 +19,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TOKEN_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 COLD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 AGREEMENT_BUCKETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+KL_BUCKETS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # nats per token
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Metrics:
     fallbacks: Any
     shadow_dropped: Any
     shadow_agreement: Any
+    token_kl: Any
     circuit_state: Any
     version_role: Any
     ready: Any
@@ -154,6 +156,9 @@ def get_metrics() -> Metrics:
         shadow_agreement=Histogram("switchyard_shadow_agreement",
                                    "Agreement of shadow with primary: label match (classifiers), cosine (embeddings).",
                                    [*ev, "primary"], buckets=AGREEMENT_BUCKETS),
+        token_kl=Histogram("switchyard_canary_token_kl", "Language models: mean per-token KL divergence (nats) of "
+                           "the version's written tokens from the primary's, teacher-forced.", [*ev, "primary"],
+                           buckets=KL_BUCKETS),
         circuit_state=Gauge("switchyard_circuit_state", "0 closed, 1 half-open, 2 open.", ev,
                             multiprocess_mode="max"),
         # 1 while the version holds that role in this worker's deployment, else 0 (alerts join on it).

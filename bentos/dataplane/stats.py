@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BUCKET_S = 5
+# A comparison's mean per-token KL (nats) counts at most this much: the divergence check's test needs a bound,
+# and a version this far from stable is wrong whatever the exact figure.
+KL_CLIP = 5.0
 # Latency histogram edges in milliseconds; the last bucket is open-ended.
 LATENCY_EDGES_MS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000)
 
@@ -30,6 +33,14 @@ class Counts:
     comparisons: int = 0  # shadow comparisons with the primary, and the sum of their agreement
     agreement_sum: float = 0.0
     classes: list[int] = field(default_factory=list)  # predictions per class (classifiers), for the drift check
+    # Language models: token-level comparisons with stable (decode/verdict.py): how many, and the sums of
+    # their mean KL (each clipped to KL_CLIP, so that the divergence check can bound it) and log-prob ratio.
+    scored: int = 0
+    kl_sum: float = 0.0
+    log_ratio_sum: float = 0.0
+    # Language models with output guardrails: split-routed streams whose output was checked, and those cut.
+    guarded: int = 0
+    cut: int = 0
 
     def add(self, other: Counts) -> None:
         self.requests += other.requests
@@ -39,6 +50,11 @@ class Counts:
         self.comparisons += other.comparisons
         self.agreement_sum += other.agreement_sum
         self.classes = add_counts(self.classes, other.classes)
+        self.scored += other.scored
+        self.kl_sum += other.kl_sum
+        self.log_ratio_sum += other.log_ratio_sum
+        self.guarded += other.guarded
+        self.cut += other.cut
 
 
 def add_counts(a: list[int], b: list[int]) -> list[int]:
@@ -63,6 +79,8 @@ def quantile(hist: list[int], q: float) -> float | None:
 
 AgreementRow = tuple[str, str, int, int, float]
 ClassRow = tuple[str, str, int, list[int]]
+DivergenceRow = tuple[str, str, int, int, float, float]
+GuardRow = tuple[str, str, int, int, int]
 
 
 class StatsRecorder:
@@ -80,6 +98,31 @@ class StatsRecorder:
         """Written with pending_rows' rows (same dirty keys), so `flushed(rows)` clears both."""
         return [(e, v, b, c.comparisons, c.agreement_sum)
                 for (e, v, b), c in ((k, self._buckets[k]) for k in self._dirty) if c.comparisons]
+
+    def record_divergence(self, endpoint: str, version: str, kl: float, log_ratio: float) -> None:
+        key = (endpoint, version, bucket_of(time.time()))
+        counts = self._buckets[key]
+        counts.scored += 1
+        counts.kl_sum += min(max(kl, 0.0), KL_CLIP)
+        counts.log_ratio_sum += log_ratio
+        self._dirty.add(key)
+
+    def pending_divergence(self) -> list[DivergenceRow]:
+        """Written with pending_rows' rows (same dirty keys), so `flushed(rows)` clears both."""
+        return [(e, v, b, c.scored, c.kl_sum, c.log_ratio_sum)
+                for (e, v, b), c in ((k, self._buckets[k]) for k in self._dirty) if c.scored]
+
+    def record_guarded(self, endpoint: str, version: str, cut: bool) -> None:
+        """A split-routed stream whose output the endpoint's guardrails checked, and whether they cut it."""
+        key = (endpoint, version, bucket_of(time.time()))
+        self._buckets[key].guarded += 1
+        self._buckets[key].cut += 1 if cut else 0
+        self._dirty.add(key)
+
+    def pending_guarded(self) -> list[GuardRow]:
+        """Written with pending_rows' rows (same dirty keys), so `flushed(rows)` clears both."""
+        return [(e, v, b, c.guarded, c.cut) for (e, v, b), c in ((k, self._buckets[k]) for k in self._dirty)
+                if c.guarded]
 
     def record_classes(self, endpoint: str, version: str, classes: list[int], n_classes: int) -> None:
         """Predicted classes of split-routed answers: the drift check compares canary's mix with stable's."""

@@ -44,3 +44,38 @@ def test_error_test_uses_fisher_when_errors_are_rare_and_needs_the_margin() -> N
     assert many.test == "two-proportion-z" and many.reject and many.effect == pytest.approx(0.055)
     inside_margin = error_test(70, 10_000, 5, 10_000, margin=0.01, alpha=0.05)  # 0.65 points: significant, small
     assert not inside_margin.reject and inside_margin.effect < 0.01
+
+
+def test_the_divergence_test_is_the_half_normal_mixture_it_says_it_is() -> None:
+    """Its closed form against numeric integration of exp(lambda S - lambda^2 V / 2) over a half-normal."""
+    from scipy import integrate
+
+    from bentos.controlplane.canary_analysis import divergence_test
+
+    n, total, tolerated, bound, plan = 40, 16.0, 0.25, 5.0, 50
+    rho, v = plan * bound**2 / 4, n * bound**2 / 4
+    excess = total - n * tolerated
+    numeric = integrate.quad(lambda lam: np.exp(lam * excess - lam**2 * v / 2) * 2 * sps.norm.pdf(lam, 0, rho**-0.5),
+                             0, np.inf)[0]
+    result = divergence_test(n, total, tolerated, bound, 0.05, plan)
+    assert result.likelihood_ratio == pytest.approx(numeric, rel=1e-6)
+    assert result.reject == (numeric >= 1 / 0.05)
+    assert divergence_test(0, 0.0, tolerated, bound, 0.05).likelihood_ratio == 1.0  # it starts at 1
+
+
+def test_the_divergence_test_rejects_a_true_null_at_most_alpha_of_the_time_at_any_look() -> None:
+    """Bounded values whose mean is exactly the tolerated one, looked at after every comparison for 400:
+    the share of paths ever rejected stays within alpha (Ville's inequality, not an approximation)."""
+    from bentos.controlplane.canary_analysis import divergence_test
+
+    rng, alpha, tolerated, bound = np.random.default_rng(7), 0.05, 0.25, 5.0
+    ever = 0
+    paths = 400
+    for _ in range(paths):
+        kl = np.minimum(rng.exponential(tolerated, 400), bound)
+        kl *= tolerated / kl.mean()  # this path's mean is the tolerated one: the worst case under H0
+        sums = np.cumsum(kl)
+        ever += any(divergence_test(i + 1, float(sums[i]), tolerated, bound, alpha).reject for i in range(400))
+    assert ever / paths <= alpha
+    far = np.cumsum(np.full(60, 4.0))  # a model trained on other text
+    assert next(i + 1 for i in range(60) if divergence_test(i + 1, float(far[i]), tolerated, bound, alpha).reject) <= 12

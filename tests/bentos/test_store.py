@@ -252,3 +252,22 @@ def test_heartbeats_count_the_live_workers_and_forget_the_silent_and_the_gone(st
     store.heartbeat("host-c:1", ttl_s=5)
     time.sleep(0.3)
     assert store.heartbeat("host-a:1", ttl_s=0.2) == 1  # c went silent: by the database's clock, forgotten
+
+
+def test_token_level_comparisons_are_summed_across_sources(store: ControlPlane) -> None:
+    store.write_stats("w1", [], divergence=[("writer", "lm:2", 10, 4, 0.5, 0.25)])
+    store.write_stats("w2", [], divergence=[("writer", "lm:2", 10, 2, 8.0, 3.0), ("writer", "lm:2", 11, 1, 0.1, 0.0)])
+    store.write_stats("w1", [], divergence=[("writer", "lm:2", 10, 5, 0.75, 0.5)])  # cumulative: replaces w1's row
+    assert store.read_divergence(10, "writer") == {"lm:2": (8, pytest.approx(8.85), pytest.approx(3.5))}
+    assert store.read_divergence(11, "writer") == {"lm:2": (1, 0.1, 0.0)} and store.read_divergence(0, "x") == {}
+    store.prune_stats(11)
+    assert store.read_divergence(0, "writer") == {"lm:2": (1, 0.1, 0.0)}
+
+
+def test_guarded_streams_are_summed_across_sources(store: ControlPlane) -> None:
+    store.write_stats("w1", [], guarded=[("writer", "lm:2", 10, 40, 2)])
+    store.write_stats("w2", [], guarded=[("writer", "lm:2", 10, 10, 1), ("writer", "lm:1", 11, 5, 0)])
+    store.write_stats("w1", [], guarded=[("writer", "lm:2", 10, 50, 3)])  # cumulative: replaces w1's row
+    assert store.read_guarded(10, "writer") == {"lm:2": (60, 4), "lm:1": (5, 0)}
+    store.prune_stats(11)
+    assert store.read_guarded(0, "writer") == {"lm:1": (5, 0)}

@@ -5,6 +5,7 @@ the KV budget, and rollouts that judge a generative canary."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -348,12 +349,14 @@ def _rollout(c: httpx.Client, body: dict[str, Any] | None = None) -> dict[str, A
 
 
 def _roll(server: Served, lm_tags: dict[str, str], canary: str, steps: tuple[int, ...] = (50, 100)) -> dict[str, Any]:
-    """A rollout of `canary` over fp32 on `writer`, under greedy traffic, to its end."""
+    """A rollout of `canary` over fp32 on `writer`, under greedy traffic, to its end. Every canary answer is
+    compared (canary_compare_sample 1.0): top-1 agreement and the token-level divergence check."""
     with httpx.Client(base_url=server.url, timeout=60) as c:
         assert deploy(c, "writer", [(lm_tags["fp32"], "stable", 100)]).status_code == 200
         time.sleep(1)
-        policy = {"steps": list(steps), "checks": ["errors", "agreement"], "min_agreement": 0.5,
-                  "min_requests": 60, "min_seconds": 1, "interval_s": 0.5}
+        policy = {"steps": list(steps), "checks": ["errors", "agreement", "divergence"], "min_agreement": 0.5,
+                  "max_token_kl": 0.25, "min_requests": 60, "min_seconds": 1, "interval_s": 0.5}
+        started = time.monotonic()
         _rollout(c, {"tag": lm_tags[canary], "policy": policy, "reason": f"{canary} canary"})
         prompts = ["The cat", "A small bird", "My sister", "The old man", "The teacher", "Our neighbour"]
         end, i = time.monotonic() + 240, 0
@@ -363,31 +366,46 @@ def _roll(server: Served, lm_tags: dict[str, str], canary: str, steps: tuple[int
             i += 1
             state = _rollout(c)
             if state["status"] in ("promoted", "rolled_back"):
+                checks = state["decisions"][-1]["checks"]
+                print(f"{canary} canary: {state['status']} after {time.monotonic() - started:.1f} s and "
+                      f"{state['decisions'][-1]['canary']['requests']} canary requests; agreement "
+                      f"{checks['agreement']['effect']} over {checks['agreement']['comparisons']} comparisons; "
+                      f"KL {checks['divergence']['effect']} nats/token, log-prob ratio "
+                      f"{checks['divergence']['log_prob_ratio']} over {checks['divergence']['comparisons']}")
                 return state
         raise AssertionError(f"rollout of {canary} did not end: {state['history'][-3:]}")
 
 
+# Stated in README: the divergence check rolls back a language model trained on other text before this many
+# token-level comparisons, where the agreement check would only start to judge (the test needs about 10 at 4
+# nats per token; the look that acts sees more, those that came in since the look before).
+GARBAGE_COMPARISONS = 50
+
+
 def test_a_garbage_canary_is_rolled_back(gen_server: Served, writer: str, lm_tags: dict[str, str]) -> None:
+    """The token-level divergence check says so first: many nats per token from stable, on the canary's own
+    text, valid at whichever look it fires (top-1 agreement would wait for 50 comparisons)."""
     state = _roll(gen_server, lm_tags, "garbage")
-    assert state["status"] == "rolled_back" and "agreement" in state["decisions"][-1]["reason"]
-    agreement = state["decisions"][-1]["checks"]["agreement"]
-    assert agreement["effect"] < 0.5 and agreement["comparisons"] >= 50
-    print(f"garbage canary: agreement {agreement['effect']} over {agreement['comparisons']} comparisons")
+    assert state["status"] == "rolled_back" and "divergence" in state["decisions"][-1]["reason"]
+    divergence = state["decisions"][-1]["checks"]["divergence"]
+    assert divergence["effect"] > 1.0 and divergence["log_prob_ratio"] > 0 and divergence["p_value"] < 0.05
+    assert divergence["comparisons"] < GARBAGE_COMPARISONS
 
 
 def test_a_garbage_shadow_is_rolled_back_before_it_answers_anyone(gen_server: Served, writer: str,
                                                                    lm_tags: dict[str, str]) -> None:
     state = _roll(gen_server, lm_tags, "garbage", steps=(0, 50, 100))
     assert state["status"] == "rolled_back" and state["decisions"][-1]["step"] == 0
-    assert state["decisions"][-1]["checks"]["agreement"]["effect"] < 0.5
+    assert state["decisions"][-1]["checks"]["divergence"]["reject"] is True
 
 
 def test_a_good_canary_is_promoted(gen_server: Served, writer: str, lm_tags: dict[str, str]) -> None:
+    """An int8 copy of stable: near stable token by token, so neither check objects."""
     state = _roll(gen_server, lm_tags, "int8")
-    assert state["status"] == "promoted", state["decisions"][-1].get("checks")
-    agreement = state["decisions"][-1]["checks"]["agreement"]
-    assert agreement["effect"] >= 0.5
-    print(f"int8 canary: agreement {agreement['effect']} over {agreement['comparisons']} comparisons")
+    checks = state["decisions"][-1]["checks"]
+    assert state["status"] == "promoted", checks
+    assert checks["agreement"]["effect"] >= 0.5 and checks["divergence"]["effect"] < 0.25
+    assert checks["divergence"]["comparisons"] >= 50
 
 
 def test_generation_metrics_are_exported(gen_server: Served, writer: str) -> None:
@@ -890,6 +908,55 @@ def test_guardrails_refuse_a_prompt_and_cut_a_stream_before_the_chunk_that_fails
 
         fenced, finish = _stream(c, "fenced", body)
         assert fenced == plain and finish != "content_filter"  # nothing hit: byte for byte
+
+
+def _bigrams(text: str) -> list[tuple[str, str]]:
+    words = re.findall(r"[a-z]+", text.lower())
+    return list(itertools.pairwise(words))
+
+
+def test_a_canary_whose_streams_the_guardrails_cut_more_is_rolled_back(gen_server: Served, writer: str,
+                                                                      lm_tags: dict[str, str]) -> None:
+    """The violations check. The traffic is three greedy prompts, so each version writes the same three texts
+    every time; the output check blocks, for each of the garbage canary's texts, a word pair it writes that
+    stable never does. Every canary stream is cut and no stable one, and the rollout rolls back on that."""
+    prompts, body = ["The cat", "My sister", "The old man"], {"max_tokens": 16, "ignore_eos": True}
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:
+        r = c.post("/v1/admin/endpoints", headers=AUTH, json={
+            "name": "probe", "task": "text-generation", "model": lm_tags["fp32"], "reason": "test"})
+        assert r.status_code == 201, r.text
+        assert deploy(c, "probe", [(lm_tags["fp32"], "stable", 50), (lm_tags["garbage"], "canary", 50)]).status_code \
+            == 200
+        texts = {v: [c.post("/v1/probe/generate", json={**body, "prompt": p},
+                            headers={"x-model-version": lm_tags[v]}).json()["text"] for p in prompts]
+                 for v in ("fp32", "garbage")}
+        seen = {pair for t in texts["fp32"] for pair in _bigrams(t)}
+        blocked = [next((pair for pair in _bigrams(t) if pair not in seen), None) for t in texts["garbage"]]
+        assert None not in blocked, texts  # each garbage text has a pair stable never writes
+        patterns = {f"pair{i}": rf"(?i)\b{a}\W+{b}\b" for i, (a, b) in enumerate(blocked)}  # type: ignore[misc]
+        r = c.post("/v1/admin/endpoints", headers=AUTH, json={
+            "name": "numberless", "task": "text-generation", "model": lm_tags["fp32"], "reason": "test",
+            "guardrails": {"output": [{"name": "not-stable", "patterns": patterns}], "chunk_chars": 16}})
+        assert r.status_code == 201, r.text
+        policy = {"steps": [50, 100], "checks": ["errors", "violations"], "min_requests": 60, "min_seconds": 1,
+                  "interval_s": 0.5}
+        r = c.post("/v1/admin/rollouts/writer", headers=AUTH, json={
+            "tag": lm_tags["garbage"], "policy": {**policy, "checks": ["violations"]}, "reason": "x"})
+        assert r.status_code == 422 and "guardrails.output" in r.text, r.text  # writer has none: it would never judge
+        r = c.post("/v1/admin/rollouts/numberless", headers=AUTH,
+                   json={"tag": lm_tags["garbage"], "policy": policy, "reason": "garbage under a pair guard"})
+        assert r.status_code == 200, r.text
+        end, i, state = time.monotonic() + 180, 0, {}
+        while time.monotonic() < end and state.get("status") not in ("promoted", "rolled_back"):
+            r = c.post("/v1/numberless/generate", json={**body, "prompt": prompts[i % len(prompts)]})
+            assert r.status_code == 200, r.text
+            i += 1
+            state = c.get("/v1/admin/rollouts/numberless", headers=AUTH).json()
+    last = state["decisions"][-1]
+    assert state["status"] == "rolled_back", json.dumps(last["checks"])
+    assert "violations" in last["reason"] and last["checks"]["errors"]["reject"] is False
+    print(f"violations check: rolled back after {last['canary']['requests']} canary requests: "
+          f"{last['checks']['violations']}")
 
 
 @pytest.fixture(scope="module")

@@ -210,6 +210,10 @@ def test_bad_rollout_requests_name_the_field(client: httpx.Client, tags: dict[st
     r = client.post("/v1/admin/rollouts/minilm", headers=AUTH,  # embeddings name no classes: it would wait for ever
                     json={"tag": tags["minilm"], "reason": "x", "policy": {"checks": ["errors", "drift"]}})
     assert r.status_code == 422 and "policy.checks: drift" in r.json()["detail"], r.text
+    r = _rollout(client, body={"tag": tags["cnn"], "reason": "x", "policy": {"checks": ["errors", "divergence"]}})
+    assert r.status_code == 422 and "policy.checks: divergence" in r.json()["detail"], r.text  # not a language model
+    r = _rollout(client, body={"tag": tags["cnn"], "reason": "x", "policy": {"max_token_kl": 9}})
+    assert r.status_code == 422 and "max_token_kl" in r.text, r.text
 
 
 @pytest.mark.parametrize(("canary", "outcome"), [("cnn", "promoted"), ("faulty", "rolled_back")])

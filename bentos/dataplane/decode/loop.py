@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from bentos.dataplane.decode.constraints import Grammars
 from bentos.dataplane.decode.kv_budget import KvBudget, bytes_per_token
 from bentos.dataplane.decode.prefix_cache import PrefixCache
@@ -27,6 +29,7 @@ from bentos.dataplane.decode.scheduler import PRIORITIES, DecodeScheduler, Seque
 from bentos.dataplane.decode.shares import FairShare
 from bentos.dataplane.decode.speculation import Speculation
 from bentos.dataplane.decode.streams import TokenStream
+from bentos.dataplane.decode.verdict import log_softmax
 from bentos.errors import DeadlineExceeded, InvalidInput, ModelFailure, Overloaded, ServingError
 from bentos.tasks.base import Limits, length_bucket
 from bentos.tasks.text_generation import GenerationCodec, SamplingParams
@@ -176,14 +179,15 @@ class DecodeLoop:
         self.scheduler.abort(request_id)
         self._wake.set()
 
-    async def next_tokens(self, prompt: list[int], written: list[int]) -> list[int]:
-        """The greedy token this version would write at each of `written`'s positions, given the prompt and
-        what precedes it there (one forward pass, on the loop's own thread between its steps)."""
+    async def log_probs(self, prompt: list[int], written: list[int]) -> np.ndarray:
+        """This version's next-token log-probabilities at each of `written`'s positions, given the prompt and
+        what precedes it there (one forward pass, on the loop's own thread between its steps): the canary
+        comparison's teacher-forced scoring."""
         feed = self.codec.prefill_feed([prompt + written])
 
-        def run() -> list[int]:
+        def run() -> np.ndarray:
             logits = self.runner.session.run(["logits"], feed)[0][0]
-            return [int(t) for t in logits[len(prompt) - 1:len(prompt) - 1 + len(written)].argmax(axis=-1)]
+            return log_softmax(logits[len(prompt) - 1:len(prompt) - 1 + len(written)])
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
