@@ -21,13 +21,14 @@ TOKEN_FILE := .state/admin-token
 # Debian packages the tests and benchmarks use (installed only when missing).
 APT_PACKAGES := $(shell cat deploy/apt-packages.txt 2>/dev/null)
 
-.PHONY: help install system-deps models host-check serve test lint bench bento bento-gpu export clean
+.PHONY: help install system-deps models host-check serve test lint bench bento bento-gpu export clean docs docs-serve
 
 help:
 	@echo "make serve   set up (venv, packages, default models) and run the stack"
 	@echo "make test    install and run the whole test suite"
 	@echo "make lint    ruff + mypy on bentos/, models/ and admin/"
 	@echo "make bench   optimization table and serving benchmarks (docs/)"
+	@echo "make docs    the docs site into site/ (make docs-serve: on http://127.0.0.1:8000)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +82,14 @@ serve: host-check models $(TOKEN_FILE)
 # PYTEST_ARGS='-p no:randomly' runs in file order.
 test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The docs site: its reference pages are written from the code first (docs/gen_reference.py).
+docs: install
+	$(PY) docs/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
 
 lint: install
 	$(VENV)/bin/ruff check .

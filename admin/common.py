@@ -17,6 +17,15 @@ def settings() -> ConsoleSettings:
     return ConsoleSettings()
 
 
+def setting(name: str) -> str:
+    """A setting named in the console, as Markdown: a link to its reference entry when SWITCHYARD_DOCS_URL is
+    set (docs/gen_reference.py gives each variable an anchor of its name in lower case)."""
+    base = settings().docs_url
+    if not base:
+        return f"`{name}`"
+    return f"[`{name}`]({base.rstrip('/')}/reference/settings/#{name.lower()})"
+
+
 ROLES = ("viewer", "operator", "admin")
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 

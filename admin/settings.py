@@ -16,3 +16,5 @@ class ConsoleSettings(BaseSettings):
         None, validation_alias=AliasChoices("PROMETHEUS_URL", "SWITCHYARD_PROMETHEUS_URL"),
         description="Query a Prometheus server instead of scraping /metrics.")
     timeout_s: float = Field(10.0, gt=0, description="HTTP timeout for calls to the service.")
+    docs_url: str | None = Field(None, description="The docs site (`make docs-serve`: http://127.0.0.1:8000); "
+                                 "each setting the console names then links to its entry in the settings reference.")

@@ -112,7 +112,7 @@ def report(results: list[dict[str, object]], command: str) -> str:
              "connections on the same 2 cores. A sample is charged to the innermost frame of a known layer "
              "(`bench/profile.py`, LAYERS); ms per request is the layer's share of the server's CPU per "
              "request, measured in the same window. By default Switchyard's requests take the fast lane, "
-             "around BentoML's middleware (README: How serving works); the sections marked "
+             "around BentoML's middleware (docs/how-serving-works.md); the sections marked "
              "`SWITCHYARD_FAST_LANE=false` go through it, as do those with the access log on (the lane steps "
              "aside for it). Samples without a Python frame (native threads, ORT's own) count as \"other\".\n"]
     for r in results:

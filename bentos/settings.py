@@ -160,7 +160,8 @@ class ServeSettings(BaseSettings):
     grpc_host: str | None = Field(None, description=(
         "The address gRPC listens on; default: the HTTP server's own (bentoml serve --host)."))
     fast_lane: bool = Field(True, description=(
-        "Send /v1 and /v2 requests to Switchyard's app directly, around BentoML's middleware (README: Performance)."))
+        "Send /v1 and /v2 requests to Switchyard's app directly, around BentoML's middleware "
+        "(docs/how-serving-works.md)."))
 
     # Input limits
     max_rows: int = Field(64, ge=1, le=4096, description="Rows or texts per request (endpoints may set their own).")

@@ -53,7 +53,7 @@ images, or a text file of sentences). With labels the gate is the accuracy drop 
 --min-cosine and --min-p01-cosine for embeddings, --max-rel-l2 for tensors). Text generation
 takes plain text (one passage a line) and is judged on perplexity (--max-perplexity-ratio) and
 greedy next-token agreement (--min-token-agreement) against fp32; its graph keeps the KV cache.
-Then deploy it: PUT /v1/admin/deployments/ENDPOINT, or start a rollout (README: Serve your own model).
+Then deploy it: PUT /v1/admin/deployments/ENDPOINT, or start a rollout (docs/serve-your-own-model.md).
 """
 
 

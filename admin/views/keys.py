@@ -7,10 +7,10 @@ import time
 import pandas as pd
 import streamlit as st
 
-from admin.common import client, guard
+from admin.common import client, guard, setting
 
 st.title("API keys")
-st.caption("Inference needs a key when the service runs with SWITCHYARD_REQUIRE_API_KEY=true; a key sent "
+st.caption(f"Inference needs a key when the service runs with {setting('SWITCHYARD_REQUIRE_API_KEY')}=true; a key sent "
            "without that is still checked. The service keeps only each key's hash.")
 
 with guard():

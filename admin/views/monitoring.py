@@ -11,7 +11,7 @@ import streamlit as st
 
 from admin.charts import bin_names, bins_chart, time_chart
 from admin.client import ConsoleError
-from admin.common import client, guard, may, settings
+from admin.common import client, guard, may, setting, settings
 from admin.metrics import series_name
 
 THRESHOLD = 0.25  # the alert's PSI line (deploy/prometheus/rules/alerts.yml)
@@ -19,7 +19,7 @@ THRESHOLD = 0.25  # the alert's PSI line (deploy/prometheus/rules/alerts.yml)
 st.title("Monitoring")
 conf = settings()
 st.caption(f"Drift of each version's traffic against its validation data (PSI; {THRESHOLD} alerts), from the "
-           "sampled share of requests (SWITCHYARD_DRIFT_SAMPLE). Refreshing every "
+           f"sampled share of requests ({setting('SWITCHYARD_DRIFT_SAMPLE')}). Refreshing every "
            f"{conf.refresh_s:g} s.")
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from admin.common import client, guard, history, settings, split_rows
+from admin.common import client, guard, history, setting, settings, split_rows
 from admin.metrics import window_stats
 
 ERROR_ALERT, P95_ALERT_MS = 0.01, 500.0
@@ -43,7 +43,7 @@ with guard():
     cols[3].metric("Model memory (a worker)", f"{mib(memory.get('used_bytes'))} MiB",
                    help=f"{memory.get('resident', 0)} versions loaded; budget "
                         f"{mib(memory.get('budget_bytes')) + ' MiB' if memory.get('budget_bytes') else 'none'} "
-                        "(SWITCHYARD_MODEL_MEMORY)")
+                        f"({setting('SWITCHYARD_MODEL_MEMORY')})")
     if not health["control_plane"]["ok"]:
         st.warning(f"Control plane: {health['control_plane']['error']}")
     deployments = api.deployments()

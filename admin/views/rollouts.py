@@ -126,7 +126,8 @@ with guard():
     endpoint = st.selectbox("Endpoint", endpoints, key="rollout_endpoint")
     state = api.rollout(endpoint)
     if state is None:
-        st.info("No rollout on this endpoint yet. The form's defaults are the API's (README: Rollouts).")
+        st.info("No rollout on this endpoint yet. The form's defaults are the API's (docs: Roll out → Rollouts "
+                "and canary analysis).")
     else:
         progress(state)
         if state.get("latest"):

@@ -125,7 +125,7 @@ def with_fast_lane(full: Any, app: Any) -> Any:
         return KnownPaths(full)
     reason = why_not(full)
     if reason:
-        log.warning("fast lane off: %s, so Switchyard's requests take BentoML's middleware too (README: "
-                    "Performance)", reason)
+        log.warning("fast lane off: %s, so Switchyard's requests take BentoML's middleware too (docs/"
+                    "how-serving-works.md)", reason)
         return KnownPaths(full)
     return KnownPaths(FastLane(full, app, timeout_of(full)))

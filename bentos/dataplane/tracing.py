@@ -2,7 +2,7 @@
 batch it ran in) and shadow copies, under BentoML's own HTTP span.
 
 Only the API is used here; BentoML sets up the SDK and exporter from its `tracing` configuration
-(README: Monitoring) and the service hands its provider over (`use_provider`): BentoML keeps it to
+(docs/monitoring.md) and the service hands its provider over (`use_provider`): BentoML keeps it to
 itself instead of making it the global one. Without it the tracer is a no-op, and `recording()` lets
 callers skip even that.
 """

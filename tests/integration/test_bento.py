@@ -71,7 +71,7 @@ def test_dockerfile_entrypoint_and_port_are_the_ones_readme_documents(bento_tag:
 
     root = Path(bentoml.get(bento_tag).path)
     dockerfile = (root / "env" / "docker" / "Dockerfile").read_text()
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "deploy.md").read_text()
     entrypoint = re.search(r'^ENTRYPOINT \[ "([^"]+)" \]', dockerfile, re.M)
     ports = re.findall(r"^EXPOSE (\d+)", dockerfile, re.M)
     assert entrypoint and ports[0] == "3000"
@@ -81,7 +81,7 @@ def test_dockerfile_entrypoint_and_port_are_the_ones_readme_documents(bento_tag:
     assert re.search(r"apt-get install .*\bcurl\b", dockerfile)  # system_packages reached the image
     for variable in ("SWITCHYARD_ADMIN_TOKEN", "SWITCHYARD_DB_URL", "SWITCHYARD_STATE_DIR", "SWITCHYARD_THREADS",
                      "SWITCHYARD_WORKERS"):
-        assert f"-e {variable}=" in readme, f"README's docker run lacks {variable}"
+        assert f"-e {variable}=" in readme, f"docs/deploy.md's docker run lacks {variable}"
 
 
 def test_export_writes_an_archive_with_the_models(bento_tag: str, tags: dict[str, str], tmp_path: Path) -> None:

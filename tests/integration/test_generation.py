@@ -520,12 +520,12 @@ def test_an_int4_version_has_4_bit_matmuls_passed_its_gate_and_serves(gen_server
     assert done["model_version"] == lm_tags["int4"] and done["usage"]["completion_tokens"] > 0 and done["text"]
 
 
-def test_the_readme_generation_block_runs_as_written(gen_server: Served, tmp_path: Path) -> None:
+def test_the_get_started_generation_block_and_the_readme_client_run_as_written(gen_server: Served,
+                                                                                tmp_path: Path) -> None:
     from tests.integration.conftest import TOKEN
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Generative models", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```bash\n(.*?)```", section, re.S)
+    page = (ROOT / "docs" / "get-started.md").read_text()
+    (block,) = re.findall(r"## A first generative model.*?```bash\n(.*?)```", page, re.S)
     env = {**os.environ, "SWITCHYARD": gen_server.url, "TOKEN": TOKEN, "TMPDIR": str(tmp_path),
            "SWITCHYARD_WORK_DIR": str(tmp_path / "build")}
     out = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env, capture_output=True,
@@ -534,6 +534,11 @@ def test_the_readme_generation_block_runs_as_written(gen_server: Served, tmp_pat
     whole = json.loads(next(line for line in out.stdout.splitlines() if line.startswith('{"text"')))
     assert whole["model_version"].startswith("writer-lm-fp32:") and whole["usage"]["completion_tokens"] > 0
     assert "event: done" in out.stdout and out.stdout.count("data: ") > 3
+    # README's OpenAI snippet, on the endpoint the block made
+    (snippet,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    out = subprocess.run([sys.executable, "-c", snippet.replace("http://127.0.0.1:3000", gen_server.url)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
 
 
 # --- many users at once (issue 29): priorities, fair shares, early refusal -----------------------------------

@@ -1,4 +1,5 @@
-"""README's "Serve your own model", run block by block as a newcomer would, against a real service."""
+"""The docs' command blocks, run as a newcomer would, against a real service: Get started's first requests and
+the whole of "Serve your own model" (README shows lines of it; tests/docs/test_site.py checks they are these)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,22 @@ pytestmark = pytest.mark.integration
 
 
 def walkthrough() -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Serve your own model", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "docs" / "serve-your-own-model.md").read_text(), re.S)
     assert len(blocks) >= 6, "the walkthrough lost its steps"
     return "\n".join(blocks)
+
+
+def test_get_started_first_requests_run_as_written(server: Served) -> None:
+    """Against this test's server instead of make serve's port; -f so that an HTTP error fails the block."""
+    page = (ROOT / "docs" / "get-started.md").read_text()
+    (block,) = re.findall(r"## First requests.*?```bash\n(.*?)```", page, re.S)
+    script = block.replace("localhost:3000", server.url.removeprefix("http://")).replace("curl -s ", "curl -sf ")
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, f"stdout:\n{out.stdout[-3000:]}\nstderr:\n{out.stderr[-3000:]}"
+    answers = out.stdout.replace("}{", "}\n{").splitlines()
+    assert len(answers) == 4 and '"predictions"' in answers[0], out.stdout[:2000]
+    assert all('"embeddings"' in a for a in answers[1:]), out.stdout[:2000]
 
 
 def test_the_readme_walkthrough_ends_with_a_canary_and_a_rollout(server: Served, tmp_path: Path) -> None:
