@@ -92,13 +92,13 @@ def metrics_page() -> str:
 
     metrics = get_metrics()
     rows = ["# Metrics", "", "Every metric the service exports at `/metrics`, generated from its registry.", "",
-            "| metric | type | labels | meaning |", "|---|---|---|---|"]
+            "| metric | labels | meaning |", "|---|---|---|"]
     for name in metrics.__dataclass_fields__:
         metric = getattr(metrics, name)
         kind = type(metric).__name__.lower()
         suffix = "_total" if kind == "counter" else ""
-        labels = ", ".join(f"`{label}`" for label in metric._labelnames) or "-"
-        rows.append(f"| `{metric._name}{suffix}` | {kind} | {labels} | {_cell(metric._documentation)} |")
+        labels = ", ".join(metric._labelnames) or "-"
+        rows.append(f"| `{metric._name}{suffix}` | {labels} | {kind}: {_cell(metric._documentation)} |")
     return HEADER + "\n".join(rows) + "\n"
 
 
