@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,14 @@ def setting(name: str) -> str:
     if not base:
         return f"`{name}`"
     return f"[`{name}`]({base.rstrip('/')}/reference/settings/#{name.lower()})"
+
+
+def linked(text: str) -> str:
+    """An error message with each setting it names linked to its reference entry (when SWITCHYARD_DOCS_URL is
+    set; otherwise as it came, from this console or from the service)."""
+    if not settings().docs_url:
+        return text
+    return re.sub(r"`?\b(SWITCHYARD_[A-Z0-9_]+)\b`?", lambda m: setting(m.group(1)), text)
 
 
 ROLES = ("viewer", "operator", "admin")
@@ -103,7 +112,7 @@ def guard() -> Iterator[None]:
     try:
         yield
     except ConsoleError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(linked(str(exc)), icon=":material/error:")
 
 
 def split_text(versions: list[dict[str, Any]]) -> str:

@@ -91,3 +91,15 @@ def test_the_console_links_a_setting_it_names_to_its_reference_entry(monkeypatch
     for name in re.findall(r"setting\('(SWITCHYARD_[A-Z_]+)'\)", "".join(
             p.read_text() for p in (ROOT / "admin").rglob("*.py"))):
         assert f'<a id="{name.lower()}"></a>' in page, f"the console links {name}, which has no reference entry"
+
+
+def test_console_errors_link_each_setting_they_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from admin.common import linked
+
+    message = "The service's admin API is disabled: start it with SWITCHYARD_ADMIN_TOKEN set."
+    monkeypatch.delenv("SWITCHYARD_DOCS_URL", raising=False)
+    assert linked(message) == message
+    monkeypatch.setenv("SWITCHYARD_DOCS_URL", "http://docs.example")
+    assert linked(message) == ("The service's admin API is disabled: start it with [`SWITCHYARD_ADMIN_TOKEN`]"
+                               "(http://docs.example/reference/settings/#switchyard_admin_token) set.")
+    assert linked("see `SWITCHYARD_PAYLOAD_LOG`").count("SWITCHYARD_PAYLOAD_LOG") == 1
