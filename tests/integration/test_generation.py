@@ -273,6 +273,9 @@ def test_a_long_prompt_is_prefilled_in_chunks_and_writes_what_transformers_write
 def test_two_streams_started_apart_share_decode_steps(gen_server: Served, writer: str,
                                                       lm_tags: dict[str, str]) -> None:
     tag = lm_tags["fp32"]
+    with httpx.Client(base_url=gen_server.url, timeout=60) as c:  # a rollout test may have promoted int8 before
+        assert deploy(c, "writer", [(tag, "stable", 100)]).status_code == 200
+    time.sleep(1)  # every worker's poll has seen it
     before = (metric(gen_server, "switchyard_batch_size_count", endpoint="writer", version=tag)
               - metric(gen_server, "switchyard_batch_size_bucket", endpoint="writer", version=tag, le="1.0"))
     texts: dict[str, str] = {}
@@ -423,7 +426,7 @@ def test_the_playground_chat_streams_in_a_browser(gen_server: Served, writer: st
                                                   lm_tags: dict[str, str]) -> None:
     from playwright.sync_api import sync_playwright
 
-    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
+    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS, open_tab
 
     ARTIFACTS.mkdir(exist_ok=True)
     with httpx.Client(base_url=gen_server.url, timeout=60) as c:  # version B side by side: the live canary
@@ -434,7 +437,7 @@ def test_the_playground_chat_streams_in_a_browser(gen_server: Served, writer: st
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1300})
         page.goto(f"{gen_server.url}/playground/", wait_until="networkidle", timeout=60_000)
-        page.get_by_role("tab", name="writer", exact=True).click()
+        open_tab(page, "writer")
         page.locator("#message-writer textarea").fill("The cat")
         page.locator("#send-writer").click()
         answer = page.locator("#answer-writer")
@@ -922,25 +925,28 @@ def _bigrams(text: str) -> list[tuple[str, str]]:
 
 def test_a_canary_whose_streams_the_guardrails_cut_more_is_rolled_back(gen_server: Served, writer: str,
                                                                       lm_tags: dict[str, str]) -> None:
-    """The violations check. The traffic is three greedy prompts, so each version writes the same three texts
-    every time; the output check blocks, for each of the garbage canary's texts, a word pair it writes that
-    stable never does. Every canary stream is cut and no stable one, and the rollout rolls back on that."""
+    """The violations check. Stable is the garbage model (trained for seconds on lines of numbers, it writes
+    little or nothing a check could catch) and the canary the English one. The traffic is three greedy prompts,
+    so each version writes the same three texts every time; the output check blocks, for each of the canary's
+    texts, a word pair it writes that stable never does. Every canary stream is cut and no stable one, and the
+    rollout rolls back on that."""
     prompts, body = ["The cat", "My sister", "The old man"], {"max_tokens": 16, "ignore_eos": True}
+    stable, canary = lm_tags["garbage"], lm_tags["fp32"]
     with httpx.Client(base_url=gen_server.url, timeout=60) as c:
         r = c.post("/v1/admin/endpoints", headers=AUTH, json={
-            "name": "probe", "task": "text-generation", "model": lm_tags["fp32"], "reason": "test"})
+            "name": "probe", "task": "text-generation", "model": stable, "reason": "test"})
         assert r.status_code == 201, r.text
-        assert deploy(c, "probe", [(lm_tags["fp32"], "stable", 50), (lm_tags["garbage"], "canary", 50)]).status_code \
-            == 200
-        texts = {v: [c.post("/v1/probe/generate", json={**body, "prompt": p},
-                            headers={"x-model-version": lm_tags[v]}).json()["text"] for p in prompts]
-                 for v in ("fp32", "garbage")}
-        seen = {pair for t in texts["fp32"] for pair in _bigrams(t)}
-        blocked = [next((pair for pair in _bigrams(t) if pair not in seen), None) for t in texts["garbage"]]
-        assert None not in blocked, texts  # each garbage text has a pair stable never writes
+        assert deploy(c, "probe", [(stable, "stable", 50), (canary, "canary", 50)]).status_code == 200
+        texts = {tag: [c.post("/v1/probe/generate", json={**body, "prompt": p},
+                              headers={"x-model-version": tag}).json()["text"] for p in prompts]
+                 for tag in (stable, canary)}
+        assert c.delete("/v1/admin/endpoints/probe?reason=done", headers=AUTH).status_code == 200
+        seen = {pair for t in texts[stable] for pair in _bigrams(t)}
+        blocked = [next((pair for pair in _bigrams(t) if pair not in seen), None) for t in texts[canary]]
+        assert None not in blocked, texts  # each canary text has a pair stable never writes
         patterns = {f"pair{i}": rf"(?i)\b{a}\W+{b}\b" for i, (a, b) in enumerate(blocked)}  # type: ignore[misc]
         r = c.post("/v1/admin/endpoints", headers=AUTH, json={
-            "name": "numberless", "task": "text-generation", "model": lm_tags["fp32"], "reason": "test",
+            "name": "numberless", "task": "text-generation", "model": stable, "reason": "test",
             "guardrails": {"output": [{"name": "not-stable", "patterns": patterns}], "chunk_chars": 16}})
         assert r.status_code == 201, r.text
         policy = {"steps": [50, 100], "checks": ["errors", "violations"], "min_requests": 60, "min_seconds": 1,
@@ -949,7 +955,7 @@ def test_a_canary_whose_streams_the_guardrails_cut_more_is_rolled_back(gen_serve
             "tag": lm_tags["garbage"], "policy": {**policy, "checks": ["violations"]}, "reason": "x"})
         assert r.status_code == 422 and "guardrails.output" in r.text, r.text  # writer has none: it would never judge
         r = c.post("/v1/admin/rollouts/numberless", headers=AUTH,
-                   json={"tag": lm_tags["garbage"], "policy": policy, "reason": "garbage under a pair guard"})
+                   json={"tag": canary, "policy": policy, "reason": "a canary its guard cuts"})
         assert r.status_code == 200, r.text
         end, i, state = time.monotonic() + 180, 0, {}
         while time.monotonic() < end and state.get("status") not in ("promoted", "rolled_back"):
@@ -957,6 +963,7 @@ def test_a_canary_whose_streams_the_guardrails_cut_more_is_rolled_back(gen_serve
             assert r.status_code == 200, r.text
             i += 1
             state = c.get("/v1/admin/rollouts/numberless", headers=AUTH).json()
+        c.delete("/v1/admin/endpoints/numberless?reason=done", headers=AUTH)  # one tab fewer in the playground
     last = state["decisions"][-1]
     assert state["status"] == "rolled_back", json.dumps(last["checks"])
     assert "violations" in last["reason"] and last["checks"]["errors"]["reject"] is False
@@ -966,29 +973,30 @@ def test_a_canary_whose_streams_the_guardrails_cut_more_is_rolled_back(gen_serve
 
 @pytest.fixture(scope="module")
 def curbed(gen_server: Served, lm_tags: dict[str, str]) -> str:
-    """Endpoint `curbed`: its output check blocks the word "the", which the tiny model writes in nearly every
-    sentence, in chunks of 16 characters."""
+    """Endpoint `curbed`: its output check blocks any vowel, in chunks of 16 characters, so that every reply
+    with a word in it is cut at its first chunk, whatever the tiny model (trained for seconds) happens to write."""
     with httpx.Client(base_url=gen_server.url, timeout=60) as c:
         r = c.post("/v1/admin/endpoints", headers=AUTH, json={
             "name": "curbed", "task": "text-generation", "model": lm_tags["fp32"], "reason": "test",
-            "guardrails": {"output": [{"name": "no-articles", "patterns": {"article": r"(?i)\bthe\b"}}],
+            "guardrails": {"output": [{"name": "no-vowels", "patterns": {"vowel": "(?i)[aeiou]"}}],
                            "chunk_chars": 16}})
         assert r.status_code == 201, r.text
     return "curbed"
 
 
 def test_the_playground_shows_a_reply_cut_by_guardrails_and_why(gen_server: Served, curbed: str) -> None:
-    """In Chromium: the reply stops before the chunk that has "the", and the playground says which check cut it."""
+    """In Chromium: the reply stops before its first chunk (each has a vowel), and the playground says which check
+    cut it."""
     from playwright.sync_api import sync_playwright
 
-    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
+    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS, open_tab
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.goto(f"{gen_server.url}/playground/", wait_until="networkidle", timeout=60_000)
-        page.get_by_role("tab", name="curbed", exact=True).click()
+        open_tab(page, "curbed")
         page.locator("#message-curbed textarea").fill("A small bird")
         page.locator("#send-curbed").click()
         answer = page.locator("#answer-curbed")
@@ -997,9 +1005,9 @@ def test_the_playground_shows_a_reply_cut_by_guardrails_and_why(gen_server: Serv
         reply = page.locator("#chat-curbed").inner_text()
         page.screenshot(path=str(ARTIFACTS / "playground-guardrails-cut.png"), full_page=True)
         browser.close()
-    assert "Cut by the endpoint's guardrails" in info and "no-articles" in info and "article" in info, info
+    assert "Cut by the endpoint's guardrails" in info and "no-vowels" in info and "vowel" in info, info
     shown = reply.split("A small bird", 1)[-1]
-    assert not re.search(r"(?i)\bthe\b", shown), reply  # nothing of the failing chunk reached the page
+    assert not re.search("(?i)[aeiou]", shown), reply  # nothing of the failing chunk reached the page
 
 
 def test_the_console_charts_the_guardrail_violation_rate_per_version(gen_server: Served, curbed: str) -> None:

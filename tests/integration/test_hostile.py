@@ -305,7 +305,7 @@ def test_a_person_in_the_playground_is_asked_for_a_key_and_answered_with_one(hos
     from playwright.sync_api import sync_playwright
 
     from tests.conftest import artifacts_dir
-    from tests.integration.test_playground import CHROMIUM_FLAGS
+    from tests.integration.test_playground import CHROMIUM_FLAGS, open_tab
 
     artifacts = artifacts_dir()
     artifacts.mkdir(exist_ok=True)
@@ -313,7 +313,7 @@ def test_a_person_in_the_playground_is_asked_for_a_key_and_answered_with_one(hos
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.goto(f"{hostile.url}/playground/", wait_until="networkidle", timeout=60_000)
-        page.get_by_role("tab", name="digits", exact=True).click()
+        open_tab(page, "digits")
         field = page.get_by_label("API key").locator("visible=true").first  # the digits tab's, not a hidden tab's
         field.wait_for(timeout=30_000)
         page.locator("#run-digits").click()
