@@ -426,7 +426,8 @@ def test_the_playground_chat_streams_in_a_browser(gen_server: Served, writer: st
                                                   lm_tags: dict[str, str]) -> None:
     from playwright.sync_api import sync_playwright
 
-    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS, open_tab
+    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
+    from tests.integration.test_playground import chat as chat_in
 
     ARTIFACTS.mkdir(exist_ok=True)
     with httpx.Client(base_url=gen_server.url, timeout=60) as c:  # version B side by side: the live canary
@@ -436,12 +437,7 @@ def test_the_playground_chat_streams_in_a_browser(gen_server: Served, writer: st
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1300})
-        page.goto(f"{gen_server.url}/playground/", wait_until="networkidle", timeout=60_000)
-        open_tab(page, "writer")
-        page.locator("#message-writer textarea").fill("The cat")
-        page.locator("#send-writer").click()
-        answer = page.locator("#answer-writer")
-        answer.get_by_text("Answered by").wait_for(timeout=30_000)
+        answer = chat_in(page, gen_server.url, "writer", "The cat")
         chat = page.locator("#chat-writer").inner_text()
         page.locator("#side-writer").get_by_text("Two versions side by side").first.click()
         page.locator("#both-writer").click()
@@ -989,19 +985,14 @@ def test_the_playground_shows_a_reply_cut_by_guardrails_and_why(gen_server: Serv
     cut it."""
     from playwright.sync_api import sync_playwright
 
-    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS, open_tab
+    from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
+    from tests.integration.test_playground import chat as chat_in
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        page.goto(f"{gen_server.url}/playground/", wait_until="networkidle", timeout=60_000)
-        open_tab(page, "curbed")
-        page.locator("#message-curbed textarea").fill("A small bird")
-        page.locator("#send-curbed").click()
-        answer = page.locator("#answer-curbed")
-        answer.get_by_text("Answered by").wait_for(timeout=30_000)
-        info = answer.inner_text()
+        info = chat_in(page, gen_server.url, "curbed", "A small bird").inner_text()
         reply = page.locator("#chat-curbed").inner_text()
         page.screenshot(path=str(ARTIFACTS / "playground-guardrails-cut.png"), full_page=True)
         browser.close()

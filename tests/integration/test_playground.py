@@ -36,6 +36,17 @@ def open_tab(page: Any, name: str) -> None:
     page.locator(".overflow-dropdown").get_by_text(name, exact=True).click()
 
 
+def chat(page: Any, url: str, endpoint: str, message: str) -> Any:
+    """In the playground at `url`: `message` sent on `endpoint`'s chat tab; its answer panel once answered."""
+    page.goto(f"{url}/playground/", wait_until="networkidle", timeout=60_000)
+    open_tab(page, endpoint)
+    page.locator(f"#message-{endpoint} textarea").fill(message)
+    page.locator(f"#send-{endpoint}").click()
+    answer = page.locator(f"#answer-{endpoint}")
+    answer.get_by_text("Answered by").wait_for(timeout=30_000)
+    return answer
+
+
 @pytest.fixture
 def server(single_worker: Served) -> Served:
     return single_worker
