@@ -183,7 +183,6 @@ def latency_test(canary: list[int], stable: list[int], q: float, ratio: float, a
     return TestResult("mann-whitney-u", z, p, alpha, effect, ratio, p < alpha and effect > ratio)
 
 
-
 def divergence_test(n: int, total: float, tolerated: float, bound: float, alpha: float,
                     plan: int = 50) -> SequentialResult:
     """Anytime-valid test of H0: mean KL <= tolerated from n comparisons whose clipped KL sums to `total`.
