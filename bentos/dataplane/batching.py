@@ -63,9 +63,10 @@ class AdaptiveBatcher:
         self.in_flight = in_flight
         self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=name)
         self._task: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()  # batches handed to the model, not yet answered
-        self._in_flight = 0  # batches in the model now
-        self._requests_in_model = 0  # the requests those batches answer
+        # Batches taken from the queue and not yet answered, by the task that runs each. A task may not have run
+        # a step yet: it counts as busy all the same, and `stop` answers its requests itself (a task cancelled
+        # before its first step never reaches an `except` of its own).
+        self._running: dict[asyncio.Task[None], list[_Pending]] = {}
         self._stopped = False
 
     @property
@@ -76,12 +77,12 @@ class AdaptiveBatcher:
     @property
     def requests_in_flight(self) -> int:
         """Requests waiting or in a batch in the model."""
-        return len(self._queue) + self._requests_in_model
+        return len(self._queue) + sum(len(batch) for batch in self._running.values())
 
     @property
     def busy(self) -> bool:
         """A batch is in the model or requests are waiting: no spare capacity for background work."""
-        return bool(self._queue) or self._in_flight > 0
+        return bool(self._queue) or bool(self._running)
 
     def start(self) -> None:
         if self._task is None:
@@ -91,11 +92,15 @@ class AdaptiveBatcher:
         """Stop now: every request still here, queued or in a batch in the model, gets an answer (an
         Overloaded error) instead of waiting for ever. `drain_and_stop` lets them finish first."""
         self._stopped = True
+        batches = list(self._running.values())
         tasks = [*([self._task] if self._task is not None else []), *self._running]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
+        self._running.clear()
+        for batch in batches:
+            _fail(batch, QueueFull(f"{self.name} is shutting down"))
         for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_exception(QueueFull(f"{self.name} is shutting down"))
@@ -136,16 +141,15 @@ class AdaptiveBatcher:
             if not self._queue:
                 self._has_items.clear()
             if batch:
-                task = asyncio.get_running_loop().create_task(self._answer(batch))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                self._running[asyncio.get_running_loop().create_task(self._answer(batch))] = batch
 
     async def _answer(self, batch: list[_Pending]) -> None:
         try:
             await self._run(batch)
-        except asyncio.CancelledError:  # stopped with this batch in the model (or being retried)
-            _fail(batch, QueueFull(f"{self.name} is shutting down"))
-            raise
+        finally:
+            # Here, not in a done callback: the batch's callers resume after this step, and a shadow copy that
+            # one of them starts asks `busy` first; a callback would still count the batch then.
+            self._running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
 
     async def _wait_for_fuller_batch(self) -> None:
         """Wait up to max_wait_s, waking early once a full batch is queued."""
@@ -191,12 +195,8 @@ class AdaptiveBatcher:
         self._queue.remove(pending)
         self._queued_rows -= len(pending.rows)
 
-    async def _call(self, rows: list[Any], requests: int) -> Sequence[Any]:
-        self._requests_in_model += requests
-        try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, rows)
-        finally:
-            self._requests_in_model -= requests
+    async def _call(self, rows: list[Any]) -> Sequence[Any]:
+        results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, rows)
         if len(results) != len(rows):
             raise BatchSizeMismatch(f"{self.name}: model returned {len(results)} results for {len(rows)} inputs")
         return results
@@ -204,9 +204,8 @@ class AdaptiveBatcher:
     async def _run(self, batch: list[_Pending]) -> None:
         rows = [row for pending in batch for row in pending.rows]
         start = time.monotonic()
-        self._in_flight += 1
         try:
-            results = await self._call(rows, len(batch))
+            results = await self._call(rows)
         except BatchSizeMismatch as exc:
             _fail(batch, exc)
             return
@@ -218,8 +217,6 @@ class AdaptiveBatcher:
             for pending in batch:
                 await self._run([pending])
             return
-        finally:
-            self._in_flight -= 1
         inference = time.monotonic() - start
         offset = 0
         for pending in batch:

@@ -225,6 +225,42 @@ async def test_draining_waits_for_the_batch_in_the_model() -> None:
     await asyncio.wait_for(drain, 5)
 
 
+async def test_a_caller_resuming_with_its_answer_finds_the_model_idle() -> None:
+    """A shadow copy runs only on spare capacity, and the request just answered starts it as it resumes: the
+    batch that answered it must not count as busy then (a shadow step saw no copies at all when it did)."""
+    b = AdaptiveBatcher(Model(), max_batch_size=8, max_queue=16)
+    assert (await b.submit(["a"], deadline()))[0] == ["out:a"]
+    assert not b.busy and b.requests_in_flight == 0
+    await b.stop()
+
+
+async def _taken_not_started(b: AdaptiveBatcher) -> asyncio.Future[Any]:
+    """A request the batcher's loop has taken into a batch whose task has not run a step yet: the state a
+    retired version's batcher was stopped in when a client waited 30 s (CI, a promotion under traffic)."""
+    request = asyncio.ensure_future(b.submit(["a"], deadline()))
+    await asyncio.sleep(0)  # submitted: queued, and the loop started
+    assert b.queue_depth == 1
+    await asyncio.sleep(0)  # the loop took it into a batch and scheduled the batch's task
+    assert b.queue_depth == 0
+    return request
+
+
+async def test_a_batch_taken_but_not_started_counts_as_busy_and_drains() -> None:
+    b = AdaptiveBatcher(Model(), max_batch_size=8, max_queue=16)
+    request = await _taken_not_started(b)
+    assert b.busy and b.requests_in_flight == 1
+    await asyncio.wait_for(b.drain_and_stop(grace_s=30), 5)
+    assert (await asyncio.wait_for(request, 5))[0] == ["out:a"]
+
+
+async def test_stopping_before_a_taken_batch_starts_answers_its_requests() -> None:
+    b = AdaptiveBatcher(Model(), max_batch_size=8, max_queue=16)
+    request = await _taken_not_started(b)
+    await b.stop()  # cancels the batch's task before its first step: no `except` of its own ever runs
+    with pytest.raises(QueueFull, match="shutting down"):
+        await asyncio.wait_for(request, 5)
+
+
 class Pair:
     """A model that finishes a batch only once two batches are in it at the same time."""
 

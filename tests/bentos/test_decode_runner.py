@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytest
 
 from bentos.dataplane.decode.runner import DecodeRunner
@@ -15,6 +15,7 @@ from bentos.dataplane.runtime import load_session
 from bentos.tasks.text_generation import GenerationCodec, SamplingParams
 from models.tasks.text_generation import greedy
 
+NEAR_TIE = 0.5  # logits: a batch neighbour moved a token 0.004 below the top here; a swapped row put it 14.5 below
 PROMPTS = ["The cat", "A small bird walked to the river", "My sister painted", "The old man found a wooden box in"]
 
 
@@ -34,6 +35,13 @@ def alone(graph: Path, prompt: list[int], steps: int) -> list[int]:
     runner = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec_of(graph))
     runner.add("x", prompt, SamplingParams())
     return run(runner, [StepPlan(prefill=("x",))] + [StepPlan(decode=("x",))] * (steps - 1))["x"]
+
+
+def shortfall(session: Any, codec: GenerationCodec, prompt: list[int], written: list[int]) -> float:
+    """How far below the top logit the weakest of `written` scores, the whole text run alone in one pass."""
+    logits = session.run(["logits"], codec.prefill_feed([prompt + written]))[0][0]
+    at = logits[len(prompt) - 1:len(prompt) - 1 + len(written)]
+    return max(float(row.max() - row[token]) for row, token in zip(at, written, strict=True))
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -101,20 +109,27 @@ def test_int8_dynamic_is_served_the_same_way(tiny_lm_graphs: dict[str, Path], tm
         (tmp_path / name).write_bytes((graph / name).read_bytes())
     quantize_dynamic(str(graph / "model.onnx"), str(tmp_path / "model.onnx"), weight_type=QuantType.QInt8)
     codec = codec_of(tmp_path)
-    prompts = [codec.tokenize(p) for p in PROMPTS[:2]]
-    runner = DecodeRunner(load_session(tmp_path / "model.onnx", 1, cpu_only=True), codec)
-    for i, p in enumerate(prompts):
-        runner.add(f"r{i}", p, SamplingParams())
-    got = run(runner, [StepPlan(prefill=("r0", "r1"))] + [StepPlan(decode=("r0", "r1"))] * 7)
-    # Dynamic quantization scales activations per tensor, over the whole batch: a prompt's logits move a
-    # little with its neighbours, and where two tokens are nearly tied the greedy choice may flip later in
-    # the text (one suite run in several did, at token 7). The start is not a near tie; the runner must
-    # carry each prompt's cache, so a mix-up shows at once.
-    for i, p in enumerate(prompts):
-        assert got[f"r{i}"][:3] == alone(tmp_path, p, 8)[:3]
-        assert alone(tmp_path, p, 8) == alone(tmp_path, p, 8)  # and one prompt alone always writes the same
-    assert np.mean([len(v) for v in got.values()]) == 8
+    prompts = {f"r{i}": codec.tokenize(p) for i, p in enumerate(PROMPTS[:2])}
 
+    def batched(order: tuple[str, ...]) -> dict[str, list[int]]:
+        runner = DecodeRunner(load_session(tmp_path / "model.onnx", 1, cpu_only=True), codec)
+        for rid in order:
+            runner.add(rid, prompts[rid], SamplingParams())
+        return run(runner, [StepPlan(prefill=order)] + [StepPlan(decode=order)] * 7)
+
+    # Dynamic quantization scales activations per tensor, over the whole batch, so a prompt's logits move a
+    # little with its neighbours and a greedy token may flip against the prompt run alone wherever two are
+    # nearly tied (CI's model, trained for seconds, had such a tie at the first token). So each token is
+    # checked against the prompt's own logits, scored alone in one pass: it must be the top one or within
+    # a near tie of it, which a token meant for the other prompt is not. And the scale does not depend on
+    # where a prompt sits in the batch: the other order writes the same text.
+    got = batched(("r0", "r1"))
+    assert batched(("r1", "r0")) == got
+    session = load_session(tmp_path / "model.onnx", 1, cpu_only=True)
+    for rid, p in prompts.items():
+        assert len(got[rid]) == 8
+        assert shortfall(session, codec, p, got[rid]) < NEAR_TIE, (rid, got[rid])
+        assert alone(tmp_path, p, 8) == alone(tmp_path, p, 8)  # and one prompt alone always writes the same
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_a_prompt_prefilled_in_chunks_writes_what_it_writes_whole(tiny_lm_graphs: dict[str, Path],

@@ -94,7 +94,7 @@ def test_a_good_canary_is_promoted_step_by_step(client: httpx.Client, server: Se
     with Traffic(server.url, [WITH_ZERO, NO_ZERO]) as traffic:
         state = _wait_status(client, {"promoted", "rolled_back"})
     assert state["status"] == "promoted", state["history"][-2:]
-    assert set(traffic.status) == {200} and traffic.versions[tags["cnn"]] > 0
+    assert set(traffic.status) == {200} and traffic.versions[tags["cnn"]] > 0, traffic.report(server)
     live = _live(client)
     assert [(v["tag"], v["role"], v["weight"]) for v in live] == [(tags["cnn"], "stable", 100)]
 
@@ -121,7 +121,7 @@ def test_a_bad_canary_is_rolled_back_and_clients_see_no_errors(client: httpx.Cli
     with Traffic(server.url, [WITH_ZERO, NO_ZERO, NO_ZERO], grpc=grpc) as traffic:  # a third fail on it
         state = _wait_status(client, {"promoted", "rolled_back"})
     assert state["status"] == "rolled_back"
-    assert set(traffic.status) == {200}, traffic.status  # the fallback to stable answered every failure
+    assert set(traffic.status) == {200}, traffic.report(server)  # the fallback to stable answered every failure
     live = _live(client)
     assert [(v["tag"], v["weight"]) for v in live] == [(tags["mlp"], 100)]
 
@@ -230,7 +230,8 @@ def test_a_shadow_step_passes_a_good_canary_and_rolls_back_a_bad_one(client: htt
     # only, so early looks may have had none yet).
     looks = [h for h in state["history"] if "checks" in h]
     assert any(h["step"] == 0 and h["canary"]["requests"] > 0 for h in looks), looks
-    assert set(traffic.status) == {200}  # a shadow never answers, so clients never saw the bad one
+    # A shadow never answers, so clients never saw the bad one.
+    assert set(traffic.status) == {200}, traffic.report(server)
 
 
 def test_a_canary_whose_predictions_drift_is_rolled_back_by_the_drift_check(
@@ -244,7 +245,7 @@ def test_a_canary_whose_predictions_drift_is_rolled_back_by_the_drift_check(
         state = _wait_status(client, {"promoted", "rolled_back"})
     print("drift rollback:", _timeline(state, began))
     assert state["status"] == "rolled_back", state["history"][-2:]
-    assert set(traffic.status) == {200}
+    assert set(traffic.status) == {200}, traffic.report(server)
     rollback = _audit(client, began)[-1]
     checks = rollback["details"]["evidence"]["checks"]
     assert rollback["action"] == "rollout-rollback" and checks["drift"]["reject"] is True

@@ -7,6 +7,8 @@ from collections import Counter
 
 import httpx
 
+from tests.servers import Served
+
 # Rows with zero pixels (most real digits) and rows without: the faulty version fails on the first kind.
 WITH_ZERO = [0.0] * 20 + [16.0] * 10 + [4.0] * 34
 NO_ZERO = [1.0] * 20 + [16.0] * 10 + [4.0] * 34
@@ -73,6 +75,10 @@ class Traffic:
                 i += 1
         finally:
             client.close()
+
+    def report(self, server: Served) -> str:
+        """For a failed assertion: what the clients saw, and the end of the server's log."""
+        return f"status {dict(self.status)}; transport errors {dict(self.errors)}; log:\n{server.log_text()[-3000:]}"
 
     def __enter__(self) -> Traffic:
         for t in self._threads:
