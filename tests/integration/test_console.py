@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -309,8 +310,10 @@ def not_blank(png: Path) -> bool:
 CONSOLE_LOGS: dict[str, Path] = {}  # each started console's URL -> its Streamlit log (stdout and stderr)
 
 
+@contextlib.contextmanager
 def start_console(service_url: str, token: str | None) -> Iterator[str]:
-    """`streamlit run admin/app.py` on a free port; with `token` its one user is signed in (as `make serve`)."""
+    """`streamlit run admin/app.py` on a free port; with `token` its one user is signed in (as `make serve`).
+    Stopped on leaving, whatever happened (a generator closed early left one running to the end of the suite)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "SWITCHYARD_ADMIN_TOKEN"}
     env.update(SWITCHYARD_SERVICE_URL=service_url, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
@@ -328,20 +331,24 @@ def start_console(service_url: str, token: str | None) -> Iterator[str]:
                 break
         except httpx.HTTPError:
             time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(20)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 @pytest.fixture
 def streamlit_app(single_worker: Served) -> Iterator[str]:
-    yield from start_console(single_worker.url, TOKEN)
+    with start_console(single_worker.url, TOKEN) as url:
+        yield url
 
 
 @pytest.fixture
 def shared_console(single_worker: Served) -> Iterator[str]:
     """A console with no token of its own: everyone signs in."""
-    yield from start_console(single_worker.url, None)
+    with start_console(single_worker.url, None) as url:
+        yield url
 
 
 def chart_texts(pg: Any) -> list[list[str]]:

@@ -78,9 +78,7 @@ def test_the_monitoring_page_shows_the_drift_its_features_and_their_bins(watched
         with httpx.Client(base_url=watched.url, timeout=30) as c:
             for row in rows[:150]:
                 c.post("/v1/digits/predict", json={"inputs": [(16.0 - row).tolist()]})
-    console = start_console(watched.url, TOKEN)
-    url = next(console)
-    try:
+    with start_console(watched.url, TOKEN) as url:
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "console-monitoring.png"
         with sync_playwright() as p:
@@ -103,8 +101,6 @@ def test_the_monitoring_page_shows_the_drift_its_features_and_their_bins(watched
         shown = [t for t in binned if t.startswith(("<", ">=")) or " to " in t]
         assert shown == bin_names(edges_of(shown)), shown
         assert shot.stat().st_size > 20_000
-    finally:
-        console.close()
 
 
 # Another language: the tokenizer splits these into many more, rarer pieces than English of the same length.

@@ -476,9 +476,7 @@ def _live_metrics_page(server: Served, endpoint: str, max_tokens: int, title: st
         t.start()
     path = ARTIFACTS / shot
     try:
-        console = start_console(server.url, TOKEN)
-        url = next(console)
-        with sync_playwright() as p:
+        with start_console(server.url, TOKEN) as url, sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
             pg = browser.new_page(viewport={"width": 1400, "height": 1600})
             pg.goto(f"{url}/live", wait_until="networkidle", timeout=60_000)
@@ -487,7 +485,6 @@ def _live_metrics_page(server: Served, endpoint: str, max_tokens: int, title: st
             pg.screenshot(path=str(path), full_page=True)
             text = pg.inner_text("body")
             browser.close()
-        next(console, None)
     finally:
         stop.set()
         for t in flowing:
