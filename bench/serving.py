@@ -192,7 +192,7 @@ def run_switchyard(config: str, versions: dict[str, dict[str, str]], plan: Plan,
         run.loads = measure(server.url, server.proc.pid, plan, run, sticky=config.endswith("sticky"))
         w = plan.loads.get(plan.sweep)
         for _ in range(repeats if w else 0):
-            settle(server.proc.pid)
+            settle(server.proc.pid, timeout=plan.settle_s)
             again = wrk(server.url + PATHS[w["endpoint"]], w["bodies"], 64, plan.seconds, server.proc.pid, w["rows"],
                         cpus=plan.wrk_cpus)
             run.repeats.append(again.rows_per_s)
@@ -233,9 +233,12 @@ class Plan:
     """Which workloads at which connection counts, for how long, and where wrk and servers run."""
 
     def __init__(self, loads: dict[str, dict[str, Any]], sweep: str, conns: list[int], other_conns: list[int],
-                 seconds: float, warmup_s: float, pin: bool) -> None:
+                 seconds: float, warmup_s: float, pin: bool, settle_s: float = 60.0) -> None:
         self.loads, self.sweep, self.conns, self.other_conns = loads, sweep, conns, other_conns
         self.seconds, self.warmup_s = seconds, warmup_s
+        # How long to wait for a server to go idle before each point. LitServe never does (its loop polls, about
+        # 10 % of a core): a smoke run, which measures nothing, waited 60 s at each of its points for that.
+        self.settle_s = settle_s
         # Two cores: the server gets core 0, wrk core 1, when pinned.
         self.server_cpus, self.wrk_cpus = ("0", "1") if pin else (None, None)
 
@@ -252,7 +255,7 @@ def measure(url: str, pid: int, plan: Plan, run: ServerRun, sticky: bool = False
         if plan.warmup_s:
             wrk(target, w["bodies"], 16, plan.warmup_s, pid, w["rows"], sticky=sticky, cpus=plan.wrk_cpus)
         for c in conns:
-            settle(pid)
+            settle(pid, timeout=plan.settle_s)
             load = wrk(target, w["bodies"], c, plan.seconds, pid, w["rows"], sticky=sticky, cpus=plan.wrk_cpus)
             results.append({"workload": name, **asdict(load)})
             run.peak_rss_mb = max(run.peak_rss_mb, rss_mb(pid))
@@ -300,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     families = sorted({w["endpoint"] for w in loads.values()})
     versions = args.versions or {f: pick_versions(f) for f in families}
     plan = Plan(loads, args.sweep, [int(c) for c in args.connections.split(",")],
-                [int(c) for c in args.other_connections.split(",")], args.seconds, args.warmup, args.pin)
+                [int(c) for c in args.other_connections.split(",")], args.seconds, args.warmup, args.pin,
+                settle_s=5.0 if args.smoke else 60.0)
     ceilings = {name: ceiling(versions[w["endpoint"]]["stable"], w["ceiling_items"], 0.5 if args.smoke else 3.0)
                 for name, w in loads.items() if w["rows"] == 1}
     state = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
