@@ -93,13 +93,17 @@ def start_form(api: AdminClient, endpoint: str, stable: str | None) -> None:
         ratio = c1.number_input("Latency ratio (p95)", 1.0, 100.0, 1.5)
         checks = c2.multiselect("Checks (agreement: every request in a shadow step, a sample in canary steps; "
                                 "drift: the predicted-class mix against stable's; divergence: language models' "
-                                "per-token KL from stable on the canary's own text)",
-                                ["errors", "latency", "agreement", "drift", "divergence"], ["errors", "latency"],
+                                "per-token KL from stable on the canary's own text; violations: streams cut by "
+                                "the endpoint's output guardrails)",
+                                ["errors", "latency", "agreement", "drift", "divergence", "violations"],
+                                ["errors", "latency"],
                                 key="rollout_checks")
         min_agreement = c3.number_input("Min agreement with stable", 0.0, 1.0, 0.95, format="%.3f",
                                         key="rollout_min_agreement")
         max_kl = c1.number_input("Max token KL (nats; divergence)", 0.001, 2.5, 0.25, format="%.3f",
                                  key="rollout_max_token_kl")
+        violation_margin = c2.number_input("Violation margin (share of streams cut)", 0.0, 1.0, 0.01, format="%.3f",
+                                           key="rollout_violation_margin")
         reason = st.text_input("Reason (recorded in the audit log)", key="start_reason")
         if st.form_submit_button("Start rollout", type="primary"):
             if not reason.strip():
@@ -112,7 +116,8 @@ def start_form(api: AdminClient, endpoint: str, stable: str | None) -> None:
                 return
             policy = {"steps": step_list, "min_requests": int(min_requests), "min_seconds": min_seconds,
                       "interval_s": interval_s, "alpha": alpha, "error_margin": margin, "latency_ratio": ratio,
-                      "checks": checks, "min_agreement": min_agreement, "max_token_kl": max_kl}
+                      "checks": checks, "min_agreement": min_agreement, "max_token_kl": max_kl,
+                      "violation_margin": violation_margin}
             with guard():
                 state = api.start_rollout(endpoint, tag, policy, reason.strip())
                 flash(f"Rollout of {state['canary']} started at {state['percent']} %.")

@@ -521,6 +521,32 @@ def test_the_whole_canary_release_from_the_console(console_env: Served, tags: di
                     "flow 5: roll back"]
 
 
+def test_the_rollout_form_sends_the_generation_checks_and_shows_why_they_do_not_apply(console_env: Served,
+                                                                                     tags: dict[str, str]) -> None:
+    """The form offers every check the API has; on digits (no output guardrails, not a language model) the API's
+    422 names what is missing, and the console shows it instead of starting anything."""
+    with httpx.Client(base_url=console_env.url) as c:
+        state = c.get("/v1/admin/rollouts/digits", headers=AUTH)
+        if state.status_code == 200 and state.json()["status"] in ("running", "paused"):
+            c.post("/v1/admin/rollouts/digits/abort", json={"reason": "clean slate"}, headers=AUTH)
+    at = page("rollouts")
+    at.selectbox(key="rollout_endpoint").set_value("digits").run()
+    checks = at.multiselect(key="rollout_checks")
+    assert {"errors", "latency", "agreement", "drift", "divergence", "violations"} <= set(checks.options)
+    for chosen, named in ((["errors", "violations"], "guardrails.output"), (["divergence"], "divergence")):
+        at.selectbox(key="rollout_tag").set_value(tags["cnn"])
+        at.multiselect(key="rollout_checks").set_value(chosen)
+        at.number_input(key="rollout_violation_margin").set_value(0.02)
+        at.number_input(key="rollout_max_token_kl").set_value(0.1)
+        at.text_input(key="start_reason").input("console: a check that does not apply")
+        next(b for b in at.button if b.label == "Start rollout").click().run()
+        assert any(named in e.value for e in at.error), ([e.value for e in at.error], chosen)
+        assert not at.success
+    with httpx.Client(base_url=console_env.url) as c:
+        state = c.get("/v1/admin/rollouts/digits", headers=AUTH)
+        assert state.status_code == 404 or state.json()["status"] not in ("running", "paused"), state.text
+
+
 def test_rollouts_page_starts_shows_evidence_pauses_and_aborts(console_env: Served, tags: dict[str, str]) -> None:
     with httpx.Client(base_url=console_env.url) as c:
         state = c.get("/v1/admin/rollouts/digits", headers=AUTH)
