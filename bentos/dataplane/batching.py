@@ -99,11 +99,7 @@ class AdaptiveBatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
         self._running.clear()
-        for batch in batches:
-            _fail(batch, QueueFull(f"{self.name} is shutting down"))
-        for pending in self._queue:
-            if not pending.future.done():
-                pending.future.set_exception(QueueFull(f"{self.name} is shutting down"))
+        _fail([*(p for batch in batches for p in batch), *self._queue], QueueFull(f"{self.name} is shutting down"))
         self._queue.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
