@@ -5,6 +5,7 @@ the KV budget, and rollouts that judge a generative canary."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import math
@@ -589,12 +590,13 @@ class Stream(threading.Thread):
         return self
 
 
-def _until_waiting(c: httpx.Client, n: int, endpoint: str = "solo") -> None:
+def _until_waiting(c: httpx.Client, n: int, endpoint: str = "solo", holder: Stream | None = None) -> None:
     """Until `endpoint` has n requests waiting, as the server counts them (threads start late on a loaded
-    machine)."""
+    machine), while `holder` (the stream they wait behind) still writes."""
     end = time.monotonic() + 60
     while sum(v["queue_depth"] for v in c.get("/v1/health").json()["endpoints"][endpoint]["versions"]) < n:
         assert time.monotonic() < end, f"fewer than {n} requests waiting on {endpoint} after 60 s"
+        assert holder is None or holder.is_alive(), f"the stream they wait behind ended after {holder.tokens} tokens"
         time.sleep(0.02)
 
 
@@ -655,6 +657,18 @@ def test_a_full_share_is_429_and_an_impossible_deadline_503_at_once_both_with_re
     assert all(s.status == 200 for s in (running, *waiting))
 
 
+async def _ask_all(url: str, heavy: str, light: str, finished: list[str]) -> None:
+    """Twelve requests for each key, sent together; each one's key name is appended as its answer comes."""
+    async def ask(c: httpx.AsyncClient, name: str, key: str) -> None:
+        r = await c.post("/v1/weighed/generate", json={"prompt": PROMPT, "max_tokens": 8, "ignore_eos": True},
+                         headers={"X-API-Key": key})
+        finished.append(name if r.status_code == 200 else f"{name} {r.status_code}")
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=32)) as c:
+        await asyncio.gather(*(ask(c, name, key) for _ in range(12) for name, key in (("heavy", heavy),
+                                                                                     ("light", light))))
+
+
 def test_a_keys_weight_buys_its_share_of_a_busy_version(gen_server: Served, slow_tag: str) -> None:
     """Two keys with a backlog each on one stream: the key of weight 3 gets about three requests for the other's
     one (equal weights would give six of the first twelve each)."""
@@ -669,23 +683,13 @@ def test_a_keys_weight_buys_its_share_of_a_busy_version(gen_server: Served, slow
         assert listed["heavy"] == 3.0 and listed["light"] == 1.0
         hold = Stream(gen_server.url, LONG, holder, "weighed").after(3)  # the one stream is taken: both queue up
         finished: list[str] = []
-        lock = threading.Lock()
-
-        def ask(name: str, key: str) -> None:
-            with httpx.Client(base_url=gen_server.url, timeout=120) as own:
-                r = own.post("/v1/weighed/generate", json={"prompt": PROMPT, "max_tokens": 8, "ignore_eos": True},
-                             headers={"X-API-Key": key})
-            with lock:
-                finished.append(name if r.status_code == 200 else f"{name} {r.status_code}")
-
-        askers = [threading.Thread(target=ask, args=(name, key)) for _ in range(12)
-                  for name, key in (("heavy", heavy), ("light", light))]
-        for t in askers:
-            t.start()
-        _until_waiting(c, 24, "weighed")
+        # One event loop sends all 24 at once: 24 threads each opening a client took longer on a loaded CI machine
+        # than the holder's thousand tokens, so the backlog drained before it was whole.
+        askers = threading.Thread(target=asyncio.run, args=(_ask_all(gen_server.url, heavy, light, finished),))
+        askers.start()
+        _until_waiting(c, 24, "weighed", hold)
         hold.halt.set()  # the holder goes; the queue drains one request at a time, by fair share
-        for t in askers:
-            t.join(120)
+        askers.join(120)
         hold.join(30)
     assert sorted(set(finished)) == ["heavy", "light"], finished
     first = finished[:12]
