@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from models.registry import register
 from models.settings import BuildSettings
 from models.validate import validate
 from models.workdir import ModelDir
+from tests.conftest import ROOT
 from tests.faulty import register_biased, register_faulty
 from tests.servers import Postgres, Served, free_port, serve_env
 
@@ -85,6 +88,26 @@ def tags(digits_root: Path, minilm_root: Path) -> dict[str, str]:
         "biased": register_biased(digits_root / "digits-mlp" / "export" / "model.onnx"),
         "minilm": _build(minilm_root, "minilm", "int8-static"),
     }
+
+
+def import_lm(hf: Path, name: str, validation: Path, *variants: str) -> list[str]:
+    """`python -m models import --task text-generation` into the session's store; the registered tags."""
+    args = [sys.executable, "-m", "models", "import", "--name", name, "--task", "text-generation", "--hf", str(hf),
+            "--validation", str(validation), "--min-token-agreement", "0.5", "--max-perplexity-ratio", "1.2"]
+    for v in variants:
+        args += ["--variant", v]
+    proc = subprocess.run(args, cwd=ROOT, env={**os.environ, "SWITCHYARD_THREADS": "2"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [line for line in proc.stdout.split() if line.startswith(f"{name}-")]
+
+
+@pytest.fixture(scope="session")
+def lm_tags(tiny_lms: dict[str, Path], tiny_lm_text: Path) -> dict[str, str]:
+    """The tiny GPT-2 imported in three variants, and the garbage model (the bad canary), once a session."""
+    fp32, int8, int4 = import_lm(tiny_lms["gpt2"], "tiny-gpt2", tiny_lm_text, "fp32", "int8-dynamic", "int4")
+    (garbage,) = import_lm(tiny_lms["garbage"], "tiny-garbage", tiny_lm_text, "fp32")
+    return {"fp32": fp32, "int8": int8, "int4": int4, "garbage": garbage}
 
 
 @contextlib.contextmanager

@@ -23,31 +23,12 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.integration.conftest import AUTH, deploy, serve_with
+from tests.integration.conftest import AUTH, deploy, import_lm, serve_with
 from tests.servers import Served, free_port
 
 pytestmark = pytest.mark.integration
 PROMPT = "The cat sat on"
 PREFILL_TOKENS = 16  # the shared server's step budget: any prompt over it is prefilled in chunks
-
-
-def import_lm(hf: Path, name: str, validation: Path, *variants: str) -> list[str]:
-    """`python -m models import --task text-generation` into the session's store; the registered tags."""
-    args = [sys.executable, "-m", "models", "import", "--name", name, "--task", "text-generation", "--hf", str(hf),
-            "--validation", str(validation), "--min-token-agreement", "0.5", "--max-perplexity-ratio", "1.2"]
-    for v in variants:
-        args += ["--variant", v]
-    proc = subprocess.run(args, cwd=ROOT, env={**os.environ, "SWITCHYARD_THREADS": "2"}, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [line for line in proc.stdout.split() if line.startswith(f"{name}-")]
-
-
-@pytest.fixture(scope="module")
-def lm_tags(tiny_lms: dict[str, Path], tiny_lm_text: Path) -> dict[str, str]:
-    fp32, int8, int4 = import_lm(tiny_lms["gpt2"], "tiny-gpt2", tiny_lm_text, "fp32", "int8-dynamic", "int4")
-    (garbage,) = import_lm(tiny_lms["garbage"], "tiny-garbage", tiny_lm_text, "fp32")
-    return {"fp32": fp32, "int8": int8, "int4": int4, "garbage": garbage}
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -60,12 +59,11 @@ def test_one_request_gives_route_queue_and_inference_spans_under_the_http_span(
 
 
 def test_a_generation_gives_prefill_and_decode_spans(traced: tuple[Served, OtlpReceiver],
-                                                     tiny_lms: dict[str, Path], tiny_lm_text: Path) -> None:
+                                                     lm_tags: dict[str, str]) -> None:
     from tests.integration.conftest import AUTH
-    from tests.integration.test_generation import import_lm
 
     served, receiver = traced
-    (tag,) = import_lm(tiny_lms["gpt2"], "traced-gpt2", tiny_lm_text, "fp32")
+    tag = lm_tags["fp32"]
     r = httpx.post(f"{served.url}/v1/admin/endpoints", headers=AUTH, timeout=60,
                    json={"name": "traced-writer", "task": "text-generation", "model": tag, "reason": "test"})
     assert r.status_code == 201, r.text
