@@ -7,15 +7,17 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from bentos.dataplane.runtime import load_session
 from models.errors import BuildError
 from models.families.base import Builder
 from models.workdir import ModelDir, write_json
+
+if TYPE_CHECKING:  # torch is imported where a function needs it: checking a file must not cost 3 s
+    import torch
 
 OPSET = 18
 
@@ -31,12 +33,16 @@ def check_onnx(path: Path) -> None:
 
 
 def example_inputs(builder: Builder) -> tuple[torch.Tensor, ...]:
+    import torch
+
     feed = builder.codec().encode(builder.example_items())
     return tuple(torch.from_numpy(feed[name]) for name in builder.input_names)
 
 
 def export_onnx(builder: Builder, module: torch.nn.Module, dest: Path, dynamo: bool = True) -> None:
     """Write `module` as a single-file ONNX graph with dynamic batch (and sequence) axes."""
+    import torch
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = dict(input_names=list(builder.input_names), output_names=[builder.output_name])
     # The exporter logs missing torchvision ops and progress; neither concerns our models.
@@ -54,6 +60,8 @@ def export_onnx(builder: Builder, module: torch.nn.Module, dest: Path, dynamo: b
 
 def parity(builder: Builder, module: torch.nn.Module, path: Path, rows: int = 64) -> float:
     """Max |ORT - torch| over the first `rows` evaluation items."""
+    import torch
+
     feed = builder.codec().encode(builder.eval_items()[:rows])
     with torch.no_grad():
         ref = module(*(torch.from_numpy(feed[n]) for n in builder.input_names)).numpy()
@@ -62,6 +70,8 @@ def parity(builder: Builder, module: torch.nn.Module, path: Path, rows: int = 64
 
 
 def export(builder: Builder, md: ModelDir, module: torch.nn.Module | None = None) -> dict[str, Any]:
+    import torch
+
     module = module if module is not None else builder.load_torch(md)
     out = md.export_dir
     report: dict[str, Any] = {"opset": OPSET, "tolerance": builder.parity_tolerance, "graphs": {}}
