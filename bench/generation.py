@@ -65,7 +65,7 @@ def model_dir(train_seconds: float) -> Path:
 
     hf = LM_DIR / "hf"
     if not (hf / "train.json").is_file():
-        train(hf, Shape("gpt2", 256, 6, 4, 2000, 1024), "wide", seconds=train_seconds, max_steps=100_000)
+        train(hf, Shape("gpt2", 256, 6, 4, 2000, 1024), "wide", seconds=train_seconds, steps=100_000)
     # What convert_hf_to_gguf.py and AutoTokenizer read besides tokenizer.json (GPT-2's legacy n_ctx too).
     config = json.loads((hf / "config.json").read_text())
     if "n_ctx" not in config:

@@ -107,9 +107,11 @@ def _config(shape: Shape, eos_id: int):  # type: ignore[no-untyped-def]
                        bos_token_id=eos_id, eos_token_id=eos_id, tie_word_embeddings=False)
 
 
-def train(out: Path, shape: Shape = Shape(), kind: Kind = "english", seconds: float = 20.0, seed: int = 0,
-          max_steps: int = 2000, tokenizer_from: Path | None = None) -> Path:
-    """Fit a model of `shape` to the corpus for about `seconds`; save it as a Hugging Face directory.
+def train(out: Path, shape: Shape = Shape(), kind: Kind = "english", seconds: float | None = 20.0, seed: int = 0,
+          steps: int = 2000, tokenizer_from: Path | None = None) -> Path:
+    """Fit a model of `shape` to the corpus for `steps` optimizer steps, or until `seconds` have passed if that
+    comes first; save it as a Hugging Face directory. `seconds=None`: no time bound, so that a seed and a step
+    count give the same model on any machine, however loaded (tests rely on what the model writes).
     `tokenizer_from`: another model directory whose tokenizer this one shares (a canary of the same
     endpoint must read and write the same tokens), instead of one trained on this corpus."""
     import torch
@@ -135,12 +137,12 @@ def train(out: Path, shape: Shape = Shape(), kind: Kind = "english", seconds: fl
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     block, batch = 64, 16
     gen = torch.Generator().manual_seed(seed)
-    deadline = time.monotonic() + seconds
+    deadline = None if seconds is None else time.monotonic() + seconds
     model.train()
-    loss = torch.tensor(float("nan"))  # seconds=0: an untrained model (random weights, a real graph)
-    for _ in range(max_steps if seconds > 0 else 0):
-        if time.monotonic() > deadline:
-            break
+    loss = torch.tensor(float("nan"))  # steps=0: an untrained model (random weights, a real graph)
+    done = 0
+    while done < steps and (deadline is None or time.monotonic() < deadline):
+        done += 1
         starts = torch.randint(0, len(data) - block - 1, (batch,), generator=gen)
         x = torch.stack([data[s:s + block] for s in starts])
         loss = model(input_ids=x, labels=x).loss
@@ -151,7 +153,7 @@ def train(out: Path, shape: Shape = Shape(), kind: Kind = "english", seconds: fl
     model.save_pretrained(str(out))
     GenerationConfig(eos_token_id=eos_id, bos_token_id=eos_id, do_sample=False).save_pretrained(str(out))
     (out / "train.json").write_text(json.dumps({"arch": shape.arch, "kind": kind, "final_loss": float(loss.detach()),
-                                                "tokens": len(ids), "seconds": seconds}))
+                                                "tokens": len(ids), "steps": done, "seconds": seconds}))
     return out
 
 

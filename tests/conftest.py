@@ -137,9 +137,12 @@ def tiny_lms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from models.tiny_lm import Shape, train
 
     root = tmp_path_factory.mktemp("tiny-lm")
-    gpt2 = train(root / "gpt2", Shape("gpt2"), "english", seconds=12)
-    return {"gpt2": gpt2, "llama": train(root / "llama", Shape("llama"), "english", seconds=8),
-            "garbage": train(root / "garbage", Shape("gpt2"), "digits", seconds=4, tokenizer_from=gpt2)}
+    # Steps, not seconds: the tests rely on what these models write (formats that end, sentences), and a machine
+    # loaded by other work once trained fewer steps in the same seconds and made a model that rambled. The
+    # counts are what 12, 8 and 4 s gave on an idle 2-core machine.
+    gpt2 = train(root / "gpt2", Shape("gpt2"), "english", seconds=None, steps=350)
+    return {"gpt2": gpt2, "llama": train(root / "llama", Shape("llama"), "english", seconds=None, steps=320),
+            "garbage": train(root / "garbage", Shape("gpt2"), "digits", seconds=None, steps=128, tokenizer_from=gpt2)}
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ def slow_tag(tmp_path_factory: pytest.TempPathFactory, tiny_lm_text: Path) -> st
     a thousand tokens is still writing seconds later."""
     from models.tiny_lm import Shape, train
 
-    hf = train(tmp_path_factory.mktemp("slow-lm") / "hf", Shape("gpt2", 256, 6, 4, 2000), seconds=0)
+    hf = train(tmp_path_factory.mktemp("slow-lm") / "hf", Shape("gpt2", 256, 6, 4, 2000), steps=0)
     (tag,) = import_lm(hf, "tiny-slow", tiny_lm_text, "fp32")
     return tag
 
