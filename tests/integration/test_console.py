@@ -307,6 +307,20 @@ def not_blank(png: Path) -> bool:
         return bool(ImageStat.Stat(img.convert("L")).stddev[0] > 15 and png.stat().st_size > 20_000)
 
 
+NOT_RERUNNING = "() => document.querySelector('[data-stale=\"true\"]') === null"
+
+
+def settled_shot(page: Any, path: Path, tries: int = 3) -> None:
+    """A full-page screenshot between two reruns. Streamlit fades every element while a page reruns (the live
+    pages rerun every 3 s), and a shot taken then was nearly blank (a grey-level spread of 11, under not_blank's
+    15): wait until no element is stale, and shoot again if a rerun began in between."""
+    for _ in range(tries):
+        page.wait_for_function(NOT_RERUNNING, timeout=30_000)
+        page.screenshot(path=str(path), full_page=True)
+        if not_blank(path):
+            return
+
+
 CONSOLE_LOGS: dict[str, Path] = {}  # each started console's URL -> its Streamlit log (stdout and stderr)
 
 
@@ -445,7 +459,7 @@ def test_browser_changes_the_split_and_every_page_renders(streamlit_app: str, si
                     pg.wait_for_timeout(1000)
             pg.wait_for_timeout(1500)
             shot = ARTIFACTS / f"console-{title.lower().replace(' ', '-')}.png"
-            pg.screenshot(path=str(shot), full_page=True)
+            settled_shot(pg, shot)
             assert pg.locator("[data-testid='stException']").count() == 0
             assert not_blank(shot), f"{shot} looks blank"
             if path == "":  # the split's weights are on screen, next to their roles

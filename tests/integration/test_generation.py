@@ -442,7 +442,7 @@ def _live_metrics_page(server: Served, endpoint: str, max_tokens: int, title: st
     from playwright.sync_api import sync_playwright
 
     from tests.integration.conftest import TOKEN
-    from tests.integration.test_console import not_blank, start_console
+    from tests.integration.test_console import not_blank, settled_shot, start_console
     from tests.integration.test_playground import ARTIFACTS, CHROMIUM_FLAGS
 
     stop = threading.Event()
@@ -464,7 +464,7 @@ def _live_metrics_page(server: Served, endpoint: str, max_tokens: int, title: st
             pg.goto(f"{url}/live", wait_until="networkidle", timeout=60_000)
             pg.get_by_text(title).wait_for(timeout=60_000)
             time.sleep(8)  # a few refreshes with traffic
-            pg.screenshot(path=str(path), full_page=True)
+            settled_shot(pg, path)
             text = pg.inner_text("body")
             browser.close()
     finally:
