@@ -428,9 +428,14 @@ class Endpoint:
     def _evidence(self, tag: str, route: str, source: str, ok: bool, latency_s: float, fallback: bool = False) -> None:
         """The shared per-version stats that canary analysis judges: only what the split routed from API
         clients, and shadow copies. Pinned, playground and fallback answers stay visible in /metrics
-        (route and source labels) but never steer a rollout."""
-        if (source == "api" and route in ("stable", "canary")) or route == "shadow":
+        (route and source labels) but never steer a rollout. A shadow copy counts as a request and, failed,
+        as an error, but its latency is left out: it waits for spare capacity, so its time is not what users
+        would see, and the rollout's stats run from its start: a shadow step's copies would otherwise be
+        judged as the canary's latency at its first real step."""
+        if source == "api" and route in ("stable", "canary"):
             self.stats.record(self.name, tag, ok, latency_s, fallback=fallback)
+        elif route == "shadow":
+            self.stats.record(self.name, tag, ok, None)
 
     async def _run(self, pick: Pick, items: list[Any], call: Call) -> tuple[list[Any], Timing]:
         slot, tag, route = pick.slot, pick.tag, pick.route

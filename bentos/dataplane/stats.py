@@ -139,13 +139,16 @@ class StatsRecorder:
         return [(e, v, b, list(c.classes))
                 for (e, v, b), c in ((k, self._buckets[k]) for k in self._dirty) if c.classes]
 
-    def record(self, endpoint: str, version: str, ok: bool, latency_s: float, fallback: bool = False) -> None:
+    def record(self, endpoint: str, version: str, ok: bool, latency_s: float | None,
+               fallback: bool = False) -> None:
+        """One answer; `latency_s` None for one whose time is not what a user would wait (a shadow copy)."""
         key = (endpoint, version, bucket_of(time.time()))
         counts = self._buckets[key]
         counts.requests += 1
         counts.errors += 0 if ok else 1
         counts.fallbacks += 1 if fallback else 0
-        counts.latency[bisect.bisect_left(LATENCY_EDGES_MS, latency_s * 1000)] += 1
+        if latency_s is not None:
+            counts.latency[bisect.bisect_left(LATENCY_EDGES_MS, latency_s * 1000)] += 1
         self._dirty.add(key)
 
     def pending_rows(self) -> list[tuple[str, str, int, int, int, int, list[int]]]:

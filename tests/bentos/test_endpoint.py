@@ -179,6 +179,9 @@ async def test_shadow_successes_count_as_well_as_failures(digits_root: Path) -> 
         await ep.handle(ROWS[:1])
     await asyncio.gather(*list(ep._background))
     assert counts(ep) == {"mlp:1": (4, 0, 0), "cnn:1": (4, 0, 0), "bad:1": (4, 4, 0)}
+    # A copy waits for spare capacity: its time is not a user's, so it is not the version's latency evidence.
+    timed = {tag: sum(latency) for _e, tag, _b, _r, _err, _f, latency in ep.stats.pending_rows()}
+    assert timed == {"mlp:1": 4, "cnn:1": 0, "bad:1": 0}
     await ep.stop()
 
 
