@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,30 @@ SHARED_SERVERS = ("server", "single_worker", "secured", "watched", "hostile", "l
                   "gen_server", "many")
 
 
-def _deployments(served: Served) -> dict[str, dict[str, Any]]:
-    r = httpx.get(f"{served.url}/v1/admin/deployments", headers=AUTH, timeout=60)
-    assert r.status_code == 200, r.text
+def _latest_revision(served: Served, endpoint: str) -> int | None:
+    """The control plane's newest revision of `endpoint` (None without a control plane)."""
+    r = httpx.get(f"{served.url}/v1/admin/deployments/{endpoint}", headers=AUTH, timeout=60)
+    return max((rev["revision"] for rev in r.json()["revisions"]), default=0) if r.status_code == 200 else None
+
+
+def _deployments(served: Served, settle_s: float = 30.0) -> dict[str, dict[str, Any]]:
+    """Every endpoint's split, read once the worker that answers serves the control plane's newest revision of
+    each. A worker applies another's change within a poll: a split read before that (an endpoint created a
+    moment ago still without versions, say) is not the one the test found, and no PUT can put it back."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        r = httpx.get(f"{served.url}/v1/admin/deployments", headers=AUTH, timeout=60)
+        assert r.status_code == 200, r.text
+        now = r.json()
+        latest = {name: _latest_revision(served, name) or 0 for name, e in now.items() if not e["load_error"]}
+        behind = {name: (now[name]["revision"], rev) for name, rev in latest.items() if now[name]["revision"] < rev}
+        if not behind:
+            break
+        assert time.monotonic() < deadline, f"a worker still serves older revisions after {settle_s} s " \
+                                            f"(endpoint: (served, newest)): {behind}"
+        time.sleep(0.1)
     return {name: {"versions": [{k: v[k] for k in ("tag", "role", "weight")} for v in e["versions"]],
-                   "sticky": e["sticky"], "shadow_sample": e["shadow_sample"]} for name, e in r.json().items()}
+                   "sticky": e["sticky"], "shadow_sample": e["shadow_sample"]} for name, e in now.items()}
 
 
 @pytest.fixture(autouse=True)
