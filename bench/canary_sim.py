@@ -51,10 +51,14 @@ class Outcome:
 
 
 def _add(counts: Counts, rng: np.random.Generator, n: int, error: float, median_ms: float,
-         sigma: float) -> None:
+         sigma: float, timed: bool = True) -> None:
+    """n requests; untimed (shadow copies, as Endpoint._evidence records them) they count without latency.
+    The latencies are drawn either way, so that every later draw of a seeded run is the same."""
     counts.requests += n
     counts.errors += int(rng.binomial(n, error))
     latencies = rng.lognormal(np.log(median_ms), sigma, n)
+    if not timed:
+        return
     hist = np.bincount(np.searchsorted(EDGES, latencies, side="left"), minlength=len(EDGES) + 1)
     counts.latency = [a + int(b) for a, b in zip(counts.latency, hist, strict=True)]
 
@@ -78,7 +82,8 @@ def simulate(policy: RolloutPolicy, traffic: Traffic, seed: int, max_looks: int 
         shadow = state.percent == 0  # the shadow step: the canary answers a copy of every request
         n_canary = total if shadow else int(rng.binomial(total, state.percent / 100))
         error = traffic.canary_error if canary.requests >= traffic.fails_after else traffic.stable_error
-        _add(canary, rng, n_canary, error, traffic.median_ms * traffic.canary_slowdown, traffic.sigma)
+        _add(canary, rng, n_canary, error, traffic.median_ms * traffic.canary_slowdown, traffic.sigma,
+             timed=not shadow)
         _add(stable, rng, total if shadow else total - n_canary, traffic.stable_error, traffic.median_ms,
              traffic.sigma)
         compared = n_canary if shadow else int(rng.binomial(n_canary, traffic.compare_sample))
@@ -146,7 +151,9 @@ def report(runs: int) -> str:
         "Each look tests the cumulative counts since the rollout began (`bentos/controlplane/canary_analysis.py`).",
         "Errors: a one-sided two-proportion z-test (Fisher's exact test while errors are few) that the canary's",
         "error ratio exceeds stable's by more than `error_margin`. Latency: a one-sided Mann-Whitney U test on the",
-        "latency histograms, plus the canary's p95 exceeding stable's by `latency_ratio`. Agreement (in a shadow",
+        "latency histograms, plus the canary's p95 exceeding stable's by `latency_ratio`; only answers users got are",
+        "timed (a shadow copy waits for spare capacity, so its requests and errors count but its time does not, and a",
+        "shadow step judges no latency). Agreement (in a shadow",
         "step): the mean label match or cosine over at least 50 comparisons must reach `min_agreement`.",
         "Divergence (language models): each sampled canary answer's tokens are scored by both versions,",
         "teacher-forced, and the mean per-token KL (clipped to 5 nats) is tested against `max_token_kl` with a",
