@@ -94,7 +94,10 @@ def test_a_short_newcomer_does_not_wait_behind_a_long_prompts_chunks() -> None:
     assert d.step().chunks == (("long", 20),)
     d.add("short", prompt=8, tokens=3)
     plan = d.step()
-    assert plan.prefill == ("short",) and plan.chunks == (("long", 12),)  # room kept for it; the chunk gets the rest
+    assert plan.prefill == ("short",) and plan.chunks == ()  # its first token costs a short step, not a chunk's
+    d.add("short2", prompt=8, tokens=3)
+    plan = d.step()  # the chunk waited the step before: it goes now, beside the room kept for the newcomer
+    assert plan.prefill == ("short2",) and plan.chunks == (("long", 12),)
     assert d.step().chunks == (("long", 18),)
     d.add("long2", prompt=50, tokens=3)
     assert d.step().chunks == (("long2", 20),)
@@ -102,6 +105,29 @@ def test_a_short_newcomer_does_not_wait_behind_a_long_prompts_chunks() -> None:
     plans = [d.step() for _ in range(2)]
     assert plans[0].chunks == (("long2", 20),) and plans[0].prefill == ()
     assert plans[1].chunks == (("long2", 10), ("medium", 10))  # it starts in what the last chunk leaves
+
+
+def test_a_newcomer_every_step_still_lets_the_chunks_move_every_other_step() -> None:
+    d = driver(prefill_tokens=20)
+    d.add("long", prompt=90, tokens=3)
+    d.step()
+    moved = []
+    for i in range(8):
+        d.add(f"short{i}", prompt=4, tokens=1)
+        moved.append(sum(n for _, n in d.step().chunks))
+    assert moved == [0, 16, 0, 16, 0, 16, 0, 16]  # half of the steps, each all but the newcomer's 4 tokens
+
+
+def test_no_step_is_kept_from_the_chunks_for_a_newcomer_that_cannot_start() -> None:
+    d = driver(prefill_tokens=20, max_running=2)
+    d.add("a", prompt=4, tokens=50)
+    d.add("long", prompt=50, tokens=3)
+    d.step()
+    d.step()
+    d.add("short", prompt=4, tokens=3)  # both streams are taken
+    assert d.step().chunks and "short" not in d.s.running
+
+
 def test_a_prompt_with_a_cached_prefix_prefills_only_the_rest_and_a_preempted_one_all_of_it() -> None:
     d = driver(prefill_tokens=100, max_running=1)
     d.s.add(Sequence("low", 40, 10, 0.0, 1e9, 0, priority=0, cached=32), 0.0)

@@ -11,8 +11,10 @@ The rules, each one line of `plan`:
 - a step prefills at most `prefill_tokens` prompt tokens, so newcomers never stall the streams in flight
   for longer than that: a prompt longer than what the step has left is prefilled in chunks over the next
   steps (`StepPlan.chunks`), the running requests decoding beside each chunk; chunks in progress go before
-  newcomers, except that the head of the queue, when its prompt fits half the budget whole, is kept room
-  for: a short prompt never waits behind a long one's chunks, and the chunks still get half of every step;
+  newcomers, except that the head of the queue, when its prompt fits half the budget whole and it can start
+  now, gets a step without chunks (its first token then costs a short step, not a chunk's), unless the
+  chunks waited the step before: then it is kept room for beside them. A short prompt never waits behind a
+  long one's chunks, and the chunks still move at least every other step, by half the budget at least;
   a prompt whose beginning the prefix cache holds (`Sequence.cached`) prefills only the rest, as a chunk;
 - newcomers are admitted in order: higher priority class first, then the tenant served least so far
   (`FairShare`: virtual token counters, so backlogged tenants get equal weighted service), then oldest
@@ -125,6 +127,7 @@ class DecodeScheduler:
     waiting: deque[Sequence] = field(default_factory=deque)
     running: dict[str, Sequence] = field(default_factory=dict)
     _aborted: set[str] = field(default_factory=set)
+    _chunks_waited: bool = False  # the last step left the chunks in progress out, for a newcomer
 
     def add(self, seq: Sequence, now: float | None = None) -> None:
         """Queue a request, or refuse it at once: 422 when it could never fit this version's KV budget, 429 when
@@ -224,7 +227,10 @@ class DecodeScheduler:
         preempted = self._preempt()
         decode = tuple(rid for rid, seq in self.running.items() if not seq.held and not seq.prefilling)
         candidates = self._candidates()  # sorted once a step: the room kept for the head, then admission
-        chunks = self._continue_chunks(self.prefill_tokens - self._room_for_head(candidates))
+        kept = self._room_for_head(candidates)
+        wait = bool(kept) and not self._chunks_waited and any(s.prefilling for s in self.running.values())
+        chunks = () if wait else self._continue_chunks(self.prefill_tokens - kept)
+        self._chunks_waited = wait
         prefill, started = self._admit(candidates, self.prefill_tokens - sum(n for _, n in chunks))
         return StepPlan(prefill, decode, refused, removed, preempted, chunks + started)
 
@@ -311,10 +317,10 @@ class DecodeScheduler:
                 and self.budget.used - held + seq.worst_case <= self.budget.capacity)
 
     def _room_for_head(self, candidates: list[Sequence]) -> int:
-        """Prefill tokens kept from the chunks in progress for the next newcomer: its prompt, when it could start
-        now and fits half the step's budget whole."""
-        if candidates and len(self.running) < self.max_running and \
-                candidates[0].prefill_tokens <= self.prefill_tokens // 2:
+        """Prefill tokens kept from the chunks in progress for the next newcomer: its prompt, when it can start
+        now (a stream and its worst case of KV free) and fits half the step's budget whole."""
+        if candidates and candidates[0].prefill_tokens <= self.prefill_tokens // 2 and \
+                self._room_for(candidates[0], freed=[]):
             return candidates[0].prefill_tokens
         return 0
 
