@@ -96,8 +96,13 @@ def test_every_rule_evaluates_without_error(prometheus: Prometheus) -> None:
 
 
 def test_dashboard_queries_run(prometheus: Prometheus, client: httpx.Client) -> None:
-    _send(str(client.base_url), 2)  # its own traffic: it may run before the test that sends some
-    _wait_for(prometheus, 'sum(rate(switchyard_batch_size_count{endpoint="digits"}[1m])) > 0', 1)
+    # Its own traffic, kept up until Prometheus sees it: first in the module, Prometheus may scrape for the first
+    # time only after a short burst ended, and rate() of a counter that never rose between two scrapes is 0.
+    rising = 'sum(rate(switchyard_batch_size_count{endpoint="digits"}[1m])) > 0'
+    end = time.monotonic() + 60
+    while not prometheus.query(rising):
+        assert time.monotonic() < end, f"{rising!r} stayed empty through 60 s of traffic"
+        _send(str(client.base_url), 1)
     dash = json.loads(Path(ROOT / "deploy" / "grafana" / "dashboards" / "switchyard.json").read_text())
     for panel in dash["panels"]:
         for target in panel["targets"]:
