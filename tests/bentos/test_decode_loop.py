@@ -120,3 +120,36 @@ async def test_a_preempted_stream_pauses_then_writes_the_same_text(tiny_lm_graph
     assert await reader == expected and low.stream.finish_reason == "length"
     assert max(s.batch for s in steps) == 1 and loop.scheduler.budget.used == 0
     await loop.stop()
+
+
+async def test_a_lone_stream_decodes_in_bursts_without_a_plan_per_token(tiny_lm_graphs: dict[str, Path],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between two tokens of a decode-only plan the version's thread steps again at once (no round trip through
+    the event loop); the stream's end ends the burst, and the runner forgets the request after it."""
+    from bentos.dataplane.decode import loop as loop_module
+
+    monkeypatch.setattr(loop_module, "MAX_BURST_S", 60.0)  # only events end a burst here, not the clock
+    loop, steps = make_loop(tiny_lm_graphs["gpt2"])
+    plans = 0
+    plan = loop.scheduler.plan
+
+    def counted(now: float):  # type: ignore[no-untyped-def]
+        nonlocal plans
+        plans += 1
+        return plan(now)
+
+    loop.scheduler.plan = counted  # type: ignore[method-assign]
+    flight = await loop.start(ids(loop, "The cat"), SamplingParams(max_tokens=100, ignore_eos=True),
+                              time.monotonic() + 30)
+    await read_all(flight)
+    assert flight.stream.usage.completion_tokens == 100 and len(steps) >= 100
+    assert plans <= 4, plans  # the prefill, one burst of 99 decode steps, and the loop's look once it ended
+    for _ in range(200):
+        if loop.runner.rows == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert loop.runner.rows == 0 and not loop._released  # its rows went once the burst ended
+    again = await loop.start(ids(loop, "The cat"), SamplingParams(max_tokens=100, ignore_eos=True),
+                             time.monotonic() + 30)
+    assert await read_all(again) == flight.stream.text  # greedy: the same text, burst or not
+    await loop.stop()
