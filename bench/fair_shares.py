@@ -1,7 +1,8 @@
 """Two tenants on one generative version, fair shares on and off: a steady caller beside a flood.
 
 The generation benchmark's model (bench/generation.py) behind a real `bentoml serve`, one endpoint with
-4 streams (`limits.max_streams`), prompts prefilled in chunks of 128. Two API keys, equal weights:
+4 streams (`limits.max_streams`), prompts prefilled in chunks of 128 tokens (`--prefill-tokens`). Two API keys,
+equal weights:
 
 - "steady" sends a five-word prompt for 32 tokens every 0.5 s (open loop: it does not wait for answers);
 - "flood" keeps 12 requests going at once, each a 400-token prompt for 64 tokens.
@@ -12,6 +13,7 @@ token p50 and p99. Writes bench/results/fair_shares.json and docs/benchmarks-fai
 
     python bench/fair_shares.py                   # about 3 minutes
     python bench/fair_shares.py --seconds 20
+    python bench/fair_shares.py --prefill-tokens 64 --results /tmp/fs64.json --out /tmp/fs64.md
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ def render(results: Path, out: Path) -> None:
     meta, rows = data["meta"], [Row(**r) for r in data["rows"]]
     lines = ["# Fair shares: a steady tenant beside a flood", "",
              written_by("fair_shares.py", results, meta), "",
-             f"One endpoint, 4 streams, prefill in chunks of 128. *steady*: a five-word prompt for "
+             f"One endpoint, 4 streams, prefill in chunks of {meta.get('prefill_tokens', 128)} tokens "
+             "(`SWITCHYARD_PREFILL_TOKENS`). *steady*: a five-word prompt for "
              f"{STEADY_TOKENS} tokens every {STEADY_EVERY_S:g} s. *flood*: {FLOOD_CALLERS} requests at once, "
              f"each a {FLOOD_PROMPT}-token prompt for {FLOOD_TOKENS} tokens. Each tenant its own API key, equal "
              "weights.", "",
@@ -121,6 +124,7 @@ def render(results: Path, out: Path) -> None:
 def main() -> None:
     parser = report_parser(__doc__, "fair_shares")
     parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--prefill-tokens", type=int, default=128, help="prompt tokens a step prefills at most")
     args = parser.parse_args()
     commit = begin_report(args, render)
     if commit is None:
@@ -129,13 +133,13 @@ def main() -> None:
     text = long_prompt(tag, FLOOD_PROMPT)
     rows = []
     for name, (on, flood) in ROWS.items():
-        served = serve(tag, STATE / "fair-shares", {"limits": {"max_streams": 4}}, prefill_tokens="128",
-                       fair_shares=str(on).lower())
+        served = serve(tag, STATE / "fair-shares", {"limits": {"max_streams": 4}},
+                       prefill_tokens=str(args.prefill_tokens), fair_shares=str(on).lower())
         try:
             rows.append(measure(name, served.url, args.seconds, flood, make_keys(served.url, 2), text))
         finally:
             served.kill()
-    meta = run_meta(commit, model=BENCH_LM, seconds=args.seconds)
+    meta = run_meta(commit, model=BENCH_LM, seconds=args.seconds, prefill_tokens=args.prefill_tokens)
     write_report(args.results, args.out, {"meta": meta, "rows": [asdict(r) for r in rows]}, render)
 
 
