@@ -451,9 +451,9 @@ def goals(points: list[Point]) -> list[str]:
     for threads in (1, 2):
         ref = by.get((f"in-process ORT loop, {threads} thread{'s' if threads > 1 else ''} (static batch)", 1))
         if one and ref:
-            ratio = one.tpot_p50_ms / ref.tpot_p50_ms
-            out.append(f"- 1 stream, TPOT within 1.3x of the in-process loop at batch 1 ({threads} thread"
-                       f"{'s' if threads > 1 else ''}): **{'met' if ratio <= 1.3 else 'not met'}** "
+            ratio = one.tpot_p50_ms / ref.tpot_p50_ms  # 1.3x was the generation issue's goal; 1.2x the later one's
+            out.append(f"- 1 stream, TPOT within 1.2x of the in-process loop at batch 1 ({threads} thread"
+                       f"{'s' if threads > 1 else ''}): **{'met' if ratio <= 1.2 else 'not met'}** "
                        f"({one.tpot_p50_ms:.2f} against {ref.tpot_p50_ms:.2f} ms, {ratio:.2f}x).")
     return [*out, ""]
 
