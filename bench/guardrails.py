@@ -28,8 +28,6 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-# bench/profile.py would stand in for the standard library's `profile`, which torch imports to train the classifier.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from bench.generation import (  # noqa: E402

@@ -6,9 +6,9 @@ BentoML supervisor and its worker) at 100 Hz for the window. Each sample is char
 innermost frame that belongs to a known layer; the table is each layer's share of the samples,
 and, with the server's CPU per request measured in the same window, its CPU per request.
 
-    python bench/profile.py                  # embed-one and digits-one; writes docs/benchmarks-profile.md
-    python bench/profile.py --flame          # also an SVG flame graph per workload in docs/
-    python bench/profile.py --access-log --without-fast-lane   # what BentoML's access log and middleware cost
+    python bench/layer_profile.py                  # embed-one and digits-one; writes docs/benchmarks-profile.md
+    python bench/layer_profile.py --flame          # also an SVG flame graph per workload in docs/
+    python bench/layer_profile.py --access-log --without-fast-lane   # what BentoML's access log and middleware cost
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def report(results: list[dict[str, object]], command: str) -> str:
              f"One run, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, made by `{command}`: py-spy at 100 Hz over every "
              "process of the service (one worker, the default models at 100 %) while wrk loads it at 64 "
              "connections on the same 2 cores. A sample is charged to the innermost frame of a known layer "
-             "(`bench/profile.py`, LAYERS); ms per request is the layer's share of the server's CPU per "
+             "(`bench/layer_profile.py`, LAYERS); ms per request is the layer's share of the server's CPU per "
              "request, measured in the same window. By default Switchyard's requests take the fast lane, "
              "around BentoML's middleware (docs/how-serving-works.md); the sections marked "
              "`SWITCHYARD_FAST_LANE=false` go through it, as do those with the access log on (the lane steps "
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         results += [profile(w, args.seconds, False, state, True) for w in args.workloads.split(",")]
     if args.without_fast_lane:
         results += [profile(w, args.seconds, False, state, False, fast_lane=False) for w in args.workloads.split(",")]
-    command = "python bench/profile.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python bench/layer_profile.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
     text = report(results, command.strip())
