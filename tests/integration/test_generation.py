@@ -262,13 +262,16 @@ def test_two_streams_started_apart_share_decode_steps(gen_server: Served, writer
               - metric(gen_server, "switchyard_batch_size_bucket", endpoint="writer", version=tag, le="1.0"))
     texts: dict[str, str] = {}
     started = threading.Event()
+    # "a" writes 1000 tokens and "b" 200 from a's third on: b runs inside a's span even when a's decode steps come
+    # fast (a lone stream decodes in bursts) and b's request is slow to arrive (a loaded machine).
+    tokens = {"a": 1000, "b": 200}
 
     def stream(key: str) -> None:
         if key == "b":  # starts while "a" is writing: it must join a's decode steps, not wait for a to end
             started.wait(30)
         with httpx.Client(base_url=gen_server.url, timeout=60) as c, c.stream(
                 "POST", "/v1/writer/generate",
-                json={"prompt": PROMPT, "max_tokens": 240, "ignore_eos": True, "stream": True}) as r:
+                json={"prompt": PROMPT, "max_tokens": tokens[key], "ignore_eos": True, "stream": True}) as r:
             pieces = []
             for n, d in sse(r.iter_lines()):
                 pieces.append(d.get("text", "") if n == "message" else "")
@@ -280,12 +283,13 @@ def test_two_streams_started_apart_share_decode_steps(gen_server: Served, writer
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(90)
     shared = (metric(gen_server, "switchyard_batch_size_count", endpoint="writer", version=tag)
               - metric(gen_server, "switchyard_batch_size_bucket", endpoint="writer", version=tag, le="1.0"))
     assert shared - before > 0, "no decode step ran both streams: " + "\n".join(
         line for line in httpx.get(f"{gen_server.url}/metrics").text.splitlines() if "batch_size" in line)
-    assert texts["a"] == texts["b"] and len(texts["a"]) > 100  # greedy: the same text whatever shared the batch
+    # Greedy: the same text whatever shared the batch, b's the start of a's.
+    assert len(texts["b"]) > 100 and texts["a"].startswith(texts["b"]), (texts["b"][-80:], texts["a"][:400])
 
 
 def test_a_client_that_disconnects_frees_its_slot(gen_server: Served, writer: str) -> None:
