@@ -346,30 +346,37 @@ runpy.run_path({str(src / 'convert_hf_to_gguf.py')!r}, run_name="__main__")
 
 
 # --- the in-process ceiling -------------------------------------------------------------------------
-def in_process(tag: str, batches: list[int], threads: int) -> list[Point]:
+def loop_runs(version: Any, batch: int, runs: int) -> list[tuple[float, float, float]]:
+    """(time to first token, time per output token, tokens/s) of `runs` static batches through the serving
+    runner in this process."""
     from bentos.dataplane.decode.runner import DecodeRunner
     from bentos.dataplane.decode.scheduler import StepPlan
-    from bentos.dataplane.runtime import load_version
     from bentos.tasks.text_generation import SamplingParams
 
-    version = load_version(tag, threads)
     texts = prompts()
+    out = []
+    for r in range(runs):
+        runner = DecodeRunner(version.session, version.codec)
+        ids = tuple(f"r{i}" for i in range(batch))
+        for i, rid in enumerate(ids):
+            runner.add(rid, version.codec.tokenize(texts[(i + r) % len(texts)]), SamplingParams(max_tokens=NEW_TOKENS))
+        began = time.perf_counter()
+        runner.step(StepPlan(prefill=ids))
+        first = time.perf_counter()
+        for _ in range(NEW_TOKENS - 1):
+            runner.step(StepPlan(decode=ids))
+        out.append((first - began, (time.perf_counter() - first) / (NEW_TOKENS - 1),
+                    batch * NEW_TOKENS / (time.perf_counter() - began)))
+    return out
+
+
+def in_process(tag: str, batches: list[int], threads: int) -> list[Point]:
+    from bentos.dataplane.runtime import load_version
+
+    version = load_version(tag, threads)
     points = []
     for batch in batches:
-        runs = []
-        for r in range(5):
-            runner = DecodeRunner(version.session, version.codec)  # type: ignore[arg-type]
-            ids = tuple(f"r{i}" for i in range(batch))
-            for i, rid in enumerate(ids):
-                runner.add(rid, version.codec.tokenize(texts[(i + r) % len(texts)]),  # type: ignore[attr-defined]
-                           SamplingParams(max_tokens=NEW_TOKENS))
-            began = time.perf_counter()
-            runner.step(StepPlan(prefill=ids))
-            first = time.perf_counter()
-            for _ in range(NEW_TOKENS - 1):
-                runner.step(StepPlan(decode=ids))
-            runs.append((first - began, (time.perf_counter() - first) / (NEW_TOKENS - 1),
-                         batch * NEW_TOKENS / (time.perf_counter() - began)))
+        runs = loop_runs(version, batch, 5)
         ttft, tpot, tps = (statistics.median(x) for x in zip(*runs, strict=True))
         name = f"in-process ORT loop, {threads} thread{'s' if threads > 1 else ''} (static batch)"
         point = Point(name, batch, tps, 5 * batch, ttft * 1000, max(r[0] for r in runs) * 1000, tpot * 1000,
@@ -377,6 +384,24 @@ def in_process(tag: str, batches: list[int], threads: int) -> list[Point]:
         print(f"  {name} {batch:3d}: {tps:8.0f} tok/s  ttft {ttft * 1000:.1f} ms  tpot {tpot * 1000:.2f} ms")
         points.append(point)
     return points
+
+
+def paired_rounds(tag: str, url: str, rounds: int, seconds: float) -> list[dict[str, float]]:
+    """One stream through the server against the in-process loop at batch 1 (one thread), in alternating
+    rounds a few seconds apart: this machine's speed drifts by tens of percent within minutes, so the two
+    sides of the 1.2x goal are measured side by side, not minutes apart as the table's rows are."""
+    from bentos.dataplane.runtime import load_version
+
+    version = load_version(tag, 1)
+    loop_runs(version, 1, 2)  # warm-up
+    out = []
+    for _ in range(rounds):
+        loop = statistics.median(r[1] for r in loop_runs(version, 1, 5)) * 1000
+        samples, _, _ = asyncio.run(load(url, f"/v1/{ENDPOINT}/generate", switchyard_body, 1, seconds))
+        served = quantile([s.tpot_s * 1000 for s in samples], 0.5)
+        out.append({"loop_tpot_ms": loop, "served_tpot_ms": served, "ratio": served / loop})
+        print(f"  paired round: served {served:.2f} ms, loop {loop:.2f} ms, {served / loop:.2f}x", flush=True)
+    return out
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -410,7 +435,7 @@ def render(results: Path, out_md: Path) -> None:
         notes.append("- Switchyard sends one event per piece of text it can show: a token that completes no "
                      "character (byte-level BPE) goes out with the next one, so a request can show 63 events for its "
                      "64 tokens. The client counts events, so Switchyard's tokens/s here are slightly undercounted.")
-    lines[1:1] = goals(points)
+    lines[1:1] = goals(points, meta.get("paired", []))
     lines += ["", *(["Notes:", *notes, ""] if notes else []), *meta.get("left_out", []), "",
               "![output tokens per second by concurrent streams](benchmarks-generation.png)", ""]
     out_md.write_text("\n".join(lines))
@@ -432,9 +457,9 @@ def render(results: Path, out_md: Path) -> None:
     fig.savefig(out_md.with_suffix(".png"), dpi=110)
 
 
-def goals(points: list[Point]) -> list[str]:
+def goals(points: list[Point], paired: list[dict[str, float]]) -> list[str]:
     """Where the issue's goals stand in this run: 8 and 32 streams against llama.cpp's server, 1 stream against
-    the in-process loop."""
+    the in-process loop (the table's rows, and the paired rounds)."""
     by = {(p.server, p.streams): p for p in points}
     ours = {n: by.get(("Switchyard", n)) for n in (1, 8, 32)}
     llama = {n: by.get(("llama.cpp server -np 32 -cb", n)) for n in (8, 32)}
@@ -455,6 +480,13 @@ def goals(points: list[Point]) -> list[str]:
             out.append(f"- 1 stream, TPOT within 1.2x of the in-process loop at batch 1 ({threads} thread"
                        f"{'s' if threads > 1 else ''}): **{'met' if ratio <= 1.2 else 'not met'}** "
                        f"({one.tpot_p50_ms:.2f} against {ref.tpot_p50_ms:.2f} ms, {ratio:.2f}x).")
+    if paired:
+        ratio = statistics.median(r["ratio"] for r in paired)
+        each = ", ".join(f"{r['ratio']:.2f}" for r in paired)
+        verdict = "met" if ratio <= 1.2 else "not met"
+        out.append(f"- 1 stream, TPOT within 1.2x of the in-process loop at batch 1 (1 thread), in {len(paired)} "
+                   f"alternating rounds (the loop, then the server, seconds apart): **{verdict}** "
+                   f"(median ratio {ratio:.2f}x; each round: {each}).")
     return [*out, ""]
 
 
@@ -463,6 +495,8 @@ def main() -> None:
     parser.add_argument("--servers", default="in-process,switchyard,llama.cpp,naive,bentoml,litserve")
     parser.add_argument("--streams", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--paired-rounds", type=int, default=6,
+                        help="alternating rounds of one stream and the in-process loop (0: none)")
     parser.add_argument("--train-seconds", type=float, default=90.0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-generation.md")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "generation.json")
@@ -482,9 +516,17 @@ def main() -> None:
     if "in-process" in wanted:  # with the server's threads (one, on 2 cores), and with two
         for threads in (1, 2):
             points += in_process(tag, streams, threads)
+    paired: list[dict[str, float]] = []
     if "switchyard" in wanted:
-        points += run_server("Switchyard", switchyard(tag, logs), f"/v1/{ENDPOINT}/generate", switchyard_body,
-                             streams, args.seconds)
+        proc, url = switchyard(tag, logs)
+        if "in-process" in wanted and 1 in streams and args.paired_rounds:
+            try:
+                paired = paired_rounds(tag, url, args.paired_rounds, min(5.0, args.seconds))
+            except BaseException:
+                stop(proc)
+                raise
+        points += run_server("Switchyard", (proc, url), f"/v1/{ENDPOINT}/generate", switchyard_body, streams,
+                             args.seconds)
     if "llama.cpp" in wanted:
         built = llama_server(hf)
         if built is None:
@@ -511,7 +553,7 @@ def main() -> None:
             "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
             "model": "GPT-2 architecture, 256 wide, 6 layers, 4 heads, 2,000-token vocabulary, fp32 ONNX with "
                      "the KV cache (llama.cpp: the same weights as f32 GGUF)", "seconds": args.seconds,
-            "streams": streams, "left_out": left_out}
+            "streams": streams, "left_out": left_out, "paired": paired}
     write(points, meta, args.results, args.out)
     print(f"wrote {args.out} and {args.results}")
 

@@ -18,12 +18,12 @@ from bentos.tasks.base import Limits
 from bentos.tasks.text_generation import GenerationCodec, SamplingParams
 
 
-def make_loop(graph: Path, **limits: float) -> tuple[DecodeLoop, list[StepStats]]:
+def make_loop(graph: Path, prefill_tokens: int = 512, **limits: float) -> tuple[DecodeLoop, list[StepStats]]:
     codec = GenerationCodec({"inputs": [], "outputs": []}, json.loads((graph / "meta.json").read_text()), graph)
     steps: list[StepStats] = []
     base = Limits(max_rows=1, max_chars=1000, max_body_bytes=10_000, max_image_pixels=1, prefix_cache_share=0)
     loop = DecodeLoop("t", DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec),
-                      codec, base.model_copy(update=limits), on_step=steps.append)
+                      codec, base.model_copy(update=limits), prefill_tokens=prefill_tokens, on_step=steps.append)
     return loop, steps
 
 
@@ -152,4 +152,47 @@ async def test_a_lone_stream_decodes_in_bursts_without_a_plan_per_token(tiny_lm_
     again = await loop.start(ids(loop, "The cat"), SamplingParams(max_tokens=100, ignore_eos=True),
                              time.monotonic() + 30)
     assert await read_all(again) == flight.stream.text  # greedy: the same text, burst or not
+    await loop.stop()
+
+
+async def test_a_newcomer_ends_a_chunk_step_after_one_pass_and_the_chunks_go_on_after_its_first_token(
+        tiny_lm_graphs: dict[str, Path]) -> None:
+    """A 64-token budget runs a long prompt's chunk in passes of 16: a short request that arrives during the first
+    pass gets its step once that pass ends, not after the chunk's 64 tokens; the long prompt's text is unchanged."""
+    import threading
+
+    loop, _ = make_loop(tiny_lm_graphs["gpt2"], prefill_tokens=64)
+    runner = loop.runner
+    events: list[tuple[str, object]] = []
+    entered = threading.Event()
+    chunk, prefill = runner._chunk, runner._prefill
+
+    def chunk_pass(rid, n, tokens):  # type: ignore[no-untyped-def]
+        events.append(("chunk", n))
+        if len(events) == 1:  # the first pass waits, on the version's thread, until the newcomer is queued
+            entered.set()
+            end = time.monotonic() + 10
+            while not loop._replan and time.monotonic() < end:
+                time.sleep(0.001)
+        return chunk(rid, n, tokens)
+
+    def whole(ids_, tokens):  # type: ignore[no-untyped-def]
+        events.append(("prefill", tuple(ids_)))
+        return prefill(ids_, tokens)
+
+    runner._chunk, runner._prefill = chunk_pass, whole  # type: ignore[method-assign]
+    long_ids = ids(loop, " ".join(["The old man found a wooden box in the river"] * 12))
+    assert len(long_ids) > 100
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    long_start = asyncio.create_task(loop.start(long_ids, params, time.monotonic() + 30))
+    assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+    short = await loop.start(ids(loop, "The cat"), params, time.monotonic() + 30)
+    assert not long_start.done()  # the short prompt's first token came first
+    assert events[:2] == [("chunk", 16), ("prefill", (short.request_id,))]  # one pass of the chunk, then its step
+    long_text = await read_all(await long_start)
+    assert sum(n for kind, n in events if kind == "chunk") == len(long_ids)  # every pass ran once, none twice
+    await read_all(short)
+    runner._chunk, runner._prefill = chunk, prefill  # type: ignore[method-assign]
+    again = await loop.start(long_ids, params, time.monotonic() + 30)
+    assert await read_all(again) == long_text  # greedy: the same text, interrupted or not
     await loop.stop()

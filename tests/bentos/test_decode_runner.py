@@ -152,6 +152,28 @@ def test_a_prompt_prefilled_in_chunks_writes_what_it_writes_whole(tiny_lm_graphs
     assert got["short"] + more["short"] == alone(graph, short, 10)
 
 
+def test_an_interrupted_chunk_hands_back_what_it_did_not_run_and_writes_what_it_writes_whole(
+        tiny_lm_graphs: dict[str, Path]) -> None:
+    """Chunks in passes of 3 tokens; the interrupt ends the first step after two passes (one piece of the other
+    request's chunk never runs) and the second after one; the scheduler plans the rest again."""
+    graph = tiny_lm_graphs["gpt2"]
+    codec = codec_of(graph)
+    long, other = codec.tokenize(" ".join(PROMPTS[1:])), codec.tokenize(" ".join(PROMPTS[2:]))
+    runner = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec)
+    runner.add("long", long, SamplingParams())
+    runner.add("other", other, SamplingParams())
+    asked = iter([False, True])
+    first = runner.step(StepPlan(chunks=(("long", 8), ("other", 4))), lambda: next(asked), piece=3)
+    assert first.left == {"long": 2, "other": 4} and not first.tokens  # two passes (6 tokens) ran
+    second = runner.step(StepPlan(chunks=(("long", 2), ("other", 4))), lambda: True, piece=3)
+    assert second.left == {"other": 4} and not second.tokens  # at least one pass runs, whatever the interrupt says
+    rest = runner.step(StepPlan(chunks=(("long", len(long) - 8), ("other", len(other)))), lambda: False, piece=3)
+    assert not rest.left and set(rest.tokens) == {"long", "other"} and not runner.partial
+    more = run(runner, [StepPlan(decode=("long", "other"))] * 5)
+    assert [rest.tokens["long"], *more["long"]] == alone(graph, long, 6)
+    assert [rest.tokens["other"], *more["other"]] == alone(graph, other, 6)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_a_prompt_on_top_of_its_cached_prefix_writes_what_it_writes_whole(tiny_lm_graphs: dict[str, Path],
                                                                         arch: str) -> None:

@@ -118,6 +118,16 @@ def test_a_newcomer_every_step_still_lets_the_chunks_move_every_other_step() -> 
     assert moved == [0, 16, 0, 16, 0, 16, 0, 16]  # half of the steps, each all but the newcomer's 4 tokens
 
 
+def test_a_chunk_the_step_did_not_finish_is_planned_again_from_where_it_stopped() -> None:
+    d = driver(prefill_tokens=20)
+    d.add("long", prompt=50, tokens=3)
+    assert d.step().chunks == (("long", 20),)
+    d.s.unplanned("long", 15)  # a newcomer ended the step after 5 of its 20 tokens
+    d.s.unplanned("gone", 3)  # a request no longer running: nothing to plan
+    assert [d.step().chunks for _ in range(3)] == [(("long", 20),), (("long", 20),), (("long", 5),)]
+    assert d.out["long"] == 1  # its last chunk wrote its first token: 5 + 20 + 20 + 5 = 50
+
+
 def test_no_step_is_kept_from_the_chunks_for_a_newcomer_that_cannot_start() -> None:
     d = driver(prefill_tokens=20, max_running=2)
     d.add("a", prompt=4, tokens=50)

@@ -44,6 +44,9 @@ IDLE_POLL_S = 0.005  # every running reader is slow: look again this soon
 # deadlines and shares are looked at again; anything the next plan must see (a newcomer, an abort, a finished
 # or slow stream) ends it at once.
 MAX_BURST_S = 0.05
+# A step's chunks run in passes of a quarter of the prefill budget (at least 16 tokens), and anything the next
+# plan must see ends the step between two passes: a newcomer waits for one pass, not a whole chunk.
+CHUNK_PASSES, MIN_PASS_TOKENS = 4, 16
 _ids = itertools.count()
 
 
@@ -102,6 +105,7 @@ class DecodeLoop:
         self._stepping = False
         self._replan = False
         self._released: list[str] = []
+        self._pass_tokens = max(MIN_PASS_TOKENS, prefill_tokens // CHUNK_PASSES)
         self._grammars: Grammars | None = None  # structured output's compiler, made by the first request that asks
 
     # --- SlotQueue ---------------------------------------------------------------------
@@ -235,6 +239,8 @@ class DecodeLoop:
                 self._fail_step(plan, exc)
                 continue
             self._after_steps()
+            for rid, tokens in result.left.items():
+                self.scheduler.unplanned(rid, tokens)
             self._deliver(last, result)
 
     def _steps(self, plan: StepPlan, loop: asyncio.AbstractEventLoop) -> tuple[StepPlan, StepResult]:
@@ -242,7 +248,7 @@ class DecodeLoop:
         result handed to the event loop as it comes, until `_replan` (set on the loop) or MAX_BURST_S. A request
         that ended meanwhile may get one more token, which nobody reads: its rows go after the burst. Returns
         the last step and its result, for the loop to deliver."""
-        result: StepResult = self.runner.step(plan)
+        result: StepResult = self.runner.step(plan, lambda: self._replan, self._pass_tokens)
         if not plan.decode or plan.prefill or plan.chunks or plan.preempted:
             return plan, result
         again, end = StepPlan(decode=plan.decode), time.monotonic() + MAX_BURST_S
@@ -313,7 +319,8 @@ class DecodeLoop:
                 self._replan = True
         if self.on_step is not None:
             self.on_step(StepStats(plan.batch, len(plan.prefill) + len(plan.chunks), result.prefill_s, result.decode_s,
-                                   self.scheduler.budget.occupancy, len(self.flights), len(plan.chunks),
+                                   self.scheduler.budget.occupancy, len(self.flights),
+                                   sum(1 for rid, n in plan.chunks if result.left.get(rid, 0) < n),
                                    result.drafted, result.accepted))
 
     def _streams_changed(self) -> None:

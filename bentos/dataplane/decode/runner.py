@@ -10,7 +10,8 @@ its batch (tests/bentos/test_decode_runner.py checks this against each prompt ru
 A prompt too long for one step's prefill budget is run in chunks (`StepPlan.chunks`): each chunk is fed
 with the KV of the chunks before it as its past, kept in `partial` between steps, and the chunk that ends
 the prompt samples the first token and joins the running batch. The logits are the same as one whole
-prefill: a chunk's tokens see exactly the keys and values they would have seen.
+prefill: a chunk's tokens see exactly the keys and values they would have seen. A step may run its chunks in
+passes, and stop between two when the loop asks (a newcomer): `StepResult.left` says what it did not run.
 
 A prompt whose first blocks the prefix cache holds (prefix_cache.py) starts the same way: the cached keys
 and values are its first chunk, already done, and its prefill runs from there. Every prompt, once
@@ -28,6 +29,7 @@ Runs in the version's thread; the decode loop (loop.py) never touches these arra
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +94,7 @@ class StepResult:
     more: dict[str, list[int]] = field(default_factory=dict)  # accepted draft tokens, after `tokens`' one
     drafted: int = 0
     accepted: int = 0
+    left: dict[str, int] = field(default_factory=dict)  # chunk tokens an interrupted step did not run
 
 
 class DecodeRunner:
@@ -157,7 +160,9 @@ class DecodeRunner:
     def rows(self) -> int:
         return len(self.running.ids) if self.running else 0
 
-    def step(self, plan: StepPlan) -> StepResult:
+    def step(self, plan: StepPlan, interrupt: Callable[[], bool] | None = None, piece: int = 0) -> StepResult:
+        """The plan's decode, then its whole prefills, then its chunks (`_chunks`: `piece` tokens a pass, and
+        `interrupt` may end the step between passes)."""
         result = StepResult({})
         self._arrange(set(plan.decode))
         for rid in plan.preempted:  # its KV goes; its next prefill recomputes it from what it wrote
@@ -174,13 +179,29 @@ class DecodeRunner:
             fresh = self._prefill(list(plan.prefill), result.tokens)
             self._join(fresh)
             result.prefill_s = time.perf_counter() - began
-        for rid, n in plan.chunks:
+        if plan.chunks:
             began = time.perf_counter()
-            ended = self._chunk(rid, n, result.tokens)
-            if ended is not None:
-                self._join(ended)
+            self._chunks(plan.chunks, result, interrupt, piece)
             result.prefill_s += time.perf_counter() - began
         return result
+
+    def _chunks(self, chunks: tuple[tuple[str, int], ...], result: StepResult, interrupt: Callable[[], bool] | None,
+                piece: int) -> None:
+        """The plan's chunks, `piece` tokens a pass (0: each chunk in one pass). Between passes, after the first,
+        `interrupt()` may end the step: what was not run goes into `result.left`, for the scheduler to plan again.
+        A newcomer then waits for one piece, not for the step's whole chunk budget."""
+        ran = False
+        for i, (rid, n) in enumerate(chunks):
+            done = 0
+            while done < n:
+                if ran and interrupt is not None and interrupt():
+                    result.left = {rid: n - done, **dict(chunks[i + 1:])}
+                    return
+                size = min(n - done, piece or n)
+                ended = self._chunk(rid, size, result.tokens)
+                if ended is not None:
+                    self._join(ended)
+                done, ran = done + size, True
 
     def _join(self, fresh: Rows) -> None:
         self.running = fresh if self.running is None or not self.running.ids else join([self.running, fresh])

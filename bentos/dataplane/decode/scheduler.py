@@ -15,6 +15,9 @@ The rules, each one line of `plan`:
   now, gets a step without chunks (its first token then costs a short step, not a chunk's), unless the
   chunks waited the step before: then it is kept room for beside them. A short prompt never waits behind a
   long one's chunks, and the chunks still move at least every other step, by half the budget at least;
+  the loop runs a step's chunks in passes and ends the step between two when a newcomer arrives, so that
+  it waits for one pass, not a whole chunk: what the step did not run comes back (`unplanned`) and is
+  planned again from where it stopped;
   a prompt whose beginning the prefix cache holds (`Sequence.cached`) prefills only the rest, as a chunk;
 - newcomers are admitted in order: higher priority class first, then the tenant served least so far
   (`FairShare`: virtual token counters, so backlogged tenants get equal weighted service), then oldest
@@ -205,6 +208,12 @@ class DecodeScheduler:
             seq.generated += 1
             if not seq.shadow:
                 self.shares.charge(seq.tenant, generated=1)
+
+    def unplanned(self, request_id: str, tokens: int) -> None:
+        """`tokens` of a chunk the step did not run (a newcomer interrupted it): planned again from the next step."""
+        seq = self.running.get(request_id)
+        if seq is not None:
+            seq.prefill_left += tokens
 
     def hold(self, request_id: str, held: bool) -> None:
         seq = self.running.get(request_id)
