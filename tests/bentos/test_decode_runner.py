@@ -152,6 +152,31 @@ def test_a_prompt_prefilled_in_chunks_writes_what_it_writes_whole(tiny_lm_graphs
     assert got["short"] + more["short"] == alone(graph, short, 10)
 
 
+def test_a_newcomers_first_token_is_handed_out_before_the_running_batch_decodes(
+        tiny_lm_graphs: dict[str, Path]) -> None:
+    graph = tiny_lm_graphs["gpt2"]
+    codec = codec_of(graph)
+    runner = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec)
+    runner.add("old", codec.tokenize(PROMPTS[1]), SamplingParams())
+    runner.add("new", codec.tokenize(PROMPTS[0]), SamplingParams())
+    old = runner.step(StepPlan(prefill=("old",))).tokens["old"]  # without `first`: in the result
+    events: list[object] = []
+    decode = runner._decode
+
+    def decoding(rows, tokens):  # type: ignore[no-untyped-def]
+        events.append("decode")
+        return decode(rows, tokens)
+
+    runner._decode = decoding  # type: ignore[method-assign]
+    result = runner.step(StepPlan(prefill=("new",), decode=("old",)), first=lambda t: events.append(dict(t)))
+    new = events[0]
+    assert isinstance(new, dict) and list(new) == ["new"] and events[1:] == ["decode"]
+    assert list(result.tokens) == ["old"]  # the newcomer's token went out before, not again with the step's
+    more = run(runner, [StepPlan(decode=("old", "new"))] * 4)
+    assert [old, result.tokens["old"], *more["old"]] == alone(graph, codec.tokenize(PROMPTS[1]), 6)
+    assert [new["new"], *more["new"]] == alone(graph, codec.tokenize(PROMPTS[0]), 5)
+
+
 def test_an_interrupted_chunk_hands_back_what_it_did_not_run_and_writes_what_it_writes_whole(
         tiny_lm_graphs: dict[str, Path]) -> None:
     """Chunks in passes of 3 tokens; the interrupt ends the first step after two passes (one piece of the other

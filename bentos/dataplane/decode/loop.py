@@ -5,9 +5,10 @@ on the version's thread, the new tokens go to their streams, and requests that f
 leave at once, their KV freed. A plan that only decodes is run again on the version's thread, step after
 step, until something happens that the next plan must see (`_steps`): each step's tokens go to the streams
 as they come, and the loop's round trip (two thread wake-ups, a plan: about 0.4 ms a token here, a quarter
-of a small model's step) is off the path between two tokens. `start` returns only once the request's first
-token exists (or it was refused), so that every refusal before it is an ordinary status: the response's
-status is committed late.
+of a small model's step) is off the path between two tokens. A step's newcomers get their first tokens as
+soon as their prefill ends, before the running requests decode (`_hand_out`, called from the version's
+thread). `start` returns only once the request's first token exists (or it was refused), so that every
+refusal before it is an ordinary status: the response's status is committed late.
 
 It is the slot's queue (`SlotQueue`): draining lets the streams in flight finish; stopping ends them.
 """
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bentos.dataplane.decode.constraints import Grammars
+from bentos.dataplane.decode.heap import keep_freed_memory
 from bentos.dataplane.decode.kv_budget import KvBudget, bytes_per_token
 from bentos.dataplane.decode.prefix_cache import PrefixCache
 from bentos.dataplane.decode.runner import DecodeRunner, StepResult
@@ -248,7 +250,8 @@ class DecodeLoop:
         result handed to the event loop as it comes, until `_replan` (set on the loop) or MAX_BURST_S. A request
         that ended meanwhile may get one more token, which nobody reads: its rows go after the burst. Returns
         the last step and its result, for the loop to deliver."""
-        result: StepResult = self.runner.step(plan, lambda: self._replan, self._pass_tokens)
+        result: StepResult = self.runner.step(plan, lambda: self._replan, self._pass_tokens,
+                                              lambda first: loop.call_soon_threadsafe(self._hand_out, first))
         if not plan.decode or plan.prefill or plan.chunks or plan.preempted:
             return plan, result
         again, end = StepPlan(decode=plan.decode), time.monotonic() + MAX_BURST_S
@@ -295,15 +298,24 @@ class DecodeLoop:
                 self._end(rid, flight, flight.error)
 
     def _deliver(self, plan: StepPlan, result: StepResult) -> None:
-        now = time.monotonic()
         if plan.decode:  # the time per token that Retry-After and deadline refusals are computed from
             self.scheduler.observe_step(result.decode_s + result.prefill_s)
-        for rid, token in result.tokens.items():
+        self._hand_out(result.tokens, result.more)
+        if self.on_step is not None:
+            self.on_step(StepStats(plan.batch, len(plan.prefill) + len(plan.chunks), result.prefill_s, result.decode_s,
+                                   self.scheduler.budget.occupancy, len(self.flights),
+                                   sum(1 for rid, n in plan.chunks if result.left.get(rid, 0) < n),
+                                   result.drafted, result.accepted))
+
+    def _hand_out(self, tokens: dict[str, int], more: dict[str, list[int]] | None = None) -> None:
+        """Each request's new tokens to its stream: a first token resolves `start`; a stream that ended leaves."""
+        now = time.monotonic()
+        for rid, token in tokens.items():
             flight = self.flights.get(rid)
             if flight is None:
                 continue
             alive = True
-            for t in (token, *result.more.get(rid, ())):  # accepted draft tokens follow (speculation.py)
+            for t in (token, *(more or {}).get(rid, ())):  # accepted draft tokens follow (speculation.py)
                 alive = flight.stream.push(t)
                 self.scheduler.advanced(rid)
                 if not alive:
@@ -317,11 +329,6 @@ class DecodeLoop:
                 self._end(rid, flight, None)
             elif flight.stream.full:  # a slow reader: the next plan holds it
                 self._replan = True
-        if self.on_step is not None:
-            self.on_step(StepStats(plan.batch, len(plan.prefill) + len(plan.chunks), result.prefill_s, result.decode_s,
-                                   self.scheduler.budget.occupancy, len(self.flights),
-                                   sum(1 for rid, n in plan.chunks if result.left.get(rid, 0) < n),
-                                   result.drafted, result.accepted))
 
     def _streams_changed(self) -> None:
         if self.on_streams is not None:
@@ -363,6 +370,7 @@ class DecodeLoop:
 
 def decode_loop(version: Any, settings: Any, limits: Limits, series: Any) -> DecodeLoop:
     """The decode loop of a loaded generative version, its steps counted on the version's metrics."""
+    keep_freed_memory()
 
     def on_step(stats: StepStats) -> None:
         series.batch_size.observe(stats.batch)

@@ -160,25 +160,37 @@ class DecodeRunner:
     def rows(self) -> int:
         return len(self.running.ids) if self.running else 0
 
-    def step(self, plan: StepPlan, interrupt: Callable[[], bool] | None = None, piece: int = 0) -> StepResult:
-        """The plan's decode, then its whole prefills, then its chunks (`_chunks`: `piece` tokens a pass, and
-        `interrupt` may end the step between passes)."""
+    def step(self, plan: StepPlan, interrupt: Callable[[], bool] | None = None, piece: int = 0,
+             first: Callable[[dict[str, int]], object] | None = None) -> StepResult:
+        """The plan's whole prefills, then its decode, then its chunks (`_chunks`: `piece` tokens a pass, and
+        `interrupt` may end the step between passes). The newcomers' first tokens go to `first` as soon as they
+        exist, before the running requests decode (without it, into the result with the others): a newcomer's
+        time to first token is its own prefill, not the batch's step."""
         result = StepResult({})
         self._arrange(set(plan.decode))
         for rid in plan.preempted:  # its KV goes; its next prefill recomputes it from what it wrote
             self.parked.pop(rid, None)
             self.partial.pop(rid, None)
+        fresh = None
+        if plan.prefill:
+            began = time.perf_counter()
+            tokens: dict[str, int] = {}
+            fresh = self._prefill(list(plan.prefill), tokens)
+            result.prefill_s = time.perf_counter() - began
+            if first is not None:
+                first(tokens)
+            else:
+                result.tokens.update(tokens)
         if self.running is not None and self.running.ids:
             began = time.perf_counter()
             drafts = self._drafts(self.running.ids)
             self.running = (self._verify(self.running, drafts, result) if drafts
                             else self._decode(self.running, result.tokens))
             result.decode_s = time.perf_counter() - began
-        if plan.prefill:
+        if fresh is not None:
             began = time.perf_counter()
-            fresh = self._prefill(list(plan.prefill), result.tokens)
-            self._join(fresh)
-            result.prefill_s = time.perf_counter() - began
+            self._join(fresh)  # after the decode: the running batch's pass is no wider for the newcomers
+            result.prefill_s += time.perf_counter() - began
         if plan.chunks:
             began = time.perf_counter()
             self._chunks(plan.chunks, result, interrupt, piece)
