@@ -30,12 +30,17 @@ def report_parser(doc: str | None, name: str) -> argparse.ArgumentParser:
     return parser
 
 
+REPORTS = ("bench/results/", "docs/benchmarks")
+
+
 def measured_code() -> str:
     """The commit measured (read before anything starts), marked when the tree has uncommitted changes."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    # Other benchmarks' reports written since the commit are not code: benchmarks run one after another.
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    dirty = [p for p in changed if not p.startswith(REPORTS)]
     return git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if dirty else "")
 
 

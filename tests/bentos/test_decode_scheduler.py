@@ -118,6 +118,20 @@ def test_a_newcomer_every_step_still_lets_the_chunks_move_every_other_step() -> 
     assert moved == [0, 16, 0, 16, 0, 16, 0, 16]  # half of the steps, each all but the newcomer's 4 tokens
 
 
+def test_a_long_prompt_waiting_for_the_chunk_budget_does_not_hold_up_the_short_ones_behind_it() -> None:
+    d = driver(prefill_tokens=20)
+    d.add("long", prompt=50, tokens=3)
+    assert d.step().chunks == (("long", 20),)
+    d.add("long2", prompt=50, tokens=3)  # the head: the chunks in progress take the whole budget
+    d.add("short", prompt=4, tokens=3)
+    plan = d.step()
+    assert plan.chunks == (("long", 20),) and plan.prefill == ()
+    assert "long2" in d.s.running and d.s.running["long2"].prefill_left == 50  # started, no token run yet
+    plan = d.step()  # the short one is the head now: its step without the chunks
+    assert plan.prefill == ("short",) and plan.chunks == ()
+    assert [d.step().chunks for _ in range(2)] == [(("long", 10), ("long2", 10)), (("long2", 20),)]
+
+
 def test_a_chunk_the_step_did_not_finish_is_planned_again_from_where_it_stopped() -> None:
     d = driver(prefill_tokens=20)
     d.add("long", prompt=50, tokens=3)

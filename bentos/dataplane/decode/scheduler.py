@@ -352,7 +352,11 @@ class DecodeScheduler:
         cached: list[Sequence] = []
         tokens = 0
         for seq in candidates:
-            if len(self.running) >= self.max_running or tokens >= budget:
+            if len(self.running) >= self.max_running:
+                break
+            # With no tokens left, a long head still starts (its chunks come in the next steps), so that the short
+            # prompts behind it get the room kept for a head next step instead of waiting for its first chunk.
+            if tokens >= budget and (batch or cached or seq.prefill_tokens <= self.prefill_tokens // 2):
                 break
             whole = tokens + seq.prefill_tokens <= budget
             if (batch or cached) and (not whole or (not seq.cached and batch and seq.bucket != batch[0].bucket)):
@@ -365,7 +369,7 @@ class DecodeScheduler:
             if not whole:
                 seq.prefill_left = seq.prefill_tokens - budget
                 self._leave_queue([seq])
-                return (), ((seq.request_id, budget),)
+                return (), ((seq.request_id, budget),) if budget else ()
             tokens += seq.prefill_tokens
             (cached if seq.cached else batch).append(seq)
         self._leave_queue(batch + cached)
