@@ -17,7 +17,9 @@ The rules, each one line of `plan`:
   long one's chunks, and the chunks still move at least every other step, by half the budget at least;
   the loop runs a step's chunks in passes and ends the step between two when a newcomer arrives, so that
   it waits for one pass, not a whole chunk: what the step did not run comes back (`unplanned`) and is
-  planned again from where it stopped;
+  planned again from where it stopped; a long prompt at the head of the queue that finds the step's
+  budget taken by chunks in progress starts anyway, with no token run (its chunks follow theirs), so
+  that the short prompts behind it get the room kept for a head;
   a prompt whose beginning the prefix cache holds (`Sequence.cached`) prefills only the rest, as a chunk;
 - newcomers are admitted in order: higher priority class first, then the tenant served least so far
   (`FairShare`: virtual token counters, so backlogged tenants get equal weighted service), then oldest
