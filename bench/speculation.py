@@ -36,7 +36,7 @@ from bench.int4 import VARIANTS, import_variants  # noqa: E402
 
 NEW_TOKENS = 64
 ROWS = (1, 8)
-SPECULATION: dict[str, Any] = {"tokens": 3, "ngram": 3, "min_acceptance": 0.3}
+SPECULATION: dict[str, Any] = {"tokens": 5, "ngram": 3, "min_acceptance": 0.3, "pass_tokens": 8}
 WORKLOADS = ("repetitive", "non-repetitive")
 
 

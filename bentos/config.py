@@ -67,11 +67,14 @@ class SpeculationConfig(BaseModel):
     """text-generation: speculative decoding by prompt lookup, for greedy requests (temperature 0)."""
 
     model_config = ConfigDict(extra="forbid")
-    tokens: int = Field(3, ge=1, le=16, description="Tokens drafted per step from n-grams of the prompt and the "
-                        "text so far, verified in the step's one forward pass.")
+    tokens: int = Field(5, ge=1, le=16, description="Tokens drafted per step (at most) from n-grams of the prompt "
+                        "and the text so far, verified in the step's one forward pass.")
     ngram: int = Field(3, ge=1, le=8, description="The longest suffix of the text looked up in it.")
     min_acceptance: float = Field(0.3, ge=0, le=1, description="A request whose drafted tokens are accepted less "
                                   "often than this (judged after 16 of them) stops speculating.")
+    pass_tokens: int = Field(8, ge=2, le=256, description="The widest verifying pass over the whole batch, "
+                             "rows x (1 + draft): drafts are cut to fit, so a batch of more than pass_tokens / 2 rows "
+                             "decodes without them (a wide pass over a full batch costs more than it saves on a CPU).")
 
 
 class GuardCheck(BaseModel):

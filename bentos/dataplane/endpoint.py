@@ -143,7 +143,7 @@ def _speculation(config: EndpointConfig) -> dict[str, Any]:
     if spec is None:
         return {}
     return {"speculate_tokens": spec.tokens, "speculate_ngram": spec.ngram,
-            "speculate_min_acceptance": spec.min_acceptance}
+            "speculate_min_acceptance": spec.min_acceptance, "speculate_pass_tokens": spec.pass_tokens}
 
 
 class Endpoint:

@@ -57,6 +57,7 @@ class Limits(BaseModel):
     speculate_tokens: int = 0  # prompt-lookup speculation (EndpointConfig.speculation): 0 is off
     speculate_ngram: int = 3
     speculate_min_acceptance: float = 0.3
+    speculate_pass_tokens: int = 8
 
 
 def length_bucket(token_length: int) -> int:

@@ -245,7 +245,7 @@ def test_prompt_lookup_writes_what_plain_greedy_decoding_writes(tiny_lm_graphs: 
     start = codec.tokenize("The cat")
     prompts = {"copy": start + alone(graph, start, 24) + start, "plain": codec.tokenize(PROMPTS[3])}
     runner = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec,
-                          speculation=Speculation(tokens=4, ngram=3, min_acceptance=0.0))
+                          speculation=Speculation(tokens=4, ngram=3, min_acceptance=0.0, pass_tokens=15))
     runner.add("copy", prompts["copy"], SamplingParams(max_tokens=21))
     runner.add("plain", prompts["plain"], SamplingParams(max_tokens=21))
     runner.add("sampled", prompts["plain"], SamplingParams(temperature=1.2, seed=3, max_tokens=21))
@@ -260,6 +260,36 @@ def test_prompt_lookup_writes_what_plain_greedy_decoding_writes(tiny_lm_graphs: 
     plain.add("sampled", prompts["plain"], SamplingParams(temperature=1.2, seed=3, max_tokens=21))
     assert got["sampled"] == run(plain, [StepPlan(prefill=("sampled",))] + [StepPlan(decode=("sampled",))] * 10)[
         "sampled"]
+
+
+def test_drafts_are_cut_to_the_pass_width_and_a_full_batch_decodes_without_them(
+        tiny_lm_graphs: dict[str, Path]) -> None:
+    """The same copying prompt as 1, 2 and 5 rows under pass_tokens=8: drafts of 4, then 3 a row, then none;
+    every row writes what it writes without speculation."""
+    from bentos.dataplane.decode.speculation import Speculation
+
+    graph = tiny_lm_graphs["gpt2"]
+    codec = codec_of(graph)
+    start = codec.tokenize("The cat")
+    prompt = start + alone(graph, start, 24) + start
+    widest = {}
+    for rows in (1, 2, 5):
+        runner = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec,
+                              speculation=Speculation(tokens=4, ngram=3, min_acceptance=0.0, pass_tokens=8))
+        ids = tuple(f"r{i}" for i in range(rows))
+        for rid in ids:
+            runner.add(rid, prompt, SamplingParams(max_tokens=40))
+        runner.step(StepPlan(prefill=ids))
+        out: dict[str, list[int]] = {}
+        widest[rows] = 0
+        for _ in range(6):
+            result = runner.step(StepPlan(decode=ids))
+            widest[rows] = max(widest[rows], result.drafted)
+            for rid, token in result.tokens.items():
+                out.setdefault(rid, []).extend([token, *result.more.get(rid, [])])
+        for rid in ids:
+            assert out[rid] == alone(graph, prompt, len(out[rid]) + 1)[1:], f"{rows} rows: {rid} changed"
+    assert widest == {1: 4, 2: 2 * 3, 5: 0}, widest
 
 
 def test_speculation_stops_for_a_request_whose_drafts_fail(tiny_lm_graphs: dict[str, Path]) -> None:

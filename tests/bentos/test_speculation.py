@@ -41,3 +41,9 @@ def test_acceptance_switches_a_request_off_after_judging_and_forgets_it() -> Non
     assert acceptance.active("b")  # exactly the threshold stays on
     acceptance.forget("a")
     assert acceptance.active("a") and "a" not in acceptance.drafted
+
+
+def test_a_pass_carries_at_most_pass_tokens_so_drafts_shrink_as_the_batch_grows() -> None:
+    spec = Speculation(tokens=5, pass_tokens=8)
+    assert [spec.draft_room(rows) for rows in (1, 2, 3, 4, 5, 8, 32)] == [5, 3, 1, 1, 0, 0, 0]
+    assert Speculation(tokens=2, pass_tokens=64).draft_room(4) == 2  # never past tokens

@@ -382,8 +382,8 @@ def decode_loop(version: Any, settings: Any, limits: Limits, series: Any) -> Dec
             series.speculative_accepted.inc(stats.accepted)
             series.speculative_rejected.inc(stats.drafted - stats.accepted)
 
-    speculation = (Speculation(limits.speculate_tokens, limits.speculate_ngram, limits.speculate_min_acceptance)
-                   if limits.speculate_tokens else None)
+    speculation = (Speculation(limits.speculate_tokens, limits.speculate_ngram, limits.speculate_min_acceptance,
+                               pass_tokens=limits.speculate_pass_tokens) if limits.speculate_tokens else None)
     runner = DecodeRunner(version.session, version.codec, speculation=speculation)
     return DecodeLoop(version.tag, runner, version.codec, limits,
                       prefill_tokens=settings.prefill_tokens, stall_timeout_s=settings.stall_timeout_s,

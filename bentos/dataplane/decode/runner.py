@@ -243,16 +243,20 @@ class DecodeRunner:
         return Rows(rows.ids, out[1:], mask, rows.pos + 1, last)
 
     def _drafts(self, ids: list[str]) -> dict[str, list[int]]:
-        """Each speculating request's draft, no longer than what it may still write after this step's token."""
+        """Each speculating request's draft, no longer than what it may still write after this step's token, nor
+        than the pass's width allows (`Speculation.draft_room`)."""
         if not self._lookups or self.speculation is None:
             return {}
-        drafts = {}
+        most = self.speculation.draft_room(len(ids))
+        drafts: dict[str, list[int]] = {}
+        if not most:
+            return drafts
         for rid in ids:
             lookup = self._lookups.get(rid)  # never a constrained request's: its mask is for one token a pass
             if lookup is None or not self._acceptance.active(rid):
                 continue
             room = self._sampling[rid][0].max_tokens - len(self._written.get(rid, ())) - 1
-            draft = lookup.propose(min(self.speculation.tokens, room))
+            draft = lookup.propose(min(most, room))
             if draft:
                 drafts[rid] = draft
         return drafts

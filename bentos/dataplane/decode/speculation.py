@@ -11,6 +11,12 @@ only the number of forward passes changes.
 A request whose drafts are mostly wrong pays for the longer pass and gains nothing, so `Acceptance` turns
 speculation off for it once `judge_after` drafted tokens were accepted less than `min_acceptance` of the time.
 
+A pass is only cheap while it is narrow: on a CPU, one row's pass of 1 to about 5 tokens costs the same (the
+step is bound by its fixed costs), but a batch that already feeds many rows is bound by its arithmetic, and a
+draft per row makes every row's pass wider (bench/speculation.py measured 0.84 to 0.91x at 8 rows with 5-token
+drafts). So a pass carries at most `pass_tokens` tokens over all its rows, `rows x (1 + draft)`: drafts are
+cut to fit, and a batch of more than `pass_tokens / 2` rows decodes without them.
+
 Greedy requests only: a sampled request's tokens would then depend on how many passes made them, and a
 seed would no longer repeat.
 """
@@ -22,10 +28,15 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Speculation:
-    tokens: int = 3  # drafted per step (k): a wider pass costs more on a CPU (bench/speculation.py)
+    tokens: int = 5  # drafted per step (k) at most; `pass_tokens` cuts it in a batch
     ngram: int = 3  # the longest suffix looked up
     min_acceptance: float = 0.3  # below this share of drafted tokens accepted, a request stops speculating
     judge_after: int = 16  # drafted tokens before that judgement
+    pass_tokens: int = 8  # the widest pass, over all rows: rows x (1 + draft)
+
+    def draft_room(self, rows: int) -> int:
+        """The longest draft a row may carry in a pass over `rows` rows."""
+        return max(0, min(self.tokens, self.pass_tokens // max(rows, 1) - 1))
 
 
 class PromptLookup:
