@@ -177,21 +177,44 @@ def test_a_newcomers_first_token_is_handed_out_before_the_running_batch_decodes(
     assert [new["new"], *more["new"]] == alone(graph, codec.tokenize(PROMPTS[0]), 5)
 
 
+def test_first_tokens_go_out_before_the_batch_is_remade_and_a_preempted_row_is_never_copied(
+        tiny_lm_graphs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that prefills a newcomer, preempts one running row and pauses another: the newcomer's first token
+    goes out before any of the batch's KV is copied, and the preempted row's KV is dropped, not parked."""
+    from bentos.dataplane.decode.runner import Rows
+
+    graph = tiny_lm_graphs["gpt2"]
+    codec = codec_of(graph)
+    runner = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec)
+    for rid, prompt in zip(("a", "b", "c", "new"), PROMPTS, strict=False):
+        runner.add(rid, codec.tokenize(prompt), SamplingParams())
+    runner.step(StepPlan(prefill=("a", "b", "c")))
+    events: list[object] = []
+    take = Rows.take
+    monkeypatch.setattr(Rows, "take", lambda rows, keep: events.append(tuple(keep)) or take(rows, keep))
+    runner.step(StepPlan(prefill=("new",), decode=("a",), preempted=("b",)), first=lambda t: events.append(dict(t)))
+    assert isinstance(events[0], dict) and list(events[0]) == ["new"], events  # before any copy
+    assert ("b",) not in events and "b" not in runner.parked and set(runner.parked) == {"c"}
+
+
 def test_an_interrupted_chunk_hands_back_what_it_did_not_run_and_writes_what_it_writes_whole(
         tiny_lm_graphs: dict[str, Path]) -> None:
     """Chunks in passes of 3 tokens; the interrupt ends the first step after two passes (one piece of the other
-    request's chunk never runs) and the second after one; the scheduler plans the rest again."""
+    request's chunk never runs), the second before any, and the third after one (the step before ran none); the
+    scheduler plans the rest again."""
     graph = tiny_lm_graphs["gpt2"]
     codec = codec_of(graph)
     long, other = codec.tokenize(" ".join(PROMPTS[1:])), codec.tokenize(" ".join(PROMPTS[2:]))
     runner = DecodeRunner(load_session(graph / "model.onnx", 1, cpu_only=True), codec)
     runner.add("long", long, SamplingParams())
     runner.add("other", other, SamplingParams())
-    asked = iter([False, True])
+    asked = iter([False, False, True])  # asked before each pass
     first = runner.step(StepPlan(chunks=(("long", 8), ("other", 4))), lambda: next(asked), piece=3)
     assert first.left == {"long": 2, "other": 4} and not first.tokens  # two passes (6 tokens) ran
     second = runner.step(StepPlan(chunks=(("long", 2), ("other", 4))), lambda: True, piece=3)
-    assert second.left == {"other": 4} and not second.tokens  # at least one pass runs, whatever the interrupt says
+    assert second.left == {"long": 2, "other": 4} and not second.tokens  # none ran: a newcomer came first
+    third = runner.step(StepPlan(chunks=(("long", 2), ("other", 4))), lambda: True, piece=3)
+    assert third.left == {"other": 4} and not third.tokens  # one pass runs, whatever the interrupt says
     rest = runner.step(StepPlan(chunks=(("long", len(long) - 8), ("other", len(other)))), lambda: False, piece=3)
     assert not rest.left and set(rest.tokens) == {"long", "other"} and not runner.partial
     more = run(runner, [StepPlan(decode=("long", "other"))] * 5)

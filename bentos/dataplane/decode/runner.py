@@ -11,7 +11,7 @@ A prompt too long for one step's prefill budget is run in chunks (`StepPlan.chun
 with the KV of the chunks before it as its past, kept in `partial` between steps, and the chunk that ends
 the prompt samples the first token and joins the running batch. The logits are the same as one whole
 prefill: a chunk's tokens see exactly the keys and values they would have seen. A step may run its chunks in
-passes, and stop between two when the loop asks (a newcomer): `StepResult.left` says what it did not run.
+passes, and stop before or between two when the loop asks (a newcomer): `StepResult.left` says what it did not run.
 
 A prompt whose first blocks the prefix cache holds (prefix_cache.py) starts the same way: the cached keys
 and values are its first chunk, already done, and its prefill runs from there. Every prompt, once
@@ -29,7 +29,7 @@ Runs in the version's thread; the decode loop (loop.py) never touches these arra
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +115,7 @@ class DecodeRunner:
         self._tenants: dict[str, str] = {}
         self._matchers: dict[str, Any] = {}  # structured output (constraints.py): each constrained request's grammar
         self._masks = Masks()
+        self._chunks_skipped = False  # the last step's chunks were all handed back: the next runs one pass at least
 
     def lookup(self, prompt: list[int], tenant: str) -> Hit | None:
         """What the prefix cache holds of `prompt` for `tenant` (None without a cache)."""
@@ -163,16 +164,15 @@ class DecodeRunner:
     def step(self, plan: StepPlan, interrupt: Callable[[], bool] | None = None, piece: int = 0,
              first: Callable[[dict[str, int]], object] | None = None) -> StepResult:
         """The plan's whole prefills, then its decode, then its chunks (`_chunks`: `piece` tokens a pass, and
-        `interrupt` may end the step between passes). The newcomers' first tokens go to `first` as soon as they
-        exist, before the running requests decode (without it, into the result with the others): a newcomer's
-        time to first token is its own prefill, not the batch's step."""
+        `interrupt` may end the step before or between passes). The newcomers' first tokens go to `first` as soon
+        as they exist, before the running requests decode (without it, into the result with the others): a
+        newcomer's time to first token is its own prefill, not the batch's step."""
         result = StepResult({})
-        self._arrange(set(plan.decode))
         for rid in plan.preempted:  # its KV goes; its next prefill recomputes it from what it wrote
             self.parked.pop(rid, None)
             self.partial.pop(rid, None)
         fresh = None
-        if plan.prefill:
+        if plan.prefill:  # before the batch is re-made (`_arrange` copies its KV): the first token waits for neither
             began = time.perf_counter()
             tokens: dict[str, int] = {}
             fresh = self._prefill(list(plan.prefill), tokens)
@@ -181,6 +181,7 @@ class DecodeRunner:
                 first(tokens)
             else:
                 result.tokens.update(tokens)
+        self._arrange(set(plan.decode), set(plan.preempted))
         if self.running is not None and self.running.ids:
             began = time.perf_counter()
             drafts = self._drafts(self.running.ids)
@@ -201,29 +202,34 @@ class DecodeRunner:
                 piece: int) -> None:
         """The plan's chunks, `piece` tokens a pass (0: each chunk in one pass). Between passes, after the first,
         `interrupt()` may end the step: what was not run goes into `result.left`, for the scheduler to plan again.
-        A newcomer then waits for one piece, not for the step's whole chunk budget."""
-        ran = False
+        A newcomer then waits for one piece, not for the step's whole chunk budget; one that came during the decode
+        waits for none, unless the step before ran none of its chunks either (chunks move every other step at least).
+        """
+        must, ran = self._chunks_skipped, False
         for i, (rid, n) in enumerate(chunks):
             done = 0
             while done < n:
-                if ran and interrupt is not None and interrupt():
+                if (ran or not must) and interrupt is not None and interrupt():
                     result.left = {rid: n - done, **dict(chunks[i + 1:])}
+                    self._chunks_skipped = not ran
                     return
                 size = min(n - done, piece or n)
                 ended = self._chunk(rid, size, result.tokens)
                 if ended is not None:
                     self._join(ended)
                 done, ran = done + size, True
+        self._chunks_skipped = False
 
     def _join(self, fresh: Rows) -> None:
         self.running = fresh if self.running is None or not self.running.ids else join([self.running, fresh])
 
-    def _arrange(self, decode: set[str]) -> None:
-        """The running batch becomes exactly `decode`: gone rows dropped, paused ones parked, resumed ones joined."""
+    def _arrange(self, decode: set[str], preempted: Set[str] = frozenset()) -> None:
+        """The running batch becomes exactly `decode`: gone and preempted rows dropped, paused ones parked, resumed
+        ones joined."""
         current = self.running
         have = set(current.ids) if current else set()
         if current is not None and have != decode:
-            for rid in have - decode:
+            for rid in have - decode - preempted:
                 if rid in self._sampling:  # still a request: a slow reader, kept for later
                     self.parked[rid] = current.take([rid])
             kept = [rid for rid in current.ids if rid in decode]
