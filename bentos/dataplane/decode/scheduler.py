@@ -15,8 +15,8 @@ The rules, each one line of `plan`:
   now, gets a step without chunks (its first token then costs a short step, not a chunk's), unless the
   chunks waited the step before: then it is kept room for beside them. A short prompt never waits behind a
   long one's chunks, and the chunks still move at least every other step, by half the budget at least;
-  the loop runs a step's chunks in passes and ends the step between two when a newcomer arrives, so that
-  it waits for one pass, not a whole chunk: what the step did not run comes back (`unplanned`) and is
+  the loop runs a step's chunks in passes and ends the step before or between two when a newcomer arrives,
+  so that it waits for one pass at most, not a whole chunk: what the step did not run comes back (`unplanned`) and is
   planned again from where it stopped; a long prompt at the head of the queue that finds the step's
   budget taken by chunks in progress starts anyway, with no token run (its chunks follow theirs), so
   that the short prompts behind it get the room kept for a head;
