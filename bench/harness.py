@@ -33,15 +33,16 @@ def report_parser(doc: str | None, name: str) -> argparse.ArgumentParser:
 REPORTS = ("bench/results/", "docs/benchmarks")
 
 
-def measured_code() -> str:
+def measured_code(root: Path = ROOT) -> str:
     """The commit measured (read before anything starts), marked when the tree has uncommitted changes."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout
 
-    # Other benchmarks' reports written since the commit are not code: benchmarks run one after another.
+    # Other benchmarks' reports written since the commit are not code: benchmarks run one after another. (Each
+    # porcelain line is "XY path": the first line's leading blank is part of it, so nothing is stripped.)
     changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     dirty = [p for p in changed if not p.startswith(REPORTS)]
-    return git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if dirty else "")
+    return git("rev-parse", "--short", "HEAD").strip() + (" (with uncommitted changes)" if dirty else "")
 
 
 def machine() -> str:
