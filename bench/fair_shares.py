@@ -117,8 +117,37 @@ def render(results: Path, out: Path) -> None:
                      f"{r.flood_requests} | {r.errors} |")
     alone = rows[0].steady_ttft_p99_ms
     lines += ["", *[f"- {r.name}: the steady tenant's TTFT p99 is {r.steady_ttft_p99_ms / alone:.1f}x its value "
-                    "alone (goal: at most 2x)." for r in rows[1:]], ""]
+                    "alone (goal: at most 2x)." for r in rows[1:]], "",
+              f"![the steady tenant's time to first token, and each tenant's tokens/s]({out.with_suffix('.png').name})",
+              ""]
     out.write_text("\n".join(lines))
+    plot(rows, alone, out.with_suffix(".png"))
+
+
+def plot(rows: list[Row], alone_p99: float, png: Path) -> None:
+    """The steady tenant's TTFT p50 and p99 per row against the goal (2x its p99 alone), and each tenant's
+    tokens/s: what the table says, at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ttft, rate) = plt.subplots(1, 2, figsize=(9, 3.6))
+    at = range(len(rows))
+    ttft.bar([i - 0.2 for i in at], [r.steady_ttft_p50_ms for r in rows], 0.4, label="p50")
+    ttft.bar([i + 0.2 for i in at], [r.steady_ttft_p99_ms for r in rows], 0.4, label="p99")
+    ttft.axhline(2 * alone_p99, color="k", linestyle="--", linewidth=1, label="goal: 2x p99 alone")
+    ttft.set_yscale("log")
+    ttft.set_ylabel("steady tenant's TTFT (ms)")
+    rate.bar([i - 0.2 for i in at], [r.steady_tokens_per_s for r in rows], 0.4, label="steady")
+    rate.bar([i + 0.2 for i in at], [r.flood_tokens_per_s for r in rows], 0.4, label="flood")
+    rate.set_ylabel("generated tokens / s")
+    for ax in (ttft, rate):
+        ax.set_xticks(list(at), [r.name.replace(", ", "\n") for r in rows], fontsize=8)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
 
 
 def main() -> None:
