@@ -6,9 +6,10 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -53,6 +54,16 @@ def _wait_for(prom: Prometheus, promql: str, n: int, timeout: float = 30) -> lis
     raise AssertionError(f"{promql!r} returned fewer than {n} series")
 
 
+def _wait_until(prom: Prometheus, promql: str, done: Callable[[list[dict[str, Any]]], bool],
+                timeout: float = 40) -> list[dict[str, Any]]:
+    """The query's result once `done` holds of it (within 40 s: the rules' 1 m windows still hold the traffic)."""
+    end = time.monotonic() + timeout
+    while not done(result := prom.query(promql)) and time.monotonic() < end:
+        time.sleep(1)
+    assert done(result), f"{promql!r}: {result}"
+    return result
+
+
 def test_prometheus_sees_both_versions_in_the_split(prometheus: Prometheus, client: httpx.Client,
                                                      tags: dict[str, str]) -> None:
     r = deploy(client, "digits", [(tags["mlp"], "stable", 90), (tags["cnn"], "canary", 10)], reason="prometheus")
@@ -73,10 +84,14 @@ def test_prometheus_sees_both_versions_in_the_split(prometheus: Prometheus, clie
     print(f"canary share: prometheus {share:.3f}, clients {client_share:.3f}, {sum(seen.values())} requests")
     assert 0.04 < share < 0.18 and abs(share - client_share) < 0.03
 
-    recorded = _wait_for(prometheus, 'switchyard:requests:rate1m{endpoint="digits"}', 2)
-    assert {r["metric"]["version"] for r in recorded} >= {tags["mlp"], tags["cnn"]}  # type: ignore[index]
-    shares = prometheus.query('switchyard:traffic_share:rate1m{endpoint="digits"}')
-    assert abs(sum(float(s["value"][1]) for s in shares) - 1) < 1e-6  # type: ignore[index]
+    # The recording rules run every 15 s (deploy/'s interval): until their first run after this traffic, they hold
+    # an earlier run's values, which may be another test's versions at a rate of 0 and a share of 0/0.
+    both = {tags["mlp"], tags["cnn"]}
+    _wait_until(prometheus, 'switchyard:requests:rate1m{endpoint="digits"}',
+                lambda rs: {r["metric"]["version"] for r in rs if float(r["value"][1]) > 0} >= both)
+    shares = _wait_until(prometheus, 'switchyard:traffic_share:rate1m{endpoint="digits"}',
+                         lambda rs: {r["metric"]["version"] for r in rs if float(r["value"][1]) > 0} >= both)
+    assert abs(sum(float(s["value"][1]) for s in shares) - 1) < 1e-6, shares  # type: ignore[index]
     assert _wait_for(prometheus, f'switchyard:request_duration_seconds:p99_1m{{version="{tags["cnn"]}"}}', 1)
 
 
