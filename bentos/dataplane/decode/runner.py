@@ -200,7 +200,7 @@ class DecodeRunner:
 
     def _chunks(self, chunks: tuple[tuple[str, int], ...], result: StepResult, interrupt: Callable[[], bool] | None,
                 piece: int) -> None:
-        """The plan's chunks, `piece` tokens a pass (0: each chunk in one pass). Between passes, after the first,
+        """The plan's chunks, `piece` tokens a pass (0: each chunk in one pass). Before or between passes,
         `interrupt()` may end the step: what was not run goes into `result.left`, for the scheduler to plan again.
         A newcomer then waits for one piece, not for the step's whole chunk budget; one that came during the decode
         waits for none, unless the step before ran none of its chunks either (chunks move every other step at least).
