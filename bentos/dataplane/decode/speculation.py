@@ -13,8 +13,7 @@ speculation off for it once `judge_after` drafted tokens were accepted less than
 
 A pass is only cheap while it is narrow: on a CPU, one row's pass of 1 to about 5 tokens costs the same (the
 step is bound by its fixed costs), but a batch that already feeds many rows is bound by its arithmetic, and a
-draft per row makes every row's pass wider (bench/speculation.py measured 0.84 to 0.91x at 8 rows with 5-token
-drafts). So a pass carries at most `pass_tokens` tokens over all its rows, `rows x (1 + draft)`: drafts are
+draft per row makes every row's pass wider (5-token drafts at 8 rows ran slower than none in a trial run). So a pass carries at most `pass_tokens` tokens over all its rows, `rows x (1 + draft)`: drafts are
 cut to fit, and a batch of more than `pass_tokens / 2` rows decodes without them.
 
 Greedy requests only: a sampled request's tokens would then depend on how many passes made them, and a
